@@ -1,0 +1,55 @@
+"""Defaults of the service and cluster specs (SwarmKit's values).
+
+Shared by the manager, which fills in whatever a request leaves unset, and by
+swarmctl, which starts from these when a flag changes one field of a group.
+"""
+
+from __future__ import annotations
+
+from shoal.proto import objects_pb2 as pb
+
+RESTART_DELAY_MS = 5_000
+STOP_GRACE_PERIOD_MS = 10_000
+UPDATE_PARALLELISM = 1
+UPDATE_MONITOR_MS = 5_000
+HEARTBEAT_PERIOD_MS = 5_000
+HEARTBEAT_MISSES = 3
+TASK_HISTORY_LIMIT = 5
+NODE_CERT_EXPIRY_MS = 90 * 24 * 3600 * 1000
+MAX_REPLICAS = 100_000
+
+
+def restart_policy() -> pb.RestartPolicy:
+    return pb.RestartPolicy(condition=pb.RestartPolicy.ANY, delay_ms=RESTART_DELAY_MS)
+
+
+def update_config() -> pb.UpdateConfig:
+    return pb.UpdateConfig(
+        parallelism=UPDATE_PARALLELISM,
+        failure_action=pb.UpdateConfig.PAUSE,
+        order=pb.UpdateConfig.STOP_FIRST,
+        monitor_ms=UPDATE_MONITOR_MS,
+    )
+
+
+def cluster_spec(name: str = "default") -> pb.ClusterSpec:
+    return pb.ClusterSpec(
+        annotations=pb.Annotations(name=name),
+        dispatcher=pb.DispatcherConfig(
+            heartbeat_period_ms=HEARTBEAT_PERIOD_MS, heartbeat_misses=HEARTBEAT_MISSES
+        ),
+        orchestration=pb.OrchestrationConfig(task_history_limit=TASK_HISTORY_LIMIT),
+        ca=pb.CAConfig(node_cert_expiry_ms=NODE_CERT_EXPIRY_MS),
+    )
+
+
+def fill_service_spec(spec: pb.ServiceSpec) -> None:
+    """Fills the groups a request left out with their defaults, in place."""
+    if not spec.task.HasField("restart"):
+        spec.task.restart.CopyFrom(restart_policy())
+    if not spec.HasField("update"):
+        spec.update.CopyFrom(update_config())
+    if spec.task.container.stop_grace_period_ms == 0:
+        spec.task.container.stop_grace_period_ms = STOP_GRACE_PERIOD_MS
+    if spec.WhichOneof("mode") is None:
+        spec.replicated.replicas = 1

@@ -1,0 +1,1 @@
+"""The manager: control API, store, leader-only reconcilers, embedded etcd."""

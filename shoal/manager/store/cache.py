@@ -1,0 +1,203 @@
+"""An in-memory, watch-fed copy of every object, with the indexes managers read.
+
+Like SwarmKit's memdb or a Kubernetes informer: the control API and the
+reconcilers read here (O(1) by id, name, service or node) and write to etcd
+through the Store; the watch brings their writes back. `sync()` waits until the
+cache has caught up with etcd's current revision, so a read after a write
+sees that write.
+
+Objects handed out are shared: callers copy before changing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
+from shoal.manager.store.store import Store
+from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
+from shoal.proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PROGRESS_RETRY_S = 0.05
+
+
+class Subscription:
+    """Batches of changes, in order; a Resync arrives as a batch with `resync` set."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self.queue: asyncio.Queue[tuple[bool, list[Change]]] = asyncio.Queue()
+
+    def close(self) -> None:
+        self._cache._subscribers.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def next(self) -> tuple[bool, list[Change]]:
+        """Waits for the next batch; then drains whatever else is queued into it."""
+        resync, changes = await self.queue.get()
+        while not self.queue.empty():
+            more_resync, more = self.queue.get_nowait()
+            resync = resync or more_resync
+            changes.extend(more)
+        return resync, changes
+
+
+class Cache:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.revision = 0
+        self._objects: dict[Kind, dict[str, Object]] = {k: {} for k in Kind}
+        self._names: dict[Kind, dict[str, str]] = {k: {} for k in NAMED}
+        self._by_service: dict[str, dict[str, pb.Task]] = defaultdict(dict)
+        self._by_node: dict[str, dict[str, pb.Task]] = defaultdict(dict)
+        self._subscribers: set[Subscription] = set()
+        self._advanced = asyncio.Condition()
+        self._watcher: ObjectWatcher | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        objects, revision = await self.store.list_all()
+        self._load(objects, revision)
+        self._watcher = ObjectWatcher(self.store, revision + 1)
+        self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, watcher: ObjectWatcher) -> None:
+        async for item in watcher:
+            if isinstance(item, Resync):
+                self._load(cast(list[Object], item.objects), item.revision)
+                self._publish(True, [])
+            else:
+                self._apply(item)
+                if item.changes:
+                    self._publish(False, item.changes)
+            async with self._advanced:
+                self._advanced.notify_all()
+
+    # ------------------------------------------------------------ consistency
+
+    async def wait_for(self, revision: int) -> None:
+        """Returns once every change up to `revision` is in the cache."""
+        async with self._advanced:
+            while self.revision < revision:
+                if self._watcher is not None:
+                    self._watcher.request_progress()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._advanced.wait(), PROGRESS_RETRY_S)
+
+    async def sync(self) -> None:
+        """Catches up with etcd's current revision (read-your-writes)."""
+        await self.wait_for(await self.store.revision())
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, kind: Kind, object_id: str) -> Any:
+        return self._objects[kind].get(object_id)
+
+    def list(self, kind: Kind) -> list[Any]:
+        return list(self._objects[kind].values())
+
+    def count(self, kind: Kind) -> int:
+        return len(self._objects[kind])
+
+    def id_by_name(self, kind: Kind, name: str) -> str | None:
+        return self._names[kind].get(name)
+
+    def ids(self, kind: Kind) -> Any:
+        return self._objects[kind].keys()
+
+    def tasks_of_service(self, service_id: str) -> list[pb.Task]:
+        return list(self._by_service.get(service_id, {}).values())
+
+    def tasks_of_node(self, node_id: str) -> list[pb.Task]:
+        return list(self._by_node.get(node_id, {}).values())
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    async def changes(self) -> AsyncIterator[tuple[bool, list[Change]]]:
+        with self.subscribe() as sub:
+            while True:
+                yield await sub.next()
+
+    # ------------------------------------------------------------ internals
+
+    def _load(self, objects: list[Object], revision: int) -> None:
+        self._objects = {k: {} for k in Kind}
+        self._names = {k: {} for k in NAMED}
+        self._by_service = defaultdict(dict)
+        self._by_node = defaultdict(dict)
+        for obj in objects:
+            self._put(obj)
+        self.revision = revision
+
+    def _apply(self, item: Changes) -> None:
+        for change in item.changes:
+            if change.obj is None:
+                self._remove(change.kind, change.id)
+            else:
+                self._put(cast(Object, change.obj))
+        self.revision = max(self.revision, item.revision)
+
+    def _put(self, obj: Object) -> None:
+        kind = kind_of(obj)
+        old = self._objects[kind].get(obj.id)
+        if old is not None:
+            self._unindex(kind, old)
+        self._objects[kind][obj.id] = obj
+        if kind in NAMED:
+            name = name_of(obj)
+            if name:
+                self._names[kind][name] = obj.id
+        if isinstance(obj, pb.Task):
+            self._by_service[obj.service_id][obj.id] = obj
+            if obj.node_id:
+                self._by_node[obj.node_id][obj.id] = obj
+
+    def _remove(self, kind: Kind, object_id: str) -> None:
+        old = self._objects[kind].pop(object_id, None)
+        if old is not None:
+            self._unindex(kind, old)
+
+    def _unindex(self, kind: Kind, old: Object) -> None:
+        if kind in NAMED:
+            name = name_of(old)
+            if name and self._names[kind].get(name) == old.id:
+                del self._names[kind][name]
+        if isinstance(old, pb.Task):
+            _discard(self._by_service, old.service_id, old.id)
+            if old.node_id:
+                _discard(self._by_node, old.node_id, old.id)
+
+    def _publish(self, resync: bool, changes: list[Change]) -> None:
+        for sub in self._subscribers:
+            sub.queue.put_nowait((resync, list(changes)))
+
+
+def _discard(index: dict[str, dict[str, pb.Task]], key: str, task_id: str) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(task_id, None)
+        if not bucket:
+            del index[key]

@@ -1,0 +1,146 @@
+"""Watching all objects: a stream of changes that survives etcd hiccups.
+
+A dropped stream is resumed at the last seen revision + 1, so no change is
+lost or repeated. If that revision was compacted away, the watcher re-lists
+everything at the current revision and hands out a Resync instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from aetcd import rpc
+
+from shoal.manager.store.kinds import Kind, prefix_end
+from shoal.manager.store.store import Store, decode
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 2.0
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Kind
+    id: str
+    # None when the object was deleted.
+    obj: object | None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Everything that happened in one or more etcd revisions, up to `revision`."""
+
+    revision: int
+    changes: list[Change]
+
+
+@dataclass(frozen=True)
+class Resync:
+    """The full state at `revision`, after the watch fell behind a compaction."""
+
+    revision: int
+    objects: list[object]
+
+
+class ObjectWatcher:
+    """Yields every change to every object from start_revision on, forever.
+
+    Besides changes it yields empty Changes when etcd confirms the watcher has
+    seen everything up to a revision (after request_progress), which lets a
+    reader wait until the stream has caught up with a write it made.
+    """
+
+    def __init__(self, store: Store, start_revision: int) -> None:
+        self.store = store
+        self.revision = start_revision
+        self._requests: asyncio.Queue[object] | None = None
+
+    def request_progress(self) -> None:
+        if self._requests is not None:
+            self._requests.put_nowait(
+                rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+            )
+
+    async def __aiter__(self) -> AsyncIterator[Changes | Resync]:
+        keys = self.store.keys
+        backoff = BACKOFF_MIN_S
+        while True:
+            requests: asyncio.Queue[object] = asyncio.Queue()
+            requests.put_nowait(
+                rpc.WatchRequest(
+                    create_request=rpc.WatchCreateRequest(
+                        key=keys.objects,
+                        range_end=prefix_end(keys.objects),
+                        start_revision=self.revision,
+                    )
+                )
+            )
+            self._requests = requests
+
+            async def outgoing(q: asyncio.Queue[object] = requests) -> AsyncIterator[object]:
+                while True:
+                    yield await q.get()
+
+            call = self.store.conn.watch.Watch(outgoing(), wait_for_ready=True)
+            compacted = False
+            try:
+                async for resp in call:
+                    backoff = BACKOFF_MIN_S
+                    if resp.compact_revision:
+                        compacted = True
+                        break
+                    if resp.canceled:
+                        log.warning("etcd canceled the watch: %s", resp.cancel_reason)
+                        break
+                    if resp.created:
+                        continue
+                    if not resp.events:
+                        # Progress notification: everything up to header.revision was sent.
+                        seen = int(resp.header.revision)
+                        if seen >= self.revision:
+                            self.revision = seen + 1
+                            yield Changes(seen, [])
+                        continue
+                    changes = []
+                    for ev in resp.events:
+                        kind, object_id = keys.parse_object_key(ev.kv.key)
+                        if ev.type == rpc.Event.DELETE:
+                            changes.append(Change(kind, object_id, None))
+                        else:
+                            obj = decode(kind, ev.kv.value, ev.kv.mod_revision)
+                            changes.append(Change(kind, object_id, obj))
+                    last = int(resp.events[-1].kv.mod_revision)
+                    self.revision = last + 1
+                    yield Changes(last, changes)
+            except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "etcd watch dropped (%s); resuming at revision %d", err.code(), self.revision
+                )
+            finally:
+                self._requests = None
+                call.cancel()
+            if compacted:
+                objects, current = await _relist(self.store)
+                self.revision = current + 1
+                yield Resync(current, objects)
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+async def _relist(store: Store) -> tuple[list[object], int]:
+    backoff = BACKOFF_MIN_S
+    while True:
+        try:
+            objects, revision = await store.list_all()
+            return list(objects), revision
+        except Exception as err:  # etcd away: keep trying, the watcher has nothing else to do
+            log.warning("re-list after compaction failed: %s", err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
