@@ -101,8 +101,9 @@ async def test_list_by_index(store: Store) -> None:
 
 async def test_batch_chunked_beyond_txn_limit(store: Store) -> None:
     svc = await store.create(service("big"))
-    conflicts = await store.batch_chunked([Create(task(svc.id, i)) for i in range(300)])
+    conflicts, revision = await store.batch_chunked([Create(task(svc.id, i)) for i in range(300)])
     assert conflicts == 0
+    assert revision == await store.revision()
     assert len(await store.list(Kind.TASK)) == 300
 
 

@@ -47,6 +47,12 @@ class Subscription:
     async def next(self) -> tuple[bool, list[Change]]:
         """Waits for the next batch; then drains whatever else is queued into it."""
         resync, changes = await self.queue.get()
+        more_resync, more = self.drain()
+        return resync or more_resync, changes + more
+
+    def drain(self) -> tuple[bool, list[Change]]:
+        """Whatever is queued now, without waiting."""
+        resync, changes = False, []
         while not self.queue.empty():
             more_resync, more = self.queue.get_nowait()
             resync = resync or more_resync
@@ -62,6 +68,7 @@ class Cache:
         self._names: dict[Kind, dict[str, str]] = {k: {} for k in NAMED}
         self._by_service: dict[str, dict[str, pb.Task]] = defaultdict(dict)
         self._by_node: dict[str, dict[str, pb.Task]] = defaultdict(dict)
+        self._unassigned: dict[str, pb.Task] = {}
         self._subscribers: set[Subscription] = set()
         self._advanced = asyncio.Condition()
         self._watcher: ObjectWatcher | None = None
@@ -87,9 +94,9 @@ class Cache:
                 self._load(cast(list[Object], item.objects), item.revision)
                 self._publish(True, [])
             else:
-                self._apply(item)
-                if item.changes:
-                    self._publish(False, item.changes)
+                applied = self._apply(item)
+                if applied:
+                    self._publish(False, applied)
             async with self._advanced:
                 self._advanced.notify_all()
 
@@ -131,6 +138,10 @@ class Cache:
     def tasks_of_node(self, node_id: str) -> list[pb.Task]:
         return list(self._by_node.get(node_id, {}).values())
 
+    def unassigned_tasks(self) -> list[pb.Task]:
+        """Tasks that want to run and have no node yet: the scheduler's queue."""
+        return list(self._unassigned.values())
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
         self._subscribers.add(sub)
@@ -148,17 +159,22 @@ class Cache:
         self._names = {k: {} for k in NAMED}
         self._by_service = defaultdict(dict)
         self._by_node = defaultdict(dict)
+        self._unassigned = {}
         for obj in objects:
             self._put(obj)
         self.revision = revision
 
-    def _apply(self, item: Changes) -> None:
+    def _apply(self, item: Changes) -> list[Change]:
+        applied = []
         for change in item.changes:
+            old = self._objects[change.kind].get(change.id)
             if change.obj is None:
                 self._remove(change.kind, change.id)
             else:
                 self._put(cast(Object, change.obj))
+            applied.append(Change(change.kind, change.id, change.obj, old))
         self.revision = max(self.revision, item.revision)
+        return applied
 
     def _put(self, obj: Object) -> None:
         kind = kind_of(obj)
@@ -174,6 +190,8 @@ class Cache:
             self._by_service[obj.service_id][obj.id] = obj
             if obj.node_id:
                 self._by_node[obj.node_id][obj.id] = obj
+            elif obj.desired_state <= pb.RUNNING:
+                self._unassigned[obj.id] = obj
 
     def _remove(self, kind: Kind, object_id: str) -> None:
         old = self._objects[kind].pop(object_id, None)
@@ -189,6 +207,7 @@ class Cache:
             _discard(self._by_service, old.service_id, old.id)
             if old.node_id:
                 _discard(self._by_node, old.node_id, old.id)
+            self._unassigned.pop(old.id, None)
 
     def _publish(self, resync: bool, changes: list[Change]) -> None:
         for sub in self._subscribers:

@@ -29,8 +29,8 @@ MESSAGE: dict[Kind, type[Object]] = {
 
 KIND_OF: dict[type[Object], Kind] = {cls: kind for kind, cls in MESSAGE.items()}
 
-# Kinds whose name must be unique; the store keeps a name key beside the object.
-NAMED: frozenset[Kind] = frozenset({Kind.SERVICE, Kind.NETWORK})
+# Kinds with a unique name, which the cache indexes.
+NAMED: frozenset[Kind] = frozenset({Kind.SERVICE, Kind.NETWORK, Kind.CLUSTER})
 
 
 def kind_of(obj: Object) -> Kind:
@@ -38,9 +38,27 @@ def kind_of(obj: Object) -> Kind:
 
 
 def name_of(obj: Object) -> str | None:
-    if isinstance(obj, pb.Service | pb.Network):
+    if isinstance(obj, pb.Service | pb.Network | pb.Cluster):
         return obj.spec.annotations.name
     return None
+
+
+def claims(obj: Object) -> list[str]:
+    """Values no two objects of a kind may share (name, VNI, subnet).
+
+    The store writes a key per claim in the same transaction as the object,
+    guarded by "key absent", so uniqueness holds even when two managers
+    create at the same instant. Claims never change after creation.
+    """
+    if isinstance(obj, pb.Network):
+        out = [f"name/{obj.spec.annotations.name}"]
+        if obj.vni:
+            out.append(f"vni/{obj.vni}")
+        if obj.subnet:
+            out.append(f"subnet/{obj.subnet}")
+        return out
+    name = name_of(obj)
+    return [f"name/{name}"] if name else []
 
 
 def now_ms() -> int:
@@ -61,8 +79,8 @@ class Keys:
     def object(self, kind: Kind, object_id: str) -> bytes:
         return self.kind_prefix(kind) + object_id.encode()
 
-    def name(self, kind: Kind, name: str) -> bytes:
-        return f"{self.prefix}/n/{kind.value}/{name}".encode()
+    def claim(self, kind: Kind, claim: str) -> bytes:
+        return f"{self.prefix}/c/{kind.value}/{claim}".encode()
 
     def parse_object_key(self, key: bytes) -> tuple[Kind, str]:
         kind, _, object_id = key[len(self.objects) :].decode().partition("/")

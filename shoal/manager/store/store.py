@@ -2,9 +2,9 @@
 
 Each object is one key (`<prefix>/o/<kind>/<id>`) holding its serialized proto;
 its version is the key's mod_revision, so updates are compare-and-swap and a
-stale write fails with Conflict instead of overwriting. Names of services and
-networks are reserved by a second key written in the same transaction, which
-makes "create if the name is free" atomic even across managers.
+stale write fails with Conflict instead of overwriting. Unique values (names,
+VNIs, subnets) are reserved by claim keys written in the same transaction,
+which makes "create if the name is free" atomic even across managers.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from shoal.manager.store.errors import AlreadyExists, Conflict, NotFound, NotLea
 from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
 from shoal.manager.store.kinds import (
     MESSAGE,
-    NAMED,
     Keys,
     Kind,
     Object,
+    claims,
     kind_of,
     name_of,
     now_ms,
@@ -107,7 +107,7 @@ def _unavailable(err: grpc.aio.AioRpcError) -> Exception:
     return err
 
 
-async def _call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
+async def etcd_call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
     try:
         # wait_for_ready: ride out a reconnect (etcd restart) within the deadline.
         return await fn(request, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
@@ -128,7 +128,7 @@ class Store:
     # ------------------------------------------------------------ reads
 
     async def get(self, kind: Kind, object_id: str) -> Object:
-        resp = await _call(self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id)))
+        resp = await etcd_call(self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id)))
         if not resp.kvs:
             raise NotFound(f"{kind.value[:-1]} {object_id} not found")
         kv = resp.kvs[0]
@@ -136,7 +136,7 @@ class Store:
 
     async def revision(self) -> int:
         """The current etcd revision (a cheap, linearizable read)."""
-        resp = await _call(
+        resp = await etcd_call(
             self.conn.kv.Range, rpc.RangeRequest(key=self.keys.leader, count_only=True)
         )
         return int(resp.header.revision)
@@ -162,7 +162,7 @@ class Store:
         out: list[Object] = []
         start, end = prefix, prefix_end(prefix)
         while True:
-            resp = await _call(
+            resp = await etcd_call(
                 self.conn.kv.Range,
                 rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE, revision=revision),
             )
@@ -207,7 +207,7 @@ class Store:
         failure = []
         if fence is not None:
             failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=fence.key)))
-        resp = await _call(
+        resp = await etcd_call(
             self.conn.kv.Txn,
             rpc.TxnRequest(compare=txn.compares, success=txn.success, failure=failure),
         )
@@ -222,32 +222,37 @@ class Store:
             obj.meta.version = revision
         return revision
 
-    async def batch_chunked(self, ops: Sequence[Op], fence: Fence | None = None) -> int:
-        """Applies ops in as few transactions as etcd allows; returns how many chunks conflicted.
+    async def batch_chunked(
+        self, ops: Sequence[Op], fence: Fence | None = None
+    ) -> tuple[int, int]:
+        """Applies ops in as few transactions as etcd allows.
+
+        Returns (chunks that conflicted, last revision written).
 
         For reconcilers: each chunk is atomic, a conflicting chunk is skipped
         (the next reconcile pass sees the newer state and decides again).
         """
-        conflicts = 0
+        conflicts = revision = 0
         chunk: list[Op] = []
         size = 0
         for op in ops:
-            cost = 2 if isinstance(op.obj, tuple(MESSAGE[k] for k in NAMED)) else 1
+            cost = 1 + len(claims(op.obj))
             if size + cost > MAX_TXN_OPS - 1 and chunk:
-                conflicts += await self._try(chunk, fence)
+                conflicts, revision = await self._try(chunk, fence, conflicts, revision)
                 chunk, size = [], 0
             chunk.append(op)
             size += cost
         if chunk:
-            conflicts += await self._try(chunk, fence)
-        return conflicts
+            conflicts, revision = await self._try(chunk, fence, conflicts, revision)
+        return conflicts, revision
 
-    async def _try(self, ops: Sequence[Op], fence: Fence | None) -> int:
+    async def _try(
+        self, ops: Sequence[Op], fence: Fence | None, conflicts: int, revision: int
+    ) -> tuple[int, int]:
         try:
-            await self.batch(ops, fence)
+            return conflicts, await self.batch(ops, fence)
         except Conflict:
-            return 1
-        return 0
+            return conflicts + 1, revision
 
     def _build(self, ops: Sequence[Op]) -> _Txn:
         txn = _Txn()
@@ -256,16 +261,15 @@ class Store:
             obj = op.obj
             kind = kind_of(obj)
             key = self.keys.object(kind, obj.id)
-            name = name_of(obj) if kind in NAMED else None
+            claim_keys = [self.keys.claim(kind, c) for c in claims(obj)]
             if isinstance(op, Create):
                 obj.meta.created_at_ms = obj.meta.created_at_ms or stamp
                 obj.meta.updated_at_ms = stamp
                 txn.compares.append(_absent(key))
                 txn.success.append(_put(key, _encode(obj)))
-                if name is not None:
-                    name_key = self.keys.name(kind, name)
-                    txn.compares.append(_absent(name_key))
-                    txn.success.append(_put(name_key, obj.id.encode()))
+                for claim_key in claim_keys:
+                    txn.compares.append(_absent(claim_key))
+                    txn.success.append(_put(claim_key, obj.id.encode()))
                 txn.objects.append(obj)
             elif isinstance(op, Update):
                 obj.meta.updated_at_ms = stamp
@@ -278,14 +282,10 @@ class Store:
                 txn.success.append(
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
                 )
-                if name is not None:
-                    txn.success.append(
-                        rpc.RequestOp(
-                            request_delete_range=rpc.DeleteRangeRequest(
-                                key=self.keys.name(kind, name)
-                            )
-                        )
-                    )
+                txn.success.extend(
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=claim_key))
+                    for claim_key in claim_keys
+                )
         return txn
 
     def _conflict(self, ops: Sequence[Op]) -> Exception:
@@ -294,6 +294,8 @@ class Store:
             kind = kind_of(obj)
             name = name_of(obj)
             what = f"{kind.value[:-1]} {name!r}" if name else f"{kind.value[:-1]} {obj.id}"
+            if len(claims(obj)) > 1:
+                return AlreadyExists(f"{what} conflicts with an existing one ({', '.join(claims(obj))})")
             return AlreadyExists(f"{what} already exists")
         if len(ops) == 1:
             obj = ops[0].obj
@@ -306,11 +308,15 @@ class Store:
     # ------------------------------------------------------------ leases
 
     async def grant_lease(self, ttl_s: int) -> int:
-        resp = await _call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        resp = await etcd_call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(resp.ID)
 
     async def revoke_lease(self, lease_id: int) -> None:
-        await _call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        try:
+            await etcd_call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:  # already expired or revoked: fine
+                raise
 
     async def keep_alive(self, lease_id: int, period_s: float) -> AsyncIterator[int]:
         """Refreshes the lease every period_s; yields the TTL etcd granted each time.
@@ -335,7 +341,7 @@ class Store:
             call.cancel()
 
     async def compact(self, revision: int) -> None:
-        await _call(
+        await etcd_call(
             self.conn.kv.Compact, rpc.CompactionRequest(revision=revision, physical=True)
         )
 

@@ -30,6 +30,8 @@ class Change:
     id: str
     # None when the object was deleted.
     obj: object | None
+    # What the cache held before (filled in by the cache; None from the raw watch).
+    old: object | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""`swarmd`: the daemons. `swarmd manager ...` runs a manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from shoal.manager.etcd_embedded import EtcdError
+from shoal.manager.manager import JoinRefused, Manager, ManagerConfig, StateDirLocked
+from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _run_until_signalled(manager: Manager) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await manager.run(stop)
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def cli(log_level: str) -> None:
+    """Shoal daemons."""
+    _setup_logging(log_level)
+
+
+@cli.command()
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path),
+              help="Where the node keeps its identity, certificates and embedded etcd data.")
+@click.option("--listen-addr", default="0.0.0.0:4242", show_default=True,
+              help="Address for agents and remote managers (mTLS).")
+@click.option("--advertise-addr", default="", help="Address other nodes reach this manager at.")
+@click.option("--control-socket", type=click.Path(path_type=Path),
+              help="Unix socket of the control API [default: STATE_DIR/control.sock].")
+@click.option("--etcd-endpoints", default="",
+              help="Comma-separated etcd URLs; none starts an embedded etcd.")
+@click.option("--etcd-cacert", type=click.Path(exists=True, path_type=Path))
+@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path))
+@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
+@click.option("--join-addr", default="", help="A manager to join (with --join-token).")
+@click.option("--join-token", default="", help="A manager join token.")
+@click.option("--leader-lease-ttl", default=5, show_default=True, type=click.IntRange(2, 60),
+              help="Seconds before a dead leader is replaced.")
+def manager(
+    state_dir: Path,
+    listen_addr: str,
+    advertise_addr: str,
+    control_socket: Path | None,
+    etcd_endpoints: str,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    join_addr: str,
+    join_token: str,
+    leader_lease_ttl: int,
+) -> None:
+    """Run a manager."""
+    try:
+        endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    if bool(join_addr) != bool(join_token):
+        raise click.UsageError("--join-addr and --join-token go together")
+    tls = EtcdTLS(etcd_cacert, etcd_cert, etcd_key) if etcd_cacert else None
+    config = ManagerConfig(
+        state_dir=state_dir,
+        listen_addr=listen_addr,
+        advertise_addr=advertise_addr,
+        control_socket=control_socket,
+        etcd_endpoints=endpoints,
+        etcd_tls=tls,
+        join_addr=join_addr,
+        join_token=join_token,
+        leader_ttl_s=leader_lease_ttl,
+    )
+    try:
+        asyncio.run(_run_until_signalled(Manager(config)))
+    except (EtcdError, JoinRefused, StateDirLocked, StoreError, OSError) as err:
+        click.echo(f"swarmd: {err}", err=True)
+        sys.exit(1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

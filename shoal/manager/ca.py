@@ -1,0 +1,97 @@
+"""The cluster's root CA and join tokens.
+
+A join token is `SWMTKN-1-<sha256 of the CA certificate>-<secret>`: the digest
+lets a joining node pin the CA it is about to trust (no MITM), the secret says
+which role it may join as.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import secrets
+import string
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shoal.proto import objects_pb2 as pb
+
+TOKEN_PREFIX = "SWMTKN-1"
+ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
+_SECRET_ALPHABET = string.digits + string.ascii_lowercase
+
+
+def new_root_ca(cluster_id: str) -> pb.RootCA:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "shoal-root-ca"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + ROOT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pb.RootCA(ca_cert_pem=cert_pem, ca_key_pem=key_pem, ca_digest=ca_digest(cert_pem))
+
+
+def ca_digest(cert_pem: bytes) -> str:
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
+
+
+def new_join_token(digest: str) -> str:
+    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(25))
+    return f"{TOKEN_PREFIX}-{digest}-{secret}"
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    digest: str
+    secret: str
+
+
+def parse_join_token(token: str) -> ParsedToken:
+    parts = token.split("-")
+    if len(parts) != 4 or f"{parts[0]}-{parts[1]}" != TOKEN_PREFIX or not parts[2] or not parts[3]:
+        raise ValueError("invalid join token: expected SWMTKN-1-<ca digest>-<secret>")
+    return ParsedToken(digest=parts[2], secret=parts[3])
+
+
+def token_role(cluster: pb.Cluster, token: str) -> pb.NodeRole.ValueType | None:
+    """The role a token grants in this cluster, or None if it is not a current token."""
+    for role, current in (
+        (pb.ROLE_WORKER, cluster.join_tokens.worker),
+        (pb.ROLE_MANAGER, cluster.join_tokens.manager),
+    ):
+        if current and hmac.compare_digest(current.encode(), token.encode()):
+            return role
+    return None

@@ -1,0 +1,149 @@
+"""Leader election on an etcd lease.
+
+The leader key holds the leader's manager id and lives on its lease; whoever
+creates it leads until the lease runs out. Every reconciler write is fenced on
+the key's create_revision, so a leader that lost its lease (paused, cut off)
+cannot write a single task after a successor took over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aetcd import rpc
+
+from shoal.manager.store import Fence, Store, StoreError
+from shoal.manager.store.store import etcd_call
+
+log = logging.getLogger(__name__)
+
+LeaderWork = Callable[[Fence], Awaitable[None]]
+
+
+class Election:
+    def __init__(self, store: Store, manager_id: str, ttl_s: int = 5) -> None:
+        self.store = store
+        self.manager_id = manager_id
+        self.ttl_s = ttl_s
+        self.is_leader = False
+        self.leader_id: str | None = None
+        self._lease: int | None = None
+
+    async def run(self, work: LeaderWork) -> None:
+        """Campaigns forever; runs `work` while this manager leads, cancels it when not."""
+        while True:
+            try:
+                self._lease = await self.store.grant_lease(self.ttl_s)
+                fence = await self._campaign(self._lease)
+                await self._lead(self._lease, fence, work)
+            except StoreError as err:
+                log.warning("leader election: %s; campaigning again", err)
+                await asyncio.sleep(min(1.0, self.ttl_s / 3))
+            except Exception:
+                # A bug in leader work must not end the campaign for good.
+                log.exception("leader work failed; campaigning again")
+                await asyncio.sleep(1.0)
+
+    async def resign(self) -> None:
+        """Clean shutdown: revoking the lease hands leadership over at once, not after the TTL."""
+        if self._lease is not None:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke_lease(self._lease)
+
+    async def _campaign(self, lease: int) -> Fence:
+        key = self.store.keys.leader
+        while True:
+            resp = await etcd_call(
+                self.store.conn.kv.Txn,
+                rpc.TxnRequest(
+                    compare=[
+                        rpc.Compare(key=key, target=rpc.Compare.CREATE,
+                                    result=rpc.Compare.EQUAL, create_revision=0)
+                    ],
+                    success=[
+                        rpc.RequestOp(
+                            request_put=rpc.PutRequest(
+                                key=key, value=self.manager_id.encode(), lease=lease
+                            )
+                        )
+                    ],
+                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+                ),
+            )
+            if resp.succeeded:
+                self.leader_id = self.manager_id
+                return Fence(key, int(resp.header.revision))
+            kvs = resp.responses[0].response_range.kvs
+            if kvs and kvs[0].value.decode() == self.manager_id and kvs[0].lease != lease:
+                # Our own previous life (killed, now restarted: the state dir lock
+                # says it is gone) still holds the key: release it instead of
+                # waiting out its TTL.
+                log.info("releasing leadership held by this manager's previous run")
+                await self.store.revoke_lease(int(kvs[0].lease))
+                continue
+            if kvs:
+                self.leader_id = kvs[0].value.decode()
+                # Keep our own lease alive meanwhile: it is the one we campaign with.
+                await _first(self._keep(lease), self._leader_key_deleted(int(resp.header.revision)))
+
+    async def _leader_key_deleted(self, revision: int) -> None:
+        requests: asyncio.Queue[Any] = asyncio.Queue()
+        requests.put_nowait(
+            rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(
+                    key=self.store.keys.leader, start_revision=revision + 1
+                )
+            )
+        )
+
+        async def outgoing() -> AsyncIterator[Any]:
+            while True:
+                yield await requests.get()
+
+        call = self.store.conn.watch.Watch(outgoing(), wait_for_ready=True)
+        try:
+            async for resp in call:
+                if resp.compact_revision or resp.canceled:
+                    return  # cannot tell: look at the key again
+                if any(ev.type == rpc.Event.DELETE for ev in resp.events):
+                    return
+        except Exception as err:
+            raise StoreError(f"watching the leader key failed: {err}") from err
+        finally:
+            call.cancel()
+
+    async def _keep(self, lease: int) -> None:
+        async for _ in self.store.keep_alive(lease, self.ttl_s / 3):
+            pass
+        raise StoreError("lease expired")
+
+    async def _lead(self, lease: int, fence: Fence, work: LeaderWork) -> None:
+        log.info("manager %s is the leader", self.manager_id)
+        self.is_leader = True
+        try:
+            await _first(self._keep(lease), work(fence))
+        finally:
+            self.is_leader = False
+            self.leader_id = None
+            with contextlib.suppress(StoreError):
+                await self.store.revoke_lease(lease)
+            log.info("manager %s stopped leading", self.manager_id)
+
+
+async def _first(*coros: Awaitable[None]) -> None:
+    """Runs coros until the first one ends; cancels the rest; re-raises its error."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t

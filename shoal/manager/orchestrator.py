@@ -1,0 +1,264 @@
+"""Orchestrators: from each service's desired state to the set of tasks it needs.
+
+Replicated services get one live task per slot 1..replicas; global services get
+one live task per eligible node. Decisions are made from the cache alone and
+come back as store operations, so running a pass twice, or after a restart
+half-way through, converges to the same tasks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from shoal.manager import constraints
+from shoal.manager.ids import new_id
+from shoal.manager.scheduler import is_live
+from shoal.manager.store import Cache, Create, Delete, Kind, Op, Update
+from shoal.manager.store.kinds import now_ms
+from shoal.proto import objects_pb2 as pb
+
+# Task states in which nothing runs on a node yet: such a task can simply be deleted.
+_NOT_STARTED = pb.ASSIGNED
+
+
+@dataclass
+class Plan:
+    """What one pass decided: store operations, and new tasks still to be scheduled."""
+
+    ops: list[Op] = field(default_factory=list)
+    # Ids of tasks the plan writes, so the scheduler does not write them again.
+    touched: set[str] = field(default_factory=set)
+    new_unassigned: list[pb.Task] = field(default_factory=list)
+
+    def create(self, task: pb.Task) -> None:
+        self.ops.append(Create(task))
+        self.touched.add(task.id)
+        if not task.node_id:
+            self.new_unassigned.append(task)
+
+    def update(self, task: pb.Task) -> None:
+        self.ops.append(Update(task))
+        self.touched.add(task.id)
+
+    def delete(self, task: pb.Task) -> None:
+        self.ops.append(Delete(task))
+        self.touched.add(task.id)
+
+
+def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
+    t = pb.Task(
+        id=new_id(),
+        service_id=service.id,
+        service_name=service.spec.annotations.name,
+        slot=slot,
+        node_id=node_id,
+        desired_state=pb.RUNNING,
+        spec_version=service.spec_version,
+    )
+    t.spec.CopyFrom(service.spec.task)
+    t.status.timestamp_ms = now_ms()
+    if node_id:
+        t.status.state = pb.ASSIGNED
+        t.status.message = "scheduled"
+    else:
+        t.status.state = pb.PENDING
+        t.status.message = "pending task scheduling"
+    return t
+
+
+def node_usable(node: pb.Node | None) -> bool:
+    """Whether a node may keep running its tasks (drain and down move them)."""
+    return (
+        node is not None
+        and node.status.state == pb.NODE_READY
+        and node.spec.availability != pb.AVAILABILITY_DRAIN
+    )
+
+
+class Orchestrator:
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+
+    def reconcile(self, service_ids: set[str], plan: Plan) -> None:
+        for service_id in service_ids:
+            service: pb.Service | None = self.cache.get(Kind.SERVICE, service_id)
+            tasks = self.cache.tasks_of_service(service_id)
+            if service is None:
+                self._remove_tasks(tasks, plan)
+            elif service.spec.WhichOneof("mode") == "global":
+                self._reconcile_global(service, tasks, plan)
+            else:
+                self._reconcile_replicated(service, tasks, plan)
+            if service is not None:
+                self._reap_history(tasks, plan)
+
+    # ------------------------------------------------------------ replicated
+
+    def _reconcile_replicated(
+        self, service: pb.Service, tasks: list[pb.Task], plan: Plan
+    ) -> None:
+        replicas = service.spec.replicated.replicas
+        by_slot: dict[int, list[pb.Task]] = defaultdict(list)
+        for t in tasks:
+            if t.desired_state <= pb.RUNNING:
+                by_slot[t.slot].append(t)
+
+        for slot, slot_tasks in by_slot.items():
+            if slot > replicas:
+                for t in slot_tasks:
+                    self._shut_down(t, plan, "scaled down")
+                continue
+            keep = self._keep_one(slot_tasks, plan)
+            if keep is None or not self._healthy(keep, plan):
+                plan.create(new_task(service, slot))
+
+        for slot in range(1, replicas + 1):
+            if slot not in by_slot:
+                plan.create(new_task(service, slot))
+
+        self._roll(service, by_slot, plan)
+
+    def _keep_one(self, slot_tasks: list[pb.Task], plan: Plan) -> pb.Task | None:
+        """One live task per slot: the furthest along (then newest) stays."""
+        live = [t for t in slot_tasks if is_live(t)]
+        for t in slot_tasks:
+            if not is_live(t):
+                # Finished or failed while it should run: replaced (restart policy: issue 5).
+                self._shut_down(t, plan, "")
+        if not live:
+            return None
+        live.sort(key=lambda t: (t.status.state, t.meta.created_at_ms), reverse=True)
+        for extra in live[1:]:
+            self._shut_down(extra, plan, "duplicate task in slot")
+        return live[0]
+
+    def _healthy(self, t: pb.Task, plan: Plan) -> bool:
+        """False (and the task is shut down) if its node can no longer run it."""
+        if not t.node_id:
+            return True
+        node: pb.Node | None = self.cache.get(Kind.NODE, t.node_id)
+        if node_usable(node):
+            return True
+        reason = "node drained" if node is not None and node.status.state == pb.NODE_READY else (
+            "node down" if node is not None else "node removed"
+        )
+        self._shut_down(t, plan, reason)
+        return False
+
+    def _roll(self, service: pb.Service, by_slot: dict[int, list[pb.Task]], plan: Plan) -> None:
+        """Replaces tasks made from an older spec, `parallelism` at a time (stop-first)."""
+        version = service.spec_version
+        outdated: list[pb.Task] = []
+        in_flight = 0
+        for slot, slot_tasks in by_slot.items():
+            if slot > service.spec.replicated.replicas:
+                continue
+            for t in slot_tasks:
+                if t.id in plan.touched or not is_live(t):
+                    continue
+                if t.spec_version < version:
+                    outdated.append(t)
+                elif t.status.state < pb.RUNNING:
+                    in_flight += 1
+        if not outdated:
+            return
+        parallelism = service.spec.update.parallelism
+        budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
+        outdated.sort(key=lambda t: t.slot)
+        for t in outdated[:budget]:
+            self._shut_down(t, plan, "updating to a new spec")
+            plan.create(new_task(service, int(t.slot)))
+
+    # ------------------------------------------------------------ global
+
+    def _reconcile_global(self, service: pb.Service, tasks: list[pb.Task], plan: Plan) -> None:
+        wanted = constraints.parse_all(list(service.spec.task.placement.constraints))
+        eligible = {
+            n.id
+            for n in self.cache.list(Kind.NODE)
+            if n.status.state == pb.NODE_READY
+            and n.spec.availability == pb.AVAILABILITY_ACTIVE
+            and all(c.matches(n) for c in wanted)
+        }
+        live_on: dict[str, list[pb.Task]] = defaultdict(list)
+        for t in tasks:
+            if t.desired_state > pb.RUNNING:
+                continue
+            if not is_live(t):
+                self._shut_down(t, plan, "")
+                continue
+            live_on[t.node_id].append(t)
+        for node_id, node_tasks in live_on.items():
+            node: pb.Node | None = self.cache.get(Kind.NODE, node_id)
+            if not node_usable(node) or (node_id not in eligible and node is not None
+                                          and node.spec.availability != pb.AVAILABILITY_PAUSE):
+                for t in node_tasks:
+                    self._shut_down(t, plan, "node no longer eligible")
+                continue
+            node_tasks.sort(key=lambda t: (t.spec_version, t.status.state), reverse=True)
+            keep, extras = node_tasks[0], node_tasks[1:]
+            for t in extras:
+                self._shut_down(t, plan, "duplicate task on node")
+            if keep.spec_version < service.spec_version:
+                self._shut_down(keep, plan, "updating to a new spec")
+                plan.create(new_task(service, 0, node_id))
+        for node_id in eligible - live_on.keys():
+            plan.create(new_task(service, 0, node_id))
+
+    # ------------------------------------------------------------ removal
+
+    def _shut_down(self, t: pb.Task, plan: Plan, reason: str) -> None:
+        if t.id in plan.touched:
+            return
+        if t.status.state < _NOT_STARTED:
+            # Never scheduled: nothing runs it, so the record just goes.
+            plan.delete(t)
+            return
+        updated = pb.Task()
+        updated.CopyFrom(t)
+        updated.desired_state = pb.SHUTDOWN
+        if reason:
+            updated.status.message = reason
+        plan.update(updated)
+
+    def _node_alive(self, t: pb.Task) -> bool:
+        node: pb.Node | None = self.cache.get(Kind.NODE, t.node_id) if t.node_id else None
+        return node is not None and node.status.state == pb.NODE_READY
+
+    def _remove_tasks(self, tasks: list[pb.Task], plan: Plan) -> None:
+        """The service is gone: stop what runs, delete what does not."""
+        for t in tasks:
+            if t.id in plan.touched:
+                continue
+            finished = t.status.state > pb.RUNNING or t.status.state < _NOT_STARTED
+            if finished or not self._node_alive(t):
+                plan.delete(t)
+            elif t.desired_state != pb.REMOVE:
+                updated = pb.Task()
+                updated.CopyFrom(t)
+                updated.desired_state = pb.REMOVE
+                updated.status.message = "service removed"
+                plan.update(updated)
+
+    def _reap_history(self, tasks: list[pb.Task], plan: Plan) -> None:
+        """Keeps the newest `task_history_limit` dead tasks per slot (per node for global)."""
+        limit = self._history_limit()
+        dead: dict[tuple[int, str], list[pb.Task]] = defaultdict(list)
+        for t in tasks:
+            if t.id in plan.touched or t.desired_state <= pb.RUNNING:
+                continue
+            if t.status.state > pb.RUNNING or not self._node_alive(t):
+                dead[(int(t.slot), t.node_id if t.slot == 0 else "")].append(t)
+        for group in dead.values():
+            if len(group) <= limit:
+                continue
+            group.sort(key=lambda t: t.meta.updated_at_ms, reverse=True)
+            for t in group[limit:]:
+                plan.delete(t)
+
+    def _history_limit(self) -> int:
+        clusters = self.cache.list(Kind.CLUSTER)
+        if clusters:
+            return int(clusters[0].spec.orchestration.task_history_limit)
+        return 5

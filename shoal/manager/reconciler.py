@@ -1,0 +1,92 @@
+"""The leader's control loop: orchestrators, then the scheduler, then one batched write.
+
+Level-triggered: a change only marks what to look at; every pass decides from
+the cache. A pass's writes are waited for in the cache before the next pass,
+so it never acts twice on the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from shoal.manager.orchestrator import Orchestrator, Plan
+from shoal.manager.scheduler import Scheduler
+from shoal.manager.store import Cache, Change, Fence, Kind, Store, Update
+from shoal.proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, store: Store, cache: Cache) -> None:
+        self.store = store
+        self.cache = cache
+        self.orchestrator = Orchestrator(cache)
+        self.scheduler = Scheduler(cache)
+        self.passes = 0
+
+    async def run(self, fence: Fence) -> None:
+        """Runs until cancelled (leadership lost) or a fenced write is refused."""
+        with self.cache.subscribe() as sub:
+            await self.cache.sync()
+            retry = self._everything()
+            while True:
+                # A first pass, or one to redo, goes at once; otherwise wait for news.
+                resync, changes = sub.drain() if retry else await sub.next()
+                dirty = retry | (self._everything() if resync else self._dirty(changes))
+                retry = set()
+                if not await self.reconcile(dirty, fence):
+                    retry = dirty
+
+    def _everything(self) -> set[str]:
+        dirty = set(self.cache.ids(Kind.SERVICE))
+        # Tasks of services that no longer exist must be cleaned up too.
+        dirty.update(t.service_id for t in self.cache.list(Kind.TASK))
+        return dirty
+
+    def _dirty(self, changes: Iterable[Change]) -> set[str]:
+        dirty: set[str] = set()
+        for change in changes:
+            if change.kind == Kind.SERVICE:
+                dirty.add(change.id)
+            elif change.kind == Kind.TASK:
+                task = change.obj or change.old
+                if isinstance(task, pb.Task):
+                    dirty.add(task.service_id)
+            elif change.kind == Kind.NODE:
+                # Tasks on the node may have to move; global services may need a task there.
+                dirty.update(t.service_id for t in self.cache.tasks_of_node(change.id))
+                dirty.update(
+                    s.id
+                    for s in self.cache.list(Kind.SERVICE)
+                    if s.spec.WhichOneof("mode") == "global"
+                )
+            elif change.kind == Kind.CLUSTER:
+                dirty.update(self.cache.ids(Kind.SERVICE))
+        return dirty
+
+    async def reconcile(self, service_ids: set[str], fence: Fence) -> bool:
+        """One pass; False if some write conflicted and the pass should be redone."""
+        self.passes += 1
+        plan = Plan()
+        self.orchestrator.reconcile(service_ids, plan)
+        waiting = [t for t in self.cache.unassigned_tasks() if t.id not in plan.touched]
+        # Cache objects are shared: the scheduler changes copies.
+        copies = []
+        for t in waiting:
+            c = pb.Task()
+            c.CopyFrom(t)
+            copies.append(c)
+        assigned, reason_changed = self.scheduler.schedule([*plan.new_unassigned, *copies])
+        new_ids = {t.id for t in plan.new_unassigned}
+        # New tasks are written once, already assigned: their Create op holds the same object.
+        plan.ops.extend(Update(t) for t in (*assigned, *reason_changed) if t.id not in new_ids)
+        if not plan.ops:
+            return True
+        conflicts, revision = await self.store.batch_chunked(plan.ops, fence)
+        if conflicts:
+            log.info("%d write batch(es) conflicted; deciding again", conflicts)
+            revision = await self.store.revision()
+        await self.cache.wait_for(revision)
+        return conflicts == 0

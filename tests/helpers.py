@@ -1,0 +1,70 @@
+"""Shared test helpers: objects, and waiting on the cache without polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+from shoal.manager.ids import new_id
+from shoal.manager.store import Cache, Kind
+from shoal.manager.store.kinds import now_ms
+from shoal.proto import objects_pb2 as pb
+
+
+def make_node(
+    hostname: str,
+    labels: dict[str, str] | None = None,
+    state: pb.NodeState.ValueType = pb.NODE_READY,
+    role: pb.NodeRole.ValueType = pb.ROLE_WORKER,
+) -> pb.Node:
+    node = pb.Node(id=new_id(), role=role)
+    node.description.hostname = hostname
+    node.spec.labels.update(labels or {})
+    node.status.state = state
+    node.status.heartbeat_at_ms = now_ms()
+    return node
+
+
+def service_spec(name: str, replicas: int | None = 1, image: str = "busybox:latest",
+                 constraints: list[str] | None = None) -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(annotations=pb.Annotations(name=name))
+    if replicas is None:
+        spec.__getattribute__("global").SetInParent()
+    else:
+        spec.replicated.replicas = replicas
+    spec.task.container.image = image
+    spec.task.placement.constraints.extend(constraints or [])
+    return spec
+
+
+def live(cache: Cache, service_id: str) -> list[pb.Task]:
+    return [
+        t
+        for t in cache.tasks_of_service(service_id)
+        if t.desired_state == pb.RUNNING and t.status.state <= pb.RUNNING
+    ]
+
+
+def spread(cache: Cache, service_id: str) -> Counter[str]:
+    """Live, assigned tasks per node hostname."""
+    out: Counter[str] = Counter()
+    for t in live(cache, service_id):
+        if t.node_id:
+            node = cache.get(Kind.NODE, t.node_id)
+            out[node.description.hostname if node else t.node_id] += 1
+    return out
+
+
+async def until(cache: Cache, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Waits until predicate() holds, re-checking on every cache change (no polling)."""
+    with cache.subscribe() as sub:
+
+        async def wait() -> None:
+            while not predicate():
+                await sub.next()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"condition not met within {timeout}s") from None

@@ -1,0 +1,188 @@
+"""Orchestrators and scheduler on a real etcd, with nodes registered through the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shoal.manager.election import Election
+from shoal.manager.ids import new_id
+from shoal.manager.reconciler import Reconciler
+from shoal.manager.store import Cache, Create, Kind, Store
+from shoal.proto import objects_pb2 as pb
+
+from .helpers import live, make_node, service_spec, spread, until
+
+
+@pytest.fixture
+async def leader(store: Store, cache: Cache) -> AsyncIterator[Reconciler]:
+    reconciler = Reconciler(store, cache)
+    election = Election(store, "m-test", ttl_s=3)
+    task = asyncio.create_task(election.run(reconciler.run))
+    try:
+        yield reconciler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def nodes(store: Store, *names: str, **labels: dict[str, str]) -> list[pb.Node]:
+    made = [make_node(n, labels.get(n)) for n in names]
+    await store.batch([Create(n) for n in made])
+    return made
+
+
+async def create_service(store: Store, spec: pb.ServiceSpec) -> pb.Service:
+    from shoal import defaults
+
+    defaults.fill_service_spec(spec)
+    return await store.create(pb.Service(id=new_id(), spec=spec, spec_version=1))
+
+
+async def set_node(store: Store, cache: Cache, node: pb.Node, **changes: object) -> None:
+    await cache.sync()
+    current = pb.Node()
+    current.CopyFrom(cache.get(Kind.NODE, node.id))
+    if "availability" in changes:
+        current.spec.availability = changes["availability"]  # type: ignore[assignment]
+    if "state" in changes:
+        current.status.state = changes["state"]  # type: ignore[assignment]
+    await store.update(current)
+
+
+async def test_seven_replicas_spread_3_2_2(store: Store, cache: Cache, leader: Reconciler) -> None:
+    await nodes(store, "n1", "n2", "n3")
+    svc = await create_service(store, service_spec("web", 7))
+    await until(cache, lambda: sum(spread(cache, svc.id).values()) == 7)
+    assert sorted(spread(cache, svc.id).values()) == [2, 2, 3]
+    slots = sorted(t.slot for t in live(cache, svc.id))
+    assert slots == list(range(1, 8))
+    assert all(t.status.state == pb.ASSIGNED for t in live(cache, svc.id))
+
+
+async def test_drain_moves_tasks(store: Store, cache: Cache, leader: Reconciler) -> None:
+    n1, n2, n3 = await nodes(store, "n1", "n2", "n3")
+    svc = await create_service(store, service_spec("web", 7))
+    await until(cache, lambda: sum(spread(cache, svc.id).values()) == 7)
+    on_n1 = {t.id for t in cache.tasks_of_node(n1.id)}
+    await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
+    await until(cache, lambda: spread(cache, svc.id).get("n1", 0) == 0
+                and sum(spread(cache, svc.id).values()) == 7)
+    assert sorted(spread(cache, svc.id).values()) == [3, 4]
+    # The drained node's tasks are told to shut down (their agent stops them).
+    for task_id in on_n1:
+        assert cache.get(Kind.TASK, task_id).desired_state == pb.SHUTDOWN
+    assert sorted(t.slot for t in live(cache, svc.id)) == list(range(1, 8))
+
+
+async def test_node_down_replaces_tasks(store: Store, cache: Cache, leader: Reconciler) -> None:
+    n1, n2 = await nodes(store, "n1", "n2")
+    svc = await create_service(store, service_spec("web", 4))
+    await until(cache, lambda: sum(spread(cache, svc.id).values()) == 4)
+    await set_node(store, cache, n2, state=pb.NODE_DOWN)
+    await until(cache, lambda: spread(cache, svc.id) == {"n1": 4})
+
+
+async def test_unsatisfiable_constraint_stays_pending_with_reason(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    await nodes(store, "n1", "n2", "n3", n1={"zone": "a"}, n2={"zone": "b"})
+    svc = await create_service(store, service_spec("web", 2, constraints=["node.labels.zone==c"]))
+
+    def pending_with_reason() -> bool:
+        tasks = live(cache, svc.id)
+        return len(tasks) == 2 and all(t.status.err for t in tasks)
+
+    await until(cache, pending_with_reason)
+    for t in live(cache, svc.id):
+        assert t.status.state == pb.PENDING
+        assert not t.node_id
+        assert t.status.err == "no suitable node: 3 nodes not satisfying node.labels.zone==c"
+
+
+async def test_pending_reason_names_every_filter(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    n1, n2, n3 = await nodes(store, "n1", "n2", "n3")
+    await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
+    await set_node(store, cache, n2, state=pb.NODE_DOWN)
+    svc = await create_service(store, service_spec("web", 1, constraints=["node.hostname==n1"]))
+    await until(cache, lambda: any(t.status.err for t in live(cache, svc.id)))
+    err = live(cache, svc.id)[0].status.err
+    assert err == (
+        "no suitable node: 1 node drained, 1 node not ready, "
+        "1 node not satisfying node.hostname==n1"
+    )
+    # The drained node comes back: the task is placed there and the reason cleared.
+    await set_node(store, cache, n1, availability=pb.AVAILABILITY_ACTIVE)
+    await until(cache, lambda: spread(cache, svc.id) == {"n1": 1})
+    assert live(cache, svc.id)[0].status.err == ""
+
+
+async def test_scale_down_removes_highest_slots(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    await nodes(store, "n1", "n2")
+    svc = await create_service(store, service_spec("web", 5))
+    await until(cache, lambda: sum(spread(cache, svc.id).values()) == 5)
+    current = pb.Service()
+    current.CopyFrom(cache.get(Kind.SERVICE, svc.id))
+    current.spec.replicated.replicas = 2
+    await store.update(current)
+    await until(cache, lambda: len(live(cache, svc.id)) == 2)
+    assert sorted(t.slot for t in live(cache, svc.id)) == [1, 2]
+
+
+async def test_global_service_one_task_per_eligible_node(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    n1, n2 = await nodes(store, "n1", "n2", n1={"gpu": "yes"}, n2={"gpu": "yes"})
+    await nodes(store, "n3")
+    svc = await create_service(store, service_spec("agent", None, constraints=["node.labels.gpu==yes"]))
+    await until(cache, lambda: spread(cache, svc.id) == {"n1": 1, "n2": 1})
+    (n4,) = await nodes(store, "n4", n4={"gpu": "yes"})
+    await until(cache, lambda: spread(cache, svc.id) == {"n1": 1, "n2": 1, "n4": 1})
+    await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
+    await until(cache, lambda: spread(cache, svc.id) == {"n2": 1, "n4": 1})
+
+
+async def test_service_removal_cleans_tasks(store: Store, cache: Cache, leader: Reconciler) -> None:
+    await nodes(store, "n1")
+    placed = await create_service(store, service_spec("placed", 2))
+    stuck = await create_service(store, service_spec("stuck", 2, constraints=["node.hostname==x"]))
+    await until(cache, lambda: len(spread(cache, placed.id)) == 1
+                and all(t.status.err for t in live(cache, stuck.id)) and len(live(cache, stuck.id)) == 2)
+    await store.delete(cache.get(Kind.SERVICE, stuck.id))
+    await store.delete(cache.get(Kind.SERVICE, placed.id))
+    # Never-scheduled tasks go at once; tasks on a live node are told to go away.
+    await until(cache, lambda: not cache.tasks_of_service(stuck.id)
+                and all(t.desired_state == pb.REMOVE for t in cache.tasks_of_service(placed.id)))
+    assert len(cache.tasks_of_service(placed.id)) == 2
+
+
+async def test_restart_midway_converges_without_duplicates(store: Store, cache: Cache) -> None:
+    """A leader killed mid-way and a new one started: the same tasks, none twice."""
+    await nodes(store, "n1", "n2", "n3")
+    svc = await create_service(store, service_spec("web", 40))
+    first = Reconciler(store, cache)
+    election = Election(store, "m-a", ttl_s=3)
+    task = asyncio.create_task(election.run(first.run))
+    await until(cache, lambda: len(cache.tasks_of_service(svc.id)) > 0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    second = Reconciler(store, cache)
+    task = asyncio.create_task(Election(store, "m-b", ttl_s=3).run(second.run))
+    try:
+        await until(cache, lambda: sum(spread(cache, svc.id).values()) == 40)
+        await cache.sync()
+        slots = [t.slot for t in cache.tasks_of_service(svc.id)]
+        assert sorted(slots) == list(range(1, 41))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
