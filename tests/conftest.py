@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
+
+from .procs import ManagerProcess
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @pytest.fixture
@@ -40,3 +46,29 @@ async def cache(store: Store) -> AsyncIterator[Cache]:
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reap_orphans() -> Iterator[None]:
+    """Adopt orphans (the etcd of a kill -9'd manager) and reap them at the end."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    yield
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+
+
+@pytest.fixture
+def managers(tmp_path: Path) -> Iterator[list[ManagerProcess]]:
+    """Manager processes a test starts; all stopped at the end, also on failure."""
+    started: list[ManagerProcess] = []
+    try:
+        yield started
+    finally:
+        for m in started:
+            m.stop()

@@ -1,0 +1,110 @@
+"""Real daemon processes for tests: `swarmd manager` and `swarmctl` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class ManagerProcess:
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.state_dir = state_dir
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir.parent / f"{state_dir.name}.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+    @property
+    def node_id(self) -> str:
+        return (self.state_dir / "node_id").read_text().strip()
+
+    def start(self) -> ManagerProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal.daemon", "--log-level", "debug", "manager",
+             "--state-dir", str(self.state_dir), "--leader-lease-ttl", "3", *self.extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),  # noqa: SIM115 - owned by the child
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"manager exited {self.proc.returncode}:\n{self.log_tail()}")
+            if self.socket.exists():
+                try:
+                    with grpc.insecure_channel(f"unix://{self.socket}") as ch:
+                        api_grpc.ControlStub(ch).GetCluster(api.GetClusterRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.05)  # start-up only: nothing to watch before the socket exists
+        raise RuntimeError(f"manager not ready in {START_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9, no clean-up: what a crash looks like."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def ctl(self, *args: str, timeout: float = 60) -> Result:
+        return swarmctl(self.socket, *args, timeout=timeout)
+
+
+def swarmctl(socket: Path, *args: str, timeout: float = 60) -> Result:
+    env = {**os.environ, "SWARM_SOCKET": str(socket)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal.swarmctl", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
