@@ -32,30 +32,51 @@ async def _run_until_signalled(manager: Manager) -> None:
 
 
 @click.group()
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def cli(log_level: str) -> None:
     """Shoal daemons."""
     _setup_logging(log_level)
 
 
 @cli.command()
-@click.option("--state-dir", required=True, type=click.Path(path_type=Path),
-              help="Where the node keeps its identity, certificates and embedded etcd data.")
-@click.option("--listen-addr", default="0.0.0.0:4242", show_default=True,
-              help="Address for agents and remote managers (mTLS).")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the node keeps its identity, certificates and embedded etcd data.",
+)
+@click.option(
+    "--listen-addr",
+    default="0.0.0.0:4242",
+    show_default=True,
+    help="Address for agents and remote managers (mTLS).",
+)
 @click.option("--advertise-addr", default="", help="Address other nodes reach this manager at.")
-@click.option("--control-socket", type=click.Path(path_type=Path),
-              help="Unix socket of the control API [default: STATE_DIR/control.sock].")
-@click.option("--etcd-endpoints", default="",
-              help="Comma-separated etcd URLs; none starts an embedded etcd.")
+@click.option(
+    "--control-socket",
+    type=click.Path(path_type=Path),
+    help="Unix socket of the control API [default: STATE_DIR/control.sock].",
+)
+@click.option(
+    "--etcd-endpoints", default="", help="Comma-separated etcd URLs; none starts an embedded etcd."
+)
 @click.option("--etcd-cacert", type=click.Path(exists=True, path_type=Path))
 @click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path))
 @click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
 @click.option("--join-token", default="", help="A manager join token.")
-@click.option("--leader-lease-ttl", default=5, show_default=True, type=click.IntRange(2, 60),
-              help="Seconds before a dead leader is replaced.")
+@click.option(
+    "--leader-lease-ttl",
+    default=5,
+    show_default=True,
+    type=click.IntRange(2, 60),
+    help="Seconds before a dead leader is replaced.",
+)
 def manager(
     state_dir: Path,
     listen_addr: str,

@@ -26,8 +26,12 @@ def make_node(
     return node
 
 
-def service_spec(name: str, replicas: int | None = 1, image: str = "busybox:latest",
-                 constraints: list[str] | None = None) -> pb.ServiceSpec:
+def service_spec(
+    name: str,
+    replicas: int | None = 1,
+    image: str = "busybox:latest",
+    constraints: list[str] | None = None,
+) -> pb.ServiceSpec:
     spec = pb.ServiceSpec(annotations=pb.Annotations(name=name))
     if replicas is None:
         spec.__getattribute__("global").SetInParent()
@@ -56,7 +60,7 @@ def spread(cache: Cache, service_id: str) -> Counter[str]:
     return out
 
 
-async def until(cache: Cache, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(cache: Cache, predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
     """Waits until predicate() holds, re-checking on every cache change (no polling)."""
     with cache.subscribe() as sub:
 
@@ -65,6 +69,6 @@ async def until(cache: Cache, predicate: Callable[[], bool], timeout: float = 10
                 await sub.next()
 
         try:
-            await asyncio.wait_for(wait(), timeout)
+            await asyncio.wait_for(wait(), limit_s)
         except TimeoutError:
-            raise AssertionError(f"condition not met within {timeout}s") from None
+            raise AssertionError(f"condition not met within {limit_s}s") from None

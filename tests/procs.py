@@ -48,11 +48,22 @@ class ManagerProcess:
     def start(self) -> ManagerProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal.daemon", "--log-level", "debug", "manager",
-             "--state-dir", str(self.state_dir), "--leader-lease-ttl", "3", *self.extra],
+            [
+                sys.executable,
+                "-m",
+                "shoal.daemon",
+                "--log-level",
+                "debug",
+                "manager",
+                "--state-dir",
+                str(self.state_dir),
+                "--leader-lease-ttl",
+                "3",
+                *self.extra,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "ab"),  # noqa: SIM115 - owned by the child
+            stderr=open(self.log, "ab"),
         )
         self.wait_ready()
         return self

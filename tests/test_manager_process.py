@@ -12,7 +12,7 @@ import pytest
 from aetcd import rpc
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
-from shoal.manager.store import Cache, Create, EtcdConnection, Kind, Store
+from shoal.manager.store import Cache, Create, EtcdConnection, Store
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
@@ -57,8 +57,9 @@ def test_kill_9_and_restart_keeps_everything(
         resp = c.CreateService(api.CreateServiceRequest(spec=service_spec(name, replicas)))
         created[resp.service.service.id] = resp.service.service.meta.version
     net = c.CreateNetwork(
-        api.CreateNetworkRequest(spec=pb.NetworkSpec(annotations=pb.Annotations(name="front"),
-                                                     driver="overlay"))
+        api.CreateNetworkRequest(
+            spec=pb.NetworkSpec(annotations=pb.Annotations(name="front"), driver="overlay")
+        )
     ).network
     cluster_id = c.GetCluster(api.GetClusterRequest()).cluster.id
     etcd_pid = int((m.state_dir / "etcd" / "etcd.pid").read_text())
@@ -66,16 +67,20 @@ def test_kill_9_and_restart_keeps_everything(
     m.kill()  # between two requests: no clean shutdown at all
     m.start()
     c = control(m)
-    services = {s.service.id: s.service.meta.version
-                for s in c.ListServices(api.ListServicesRequest()).services}
+    services = {
+        s.service.id: s.service.meta.version
+        for s in c.ListServices(api.ListServicesRequest()).services
+    }
     assert services == created
     assert c.GetNetwork(api.GetNetworkRequest(ref="front")).network.vni == net.vni
     assert c.GetCluster(api.GetClusterRequest()).cluster.id == cluster_id
     # The embedded etcd came back as a new child; the old one died with its parent.
     new_pid = int((m.state_dir / "etcd" / "etcd.pid").read_text())
     assert new_pid != etcd_pid
-    assert not Path(f"/proc/{etcd_pid}/cmdline").exists() or \
-        Path(f"/proc/{etcd_pid}/cmdline").read_bytes() == b""
+    assert (
+        not Path(f"/proc/{etcd_pid}/cmdline").exists()
+        or Path(f"/proc/{etcd_pid}/cmdline").read_bytes() == b""
+    )
     # And it still takes writes.
     c.CreateService(api.CreateServiceRequest(spec=service_spec("after", 1)))
     assert m.stop() == 0
@@ -89,8 +94,13 @@ async def test_two_managers_one_leader_and_takeover(
     managers.append(m1)
     token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.manager
     m2 = ManagerProcess(
-        tmp_path / "m2", "--etcd-endpoints", endpoints,
-        "--join-addr", "127.0.0.1:4242", "--join-token", token,
+        tmp_path / "m2",
+        "--etcd-endpoints",
+        endpoints,
+        "--join-addr",
+        "127.0.0.1:4242",
+        "--join-token",
+        token,
     ).start()
     managers.append(m2)
     await shared_store.batch([Create(make_node(f"n{i}")) for i in range(3)])
@@ -100,8 +110,11 @@ async def test_two_managers_one_leader_and_takeover(
     try:
         first = await leader_id(shared_store)
         assert first in (m1.node_id, m2.node_id)
-        svc = control(m2).CreateService(
-            api.CreateServiceRequest(spec=service_spec("web", 12))).service.service
+        svc = (
+            control(m2)
+            .CreateService(api.CreateServiceRequest(spec=service_spec("web", 12)))
+            .service.service
+        )
         await until(cache, lambda: sum(1 for t in live(cache, svc.id) if t.node_id) == 12)
 
         leader, follower = (m1, m2) if first == m1.node_id else (m2, m1)
@@ -118,8 +131,9 @@ async def test_two_managers_one_leader_and_takeover(
         spec = pb.ServiceSpec()
         spec.CopyFrom(current.spec)
         spec.replicated.replicas = 20
-        c.UpdateService(api.UpdateServiceRequest(ref="web", version=current.meta.version,
-                                                 spec=spec))
+        c.UpdateService(
+            api.UpdateServiceRequest(ref="web", version=current.meta.version, spec=spec)
+        )
         await until(cache, lambda: sum(1 for t in live(cache, svc.id) if t.node_id) == 20)
         await cache.sync()
         tasks = cache.tasks_of_service(svc.id)
@@ -135,8 +149,15 @@ def test_manager_join_with_wrong_token_is_refused(
     m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
     managers.append(m1)
     worker_token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
-    bad = ManagerProcess(tmp_path / "m2", "--etcd-endpoints", endpoints,
-                         "--join-addr", "127.0.0.1:4242", "--join-token", worker_token)
+    bad = ManagerProcess(
+        tmp_path / "m2",
+        "--etcd-endpoints",
+        endpoints,
+        "--join-addr",
+        "127.0.0.1:4242",
+        "--join-token",
+        worker_token,
+    )
     with pytest.raises(RuntimeError, match="not a current manager token"):
         bad.start()
     assert bad.proc is not None and bad.proc.returncode == 1

@@ -65,13 +65,17 @@ async def test_seven_replicas_spread_3_2_2(store: Store, cache: Cache, leader: R
 
 
 async def test_drain_moves_tasks(store: Store, cache: Cache, leader: Reconciler) -> None:
-    n1, n2, n3 = await nodes(store, "n1", "n2", "n3")
+    n1, _n2, _n3 = await nodes(store, "n1", "n2", "n3")
     svc = await create_service(store, service_spec("web", 7))
     await until(cache, lambda: sum(spread(cache, svc.id).values()) == 7)
     on_n1 = {t.id for t in cache.tasks_of_node(n1.id)}
     await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
-    await until(cache, lambda: spread(cache, svc.id).get("n1", 0) == 0
-                and sum(spread(cache, svc.id).values()) == 7)
+    await until(
+        cache,
+        lambda: (
+            spread(cache, svc.id).get("n1", 0) == 0 and sum(spread(cache, svc.id).values()) == 7
+        ),
+    )
     assert sorted(spread(cache, svc.id).values()) == [3, 4]
     # The drained node's tasks are told to shut down (their agent stops them).
     for task_id in on_n1:
@@ -80,7 +84,7 @@ async def test_drain_moves_tasks(store: Store, cache: Cache, leader: Reconciler)
 
 
 async def test_node_down_replaces_tasks(store: Store, cache: Cache, leader: Reconciler) -> None:
-    n1, n2 = await nodes(store, "n1", "n2")
+    _n1, n2 = await nodes(store, "n1", "n2")
     svc = await create_service(store, service_spec("web", 4))
     await until(cache, lambda: sum(spread(cache, svc.id).values()) == 4)
     await set_node(store, cache, n2, state=pb.NODE_DOWN)
@@ -107,7 +111,7 @@ async def test_unsatisfiable_constraint_stays_pending_with_reason(
 async def test_pending_reason_names_every_filter(
     store: Store, cache: Cache, leader: Reconciler
 ) -> None:
-    n1, n2, n3 = await nodes(store, "n1", "n2", "n3")
+    n1, n2, _n3 = await nodes(store, "n1", "n2", "n3")
     await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
     await set_node(store, cache, n2, state=pb.NODE_DOWN)
     svc = await create_service(store, service_spec("web", 1, constraints=["node.hostname==n1"]))
@@ -140,11 +144,13 @@ async def test_scale_down_removes_highest_slots(
 async def test_global_service_one_task_per_eligible_node(
     store: Store, cache: Cache, leader: Reconciler
 ) -> None:
-    n1, n2 = await nodes(store, "n1", "n2", n1={"gpu": "yes"}, n2={"gpu": "yes"})
+    n1, _n2 = await nodes(store, "n1", "n2", n1={"gpu": "yes"}, n2={"gpu": "yes"})
     await nodes(store, "n3")
-    svc = await create_service(store, service_spec("agent", None, constraints=["node.labels.gpu==yes"]))
+    svc = await create_service(
+        store, service_spec("agent", None, constraints=["node.labels.gpu==yes"])
+    )
     await until(cache, lambda: spread(cache, svc.id) == {"n1": 1, "n2": 1})
-    (n4,) = await nodes(store, "n4", n4={"gpu": "yes"})
+    (_n4,) = await nodes(store, "n4", n4={"gpu": "yes"})
     await until(cache, lambda: spread(cache, svc.id) == {"n1": 1, "n2": 1, "n4": 1})
     await set_node(store, cache, n1, availability=pb.AVAILABILITY_DRAIN)
     await until(cache, lambda: spread(cache, svc.id) == {"n2": 1, "n4": 1})
@@ -154,13 +160,24 @@ async def test_service_removal_cleans_tasks(store: Store, cache: Cache, leader: 
     await nodes(store, "n1")
     placed = await create_service(store, service_spec("placed", 2))
     stuck = await create_service(store, service_spec("stuck", 2, constraints=["node.hostname==x"]))
-    await until(cache, lambda: len(spread(cache, placed.id)) == 1
-                and all(t.status.err for t in live(cache, stuck.id)) and len(live(cache, stuck.id)) == 2)
+    await until(
+        cache,
+        lambda: (
+            len(spread(cache, placed.id)) == 1
+            and all(t.status.err for t in live(cache, stuck.id))
+            and len(live(cache, stuck.id)) == 2
+        ),
+    )
     await store.delete(cache.get(Kind.SERVICE, stuck.id))
     await store.delete(cache.get(Kind.SERVICE, placed.id))
     # Never-scheduled tasks go at once; tasks on a live node are told to go away.
-    await until(cache, lambda: not cache.tasks_of_service(stuck.id)
-                and all(t.desired_state == pb.REMOVE for t in cache.tasks_of_service(placed.id)))
+    await until(
+        cache,
+        lambda: (
+            not cache.tasks_of_service(stuck.id)
+            and all(t.desired_state == pb.REMOVE for t in cache.tasks_of_service(placed.id))
+        ),
+    )
     assert len(cache.tasks_of_service(placed.id)) == 2
 
 

@@ -49,7 +49,7 @@ async def test_create_rejects_duplicate_name(store: Store) -> None:
     await store.create(service("web"))
     with pytest.raises(AlreadyExists, match="'web' already exists"):
         await store.create(service("web"))
-    assert len(await store.list(Kind.SERVICE)) == 1
+    assert len(await store.list_objects(Kind.SERVICE)) == 1
 
 
 async def test_cas_conflict(store: Store) -> None:
@@ -74,7 +74,7 @@ async def test_batch_is_one_transaction(store: Store) -> None:
     tasks = [task(svc.id, i) for i in range(1, 51)]
     revision = await store.batch([Create(t) for t in tasks])
     assert all(t.meta.version == revision for t in tasks)
-    assert len(await store.list(Kind.TASK, service_id=svc.id)) == 50
+    assert len(await store.list_objects(Kind.TASK, service_id=svc.id)) == 50
 
     # One stale object in a batch: nothing of the batch is written.
     stale = pb.Task()
@@ -85,7 +85,7 @@ async def test_batch_is_one_transaction(store: Store) -> None:
     stale.slot = 7
     with pytest.raises(Conflict):
         await store.batch([Update(stale), *(Create(t) for t in more)])
-    assert len(await store.list(Kind.TASK)) == 50
+    assert len(await store.list_objects(Kind.TASK)) == 50
 
 
 async def test_list_by_index(store: Store) -> None:
@@ -94,9 +94,9 @@ async def test_list_by_index(store: Store) -> None:
     await store.batch(
         [Create(task(a.id, 1, "n1")), Create(task(a.id, 2, "n2")), Create(task(b.id, 1, "n1"))]
     )
-    assert len(await store.list(Kind.TASK, service_id=a.id)) == 2
-    assert len(await store.list(Kind.TASK, node_id="n1")) == 2
-    assert len(await store.list(Kind.TASK, service_id=a.id, node_id="n1")) == 1
+    assert len(await store.list_objects(Kind.TASK, service_id=a.id)) == 2
+    assert len(await store.list_objects(Kind.TASK, node_id="n1")) == 2
+    assert len(await store.list_objects(Kind.TASK, service_id=a.id, node_id="n1")) == 1
 
 
 async def test_batch_chunked_beyond_txn_limit(store: Store) -> None:
@@ -104,7 +104,7 @@ async def test_batch_chunked_beyond_txn_limit(store: Store) -> None:
     conflicts, revision = await store.batch_chunked([Create(task(svc.id, i)) for i in range(300)])
     assert conflicts == 0
     assert revision == await store.revision()
-    assert len(await store.list(Kind.TASK)) == 300
+    assert len(await store.list_objects(Kind.TASK)) == 300
 
 
 async def test_delete_frees_name(store: Store) -> None:
@@ -174,7 +174,5 @@ async def test_cache_sync_after_unrelated_writes(store: Store, cache: Cache) -> 
     # Revisions that touch no object (leases, leader key) must not stall sync().
     lease = await store.grant_lease(10)
     await store.revoke_lease(lease)
-    await store.conn.kv.Put(
-        __import__("aetcd").rpc.PutRequest(key=store.keys.leader, value=b"x")
-    )
+    await store.conn.kv.Put(__import__("aetcd").rpc.PutRequest(key=store.keys.leader, value=b"x"))
     await asyncio.wait_for(cache.sync(), 5)

@@ -44,7 +44,10 @@ def parse(expr: str) -> Constraint:
     if not m:
         raise ValueError(f"invalid constraint {expr!r}: expected KEY==VALUE or KEY!=VALUE")
     key, op, value = m.groups()
-    if not (key.startswith("node.labels.") and len(key) > len("node.labels.")) and key not in _FIELDS:
+    if (
+        not (key.startswith("node.labels.") and len(key) > len("node.labels."))
+        and key not in _FIELDS
+    ):
         raise ValueError(
             f"invalid constraint {expr!r}: unknown key {key!r} "
             f"(use node.labels.<name>, {', '.join(_FIELDS)})"

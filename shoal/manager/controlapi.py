@@ -110,7 +110,7 @@ class ControlAPI(api_grpc.ControlServicer):
             if object_id is not None:
                 return self.cache.get(kind, object_id)
         elif kind == Kind.NODE:
-            named = [n for n in self.cache.list(kind) if n.description.hostname == ref]
+            named = [n for n in self.cache.list_objects(kind) if n.description.hostname == ref]
             if len(named) == 1:
                 return named[0]
             if len(named) > 1:
@@ -123,7 +123,7 @@ class ControlAPI(api_grpc.ControlServicer):
         raise NotFound(f"{word} {ref!r} not found")
 
     def cluster(self) -> pb.Cluster:
-        clusters = self.cache.list(Kind.CLUSTER)
+        clusters = self.cache.list_objects(Kind.CLUSTER)
         if not clusters:
             raise Unavailable("the cluster is not initialised yet")
         return clusters[0]  # type: ignore[no-any-return]
@@ -232,7 +232,7 @@ class ControlAPI(api_grpc.ControlServicer):
         self, request: api.ListServicesRequest, context: Any
     ) -> api.ListServicesResponse:
         await self.cache.sync()
-        services = sorted(self.cache.list(Kind.SERVICE), key=lambda s: s.spec.annotations.name)
+        services = sorted(self.cache.list_objects(Kind.SERVICE), key=lambda s: s.spec.annotations.name)
         return api.ListServicesResponse(services=[self.service_info(s) for s in services])
 
     async def WatchService(
@@ -299,7 +299,7 @@ class ControlAPI(api_grpc.ControlServicer):
         elif request.node_ref:
             tasks = self.cache.tasks_of_node(self.resolve(Kind.NODE, request.node_ref).id)
         else:
-            tasks = self.cache.list(Kind.TASK)
+            tasks = self.cache.list_objects(Kind.TASK)
         tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at_ms))
         return api.ListTasksResponse(tasks=tasks)
 
@@ -313,7 +313,7 @@ class ControlAPI(api_grpc.ControlServicer):
     @rpc
     async def ListNodes(self, request: api.ListNodesRequest, context: Any) -> api.ListNodesResponse:
         await self.cache.sync()
-        nodes = sorted(self.cache.list(Kind.NODE), key=lambda n: (n.description.hostname, n.id))
+        nodes = sorted(self.cache.list_objects(Kind.NODE), key=lambda n: (n.description.hostname, n.id))
         return api.ListNodesResponse(nodes=nodes)
 
     @rpc
@@ -368,12 +368,14 @@ class ControlAPI(api_grpc.ControlServicer):
         if self.cache.id_by_name(Kind.NETWORK, spec.annotations.name):
             raise AlreadyExists(f"network {spec.annotations.name!r} already exists")
         net = pb.Network(id=new_id(), spec=spec)
-        allocator.allocate_network(net, self.cache.list(Kind.NETWORK), requested)
+        allocator.allocate_network(net, self.cache.list_objects(Kind.NETWORK), requested)
         await self.store.create(net)
         return api.CreateNetworkResponse(network=net)
 
     @rpc
-    async def GetNetwork(self, request: api.GetNetworkRequest, context: Any) -> api.GetNetworkResponse:
+    async def GetNetwork(
+        self, request: api.GetNetworkRequest, context: Any
+    ) -> api.GetNetworkResponse:
         await self.cache.sync()
         return api.GetNetworkResponse(network=self.resolve(Kind.NETWORK, request.ref))
 
@@ -382,7 +384,7 @@ class ControlAPI(api_grpc.ControlServicer):
         self, request: api.ListNetworksRequest, context: Any
     ) -> api.ListNetworksResponse:
         await self.cache.sync()
-        nets = sorted(self.cache.list(Kind.NETWORK), key=lambda n: n.spec.annotations.name)
+        nets = sorted(self.cache.list_objects(Kind.NETWORK), key=lambda n: n.spec.annotations.name)
         return api.ListNetworksResponse(networks=nets)
 
     @rpc
@@ -393,7 +395,7 @@ class ControlAPI(api_grpc.ControlServicer):
         net: pb.Network = self.resolve(Kind.NETWORK, request.ref)
         users = sorted(
             s.spec.annotations.name
-            for s in self.cache.list(Kind.SERVICE)
+            for s in self.cache.list_objects(Kind.SERVICE)
             if any(a.target == net.id for a in s.spec.task.networks)
         )
         if users:
@@ -406,7 +408,9 @@ class ControlAPI(api_grpc.ControlServicer):
     # ------------------------------------------------------------ cluster
 
     @rpc
-    async def GetCluster(self, request: api.GetClusterRequest, context: Any) -> api.GetClusterResponse:
+    async def GetCluster(
+        self, request: api.GetClusterRequest, context: Any
+    ) -> api.GetClusterResponse:
         await self.cache.sync()
         return api.GetClusterResponse(cluster=public_cluster(self.cluster()))
 
@@ -432,4 +436,3 @@ def public_cluster(cluster: pb.Cluster) -> pb.Cluster:
     out.CopyFrom(cluster)
     out.root_ca.ClearField("ca_key_pem")
     return out
-

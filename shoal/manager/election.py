@@ -61,8 +61,12 @@ class Election:
                 self.store.conn.kv.Txn,
                 rpc.TxnRequest(
                     compare=[
-                        rpc.Compare(key=key, target=rpc.Compare.CREATE,
-                                    result=rpc.Compare.EQUAL, create_revision=0)
+                        rpc.Compare(
+                            key=key,
+                            target=rpc.Compare.CREATE,
+                            result=rpc.Compare.EQUAL,
+                            create_revision=0,
+                        )
                     ],
                     success=[
                         rpc.RequestOp(

@@ -89,31 +89,49 @@ class EmbeddedEtcd:
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
-            "--name", "shoal",
-            "--data-dir", str(self.dir / "data"),
-            "--listen-client-urls", client,
-            "--advertise-client-urls", client,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"shoal={peer}",
-            "--initial-cluster-state", "new",
+            "--name",
+            "shoal",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"shoal={peer}",
+            "--initial-cluster-state",
+            "new",
             # Keep history bounded; watchers re-list if they fall behind.
-            "--auto-compaction-mode", "revision",
-            "--auto-compaction-retention", "100000",
-            "--quota-backend-bytes", str(4 * 1024**3),
-            "--max-txn-ops", "1024",
-            "--logger", "zap",
-            "--log-outputs", str(self.dir / "etcd.log"),
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "100000",
+            "--quota-backend-bytes",
+            str(4 * 1024**3),
+            "--max-txn-ops",
+            "1024",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            str(self.dir / "etcd.log"),
         ]
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "etcd.stderr", "ab"),  # noqa: SIM115 - owned by the child
-            preexec_fn=_die_with_parent,
-        )
+        self.process = self._spawn(args)
         (self.dir / "etcd.pid").write_text(str(self.process.pid))
         await self._wait_ready(timeout_s)
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.dir / "etcd.stderr", "ab") as stderr:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
+            )
 
     async def _wait_ready(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -137,11 +155,9 @@ class EmbeddedEtcd:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while proc.poll() is None and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if proc.poll() is None:
+        try:
+            await asyncio.to_thread(proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            await asyncio.to_thread(proc.wait)
         (self.dir / "etcd.pid").unlink(missing_ok=True)

@@ -80,7 +80,7 @@ def load_or_create_id(state_dir: Path) -> str:
 
 async def ensure_cluster(store: Store) -> pb.Cluster:
     """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.list(Kind.CLUSTER)
+    existing = await store.list_objects(Kind.CLUSTER)
     if existing:
         return existing[0]  # type: ignore[return-value]
     cluster_id = new_id()
@@ -100,7 +100,7 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
 
 
 class JoinRefused(RuntimeError):
@@ -113,7 +113,7 @@ async def check_manager_token(store: Store, token: str) -> None:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinRefused(str(err)) from None
-    clusters = await store.list(Kind.CLUSTER)
+    clusters = await store.list_objects(Kind.CLUSTER)
     if not clusters:
         raise JoinRefused("there is no cluster to join in this etcd")
     cluster = clusters[0]

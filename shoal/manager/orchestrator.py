@@ -95,9 +95,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------ replicated
 
-    def _reconcile_replicated(
-        self, service: pb.Service, tasks: list[pb.Task], plan: Plan
-    ) -> None:
+    def _reconcile_replicated(self, service: pb.Service, tasks: list[pb.Task], plan: Plan) -> None:
         replicas = service.spec.replicated.replicas
         by_slot: dict[int, list[pb.Task]] = defaultdict(list)
         for t in tasks:
@@ -140,8 +138,10 @@ class Orchestrator:
         node: pb.Node | None = self.cache.get(Kind.NODE, t.node_id)
         if node_usable(node):
             return True
-        reason = "node drained" if node is not None and node.status.state == pb.NODE_READY else (
-            "node down" if node is not None else "node removed"
+        reason = (
+            "node drained"
+            if node is not None and node.status.state == pb.NODE_READY
+            else ("node down" if node is not None else "node removed")
         )
         self._shut_down(t, plan, reason)
         return False
@@ -176,7 +176,7 @@ class Orchestrator:
         wanted = constraints.parse_all(list(service.spec.task.placement.constraints))
         eligible = {
             n.id
-            for n in self.cache.list(Kind.NODE)
+            for n in self.cache.list_objects(Kind.NODE)
             if n.status.state == pb.NODE_READY
             and n.spec.availability == pb.AVAILABILITY_ACTIVE
             and all(c.matches(n) for c in wanted)
@@ -191,8 +191,11 @@ class Orchestrator:
             live_on[t.node_id].append(t)
         for node_id, node_tasks in live_on.items():
             node: pb.Node | None = self.cache.get(Kind.NODE, node_id)
-            if not node_usable(node) or (node_id not in eligible and node is not None
-                                          and node.spec.availability != pb.AVAILABILITY_PAUSE):
+            if not node_usable(node) or (
+                node_id not in eligible
+                and node is not None
+                and node.spec.availability != pb.AVAILABILITY_PAUSE
+            ):
                 for t in node_tasks:
                     self._shut_down(t, plan, "node no longer eligible")
                 continue
@@ -258,7 +261,7 @@ class Orchestrator:
                 plan.delete(t)
 
     def _history_limit(self) -> int:
-        clusters = self.cache.list(Kind.CLUSTER)
+        clusters = self.cache.list_objects(Kind.CLUSTER)
         if clusters:
             return int(clusters[0].spec.orchestration.task_history_limit)
         return 5

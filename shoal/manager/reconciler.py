@@ -42,7 +42,7 @@ class Reconciler:
     def _everything(self) -> set[str]:
         dirty = set(self.cache.ids(Kind.SERVICE))
         # Tasks of services that no longer exist must be cleaned up too.
-        dirty.update(t.service_id for t in self.cache.list(Kind.TASK))
+        dirty.update(t.service_id for t in self.cache.list_objects(Kind.TASK))
         return dirty
 
     def _dirty(self, changes: Iterable[Change]) -> set[str]:
@@ -59,7 +59,7 @@ class Reconciler:
                 dirty.update(t.service_id for t in self.cache.tasks_of_node(change.id))
                 dirty.update(
                     s.id
-                    for s in self.cache.list(Kind.SERVICE)
+                    for s in self.cache.list_objects(Kind.SERVICE)
                     if s.spec.WhichOneof("mode") == "global"
                 )
             elif change.kind == Kind.CLUSTER:

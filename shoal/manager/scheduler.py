@@ -42,7 +42,7 @@ class Scheduler:
 
     def _loads(self) -> dict[str, _NodeLoad]:
         loads: dict[str, _NodeLoad] = {}
-        for node in self.cache.list(Kind.NODE):
+        for node in self.cache.list_objects(Kind.NODE):
             load = _NodeLoad(node)
             for t in self.cache.tasks_of_node(node.id):
                 if is_live(t):
@@ -155,7 +155,5 @@ class Scheduler:
             fits.append(load)
         if total == 0:
             return fits, "no nodes in the cluster"
-        parts = [
-            f"{n} node{'s' if n != 1 else ''} {why}" for why, n in sorted(rejected.items())
-        ]
+        parts = [f"{n} node{'s' if n != 1 else ''} {why}" for why, n in sorted(rejected.items())]
         return fits, ", ".join(parts)

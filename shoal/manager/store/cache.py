@@ -120,7 +120,7 @@ class Cache:
     def get(self, kind: Kind, object_id: str) -> Any:
         return self._objects[kind].get(object_id)
 
-    def list(self, kind: Kind) -> list[Any]:
+    def list_objects(self, kind: Kind) -> list[Any]:
         return list(self._objects[kind].values())
 
     def count(self, kind: Kind) -> int:

@@ -104,7 +104,7 @@ def _unavailable(err: grpc.aio.AioRpcError) -> Exception:
     code = err.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"etcd unavailable: {err.details()}")
-    return err
+    return err  # type: ignore[no-any-return]
 
 
 async def etcd_call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
@@ -128,7 +128,9 @@ class Store:
     # ------------------------------------------------------------ reads
 
     async def get(self, kind: Kind, object_id: str) -> Object:
-        resp = await etcd_call(self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id)))
+        resp = await etcd_call(
+            self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id))
+        )
         if not resp.kvs:
             raise NotFound(f"{kind.value[:-1]} {object_id} not found")
         kv = resp.kvs[0]
@@ -141,7 +143,7 @@ class Store:
         )
         return int(resp.header.revision)
 
-    async def list(
+    async def list_objects(
         self, kind: Kind, *, service_id: str | None = None, node_id: str | None = None
     ) -> list[Object]:
         """Every object of a kind; tasks can be narrowed to a service and/or a node."""
@@ -155,9 +157,7 @@ class Store:
             ]
         return objects
 
-    async def list_prefix(
-        self, prefix: bytes, revision: int = 0
-    ) -> tuple[list[Object], int]:
+    async def list_prefix(self, prefix: bytes, revision: int = 0) -> tuple[list[Object], int]:
         """All objects under prefix at one revision, paged; returns them and that revision."""
         out: list[Object] = []
         start, end = prefix, prefix_end(prefix)
@@ -222,9 +222,7 @@ class Store:
             obj.meta.version = revision
         return revision
 
-    async def batch_chunked(
-        self, ops: Sequence[Op], fence: Fence | None = None
-    ) -> tuple[int, int]:
+    async def batch_chunked(self, ops: Sequence[Op], fence: Fence | None = None) -> tuple[int, int]:
         """Applies ops in as few transactions as etcd allows.
 
         Returns (chunks that conflicted, last revision written).
@@ -295,7 +293,9 @@ class Store:
             name = name_of(obj)
             what = f"{kind.value[:-1]} {name!r}" if name else f"{kind.value[:-1]} {obj.id}"
             if len(claims(obj)) > 1:
-                return AlreadyExists(f"{what} conflicts with an existing one ({', '.join(claims(obj))})")
+                return AlreadyExists(
+                    f"{what} conflicts with an existing one ({', '.join(claims(obj))})"
+                )
             return AlreadyExists(f"{what} already exists")
         if len(ops) == 1:
             obj = ops[0].obj
@@ -324,6 +324,7 @@ class Store:
         Ends (returns) when etcd says the lease is gone; raises Unavailable
         when etcd cannot be reached.
         """
+
         async def requests() -> AsyncIterator[Any]:
             while True:
                 yield rpc.LeaseKeepAliveRequest(ID=lease_id)
@@ -347,13 +348,15 @@ class Store:
 
 
 def _absent(key: bytes) -> Any:
-    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
-                       create_revision=0)
+    return rpc.Compare(
+        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+    )
 
 
 def _version_is(key: bytes, version: int) -> Any:
-    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                       mod_revision=version)
+    return rpc.Compare(
+        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=version
+    )
 
 
 def _put(key: bytes, value: bytes) -> Any:

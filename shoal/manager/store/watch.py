@@ -65,9 +65,7 @@ class ObjectWatcher:
 
     def request_progress(self) -> None:
         if self._requests is not None:
-            self._requests.put_nowait(
-                rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-            )
+            self._requests.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
     async def __aiter__(self) -> AsyncIterator[Changes | Resync]:
         keys = self.store.keys
