@@ -11,8 +11,11 @@ from pathlib import Path
 import click
 
 from shoal.manager.etcd_embedded import EtcdError
-from shoal.manager.manager import JoinRefused, Manager, ManagerConfig, StateDirLocked
+from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+from shoal.statedir import StateDirLocked
+from shoal.worker.agent import Agent, WorkerConfig
+from shoal.worker.identity import JoinError
 
 
 def _setup_logging(level: str) -> None:
@@ -23,12 +26,12 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _run_until_signalled(manager: Manager) -> None:
+async def _run_until_signalled(daemon: Manager | Agent) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await manager.run(stop)
+    await daemon.run(stop)
 
 
 @click.group()
@@ -112,6 +115,53 @@ def manager(
     try:
         asyncio.run(_run_until_signalled(Manager(config)))
     except (EtcdError, JoinRefused, StateDirLocked, StoreError, OSError) as err:
+        click.echo(f"swarmd: {err}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the node keeps its identity, certificates, task records and logs.",
+)
+@click.option("--join-addr", required=True, help="A manager's HOST:PORT.")
+@click.option(
+    "--join-token", default="", help="A worker join token (not needed once the node has joined)."
+)
+@click.option("--hostname", default="", help="Node name [default: this host's name].")
+@click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
+@click.option("--containerd-socket", default="/run/containerd/containerd.sock", show_default=True)
+@click.option(
+    "--runtime",
+    default="containerd",
+    show_default=True,
+    type=click.Choice(["containerd", "simulated"]),
+    help="simulated runs nothing: only for scale tests.",
+)
+def worker(
+    state_dir: Path,
+    join_addr: str,
+    join_token: str,
+    hostname: str,
+    advertise_addr: str,
+    containerd_socket: str,
+    runtime: str,
+) -> None:
+    """Run a worker agent."""
+    config = WorkerConfig(
+        state_dir=state_dir,
+        join_addr=join_addr,
+        join_token=join_token,
+        hostname=hostname,
+        advertise_addr=advertise_addr,
+        containerd_socket=containerd_socket,
+        runtime=runtime,
+    )
+    try:
+        asyncio.run(_run_until_signalled(Agent(config)))
+    except (JoinError, StateDirLocked, OSError) as err:
         click.echo(f"swarmd: {err}", err=True)
         sys.exit(1)
 

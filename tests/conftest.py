@@ -13,7 +13,7 @@ import pytest
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
 
-from .procs import ManagerProcess
+from .procs import ManagerProcess, WorkerProcess
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -72,3 +72,14 @@ def managers(tmp_path: Path) -> Iterator[list[ManagerProcess]]:
     finally:
         for m in started:
             m.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker agents a test starts; all stopped at the end, also on failure."""
+    started: list[WorkerProcess] = []
+    try:
+        yield started
+    finally:
+        for w in started:
+            w.stop()

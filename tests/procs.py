@@ -119,3 +119,85 @@ def swarmctl(socket: Path, *args: str, timeout: float = 60) -> Result:
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    def __init__(self, state_dir: Path, join_addr: str, token: str, *extra: str) -> None:
+        self.state_dir = state_dir
+        self.join_addr = join_addr
+        self.token = token
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir.parent / f"{state_dir.name}.log"
+
+    @property
+    def node_id(self) -> str:
+        return (self.state_dir / "node_id").read_text().strip()
+
+    def start(self, wait_joined: bool = True) -> WorkerProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "shoal.daemon",
+            "--log-level",
+            "debug",
+            "worker",
+            "--state-dir",
+            str(self.state_dir),
+            "--join-addr",
+            self.join_addr,
+            *self.extra,
+        ]
+        if self.token:
+            args += ["--join-token", self.token]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),
+        )
+        if wait_joined:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not (self.state_dir / "node_id").exists():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker exited {self.proc.returncode}:\n"
+                        f"{self.log.read_text(errors='replace')[-3000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError("worker did not join in time")
+                time.sleep(0.05)  # start-up only
+        return self
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.proto import objects_pb2 as pb
 
@@ -101,3 +101,123 @@ def token_role(cluster: pb.Cluster, token: str) -> pb.NodeRole.ValueType | None:
         if current and hmac.compare_digest(current.encode(), token.encode()):
             return role
     return None
+
+
+# Managers' certificates carry this DNS name; agents verify it (like SwarmKit's
+# "swarm-manager"), so manager addresses need not be in any certificate.
+MANAGER_SERVER_NAME = "shoal-manager"
+ROLE_OU = {pb.ROLE_WORKER: "swarm-worker", pb.ROLE_MANAGER: "swarm-manager"}
+OU_ROLE = {ou: role for role, ou in ROLE_OU.items()}
+
+
+class CSRError(ValueError):
+    pass
+
+
+def _load_ca(root: pb.RootCA) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate(root.ca_cert_pem)
+    key = serialization.load_pem_private_key(root.ca_key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the cluster CA key is not an ECDSA key")
+    return cert, key
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def new_csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # The manager decides CN and OU; the CSR only proves possession of the key.
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal-node")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def issue_cert(
+    root: pb.RootCA,
+    csr_pem: bytes,
+    node_id: str,
+    role: pb.NodeRole.ValueType,
+    cluster_id: str,
+    validity: datetime.timedelta,
+) -> bytes:
+    """Signs a node certificate: CN = node id, OU = role, O = cluster id."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as err:
+        raise CSRError(f"invalid certificate signing request: {err}") from None
+    if not csr.is_signature_valid:
+        raise CSRError("the certificate signing request's signature is invalid")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CSRError("only ECDSA keys are accepted")
+    ca_cert, ca_key = _load_ca(root)
+    now = datetime.datetime.now(datetime.UTC)
+    names: list[x509.GeneralName] = [x509.DNSName(node_id)]
+    if role == pb.ROLE_MANAGER:
+        names.append(x509.DNSName(MANAGER_SERVER_NAME))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_OU[role]),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class Identity:
+    node_id: str
+    role: pb.NodeRole.ValueType
+    cluster_id: str
+
+
+def identity_of(cert_pem: bytes) -> Identity | None:
+    """Who a (already verified) peer certificate says it is."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+
+    def attr(oid: x509.ObjectIdentifier) -> str:
+        values = cert.subject.get_attributes_for_oid(oid)
+        return str(values[0].value) if values else ""
+
+    role = OU_ROLE.get(attr(NameOID.ORGANIZATIONAL_UNIT_NAME))
+    node_id = attr(NameOID.COMMON_NAME)
+    if role is None or not node_id:
+        return None
+    return Identity(node_id, role, attr(NameOID.ORGANIZATION_NAME))
+
+
+def cert_lifetime(cert_pem: bytes) -> tuple[datetime.datetime, datetime.datetime]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.not_valid_before_utc, cert.not_valid_after_utc

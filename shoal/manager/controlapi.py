@@ -7,6 +7,7 @@ rejected request writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ import grpc
 
 from shoal import defaults
 from shoal.manager import allocator, ca
+from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.ids import new_id
 from shoal.manager.store import (
     AlreadyExists,
@@ -91,9 +93,10 @@ _KIND_WORD = {
 
 
 class ControlAPI(api_grpc.ControlServicer):
-    def __init__(self, store: Store, cache: Cache) -> None:
+    def __init__(self, store: Store, cache: Cache, dispatcher: Dispatcher | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.dispatcher = dispatcher
 
     # ------------------------------------------------------------ lookups
 
@@ -232,7 +235,9 @@ class ControlAPI(api_grpc.ControlServicer):
         self, request: api.ListServicesRequest, context: Any
     ) -> api.ListServicesResponse:
         await self.cache.sync()
-        services = sorted(self.cache.list_objects(Kind.SERVICE), key=lambda s: s.spec.annotations.name)
+        services = sorted(
+            self.cache.list_objects(Kind.SERVICE), key=lambda s: s.spec.annotations.name
+        )
         return api.ListServicesResponse(services=[self.service_info(s) for s in services])
 
     async def WatchService(
@@ -285,6 +290,62 @@ class ControlAPI(api_grpc.ControlServicer):
                 break
         return api.WatchServiceResponse(service=self.service_info(service), task_errors=errors)
 
+    async def ServiceLogs(
+        self, request: api.ServiceLogsRequest, context: Any
+    ) -> AsyncIterator[api.ServiceLogsResponse]:
+        try:
+            await self.cache.sync()
+            service: pb.Service = self.resolve(Kind.SERVICE, request.ref)
+        except Exception as err:
+            code = _status(err)
+            if code is None:
+                raise
+            await context.abort(code, str(err))
+            return
+        if self.dispatcher is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no dispatcher on this manager")
+            return
+        by_node: dict[str, list[pb.Task]] = {}
+        for t in self.cache.tasks_of_service(service.id):
+            if t.node_id and t.status.state >= pb.STARTING:
+                by_node.setdefault(t.node_id, []).append(t)
+        out: asyncio.Queue[api.ServiceLogsResponse | Exception | None] = asyncio.Queue()
+        dispatcher = self.dispatcher
+
+        async def pump(node_id: str, tasks: list[pb.Task]) -> None:
+            slots = {t.id: t.slot for t in tasks}
+            try:
+                async for chunk in dispatcher.logs(
+                    node_id, list(slots), request.follow, request.tail
+                ):
+                    out.put_nowait(
+                        api.ServiceLogsResponse(
+                            task_id=chunk.task_id,
+                            slot=slots.get(chunk.task_id, 0),
+                            node_id=node_id,
+                            data=chunk.data,
+                        )
+                    )
+            except LookupError as err:
+                out.put_nowait(Exception(str(err)))
+            finally:
+                out.put_nowait(None)
+
+        pumps = [asyncio.create_task(pump(n, ts)) for n, ts in by_node.items()]
+        try:
+            remaining = len(pumps)
+            while remaining:
+                item = await out.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, Exception):
+                    log.warning("service logs: %s", item)
+                else:
+                    yield item
+        finally:
+            for p in pumps:
+                p.cancel()
+
     # ------------------------------------------------------------ tasks
 
     @rpc
@@ -313,7 +374,9 @@ class ControlAPI(api_grpc.ControlServicer):
     @rpc
     async def ListNodes(self, request: api.ListNodesRequest, context: Any) -> api.ListNodesResponse:
         await self.cache.sync()
-        nodes = sorted(self.cache.list_objects(Kind.NODE), key=lambda n: (n.description.hostname, n.id))
+        nodes = sorted(
+            self.cache.list_objects(Kind.NODE), key=lambda n: (n.description.hostname, n.id)
+        )
         return api.ListNodesResponse(nodes=nodes)
 
     @rpc

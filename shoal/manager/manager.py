@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import datetime
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import grpc.aio
 
 from shoal import defaults
 from shoal.manager import ca
+from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
+from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.ids import new_id
+from shoal.manager.nodeca import NodeCA
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
     AlreadyExists,
@@ -28,8 +32,10 @@ from shoal.manager.store import (
     Kind,
     Store,
 )
+from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+from shoal.statedir import lock_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +57,21 @@ class ManagerConfig:
     def socket_path(self) -> Path:
         return self.control_socket or self.state_dir / "control.sock"
 
+    @property
+    def join_listen_addr(self) -> str:
+        return join_addr_for(self.listen_addr)
 
-class StateDirLocked(RuntimeError):
-    pass
-
-
-def _lock_state_dir(state_dir: Path) -> int:
-    fd = os.open(state_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateDirLocked(f"state dir {state_dir} is in use by another swarmd") from None
-    return fd
+    @property
+    def remote_addr(self) -> str:
+        """host:port agents should use to reach this manager ("" if unknown)."""
+        host, _, port = self.listen_addr.rpartition(":")
+        if self.advertise_addr:
+            return (
+                self.advertise_addr
+                if ":" in self.advertise_addr
+                else (f"{self.advertise_addr}:{port}")
+            )
+        return "" if host in ("", "0.0.0.0", "::", "[::]") else self.listen_addr
 
 
 def load_or_create_id(state_dir: Path) -> str:
@@ -103,6 +111,17 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
 
 
+def join_addr_for(addr: str) -> str:
+    """The CA join endpoint that goes with a manager address: the next port.
+
+    Joining nodes have no certificate yet, and gRPC Python servers can either
+    require client certificates or not ask for them at all; so certificate-less
+    joins get their own TLS port, and the main port is strictly mTLS.
+    """
+    host, _, port = addr.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 class JoinRefused(RuntimeError):
     pass
 
@@ -133,12 +152,55 @@ class Manager:
         self.cache: Cache | None = None
         self.election: Election | None = None
         self.reconciler: Reconciler | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    def _server_credentials(
+        self, cluster: pb.Cluster, key: bytes, cert: bytes, client_auth: bool
+    ) -> grpc.ServerCredentials:
+        # The chain carries the root so a joining node can pin it by its digest.
+        return grpc.ssl_server_credentials(
+            [(key, cert + cluster.root_ca.ca_cert_pem)],
+            root_certificates=cluster.root_ca.ca_cert_pem,
+            require_client_auth=client_auth,
+        )
+
+    async def _serve_remote(
+        self, cluster: pb.Cluster, control: ControlAPI, servers: list[grpc.aio.Server]
+    ) -> None:
+        assert self.store is not None and self.cache is not None and self.dispatcher is not None
+        cfg = self.config
+        key, cert = _manager_identity(cluster, self.id)
+        nodeca = NodeCA(self.store, self.cache)
+        # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
+        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)])
+        api_grpc.add_ControlServicer_to_server(control, remote)
+        ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
+        # Joining nodes: TLS without client certificates; only the token-guarded join RPC.
+        joins = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)])
+        ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, joins)
+        for server, addr, client_auth in (
+            (remote, cfg.listen_addr, True),
+            (joins, cfg.join_listen_addr, False),
+        ):
+            creds = self._server_credentials(cluster, key, cert, client_auth)
+            if server.add_secure_port(addr, creds) == 0:
+                raise OSError(f"cannot listen on {addr}")
+            await server.start()
+            servers.append(server)
+        log.info(
+            "manager %s: agents on %s (mTLS), joins on %s",
+            self.id,
+            cfg.listen_addr,
+            cfg.join_listen_addr,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = _lock_state_dir(cfg.state_dir)
+        lock_fd = lock_state_dir(cfg.state_dir)
         server: grpc.aio.Server | None = None
+        servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
         try:
             self.id = load_or_create_id(cfg.state_dir)
@@ -151,12 +213,21 @@ class Manager:
             self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
             if cfg.join_token:
                 await check_manager_token(self.store, cfg.join_token)
-            await ensure_cluster(self.store)
+            cluster = await ensure_cluster(self.store)
             self.cache = Cache(self.store)
             await self.cache.start()
+            self.dispatcher = Dispatcher(
+                self.store, self.cache, lambda: [cfg.remote_addr] if cfg.remote_addr else []
+            )
+            await self.dispatcher.start()
+            control = ControlAPI(self.store, self.cache, self.dispatcher)
 
+            await self._serve_remote(cluster, control, servers)
+
+            # Local callers: the control socket, guarded by file permissions (root).
             server = grpc.aio.server()
-            api_grpc.add_ControlServicer_to_server(ControlAPI(self.store, self.cache), server)
+            servers.append(server)
+            api_grpc.add_ControlServicer_to_server(control, server)
             sock = cfg.socket_path
             sock.parent.mkdir(parents=True, exist_ok=True)
             sock.unlink(missing_ok=True)
@@ -182,8 +253,11 @@ class Manager:
                     await campaign
             if self.election is not None:
                 await self.election.resign()
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
+            for srv in servers:
+                await srv.stop(grace=2)
             if server is not None:
-                await server.stop(grace=2)
                 cfg.socket_path.unlink(missing_ok=True)
             if self.cache is not None:
                 await self.cache.stop()
@@ -192,3 +266,17 @@ class Manager:
             if self.etcd is not None:
                 await self.etcd.stop()
             os.close(lock_fd)
+
+
+def _manager_identity(cluster: pb.Cluster, manager_id: str) -> tuple[bytes, bytes]:
+    """A fresh certificate for this manager, signed with the cluster CA."""
+    key = ca.new_key()
+    cert = ca.issue_cert(
+        cluster.root_ca,
+        ca.new_csr(key),
+        manager_id,
+        pb.ROLE_MANAGER,
+        cluster.id,
+        datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms),
+    )
+    return ca.key_pem(key), cert

@@ -64,6 +64,11 @@ class ControlStub:
                 request_serializer=shoal_dot_proto_dot_control__pb2.WatchServiceRequest.SerializeToString,
                 response_deserializer=shoal_dot_proto_dot_control__pb2.WatchServiceResponse.FromString,
                 _registered_method=True)
+        self.ServiceLogs = channel.unary_stream(
+                '/shoal.Control/ServiceLogs',
+                request_serializer=shoal_dot_proto_dot_control__pb2.ServiceLogsRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.ServiceLogsResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/shoal.Control/ListTasks',
                 request_serializer=shoal_dot_proto_dot_control__pb2.ListTasksRequest.SerializeToString,
@@ -160,6 +165,12 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceLogs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,6 +280,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchService,
                     request_deserializer=shoal_dot_proto_dot_control__pb2.WatchServiceRequest.FromString,
                     response_serializer=shoal_dot_proto_dot_control__pb2.WatchServiceResponse.SerializeToString,
+            ),
+            'ServiceLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ServiceLogs,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.ServiceLogsRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.ServiceLogsResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -493,6 +509,33 @@ class Control:
             '/shoal.Control/WatchService',
             shoal_dot_proto_dot_control__pb2.WatchServiceRequest.SerializeToString,
             shoal_dot_proto_dot_control__pb2.WatchServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.Control/ServiceLogs',
+            shoal_dot_proto_dot_control__pb2.ServiceLogsRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.ServiceLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

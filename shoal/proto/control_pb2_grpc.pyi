@@ -40,6 +40,7 @@ class ControlStub:
     GetService: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetServiceRequest, _control_pb2.GetServiceResponse]
     ListServices: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListServicesRequest, _control_pb2.ListServicesResponse]
     WatchService: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchServiceRequest, _control_pb2.WatchServiceResponse]
+    ServiceLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.ServiceLogsRequest, _control_pb2.ServiceLogsResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]
     GetTask: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _control_pb2.GetTaskResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
@@ -62,6 +63,7 @@ class ControlAsyncStub(ControlStub):
     GetService: _aio.UnaryUnaryMultiCallable[_control_pb2.GetServiceRequest, _control_pb2.GetServiceResponse]  # type: ignore[assignment]
     ListServices: _aio.UnaryUnaryMultiCallable[_control_pb2.ListServicesRequest, _control_pb2.ListServicesResponse]  # type: ignore[assignment]
     WatchService: _aio.UnaryStreamMultiCallable[_control_pb2.WatchServiceRequest, _control_pb2.WatchServiceResponse]  # type: ignore[assignment]
+    ServiceLogs: _aio.UnaryStreamMultiCallable[_control_pb2.ServiceLogsRequest, _control_pb2.ServiceLogsResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]  # type: ignore[assignment]
     GetTask: _aio.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _control_pb2.GetTaskResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -117,6 +119,13 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.WatchServiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.WatchServiceResponse], _abc.AsyncIterator[_control_pb2.WatchServiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ServiceLogs(
+        self,
+        request: _control_pb2.ServiceLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.ServiceLogsResponse], _abc.AsyncIterator[_control_pb2.ServiceLogsResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListTasks(

@@ -1,0 +1,391 @@
+"""The dispatcher: one long-lived session per node (runs on every manager).
+
+An agent registers, then heartbeats and reports task status; the dispatcher
+streams the node's task assignments (full set at start, then changes), marks
+the node down when heartbeats stop, and writes task status in batches: many
+tasks per etcd transaction, every FLUSH_INTERVAL_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from shoal import defaults
+from shoal.manager.authz import peer_identity
+from shoal.manager.store import Cache, Conflict, Kind, Store, Update
+from shoal.manager.store.kinds import now_ms
+from shoal.proto import dispatcher_pb2 as dpb
+from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
+from shoal.proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 0.05
+REGISTER_TIMEOUT_S = 10.0
+
+
+class _Session:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.id = uuid.uuid4().hex
+        # None ends the session.
+        self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
+        self.logs: dict[str, asyncio.Queue[dpb.LogChunk | None]] = {}
+
+    def send(self, msg: dpb.DispatcherMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+        for q in self.logs.values():
+            q.put_nowait(None)
+
+
+def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
+    """Whether the agent must hear of this change (its own status reports come back too)."""
+    return (
+        old is None
+        or old.node_id != new.node_id
+        or old.desired_state != new.desired_state
+        or old.spec_version != new.spec_version
+        or old.spec != new.spec
+        or old.networks != new.networks
+    )
+
+
+class Dispatcher(dpb_grpc.DispatcherServicer):
+    def __init__(
+        self, store: Store, cache: Cache, managers: Callable[[], list[str]] | None = None
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.managers = managers or (lambda: [])
+        self.sessions: dict[str, _Session] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
+        self._wakeup = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self.status_writes = 0
+
+    async def start(self) -> None:
+        self._background = [
+            asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
+            asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
+        ]
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+        for t in self._background:
+            t.cancel()
+        for t in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for timer in self._timers.values():
+            timer.cancel()
+
+    # ------------------------------------------------------------ settings
+
+    def _cluster_spec(self) -> pb.ClusterSpec:
+        clusters = self.cache.list_objects(Kind.CLUSTER)
+        return clusters[0].spec if clusters else defaults.cluster_spec()
+
+    def heartbeat_period_ms(self) -> int:
+        return int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
+            defaults.HEARTBEAT_PERIOD_MS
+        )
+
+    def _down_after_s(self) -> float:
+        misses = self._cluster_spec().dispatcher.heartbeat_misses or defaults.HEARTBEAT_MISSES
+        return self.heartbeat_period_ms() * misses / 1000
+
+    # ------------------------------------------------------------ session
+
+    async def Session(
+        self, requests: AsyncIterator[dpb.AgentMessage], context: Any
+    ) -> AsyncIterator[dpb.DispatcherMessage]:
+        ident = peer_identity(context)
+        if ident is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a node certificate is required")
+            return
+        node_id = ident.node_id
+        await self.cache.sync()
+        if self.cache.get(Kind.NODE, node_id) is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this node was removed from the cluster"
+            )
+            return
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests)), REGISTER_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            return
+        if first.WhichOneof("msg") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with register")
+            return
+
+        await self._node_up(node_id, first.register, context.peer())
+        session = _Session(node_id)
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.close()
+        # No await between the full set and registering the session: every
+        # later change reaches this session as a diff.
+        full = dpb.Assignments(full=True, tasks=self.cache.tasks_of_node(node_id))
+        self.sessions[node_id] = session
+        self._queue(node_id, first.register.statuses)
+        self._arm_timer(node_id)
+        log.info("node %s: session %s started (%s)", node_id, session.id[:8], context.peer())
+
+        reader = asyncio.create_task(self._read(session, requests))
+        try:
+            yield dpb.DispatcherMessage(
+                session=dpb.SessionInfo(
+                    node_id=node_id,
+                    heartbeat_period_ms=self.heartbeat_period_ms(),
+                    managers=self.managers(),
+                )
+            )
+            yield dpb.DispatcherMessage(assignments=full)
+            while True:
+                msg = await session.outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if self.sessions.get(node_id) is session:
+                del self.sessions[node_id]
+            session.close()
+            log.info("node %s: session %s ended", node_id, session.id[:8])
+
+    async def _read(self, session: _Session, requests: AsyncIterator[dpb.AgentMessage]) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    self._arm_timer(session.node_id)
+                elif kind == "statuses":
+                    self._arm_timer(session.node_id)
+                    self._queue(session.node_id, msg.statuses.updates)
+                elif kind == "log":
+                    q = session.logs.get(msg.log.request_id)
+                    if q is not None:
+                        q.put_nowait(msg.log)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+    # ------------------------------------------------------------ node liveness
+
+    def _arm_timer(self, node_id: str) -> None:
+        old = self._timers.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[node_id] = loop.call_later(
+            self._down_after_s(), lambda: asyncio.ensure_future(self._expired(node_id))
+        )
+
+    async def _expired(self, node_id: str) -> None:
+        self._timers.pop(node_id, None)
+        session = self.sessions.pop(node_id, None)
+        if session is not None:
+            session.close()
+        log.warning(
+            "node %s: no heartbeat for %.1fs, marking it down", node_id, self._down_after_s()
+        )
+
+        def down(node: pb.Node) -> None:
+            node.status.state = pb.NODE_DOWN
+            node.status.message = "heartbeat failure"
+
+        await self._update_node(node_id, down)
+
+    async def _node_up(self, node_id: str, reg: dpb.Register, peer: str) -> None:
+        def up(node: pb.Node) -> None:
+            node.description.CopyFrom(reg.description)
+            node.status.state = pb.NODE_READY
+            node.status.message = ""
+            node.status.addr = reg.advertise_addr or _peer_host(peer)
+            node.status.heartbeat_at_ms = now_ms()
+
+        await self._update_node(node_id, up)
+
+    async def _update_node(self, node_id: str, mutate: Callable[[pb.Node], None]) -> None:
+        for _ in range(10):
+            await self.cache.sync()
+            current = self.cache.get(Kind.NODE, node_id)
+            if current is None:
+                return
+            node = pb.Node()
+            node.CopyFrom(current)
+            mutate(node)
+            if node == current:
+                return
+            try:
+                await self.store.update(node)
+                return
+            except Conflict:
+                continue
+        log.error("node %s: could not update its status after 10 tries", node_id)
+
+    # ------------------------------------------------------------ assignments
+
+    async def _push_assignments(self) -> None:
+        with self.cache.subscribe() as sub:
+            while True:
+                resync, changes = await sub.next()
+                if resync:
+                    for node_id, session in self.sessions.items():
+                        session.send(
+                            dpb.DispatcherMessage(
+                                assignments=dpb.Assignments(
+                                    full=True, tasks=self.cache.tasks_of_node(node_id)
+                                )
+                            )
+                        )
+                    continue
+                updated: dict[str, dict[str, pb.Task]] = defaultdict(dict)
+                removed: dict[str, set[str]] = defaultdict(set)
+                for c in changes:
+                    if c.kind == Kind.NODE and c.obj is None:
+                        gone = self.sessions.pop(c.id, None)
+                        if gone is not None:
+                            gone.close()
+                    if c.kind != Kind.TASK:
+                        continue
+                    new, old = c.obj, c.old
+                    assert new is None or isinstance(new, pb.Task)
+                    assert old is None or isinstance(old, pb.Task)
+                    if new is not None and new.node_id and _assignment_changed(old, new):
+                        updated[new.node_id][new.id] = new
+                        removed[new.node_id].discard(new.id)
+                    if (
+                        old is not None
+                        and old.node_id
+                        and (new is None or new.node_id != old.node_id)
+                    ):
+                        removed[old.node_id].add(old.id)
+                        updated[old.node_id].pop(old.id, None)
+                for node_id in updated.keys() | removed.keys():
+                    target = self.sessions.get(node_id)
+                    if target is None:
+                        continue
+                    tasks = list(updated.get(node_id, {}).values())
+                    gone_ids = sorted(removed.get(node_id, ()))
+                    if tasks or gone_ids:
+                        target.send(
+                            dpb.DispatcherMessage(
+                                assignments=dpb.Assignments(tasks=tasks, removed=gone_ids)
+                            )
+                        )
+
+    # ------------------------------------------------------------ task status
+
+    def _queue(self, node_id: str, updates: Any) -> None:
+        for u in updates:
+            self._pending[u.task_id] = (node_id, u.status)
+        if self._pending:
+            self._wakeup.set()
+
+    async def _flush_statuses(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            # Let a batch gather: one transaction carries many tasks' reports.
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self._wakeup.clear()
+            pending, self._pending = self._pending, {}
+            try:
+                await self._write_statuses(pending)
+            except Exception as err:  # etcd away: keep the reports, try again
+                log.warning("writing task status failed (%s); retrying", err)
+                for task_id, item in pending.items():
+                    self._pending.setdefault(task_id, item)
+                await asyncio.sleep(0.5)
+                self._wakeup.set()
+
+    async def _write_statuses(self, pending: dict[str, tuple[str, pb.TaskStatus]]) -> None:
+        ops: list[Update] = []
+        for task_id, (node_id, status) in pending.items():
+            task = self.cache.get(Kind.TASK, task_id)
+            # Reports for tasks that moved or went, or that would go backwards, are dropped.
+            if task is None or task.node_id != node_id or status.state < task.status.state:
+                continue
+            if status == task.status:
+                continue
+            updated = pb.Task()
+            updated.CopyFrom(task)
+            updated.status.CopyFrom(status)
+            ops.append(Update(updated))
+        if not ops:
+            return
+        conflicts, revision = await self.store.batch_chunked(ops)
+        self.status_writes += len(ops)
+        if not conflicts:
+            await self.cache.wait_for(revision)
+            return
+        # Someone else wrote some of these tasks: look again at those not applied.
+        await self.cache.sync()
+        for op in ops:
+            written = op.obj
+            assert isinstance(written, pb.Task)
+            task = self.cache.get(Kind.TASK, written.id)
+            if task is not None and task.status != written.status:
+                self._pending.setdefault(written.id, pending[written.id])
+        if self._pending:
+            self._wakeup.set()
+
+    # ------------------------------------------------------------ logs
+
+    async def logs(
+        self, node_id: str, task_ids: list[str], follow: bool, tail: int
+    ) -> AsyncIterator[dpb.LogChunk]:
+        """Streams task logs from the node's agent over its session."""
+        session = self.sessions.get(node_id)
+        if session is None:
+            raise LookupError(f"node {node_id} has no session with this manager")
+        request_id = uuid.uuid4().hex
+        q: asyncio.Queue[dpb.LogChunk | None] = asyncio.Queue()
+        session.logs[request_id] = q
+        session.send(
+            dpb.DispatcherMessage(
+                log_request=dpb.LogRequest(
+                    request_id=request_id, task_ids=task_ids, follow=follow, tail=tail
+                )
+            )
+        )
+        try:
+            while True:
+                chunk = await q.get()
+                if chunk is None:
+                    return
+                if chunk.error:
+                    raise LookupError(chunk.error)
+                if chunk.data:
+                    yield chunk
+                if chunk.done:
+                    return
+        finally:
+            session.logs.pop(request_id, None)
+            if self.sessions.get(node_id) is session:
+                session.send(dpb.DispatcherMessage(log_cancel=dpb.LogCancel(request_id=request_id)))
+
+
+def _peer_host(peer: str) -> str:
+    # "ipv4:10.1.2.3:51234" -> "10.1.2.3"
+    if peer.startswith("ipv4:"):
+        return peer[5:].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[5:].rsplit(":", 1)[0].strip("[]")
+    return ""

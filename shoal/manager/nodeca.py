@@ -1,0 +1,106 @@
+"""The NodeCA service: certificates for joining nodes, and renewals."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import grpc
+
+from shoal.manager import ca
+from shoal.manager.authz import peer_identity
+from shoal.manager.ids import new_id
+from shoal.manager.store import Cache, Kind, Store
+from shoal.proto import ca_pb2, ca_pb2_grpc
+from shoal.proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def cert_validity(cluster: pb.Cluster) -> datetime.timedelta:
+    return datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms)
+
+
+class NodeCA(ca_pb2_grpc.NodeCAServicer):
+    def __init__(self, store: Store, cache: Cache) -> None:
+        self.store = store
+        self.cache = cache
+
+    async def _cluster(self, context: Any) -> pb.Cluster:
+        await self.cache.sync()
+        clusters = self.cache.list_objects(Kind.CLUSTER)
+        if not clusters:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
+        return clusters[0]  # type: ignore[no-any-return]
+
+    async def IssueNodeCertificate(
+        self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
+    ) -> ca_pb2.IssueNodeCertificateResponse:
+        cluster = await self._cluster(context)
+        try:
+            parsed = ca.parse_join_token(request.token)
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            raise
+        if parsed.digest != cluster.root_ca.ca_digest:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the join token is for another cluster (its CA digest does not match)",
+            )
+        role = ca.token_role(cluster, request.token)
+        if role is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "invalid join token: it is not (or no longer) a current token of this cluster",
+            )
+        assert role is not None
+        node_id = new_id()
+        try:
+            cert = ca.issue_cert(
+                cluster.root_ca,
+                request.csr_pem,
+                node_id,
+                role,
+                cluster.id,
+                cert_validity(cluster),
+            )
+        except ca.CSRError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
+        node = pb.Node(id=node_id, role=role)
+        node.spec.desired_role = role
+        node.description.hostname = request.hostname
+        node.status.state = pb.NODE_UNKNOWN
+        await self.store.create(node)
+        log.info("node %s (%s) joined as %s", node_id, request.hostname, ca.ROLE_OU[role])
+        return ca_pb2.IssueNodeCertificateResponse(
+            node_id=node_id, role=role, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem
+        )
+
+    async def RenewNodeCertificate(
+        self, request: ca_pb2.RenewNodeCertificateRequest, context: Any
+    ) -> ca_pb2.RenewNodeCertificateResponse:
+        cluster = await self._cluster(context)
+        ident = peer_identity(context)
+        assert ident is not None  # the authorizer lets only certified callers through
+        node = self.cache.get(Kind.NODE, ident.node_id)
+        if node is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this node was removed from the cluster"
+            )
+        try:
+            cert = ca.issue_cert(
+                cluster.root_ca,
+                request.csr_pem,
+                ident.node_id,
+                node.role,
+                cluster.id,
+                cert_validity(cluster),
+            )
+        except ca.CSRError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
+        return ca_pb2.RenewNodeCertificateResponse(
+            cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem
+        )

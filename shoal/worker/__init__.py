@@ -1,0 +1,1 @@
+"""The worker agent: join, session with a manager, task executor, runtimes."""

@@ -1,0 +1,140 @@
+"""A worker agent process: identity (join or reload), runtime, worker, session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.proto import objects_pb2 as pb
+from shoal.statedir import lock_state_dir
+from shoal.worker import identity as ident_mod
+from shoal.worker.identity import NodeIdentity
+from shoal.worker.runtime.base import Runtime
+from shoal.worker.session import Session
+from shoal.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    state_dir: Path
+    join_addr: str
+    join_token: str = ""
+    hostname: str = ""
+    advertise_addr: str = ""
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    runtime: str = "containerd"
+
+
+def _memory_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
+    if config.runtime == "simulated":
+        from shoal.worker.runtime.simulated import SimulatedRuntime
+
+        return SimulatedRuntime()
+    from shoal.worker.runtime.containerd import ContainerdRuntime
+
+    # Each node has its own containerd namespace: several nodes can share one containerd.
+    return ContainerdRuntime(
+        socket=config.containerd_socket, namespace=f"shoal-{node_id}", state_dir=config.state_dir
+    )
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.identity: NodeIdentity | None = None
+        self.session: Session | None = None
+        self.worker: Worker | None = None
+
+    def description(self) -> pb.NodeDescription:
+        return pb.NodeDescription(
+            hostname=self.config.hostname or socket.gethostname(),
+            resources=pb.Resources(
+                nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()
+            ),
+            os=platform.system().lower(),
+            arch=platform.machine(),
+            runtime=self.config.runtime,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = lock_state_dir(cfg.state_dir)
+        runtime: Runtime | None = None
+        background: list[asyncio.Task[None]] = []
+        try:
+            self.identity = NodeIdentity.load(cfg.state_dir)
+            if self.identity is None:
+                if not cfg.join_token:
+                    raise ident_mod.JoinError("this node has not joined yet: give --join-token")
+                hostname = cfg.hostname or socket.gethostname()
+                self.identity = await ident_mod.join(cfg.join_addr, cfg.join_token, hostname)
+                self.identity.save(cfg.state_dir)
+                log.info("joined the cluster as node %s", self.identity.node_id)
+            else:
+                log.info("rejoining as node %s", self.identity.node_id)
+            runtime = make_runtime(cfg, self.identity.node_id)
+            self.session = Session(
+                lambda: self._identity(), [cfg.join_addr], self.description, cfg.advertise_addr
+            )
+            self.worker = Worker(runtime, cfg.state_dir, self.session.report)
+            self.session.worker = self.worker
+            await self.worker.start()
+            background = [
+                asyncio.create_task(self.session.run(), name="session"),
+                asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
+            ]
+            await stop.wait()
+            log.info("agent stopping; containers keep running")
+        finally:
+            for t in background:
+                t.cancel()
+            for t in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            if self.worker is not None:
+                await self.worker.close()
+            if runtime is not None:
+                await runtime.close()
+            os.close(lock_fd)
+
+    def _identity(self) -> NodeIdentity:
+        assert self.identity is not None
+        return self.identity
+
+    async def _renew_certificate(self) -> None:
+        while True:
+            ident = self._identity()
+            wait = (ident.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            await asyncio.sleep(max(wait, 0))
+            assert self.session is not None
+            addr = self.session.current_manager or self.config.join_addr
+            try:
+                renewed = await ident_mod.renew(ident, addr)
+            except Exception as err:
+                log.warning("certificate renewal via %s failed (%s); retrying in 30s", addr, err)
+                await asyncio.sleep(30)
+                continue
+            renewed.save(self.config.state_dir)
+            self.identity = renewed
+            log.info(
+                "certificate renewed; valid until %s",
+                renewed.renew_at().isoformat(timespec="seconds"),
+            )

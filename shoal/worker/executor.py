@@ -1,0 +1,254 @@
+"""Runs one task through its states with a container runtime.
+
+ACCEPTED -> PREPARING (pull, create) -> READY -> STARTING -> RUNNING ->
+COMPLETE | FAILED, or REJECTED when it cannot be prepared, or SHUTDOWN when
+the manager's desired state says stop. States only move forward. A runner
+created for a task whose container already exists (agent restart) reattaches
+to it instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.manager.store.kinds import now_ms
+from shoal.proto import objects_pb2 as pb
+from shoal.worker.runtime.base import (
+    ContainerConfig,
+    ImagePullError,
+    MountConfig,
+    Runtime,
+    RuntimeFailure,
+)
+from shoal.worker.taskdb import TaskDB
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[str, pb.TaskStatus], None]
+
+
+def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> ContainerConfig:
+    c = task.spec.container
+    labels = dict(c.labels)
+    labels.update(
+        {
+            "shoal.task.id": task.id,
+            "shoal.service.id": task.service_id,
+            "shoal.service.name": task.service_name,
+            "shoal.task.slot": str(task.slot),
+        }
+    )
+    return ContainerConfig(
+        container_id=task.id,
+        image=c.image,
+        command=list(c.command),
+        args=list(c.args),
+        env=list(c.env),
+        workdir=c.dir,
+        user=c.user,
+        hostname=task.id[:12],
+        labels=labels,
+        mounts=[
+            MountConfig(
+                type="volume" if m.type == pb.Mount.VOLUME else "bind",
+                source=m.source,
+                target=m.target,
+                readonly=m.readonly,
+            )
+            for m in c.mounts
+        ],
+        nano_cpus=task.spec.limits.nano_cpus,
+        memory_bytes=task.spec.limits.memory_bytes,
+        log_path=log_path,
+        netns_path=netns_path,
+    )
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        task: pb.Task,
+        runtime: Runtime,
+        db: TaskDB,
+        report: Reporter,
+        logs_dir: Path,
+    ) -> None:
+        self.task = task
+        self.runtime = runtime
+        self.db = db
+        self.report = report
+        self.log_path = logs_dir / f"{task.id}.log"
+        self._changed = asyncio.Event()
+        self._run: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> int:
+        return int(self.task.status.state)
+
+    def start(self) -> None:
+        self._run = asyncio.create_task(self._main(), name=f"task-{self.task.id[:12]}")
+
+    def update(self, assigned: pb.Task) -> None:
+        """A new version from the manager: take its spec and desired state, keep our status."""
+        status = pb.TaskStatus()
+        status.CopyFrom(self.task.status)
+        if assigned.status.state > status.state:
+            status.CopyFrom(assigned.status)
+        self.task.CopyFrom(assigned)
+        self.task.status.CopyFrom(status)
+        self.db.put(self.task)
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stops managing the task (agent shutdown); its container keeps running."""
+        if self._run is not None:
+            self._run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run
+
+    async def remove(self) -> None:
+        """The task is gone from the manager: stop and delete its container and record."""
+        await self.close()
+        try:
+            if await self.runtime.state(self.task.id) is not None:
+                await self.runtime.stop(self.task.id, self._grace_s())
+                await self.runtime.remove(self.task.id)
+        except RuntimeFailure as err:
+            log.warning("task %s: removing its container failed: %s", self.task.id, err)
+        self.log_path.unlink(missing_ok=True)
+        self.db.delete(self.task.id)
+
+    # ------------------------------------------------------------ internals
+
+    def _grace_s(self) -> float:
+        return (self.task.spec.container.stop_grace_period_ms or 10_000) / 1000
+
+    def _set(
+        self,
+        state: pb.TaskState.ValueType,
+        message: str,
+        err: str = "",
+        exit_code: int | None = None,
+        pid: int | None = None,
+    ) -> None:
+        status = self.task.status
+        if state < status.state:
+            return  # never backwards
+        status.state = state
+        status.message = message
+        status.err = err
+        status.timestamp_ms = now_ms()
+        status.container.container_id = self.task.id if state >= pb.READY else ""
+        if pid is not None:
+            status.container.pid = pid
+        if exit_code is not None:
+            status.container.exit_code = exit_code
+        self.db.put(self.task)
+        out = pb.TaskStatus()
+        out.CopyFrom(status)
+        self.report(self.task.id, out)
+
+    def _wants_stop(self) -> bool:
+        return self.task.desired_state > pb.RUNNING
+
+    async def _main(self) -> None:
+        try:
+            await self._drive()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.exception("task %s: unexpected failure", self.task.id)
+            if self.state <= pb.RUNNING:
+                self._set(pb.FAILED, "failed", f"agent error: {err}")
+
+    async def _drive(self) -> None:
+        if self.state > pb.RUNNING:
+            return  # finished: nothing to run, the container (if any) waits for removal
+        existing = await self.runtime.state(self.task.id)
+        if existing is not None and existing.status == "running":
+            # Reattach: the container outlived an agent restart.
+            if self.state < pb.RUNNING:
+                self._set(pb.RUNNING, "started", pid=existing.pid)
+            await self._supervise()
+            return
+        if existing is not None and existing.status == "stopped" and self.state >= pb.STARTING:
+            self._exited(existing.exit_code or 0)
+            return
+        if existing is None and self.state >= pb.STARTING:
+            self._set(pb.FAILED, "failed", "container disappeared (removed outside Shoal?)")
+            return
+
+        if self._wants_stop():
+            self._set(pb.SHUTDOWN, "shutdown before start")
+            return
+        if self.state < pb.ACCEPTED:
+            self._set(pb.ACCEPTED, "accepted")
+        self._set(pb.PREPARING, "preparing")
+        try:
+            await self.runtime.pull(self.task.spec.container.image)
+            if self._wants_stop():
+                self._set(pb.SHUTDOWN, "shutdown before start")
+                return
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            await self.runtime.create(container_config(self.task, self.log_path, None))
+        except ImagePullError as err:
+            self._set(pb.REJECTED, "rejected", str(err))
+            return
+        except RuntimeFailure as err:
+            self._set(pb.REJECTED, "rejected", f"create container: {err}")
+            return
+        self._set(pb.READY, "ready")
+        # desired READY holds a prepared task back (restart delay, start-first updates).
+        while self.task.desired_state < pb.RUNNING and not self._wants_stop():
+            self._changed.clear()
+            await self._changed.wait()
+        if self._wants_stop():
+            await self._stop_and_report()
+            return
+        self._set(pb.STARTING, "starting")
+        try:
+            pid = await self.runtime.start(self.task.id)
+        except RuntimeFailure as err:
+            self._set(pb.FAILED, "failed", f"start container: {err}")
+            return
+        self._set(pb.RUNNING, "started", pid=pid)
+        await self._supervise()
+
+    async def _supervise(self) -> None:
+        """Waits for the container to exit, or for the manager to want it stopped."""
+        exited = asyncio.create_task(self.runtime.wait(self.task.id))
+        try:
+            while True:
+                self._changed.clear()
+                if self._wants_stop():
+                    await self._stop_and_report()
+                    return
+                changed = asyncio.create_task(self._changed.wait())
+                done, _ = await asyncio.wait({exited, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if exited in done:
+                    self._exited(exited.result())
+                    return
+        finally:
+            exited.cancel()
+
+    def _exited(self, code: int) -> None:
+        if self._wants_stop():
+            self._set(pb.SHUTDOWN, "shutdown", exit_code=code)
+        elif code == 0:
+            self._set(pb.COMPLETE, "finished", exit_code=0)
+        else:
+            self._set(pb.FAILED, "failed", f"task: non-zero exit ({code})", exit_code=code)
+
+    async def _stop_and_report(self) -> None:
+        try:
+            await self.runtime.stop(self.task.id, self._grace_s())
+        except RuntimeFailure as err:
+            log.warning("task %s: stop failed: %s", self.task.id, err)
+        state = await self.runtime.state(self.task.id)
+        code = state.exit_code if state is not None and state.exit_code is not None else None
+        self._set(pb.SHUTDOWN, "shutdown", exit_code=code)

@@ -1,0 +1,157 @@
+"""The agent's session with a manager: register, heartbeat, report, receive work.
+
+One bidirectional stream. When it drops, the agent reconnects with backoff to
+any manager it knows; the Register message carries every task's last status,
+so nothing reported during the gap is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import grpc.aio
+
+from shoal.proto import dispatcher_pb2 as dpb
+from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
+from shoal.proto import objects_pb2 as pb
+from shoal.worker.identity import NodeIdentity
+from shoal.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+# Status reports are held this long so a burst goes out as one message.
+REPORT_BATCH_S = 0.02
+
+
+class Session:
+    def __init__(
+        self,
+        identity: Callable[[], NodeIdentity],
+        managers: list[str],
+        description: Callable[[], pb.NodeDescription],
+        advertise_addr: str = "",
+    ) -> None:
+        self.identity = identity
+        self.managers = list(dict.fromkeys(managers))
+        self.description = description
+        self.advertise_addr = advertise_addr
+        self.worker: Worker | None = None
+        self.connected = asyncio.Event()
+        self.current_manager = ""
+        self._pending: dict[str, pb.TaskStatus] = {}
+        self._pending_event = asyncio.Event()
+
+    def report(self, task_id: str, status: pb.TaskStatus) -> None:
+        self._pending[task_id] = status
+        self._pending_event.set()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        turn = 0
+        while True:
+            addr = self.managers[turn % len(self.managers)]
+            turn += 1
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                await self._session(addr)
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.error("manager %s refused this node: %s", addr, err.details())
+                else:
+                    log.warning(
+                        "session with %s ended: %s %s", addr, err.code().name, err.details()
+                    )
+            except OSError as err:
+                log.warning("session with %s failed: %s", addr, err)
+            finally:
+                self.connected.clear()
+            if loop.time() - started > 10:
+                backoff = BACKOFF_MIN_S
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self, addr: str) -> None:
+        assert self.worker is not None
+        worker = self.worker
+        out: asyncio.Queue[dpb.AgentMessage] = asyncio.Queue()
+        # Everything pending goes in the Register message.
+        self._pending.clear()
+        out.put_nowait(
+            dpb.AgentMessage(
+                register=dpb.Register(
+                    description=self.description(),
+                    advertise_addr=self.advertise_addr,
+                    statuses=worker.statuses(),
+                )
+            )
+        )
+
+        async def outgoing() -> AsyncIterator[dpb.AgentMessage]:
+            while True:
+                yield await out.get()
+
+        async def send_log(chunk: dpb.LogChunk) -> None:
+            out.put_nowait(dpb.AgentMessage(log=chunk))
+
+        channel = self.identity().channel(addr)
+        call = dpb_grpc.DispatcherStub(channel).Session(outgoing())
+        helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._send_reports(out))]
+        try:
+            async for msg in call:
+                kind = msg.WhichOneof("msg")
+                if kind == "session":
+                    info = msg.session
+                    if not self.connected.is_set():
+                        log.info("session with manager %s (node %s)", addr, info.node_id)
+                    self.current_manager = addr
+                    self.connected.set()
+                    if info.managers:
+                        self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
+                    helpers.append(
+                        asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
+                    )
+                elif kind == "assignments":
+                    worker.assign(msg.assignments)
+                elif kind == "log_request":
+                    worker.serve_logs(msg.log_request, send_log)
+                elif kind == "log_cancel":
+                    worker.cancel_logs(msg.log_cancel.request_id)
+        finally:
+            for h in helpers:
+                h.cancel()
+            for h in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await h
+            call.cancel()
+            await channel.close()
+
+    async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat()))
+
+    async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
+        while True:
+            await self._pending_event.wait()
+            await asyncio.sleep(REPORT_BATCH_S)
+            self._pending_event.clear()
+            pending, self._pending = self._pending, {}
+            if pending:
+                out.put_nowait(
+                    dpb.AgentMessage(
+                        statuses=dpb.TaskStatusBatch(
+                            updates=[
+                                dpb.TaskStatusUpdate(task_id=t, status=s)
+                                for t, s in pending.items()
+                            ]
+                        )
+                    )
+                )

@@ -1,0 +1,180 @@
+"""Agents with the simulated runtime against a real manager: join, sessions, security.
+
+The simulated runtime runs nothing, so these tests are about the control plane:
+tokens, certificates, mTLS roles, the dispatcher's assignments and status flow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shoal.proto import ca_pb2, ca_pb2_grpc
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
+from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
+
+from .helpers import service_spec
+from .procs import ManagerProcess, WorkerProcess, free_port
+
+
+def control(m: ManagerProcess) -> api_grpc.ControlStub:
+    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, managers: list[ManagerProcess]) -> tuple[ManagerProcess, str]:
+    addr = f"127.0.0.1:{free_port()}"
+    m = ManagerProcess(tmp_path / "m1", "--listen-addr", addr).start()
+    managers.append(m)
+    return m, addr
+
+
+def tokens(m: ManagerProcess) -> pb.JoinTokens:
+    return control(m).GetCluster(api.GetClusterRequest()).cluster.join_tokens
+
+
+def wait_service(m: ManagerProcess, name: str, running: int, timeout: float = 30) -> None:
+    """Blocks on the WatchService stream until `running` tasks run."""
+    stream = control(m).WatchService(api.WatchServiceRequest(ref=name), timeout=timeout)
+    for progress in stream:
+        if progress.service.running == running and progress.service.desired == running:
+            stream.cancel()
+            return
+    raise AssertionError("watch ended")
+
+
+def test_join_run_scale_remove(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    tok = tokens(m).worker
+    for i in (1, 2):
+        workers.append(
+            WorkerProcess(
+                tmp_path / f"w{i}", addr, tok, "--runtime", "simulated", "--hostname", f"w{i}"
+            ).start()
+        )
+    c = control(m)
+    nodes = {n.description.hostname: n for n in c.ListNodes(api.ListNodesRequest()).nodes}
+    assert set(nodes) == {"w1", "w2"}
+    assert all(n.role == pb.ROLE_WORKER for n in nodes.values())
+
+    c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 4)))
+    wait_service(m, "web", 4)
+    tasks = [
+        t
+        for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        if t.desired_state == pb.RUNNING
+    ]
+    per_node: dict[str, int] = {}
+    for t in tasks:
+        assert t.status.state == pb.RUNNING
+        assert t.status.container.container_id == t.id
+        per_node[t.node_id] = per_node.get(t.node_id, 0) + 1
+    assert sorted(per_node.values()) == [2, 2]
+    assert all(n.status.state == pb.NODE_READY for n in c.ListNodes(api.ListNodesRequest()).nodes)
+
+    svc = c.GetService(api.GetServiceRequest(ref="web")).service.service
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(svc.spec)
+    spec.replicated.replicas = 1
+    c.UpdateService(api.UpdateServiceRequest(ref="web", version=svc.meta.version, spec=spec))
+    wait_service(m, "web", 1)
+    shut = [
+        t
+        for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        if t.desired_state == pb.SHUTDOWN
+    ]
+    assert len(shut) == 3
+
+    c.RemoveService(api.RemoveServiceRequest(ref="web"))
+    # The agents stop and remove the containers; then the records go.
+    stream = c.WatchService(api.WatchServiceRequest(ref=svc.id), timeout=5)
+    with pytest.raises(grpc.RpcError):
+        next(iter(stream))
+
+
+def test_worker_restart_rejoins_as_itself(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    w = WorkerProcess(
+        tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated", "--hostname", "w1"
+    ).start()
+    workers.append(w)
+    node_id = w.node_id
+    assert w.stop() == 0
+    again = WorkerProcess(tmp_path / "w1", addr, "", "--runtime", "simulated").start()
+    workers.append(again)
+    assert again.node_id == node_id
+    c = control(m)
+    assert [n.id for n in c.ListNodes(api.ListNodesRequest()).nodes] == [node_id]
+
+
+def _refused(tmp_path: Path, addr: str, token: str) -> str:
+    w = WorkerProcess(tmp_path / "bad", addr, token, "--runtime", "simulated")
+    w.start(wait_joined=False)
+    assert w.wait_exit() == 1
+    return w.log_text()
+
+
+def test_join_refused_without_a_valid_token(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str]
+) -> None:
+    m, addr = cluster
+    good = tokens(m).worker
+    prefix, digest, secret = good.rsplit("-", 2)
+    wrong_secret = f"{prefix}-{digest}-{'x' * len(secret)}"
+    assert "not (or no longer) a current token" in _refused(tmp_path, addr, wrong_secret)
+    wrong_digest = f"{prefix}-{'0' * len(digest)}-{secret}"
+    assert "CA digest mismatch" in _refused(tmp_path, addr, wrong_digest)
+    assert "invalid join token" in _refused(tmp_path, addr, "SWMTKN-garbage")
+
+    c = control(m)
+    c.RotateJoinToken(api.RotateJoinTokenRequest(role=pb.ROLE_WORKER))
+    assert tokens(m).worker != good
+    assert "not (or no longer) a current token" in _refused(tmp_path, addr, good)
+    assert list(c.ListNodes(api.ListNodesRequest()).nodes) == []
+
+
+def test_roles_over_mtls(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    w = WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()
+    workers.append(w)
+    ident = NodeIdentity.load(w.state_dir)
+    assert ident is not None
+
+    # A worker certificate may not use the control API.
+    with grpc.secure_channel(addr, ident.credentials(), options=channel_options()) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ControlStub(ch).ListNodes(api.ListNodesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    # No certificate at all: the mTLS handshake is refused.
+    creds = grpc.ssl_channel_credentials(root_certificates=ident.ca_pem)
+    with grpc.secure_channel(addr, creds, options=channel_options()) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ControlStub(ch).ListNodes(api.ListNodesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The join port takes callers without certificates, but only for the join RPC.
+    with grpc.secure_channel(join_addr_for(addr), creds, options=channel_options()) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ControlStub(ch).ListNodes(api.ListNodesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as err:
+            ca_pb2_grpc.NodeCAStub(ch).RenewNodeCertificate(
+                ca_pb2.RenewNodeCertificateRequest(), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Plain TCP without TLS: the handshake fails.
+    with grpc.insecure_channel(addr) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ControlStub(ch).ListNodes(api.ListNodesRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
