@@ -8,7 +8,9 @@ half-way through, converges to the same tasks.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shoal.manager import constraints
@@ -30,6 +32,12 @@ class Plan:
     # Ids of tasks the plan writes, so the scheduler does not write them again.
     touched: set[str] = field(default_factory=set)
     new_unassigned: list[pb.Task] = field(default_factory=list)
+
+    # (time in ms, service id): passes to run then, for tasks held by a restart delay.
+    wakeups: list[tuple[int, str]] = field(default_factory=list)
+
+    def wake_at(self, at_ms: int, service_id: str) -> None:
+        self.wakeups.append((at_ms, service_id))
 
     def create(self, task: pb.Task) -> None:
         self.ops.append(Create(task))
@@ -65,6 +73,28 @@ def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
         t.status.state = pb.PENDING
         t.status.message = "pending task scheduling"
     return t
+
+
+# Backoff of a crash-looping slot: the first restart is immediate, then 250ms,
+# 500ms, ... doubling up to the policy's delay (Swarm always waits the full delay).
+BACKOFF_BASE_MS = 250
+
+
+def restart_decision(policy: pb.RestartPolicy, last: pb.Task) -> tuple[int, int] | None:
+    """Whether a slot whose task ended gets a new one: (attempt, start after ms) or None."""
+    failed = last.status.state in (pb.FAILED, pb.REJECTED, pb.ORPHANED)
+    if policy.condition == pb.RestartPolicy.NONE:
+        return None
+    if policy.condition == pb.RestartPolicy.ON_FAILURE and not failed:
+        return None
+    ended = last.status.timestamp_ms or now_ms()
+    lived = ended - (last.meta.created_at_ms or ended)
+    # Within the window restarts add up; a task that lived longer starts the count anew.
+    attempt = 1 if policy.window_ms and lived > policy.window_ms else last.attempt + 1
+    if policy.max_attempts and attempt > policy.max_attempts:
+        return None
+    delay = 0 if attempt <= 1 else min(policy.delay_ms, BACKOFF_BASE_MS * 2 ** (attempt - 2))
+    return attempt, ended + delay
 
 
 def node_usable(node: pb.Node | None) -> bool:
@@ -107,9 +137,9 @@ class Orchestrator:
                 for t in slot_tasks:
                     self._shut_down(t, plan, "scaled down")
                 continue
-            keep = self._keep_one(slot_tasks, plan)
-            if keep is None or not self._healthy(keep, plan):
-                plan.create(new_task(service, slot))
+            self._reconcile_slot(
+                service, slot_tasks, plan, functools.partial(new_task, service, slot)
+            )
 
         for slot in range(1, replicas + 1):
             if slot not in by_slot:
@@ -117,19 +147,57 @@ class Orchestrator:
 
         self._roll(service, by_slot, plan)
 
-    def _keep_one(self, slot_tasks: list[pb.Task], plan: Plan) -> pb.Task | None:
-        """One live task per slot: the furthest along (then newest) stays."""
+    def _reconcile_slot(
+        self,
+        service: pb.Service,
+        slot_tasks: list[pb.Task],
+        plan: Plan,
+        make: Callable[[], pb.Task],
+    ) -> None:
+        """One slot (or one node of a global service): one live task, restarted per policy."""
         live = [t for t in slot_tasks if is_live(t)]
-        for t in slot_tasks:
-            if not is_live(t):
-                # Finished or failed while it should run: replaced (restart policy: issue 5).
+        dead = [t for t in slot_tasks if not is_live(t)]
+        if live:
+            for t in dead:
                 self._shut_down(t, plan, "")
-        if not live:
-            return None
-        live.sort(key=lambda t: (t.status.state, t.meta.created_at_ms), reverse=True)
-        for extra in live[1:]:
-            self._shut_down(extra, plan, "duplicate task in slot")
-        return live[0]
+            live.sort(key=lambda t: (t.status.state, t.meta.created_at_ms), reverse=True)
+            keep, extras = live[0], live[1:]
+            for extra in extras:
+                self._shut_down(extra, plan, "duplicate task in slot")
+            if not self._healthy(keep, plan):
+                # The node failed, not the task: replace at once, same attempt count.
+                replacement = make()
+                replacement.attempt = keep.attempt
+                plan.create(replacement)
+            elif keep.desired_state == pb.READY:
+                self._release(keep, plan)
+            return
+        last = max(dead, key=lambda t: (t.status.timestamp_ms, t.meta.created_at_ms))
+        decision = restart_decision(service.spec.task.restart, last)
+        if decision is None:
+            return  # the slot has ended for good: its last task stays as the record
+        for t in dead:
+            self._shut_down(t, plan, "")
+        attempt, start_after = decision
+        replacement = make()
+        replacement.attempt = attempt
+        if start_after > now_ms():
+            replacement.desired_state = pb.READY
+            replacement.start_after_ms = start_after
+            plan.wake_at(start_after, service.id)
+        plan.create(replacement)
+
+    def _release(self, t: pb.Task, plan: Plan) -> None:
+        """Lets a task held back by the restart delay run once the delay has passed."""
+        if t.id in plan.touched:
+            return
+        if t.start_after_ms > now_ms():
+            plan.wake_at(t.start_after_ms, t.service_id)
+            return
+        updated = pb.Task()
+        updated.CopyFrom(t)
+        updated.desired_state = pb.RUNNING
+        plan.update(updated)
 
     def _healthy(self, t: pb.Task, plan: Plan) -> bool:
         """False (and the task is shut down) if its node can no longer run it."""
@@ -181,32 +249,30 @@ class Orchestrator:
             and n.spec.availability == pb.AVAILABILITY_ACTIVE
             and all(c.matches(n) for c in wanted)
         }
-        live_on: dict[str, list[pb.Task]] = defaultdict(list)
+        on_node: dict[str, list[pb.Task]] = defaultdict(list)
         for t in tasks:
-            if t.desired_state > pb.RUNNING:
-                continue
-            if not is_live(t):
-                self._shut_down(t, plan, "")
-                continue
-            live_on[t.node_id].append(t)
-        for node_id, node_tasks in live_on.items():
+            if t.desired_state <= pb.RUNNING:
+                on_node[t.node_id].append(t)
+        for node_id, node_tasks in on_node.items():
             node: pb.Node | None = self.cache.get(Kind.NODE, node_id)
-            if not node_usable(node) or (
-                node_id not in eligible
-                and node is not None
-                and node.spec.availability != pb.AVAILABILITY_PAUSE
-            ):
+            # A paused node keeps what it runs; drained, down or ineligible ones do not.
+            keeps = node is not None and node.spec.availability == pb.AVAILABILITY_PAUSE
+            if not node_usable(node) or (node_id not in eligible and not keeps):
                 for t in node_tasks:
                     self._shut_down(t, plan, "node no longer eligible")
                 continue
-            node_tasks.sort(key=lambda t: (t.spec_version, t.status.state), reverse=True)
-            keep, extras = node_tasks[0], node_tasks[1:]
-            for t in extras:
-                self._shut_down(t, plan, "duplicate task on node")
-            if keep.spec_version < service.spec_version:
-                self._shut_down(keep, plan, "updating to a new spec")
-                plan.create(new_task(service, 0, node_id))
-        for node_id in eligible - live_on.keys():
+            self._reconcile_slot(
+                service, node_tasks, plan, functools.partial(new_task, service, 0, node_id)
+            )
+            for t in node_tasks:
+                if (
+                    t.id not in plan.touched
+                    and is_live(t)
+                    and t.spec_version < service.spec_version
+                ):
+                    self._shut_down(t, plan, "updating to a new spec")
+                    plan.create(new_task(service, 0, node_id))
+        for node_id in eligible - on_node.keys():
             plan.create(new_task(service, 0, node_id))
 
     # ------------------------------------------------------------ removal

@@ -7,12 +7,15 @@ so it never acts twice on the same state.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import logging
 from collections.abc import Iterable
 
 from shoal.manager.orchestrator import Orchestrator, Plan
 from shoal.manager.scheduler import Scheduler
-from shoal.manager.store import Cache, Change, Fence, Kind, Store, Update
+from shoal.manager.store import Cache, Change, Fence, Kind, Store, Subscription, Update
+from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,7 @@ class Reconciler:
         self.orchestrator = Orchestrator(cache)
         self.scheduler = Scheduler(cache)
         self.passes = 0
+        self._wakeups: list[tuple[int, str]] = []
 
     async def run(self, fence: Fence) -> None:
         """Runs until cancelled (leadership lost) or a fenced write is refused."""
@@ -32,12 +36,34 @@ class Reconciler:
             await self.cache.sync()
             retry = self._everything()
             while True:
-                # A first pass, or one to redo, goes at once; otherwise wait for news.
-                resync, changes = sub.drain() if retry else await sub.next()
-                dirty = retry | (self._everything() if resync else self._dirty(changes))
+                # A first pass, or one to redo, goes at once; otherwise wait for news
+                # or for the next task held back by a restart delay.
+                if retry:
+                    resync, changes = sub.drain()
+                else:
+                    resync, changes = await self._next(sub)
+                dirty = (
+                    retry | self._due() | (self._everything() if resync else self._dirty(changes))
+                )
                 retry = set()
                 if not await self.reconcile(dirty, fence):
                     retry = dirty
+
+    async def _next(self, sub: Subscription) -> tuple[bool, list[Change]]:
+        if not self._wakeups:
+            return await sub.next()
+        delay = max(0.0, (self._wakeups[0][0] - now_ms()) / 1000)
+        try:
+            return await asyncio.wait_for(sub.next(), delay)
+        except TimeoutError:
+            return False, []
+
+    def _due(self) -> set[str]:
+        due = set()
+        now = now_ms()
+        while self._wakeups and self._wakeups[0][0] <= now:
+            due.add(heapq.heappop(self._wakeups)[1])
+        return due
 
     def _everything(self) -> set[str]:
         dirty = set(self.cache.ids(Kind.SERVICE))
@@ -71,6 +97,8 @@ class Reconciler:
         self.passes += 1
         plan = Plan()
         self.orchestrator.reconcile(service_ids, plan)
+        for wakeup in plan.wakeups:
+            heapq.heappush(self._wakeups, wakeup)
         waiting = [t for t in self.cache.unassigned_tasks() if t.id not in plan.touched]
         # Cache objects are shared: the scheduler changes copies.
         copies = []

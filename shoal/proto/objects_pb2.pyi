@@ -1022,6 +1022,8 @@ class Task(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    START_AFTER_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     slot: _builtins.int
@@ -1029,6 +1031,12 @@ class Task(_message.Message):
     desired_state: Global___TaskState.ValueType
     spec_version: _builtins.int
     service_name: _builtins.str
+    attempt: _builtins.int
+    """How many times this slot was restarted in a row (the restart policy's count)."""
+    start_after_ms: _builtins.int
+    """A restarted task waits (desired READY) until this time, then the leader
+    lets it run: crash-looping slots back off instead of hot-looping.
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1051,10 +1059,12 @@ class Task(_message.Message):
         networks: _abc.Iterable[Global___NetworkAttachment] | None = ...,
         spec_version: _builtins.int = ...,
         service_name: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        start_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "start_after_ms", b"start_after_ms", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
