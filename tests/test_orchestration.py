@@ -203,3 +203,60 @@ async def test_restart_midway_converges_without_duplicates(store: Store, cache: 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def create_network(store: Store, name: str, subnet: str) -> pb.Network:
+    from shoal.manager import allocator
+
+    net = pb.Network(
+        id=new_id(),
+        spec=pb.NetworkSpec(annotations=pb.Annotations(name=name), driver="overlay", subnet=subnet),
+    )
+    allocator.allocate_network(net, [], __import__("ipaddress").ip_network(subnet))
+    return await store.create(net)
+
+
+async def test_ipam_distinct_addresses_exhaustion_and_release(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    await nodes(store, "n1", "n2")
+    net = await create_network(store, "front", "10.9.0.0/29")  # 6 hosts, one is the gateway
+    spec = service_spec("web", 7)
+    spec.task.networks.add(target=net.id)
+    svc = await create_service(store, spec)
+
+    def addresses() -> list[str]:
+        return [a.addresses[0] for t in live(cache, svc.id) for a in t.networks if a.addresses]
+
+    await until(
+        cache,
+        lambda: len(addresses()) == 5 and sum(1 for t in live(cache, svc.id) if t.status.err) == 2,
+    )
+    assert len(set(addresses())) == 5
+    assert net.gateway + "/29" not in addresses()
+    stuck = [t for t in live(cache, svc.id) if t.status.err]
+    for t in stuck:
+        assert t.status.state == pb.NEW and not t.node_id
+        assert t.status.err == "no IP address left in front"
+    assert sum(spread(cache, svc.id).values()) == 5
+
+    # Scale down to 3: the two stuck tasks go; the two running ones are told to stop.
+    current = pb.Service()
+    current.CopyFrom(cache.get(Kind.SERVICE, svc.id))
+    current.spec.replicated.replicas = 3
+    await store.update(current)
+    await until(cache, lambda: len(live(cache, svc.id)) == 3)
+    stopping = [t for t in cache.tasks_of_service(svc.id) if t.desired_state == pb.SHUTDOWN]
+    assert len(stopping) == 2
+    # Their agents report them shut down: the addresses are freed.
+    for t in stopping:
+        done = pb.Task()
+        done.CopyFrom(t)
+        done.status.state = pb.SHUTDOWN
+        await store.update(done)
+    await until(cache, lambda: len(cache.used_ips(net.id)) == 3)
+    current.CopyFrom(cache.get(Kind.SERVICE, svc.id))
+    current.spec.replicated.replicas = 5
+    await store.update(current)
+    await until(cache, lambda: len(addresses()) == 5)
+    assert len(set(addresses())) == 5

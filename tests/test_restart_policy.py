@@ -14,10 +14,18 @@ def ended(state: pb.TaskState.ValueType, attempt: int = 0, lived_ms: int = 100) 
     return t
 
 
-def policy(condition: int = pb.RestartPolicy.ANY, delay_ms: int = 5000, max_attempts: int = 0,
-           window_ms: int = 0) -> pb.RestartPolicy:
-    return pb.RestartPolicy(condition=condition, delay_ms=delay_ms,  # type: ignore[arg-type]
-                            max_attempts=max_attempts, window_ms=window_ms)
+def policy(
+    condition: int = pb.RestartPolicy.ANY,
+    delay_ms: int = 5000,
+    max_attempts: int = 0,
+    window_ms: int = 0,
+) -> pb.RestartPolicy:
+    return pb.RestartPolicy(
+        condition=condition,
+        delay_ms=delay_ms,  # type: ignore[arg-type]
+        max_attempts=max_attempts,
+        window_ms=window_ms,
+    )
 
 
 def test_first_restart_is_immediate_then_backs_off_to_the_delay() -> None:

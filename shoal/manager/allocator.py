@@ -1,4 +1,4 @@
-"""The allocator: VNIs and subnets for overlay networks.
+"""The allocator: VNIs and subnets for overlay networks, IPs and MACs for tasks.
 
 A network gets the lowest free VNI (4096..2^24-1) and either the subnet asked
 for or the first free /24 of the default pool. The store's claim keys on VNI
@@ -8,8 +8,10 @@ and subnet make two managers allocating at once fail instead of colliding.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Iterable
 
+from shoal.manager.store import Cache, Kind
 from shoal.manager.validation import InvalidSpec
 from shoal.proto import objects_pb2 as pb
 
@@ -58,3 +60,62 @@ def allocate_network(
     net.vni = vni
     net.subnet = str(subnet)
     net.gateway = str(next(subnet.hosts()))
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC (02:xx:...)."""
+    tail = secrets.token_bytes(5)
+    return "02:" + ":".join(f"{b:02x}" for b in tail)
+
+
+class IPAM:
+    """Addresses for tasks on overlay networks.
+
+    Free addresses come from the cache's per-network index plus what this pass
+    already handed out; the store's claim keys (`ip/<network>/<ip>`) make a
+    concurrent allocation of the same address fail instead of succeed twice.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self._next: dict[str, int] = {}
+
+    def allocate(self, task: pb.Task, taken: dict[str, set[str]]) -> str:
+        """Fills in task.networks; returns "" or why it could not (task left unchanged)."""
+        attachments: list[pb.NetworkAttachment] = []
+        for config in task.spec.networks:
+            net: pb.Network | None = self.cache.get(Kind.NETWORK, config.target)
+            if net is None:
+                return f"network {config.target} not found"
+            ip = self._free_ip(net, taken.setdefault(net.id, set()))
+            if ip is None:
+                return f"no IP address left in {net.spec.annotations.name}"
+            prefix = ipaddress.IPv4Network(net.subnet).prefixlen
+            attachments.append(
+                pb.NetworkAttachment(
+                    network_id=net.id, addresses=[f"{ip}/{prefix}"], mac=random_mac()
+                )
+            )
+        for a in attachments:
+            taken[a.network_id].add(a.addresses[0].partition("/")[0])
+        del task.networks[:]
+        task.networks.extend(attachments)
+        return ""
+
+    def _free_ip(self, net: pb.Network, taken: set[str]) -> str | None:
+        subnet = ipaddress.IPv4Network(net.subnet)
+        first = int(subnet.network_address) + 1
+        last = int(subnet.broadcast_address) - 1
+        size = last - first + 1
+        used = self.cache.used_ips(net.id)
+        start = self._next.get(net.id, first)
+        # Round-robin from where the last allocation stopped: a freed address is
+        # not handed out again at once (stale peer entries have time to go).
+        for i in range(size):
+            n = first + (start - first + i) % size
+            ip = str(ipaddress.IPv4Address(n))
+            if ip == net.gateway or ip in used or ip in taken:
+                continue
+            self._next[net.id] = n + 1 if n < last else first
+            return ip
+        return None

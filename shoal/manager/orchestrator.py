@@ -31,7 +31,7 @@ class Plan:
     ops: list[Op] = field(default_factory=list)
     # Ids of tasks the plan writes, so the scheduler does not write them again.
     touched: set[str] = field(default_factory=set)
-    new_unassigned: list[pb.Task] = field(default_factory=list)
+    created: list[pb.Task] = field(default_factory=list)
 
     # (time in ms, service id): passes to run then, for tasks held by a restart delay.
     wakeups: list[tuple[int, str]] = field(default_factory=list)
@@ -42,11 +42,10 @@ class Plan:
     def create(self, task: pb.Task) -> None:
         self.ops.append(Create(task))
         self.touched.add(task.id)
-        if not task.node_id:
-            self.new_unassigned.append(task)
+        self.created.append(task)
 
-    def update(self, task: pb.Task) -> None:
-        self.ops.append(Update(task))
+    def update(self, task: pb.Task, previous: pb.Task) -> None:
+        self.ops.append(Update(task, previous))
         self.touched.add(task.id)
 
     def delete(self, task: pb.Task) -> None:
@@ -66,13 +65,22 @@ def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
     )
     t.spec.CopyFrom(service.spec.task)
     t.status.timestamp_ms = now_ms()
-    if node_id:
+    if t.spec.networks:
+        t.status.state = pb.NEW
+        t.status.message = "allocating"
+    elif node_id:
         t.status.state = pb.ASSIGNED
         t.status.message = "scheduled"
     else:
         t.status.state = pb.PENDING
         t.status.message = "pending task scheduling"
     return t
+
+
+def without_addresses(t: pb.Task) -> None:
+    """Frees a dead task's overlay addresses (its claims go with them)."""
+    for a in t.networks:
+        del a.addresses[:]
 
 
 # Backoff of a crash-looping slot: the first restart is immediate, then 250ms,
@@ -197,7 +205,7 @@ class Orchestrator:
         updated = pb.Task()
         updated.CopyFrom(t)
         updated.desired_state = pb.RUNNING
-        plan.update(updated)
+        plan.update(updated, t)
 
     def _healthy(self, t: pb.Task, plan: Plan) -> bool:
         """False (and the task is shut down) if its node can no longer run it."""
@@ -289,7 +297,9 @@ class Orchestrator:
         updated.desired_state = pb.SHUTDOWN
         if reason:
             updated.status.message = reason
-        plan.update(updated)
+        if t.status.state > pb.RUNNING:
+            without_addresses(updated)
+        plan.update(updated, t)
 
     def _node_alive(self, t: pb.Task) -> bool:
         node: pb.Node | None = self.cache.get(Kind.NODE, t.node_id) if t.node_id else None
@@ -308,7 +318,7 @@ class Orchestrator:
                 updated.CopyFrom(t)
                 updated.desired_state = pb.REMOVE
                 updated.status.message = "service removed"
-                plan.update(updated)
+                plan.update(updated, t)
 
     def _reap_history(self, tasks: list[pb.Task], plan: Plan) -> None:
         """Keeps the newest `task_history_limit` dead tasks per slot (per node for global)."""
@@ -320,11 +330,15 @@ class Orchestrator:
             if t.status.state > pb.RUNNING or not self._node_alive(t):
                 dead[(int(t.slot), t.node_id if t.slot == 0 else "")].append(t)
         for group in dead.values():
-            if len(group) <= limit:
-                continue
             group.sort(key=lambda t: t.meta.updated_at_ms, reverse=True)
             for t in group[limit:]:
                 plan.delete(t)
+            for t in group[:limit]:
+                if t.status.state > pb.RUNNING and any(a.addresses for a in t.networks):
+                    freed = pb.Task()
+                    freed.CopyFrom(t)
+                    without_addresses(freed)
+                    plan.update(freed, t)
 
     def _history_limit(self) -> int:
         clusters = self.cache.list_objects(Kind.CLUSTER)

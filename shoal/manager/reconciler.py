@@ -12,6 +12,7 @@ import heapq
 import logging
 from collections.abc import Iterable
 
+from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
 from shoal.manager.scheduler import Scheduler
 from shoal.manager.store import Cache, Change, Fence, Kind, Store, Subscription, Update
@@ -27,6 +28,7 @@ class Reconciler:
         self.cache = cache
         self.orchestrator = Orchestrator(cache)
         self.scheduler = Scheduler(cache)
+        self.ipam = IPAM(cache)
         self.passes = 0
         self._wakeups: list[tuple[int, str]] = []
 
@@ -92,6 +94,27 @@ class Reconciler:
                 dirty.update(self.cache.ids(Kind.SERVICE))
         return dirty
 
+    def _allocate(self, tasks: list[pb.Task]) -> None:
+        """Overlay addresses for tasks in NEW; they move on to PENDING (or ASSIGNED)."""
+        taken: dict[str, set[str]] = {}
+        stamp = now_ms()
+        for t in tasks:
+            err = self.ipam.allocate(t, taken)
+            if err:
+                if t.status.err != err:
+                    t.status.err = err
+                    t.status.message = "pending address allocation"
+                    t.status.timestamp_ms = stamp
+                continue
+            t.status.err = ""
+            t.status.timestamp_ms = stamp
+            if t.node_id:
+                t.status.state = pb.ASSIGNED
+                t.status.message = "scheduled"
+            else:
+                t.status.state = pb.PENDING
+                t.status.message = "pending task scheduling"
+
     async def reconcile(self, service_ids: set[str], fence: Fence) -> bool:
         """One pass; False if some write conflicted and the pass should be redone."""
         self.passes += 1
@@ -99,17 +122,27 @@ class Reconciler:
         self.orchestrator.reconcile(service_ids, plan)
         for wakeup in plan.wakeups:
             heapq.heappush(self._wakeups, wakeup)
-        waiting = [t for t in self.cache.unassigned_tasks() if t.id not in plan.touched]
-        # Cache objects are shared: the scheduler changes copies.
-        copies = []
-        for t in waiting:
+        # Tasks already stored that wait for addresses or a node: work on copies
+        # (cache objects are shared) and write the ones that changed.
+        originals = {
+            t.id: t
+            for t in (*self.cache.unallocated_tasks(), *self.cache.unassigned_tasks())
+            if t.id not in plan.touched
+        }
+        copies = {}
+        for task_id, t in originals.items():
             c = pb.Task()
             c.CopyFrom(t)
-            copies.append(c)
-        assigned, reason_changed = self.scheduler.schedule([*plan.new_unassigned, *copies])
-        new_ids = {t.id for t in plan.new_unassigned}
-        # New tasks are written once, already assigned: their Create op holds the same object.
-        plan.ops.extend(Update(t) for t in (*assigned, *reason_changed) if t.id not in new_ids)
+            copies[task_id] = c
+        self._allocate([t for t in (*plan.created, *copies.values()) if t.status.state == pb.NEW])
+        self.scheduler.schedule(
+            t
+            for t in (*plan.created, *copies.values())
+            if t.status.state == pb.PENDING and not t.node_id
+        )
+        for task_id, c in copies.items():
+            if c != originals[task_id]:
+                plan.ops.append(Update(c, originals[task_id]))
         if not plan.ops:
             return True
         conflicts, revision = await self.store.batch_chunked(plan.ops, fence)

@@ -54,11 +54,7 @@ class Scheduler:
         return loads
 
     def schedule(self, tasks: Iterable[pb.Task]) -> tuple[list[pb.Task], list[pb.Task]]:
-        """Assigns nodes to tasks in place.
-
-        Returns (tasks assigned, tasks left pending whose reason changed): the
-        caller writes both.
-        """
+        """Assigns nodes to tasks in place; returns (assigned, left pending with a new reason)."""
         by_service: dict[str, list[pb.Task]] = defaultdict(list)
         for t in tasks:
             by_service[t.service_id].append(t)

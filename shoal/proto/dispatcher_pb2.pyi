@@ -213,26 +213,102 @@ class Assignments(_message.Message):
     FULL_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     """A full set replaces whatever the agent had; otherwise it is a change."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]: ...
     @_builtins.property
     def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Network]:
+        """The networks the assigned tasks attach to (VNI, subnet, gateway)."""
+
     def __init__(
         self,
         *,
         full: _builtins.bool = ...,
         tasks: _abc.Iterable[_objects_pb2.Task] | None = ...,
         removed: _abc.Iterable[_builtins.str] | None = ...,
+        networks: _abc.Iterable[_objects_pb2.Network] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "removed", b"removed", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "networks", b"networks", "removed", b"removed", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
+
+@_typing.final
+class Endpoint(_message.Message):
+    """A task's address on an overlay network, and the node (VTEP) it lives on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    VTEP_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    network_id: _builtins.str
+    address: _builtins.str
+    """CIDR, e.g. 10.0.1.5/24."""
+    mac: _builtins.str
+    node_id: _builtins.str
+    vtep: _builtins.str
+    """The node's underlay address: where VXLAN packets for this MAC go."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        network_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        vtep: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "network_id", b"network_id", "node_id", b"node_id", "task_id", b"task_id", "vtep", b"vtep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
+
+@_typing.final
+class PeerUpdate(_message.Message):
+    """The overlay peer table: endpoints on the networks this node's tasks use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FULL_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    full: _builtins.bool
+    """A full table replaces whatever the agent had; otherwise it is a change."""
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys "<network_id>/<task_id>" of endpoints that are gone."""
+
+    def __init__(
+        self,
+        *,
+        full: _builtins.bool = ...,
+        endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "full", b"full", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerUpdate: _TypeAlias = PeerUpdate  # noqa: Y015
 
 @_typing.final
 class LogRequest(_message.Message):
@@ -291,6 +367,7 @@ class DispatcherMessage(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     LOG_REQUEST_FIELD_NUMBER: _builtins.int
     LOG_CANCEL_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> Global___SessionInfo: ...
     @_builtins.property
@@ -299,6 +376,8 @@ class DispatcherMessage(_message.Message):
     def log_request(self) -> Global___LogRequest: ...
     @_builtins.property
     def log_cancel(self) -> Global___LogCancel: ...
+    @_builtins.property
+    def peers(self) -> Global___PeerUpdate: ...
     def __init__(
         self,
         *,
@@ -306,12 +385,13 @@ class DispatcherMessage(_message.Message):
         assignments: Global___Assignments | None = ...,
         log_request: Global___LogRequest | None = ...,
         log_cancel: Global___LogCancel | None = ...,
+        peers: Global___PeerUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel", "peers"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

@@ -69,6 +69,8 @@ class Cache:
         self._by_service: dict[str, dict[str, pb.Task]] = defaultdict(dict)
         self._by_node: dict[str, dict[str, pb.Task]] = defaultdict(dict)
         self._unassigned: dict[str, pb.Task] = {}
+        self._unallocated: dict[str, pb.Task] = {}
+        self._ips: dict[str, set[str]] = defaultdict(set)
         self._subscribers: set[Subscription] = set()
         self._advanced = asyncio.Condition()
         self._watcher: ObjectWatcher | None = None
@@ -142,6 +144,14 @@ class Cache:
         """Tasks that want to run and have no node yet: the scheduler's queue."""
         return list(self._unassigned.values())
 
+    def unallocated_tasks(self) -> list[pb.Task]:
+        """Tasks still waiting for their overlay addresses: the allocator's queue."""
+        return list(self._unallocated.values())
+
+    def used_ips(self, network_id: str) -> set[str]:
+        """Addresses held by tasks on a network (the cache's own set: do not change it)."""
+        return self._ips.get(network_id, set())
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
         self._subscribers.add(sub)
@@ -160,6 +170,8 @@ class Cache:
         self._by_service = defaultdict(dict)
         self._by_node = defaultdict(dict)
         self._unassigned = {}
+        self._unallocated = {}
+        self._ips = defaultdict(set)
         for obj in objects:
             self._put(obj)
         self.revision = revision
@@ -192,6 +204,10 @@ class Cache:
                 self._by_node[obj.node_id][obj.id] = obj
             elif obj.desired_state <= pb.RUNNING:
                 self._unassigned[obj.id] = obj
+            if obj.status.state == pb.NEW and obj.desired_state <= pb.RUNNING:
+                self._unallocated[obj.id] = obj
+            for a in obj.networks:
+                self._ips[a.network_id].update(x.partition("/")[0] for x in a.addresses)
 
     def _remove(self, kind: Kind, object_id: str) -> None:
         old = self._objects[kind].pop(object_id, None)
@@ -208,6 +224,9 @@ class Cache:
             if old.node_id:
                 _discard(self._by_node, old.node_id, old.id)
             self._unassigned.pop(old.id, None)
+            self._unallocated.pop(old.id, None)
+            for a in old.networks:
+                self._ips[a.network_id].difference_update(x.partition("/")[0] for x in a.addresses)
 
     def _publish(self, resync: bool, changes: list[Change]) -> None:
         for sub in self._subscribers:

@@ -48,7 +48,8 @@ def claims(obj: Object) -> list[str]:
 
     The store writes a key per claim in the same transaction as the object,
     guarded by "key absent", so uniqueness holds even when two managers
-    create at the same instant. Claims never change after creation.
+    write at the same instant. An update that changes claims must name the
+    object's previous version (Update.previous).
     """
     if isinstance(obj, pb.Network):
         out = [f"name/{obj.spec.annotations.name}"]
@@ -57,6 +58,13 @@ def claims(obj: Object) -> list[str]:
         if obj.subnet:
             out.append(f"subnet/{obj.subnet}")
         return out
+    if isinstance(obj, pb.Task):
+        # A task's overlay addresses: one IP per network, never two tasks.
+        return [
+            f"ip/{a.network_id}/{addr.partition('/')[0]}"
+            for a in obj.networks
+            for addr in a.addresses
+        ]
     name = name_of(obj)
     return [f"name/{name}"] if name else []
 

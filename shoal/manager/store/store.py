@@ -45,9 +45,14 @@ class Create:
 
 @dataclass
 class Update:
-    """Compare-and-swap on obj.meta.version."""
+    """Compare-and-swap on obj.meta.version.
+
+    `previous` (the version being replaced) is needed when the update changes
+    the object's claims, e.g. a task's IP addresses: the claim keys follow.
+    """
 
     obj: Object
+    previous: Object | None = None
 
 
 @dataclass
@@ -235,6 +240,8 @@ class Store:
         size = 0
         for op in ops:
             cost = 1 + len(claims(op.obj))
+            if isinstance(op, Update) and op.previous is not None:
+                cost += len(claims(op.previous))
             if size + cost > MAX_TXN_OPS - 1 and chunk:
                 conflicts, revision = await self._try(chunk, fence, conflicts, revision)
                 chunk, size = [], 0
@@ -273,6 +280,20 @@ class Store:
                 obj.meta.updated_at_ms = stamp
                 txn.compares.append(_version_is(key, obj.meta.version))
                 txn.success.append(_put(key, _encode(obj)))
+                if op.previous is not None:
+                    old, new = set(claims(op.previous)), set(claims(obj))
+                    for claim in sorted(new - old):
+                        claim_key = self.keys.claim(kind, claim)
+                        txn.compares.append(_absent(claim_key))
+                        txn.success.append(_put(claim_key, obj.id.encode()))
+                    txn.success.extend(
+                        rpc.RequestOp(
+                            request_delete_range=rpc.DeleteRangeRequest(
+                                key=self.keys.claim(kind, claim)
+                            )
+                        )
+                        for claim in sorted(old - new)
+                    )
                 txn.objects.append(obj)
             else:
                 if obj.meta.version:
