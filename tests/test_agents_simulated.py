@@ -6,6 +6,7 @@ tokens, certificates, mTLS roles, the dispatcher's assignments and status flow.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,16 @@ def tokens(m: ManagerProcess) -> pb.JoinTokens:
     return control(m).GetCluster(api.GetClusterRequest()).cluster.join_tokens
 
 
+def wait_nodes_ready(m: ManagerProcess, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        nodes = control(m).ListNodes(api.ListNodesRequest()).nodes
+        if sum(1 for n in nodes if n.status.state == pb.NODE_READY) >= count:
+            return
+        time.sleep(0.05)  # no node watch in the API: a short poll in the test only
+    raise AssertionError(f"{count} nodes not ready within {timeout}s")
+
+
 def wait_service(m: ManagerProcess, name: str, running: int, timeout: float = 30) -> None:
     """Blocks on the WatchService stream until `running` tasks run."""
     stream = control(m).WatchService(api.WatchServiceRequest(ref=name), timeout=timeout)
@@ -58,6 +69,7 @@ def test_join_run_scale_remove(
                 tmp_path / f"w{i}", addr, tok, "--runtime", "simulated", "--hostname", f"w{i}"
             ).start()
         )
+    wait_nodes_ready(m, 2)
     c = control(m)
     nodes = {n.description.hostname: n for n in c.ListNodes(api.ListNodesRequest()).nodes}
     assert set(nodes) == {"w1", "w2"}

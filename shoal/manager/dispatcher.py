@@ -20,6 +20,7 @@ import grpc
 
 from shoal import defaults
 from shoal.manager.authz import peer_identity
+from shoal.manager.peers import PeerTable
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
@@ -74,8 +75,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self.status_writes = 0
+        self.peers = PeerTable(cache)
 
     async def start(self) -> None:
+        self.peers.rebuild()
         self._background = [
             asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
             asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
@@ -138,7 +141,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             old.close()
         # No await between the full set and registering the session: every
         # later change reaches this session as a diff.
-        full = dpb.Assignments(full=True, tasks=self.cache.tasks_of_node(node_id))
+        full = self._assignments(self.cache.tasks_of_node(node_id), full=True)
+        peers = dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
         self.sessions[node_id] = session
         self._queue(node_id, first.register.statuses)
         self._arm_timer(node_id)
@@ -153,6 +157,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     managers=self.managers(),
                 )
             )
+            yield dpb.DispatcherMessage(peers=peers)
             yield dpb.DispatcherMessage(assignments=full)
             while True:
                 msg = await session.outbox.get()
@@ -247,15 +252,33 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             while True:
                 resync, changes = await sub.next()
                 if resync:
+                    self.peers.rebuild()
                     for node_id, session in self.sessions.items():
                         session.send(
                             dpb.DispatcherMessage(
-                                assignments=dpb.Assignments(
-                                    full=True, tasks=self.cache.tasks_of_node(node_id)
+                                peers=dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
+                            )
+                        )
+                        session.send(
+                            dpb.DispatcherMessage(
+                                assignments=self._assignments(
+                                    self.cache.tasks_of_node(node_id), full=True
                                 )
                             )
                         )
                     continue
+                # Peers first: an agent learns its remote endpoints no later than its tasks.
+                for node_id, update in self.peers.apply(changes).items():
+                    target = self.sessions.get(node_id)
+                    if target is not None and (update.endpoints or update.removed):
+                        target.send(
+                            dpb.DispatcherMessage(
+                                peers=dpb.PeerUpdate(
+                                    endpoints=list(update.endpoints.values()),
+                                    removed=sorted(update.removed),
+                                )
+                            )
+                        )
                 updated: dict[str, dict[str, pb.Task]] = defaultdict(dict)
                 removed: dict[str, set[str]] = defaultdict(set)
                 for c in changes:
@@ -285,11 +308,15 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     tasks = list(updated.get(node_id, {}).values())
                     gone_ids = sorted(removed.get(node_id, ()))
                     if tasks or gone_ids:
-                        target.send(
-                            dpb.DispatcherMessage(
-                                assignments=dpb.Assignments(tasks=tasks, removed=gone_ids)
-                            )
-                        )
+                        msg = self._assignments(tasks, full=False)
+                        msg.removed.extend(gone_ids)
+                        target.send(dpb.DispatcherMessage(assignments=msg))
+
+    def _assignments(self, tasks: list[pb.Task], full: bool) -> dpb.Assignments:
+        """Tasks with the networks they attach to."""
+        net_ids = {a.network_id for t in tasks for a in t.networks}
+        nets = [n for n in (self.cache.get(Kind.NETWORK, i) for i in sorted(net_ids)) if n]
+        return dpb.Assignments(full=full, tasks=tasks, networks=nets)
 
     # ------------------------------------------------------------ task status
 
