@@ -157,8 +157,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     managers=self.managers(),
                 )
             )
-            yield dpb.DispatcherMessage(peers=peers)
+            # Assignments first: they carry the networks the peer table refers to.
             yield dpb.DispatcherMessage(assignments=full)
+            yield dpb.DispatcherMessage(peers=peers)
             while True:
                 msg = await session.outbox.get()
                 if msg is None:

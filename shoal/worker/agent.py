@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.overlay.driver import OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
 from shoal.worker import identity as ident_mod
@@ -94,7 +95,9 @@ class Agent:
             self.session = Session(
                 lambda: self._identity(), [cfg.join_addr], self.description, cfg.advertise_addr
             )
-            self.worker = Worker(runtime, cfg.state_dir, self.session.report)
+            overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
+            await overlay.start(cfg.join_addr)
+            self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
             self.session.worker = self.worker
             await self.worker.start()
             background = [

@@ -14,8 +14,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from shoal.manager.store.kinds import now_ms
+from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (
     ContainerConfig,
@@ -29,6 +31,12 @@ from shoal.worker.taskdb import TaskDB
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str, pb.TaskStatus], None]
+
+
+class NetworkProvider(Protocol):
+    overlay: OverlayDriver | None
+
+    def attachments(self, task: pb.Task) -> list[Attachment]: ...
 
 
 def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> ContainerConfig:
@@ -68,6 +76,10 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
     )
 
 
+class NetworkError(Exception):
+    pass
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -76,8 +88,10 @@ class TaskRunner:
         db: TaskDB,
         report: Reporter,
         logs_dir: Path,
+        networks: NetworkProvider | None = None,
     ) -> None:
         self.task = task
+        self.networks = networks
         self.runtime = runtime
         self.db = db
         self.report = report
@@ -113,6 +127,7 @@ class TaskRunner:
     async def remove(self) -> None:
         """The task is gone from the manager: stop and delete its container and record."""
         await self.close()
+        await self._detach()
         try:
             if await self.runtime.state(self.task.id) is not None:
                 await self.runtime.stop(self.task.id, self._grace_s())
@@ -152,6 +167,28 @@ class TaskRunner:
         out.CopyFrom(status)
         self.report(self.task.id, out)
 
+    async def _attach(self) -> str | None:
+        """The task's network namespace, wired into its overlay networks (None: no networks)."""
+        if not self.task.networks:
+            return None
+        if self.networks is None or self.networks.overlay is None:
+            raise NetworkError("this node has no overlay driver")
+        atts = self.networks.attachments(self.task)
+        if not atts:
+            raise NetworkError("the task's networks are unknown on this node")
+        try:
+            return await self.networks.overlay.attach(self.task.id, atts)
+        except Exception as err:
+            raise NetworkError(f"network setup failed: {err}") from err
+
+    async def _detach(self) -> None:
+        """Frees the task's namespace and addresses on this host once it stopped."""
+        if self.networks is not None and self.networks.overlay is not None:
+            try:
+                await self.networks.overlay.detach(self.task.id)
+            except Exception as err:
+                log.warning("task %s: network teardown failed: %s", self.task.id, err)
+
     def _wants_stop(self) -> bool:
         return self.task.desired_state > pb.RUNNING
 
@@ -164,6 +201,9 @@ class TaskRunner:
             log.exception("task %s: unexpected failure", self.task.id)
             if self.state <= pb.RUNNING:
                 self._set(pb.FAILED, "failed", f"agent error: {err}")
+        if self.state > pb.RUNNING:
+            # Done for good: its address may be handed out again, so its namespace goes now.
+            await self._detach()
 
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
@@ -194,7 +234,11 @@ class TaskRunner:
                 self._set(pb.SHUTDOWN, "shutdown before start")
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            await self.runtime.create(container_config(self.task, self.log_path, None))
+            netns = await self._attach()
+            await self.runtime.create(container_config(self.task, self.log_path, netns))
+        except NetworkError as err:
+            self._set(pb.REJECTED, "rejected", str(err))
+            return
         except ImagePullError as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return

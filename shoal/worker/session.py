@@ -122,6 +122,8 @@ class Session:
                     worker.assign(msg.assignments)
                 elif kind == "log_request":
                     worker.serve_logs(msg.log_request, send_log)
+                elif kind == "peers":
+                    worker.peers(msg.peers)
                 elif kind == "log_cancel":
                     worker.cancel_logs(msg.log_cancel.request_id)
         finally:

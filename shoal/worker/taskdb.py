@@ -1,4 +1,4 @@
-"""The agent's small local record of its tasks, so a restart reattaches.
+"""The agent's small local record of its tasks (and their networks), so a restart reattaches.
 
 One file per task under the state dir, holding the task as last assigned and
 the last status the agent observed; written atomically (tmp + rename).
@@ -6,6 +6,7 @@ the last status the agent observed; written atomically (tmp + rename).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -25,11 +26,19 @@ class TaskDB:
 
     def put(self, task: pb.Task) -> None:
         """Stores the task with its status as this agent sees it."""
-        path = self._path(task.id)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(task.SerializeToString())
-        os.replace(tmp, path)
+        _write(self._path(task.id), task.SerializeToString())
+
+    def put_network(self, net: pb.Network) -> None:
+        _write(self.root / f"net-{net.id}.net", net.SerializeToString())
+
+    def load_networks(self) -> list[pb.Network]:
+        nets = []
+        for path in sorted(self.root.glob("net-*.net")):
+            net = pb.Network()
+            with contextlib.suppress(Exception):
+                net.ParseFromString(path.read_bytes())
+                nets.append(net)
+        return nets
 
     def delete(self, task_id: str) -> None:
         self._path(task_id).unlink(missing_ok=True)
@@ -45,3 +54,10 @@ class TaskDB:
                 continue
             tasks.append(task)
         return tasks
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

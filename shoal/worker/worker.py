@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.executor import Reporter, TaskRunner
@@ -18,8 +19,18 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, state_dir: Path, report: Reporter) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        state_dir: Path,
+        report: Reporter,
+        overlay: OverlayDriver | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.overlay = overlay
+        self.networks: dict[str, pb.Network] = {}
+        self._peer_updates: asyncio.Queue[dpb.PeerUpdate] = asyncio.Queue()
+        self._peer_task: asyncio.Task[None] | None = None
         self.db = TaskDB(state_dir / "tasks")
         self.logs_dir = state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -30,15 +41,51 @@ class Worker:
 
     async def start(self) -> None:
         """Picks up the tasks of a previous run: their containers may still be running."""
-        for task in self.db.load():
+        for net in self.db.load_networks():
+            self.networks[net.id] = net
+        tasks = self.db.load()
+        if self.overlay is not None:
+            for task in tasks:
+                if task.status.state <= pb.RUNNING:
+                    atts = self.attachments(task)
+                    if atts:
+                        self.overlay.restore(task.id, atts)
+            await self.overlay.reconcile({t.id for t in tasks if t.status.state <= pb.RUNNING})
+            self._peer_task = asyncio.create_task(self._apply_peers())
+        for task in tasks:
             self._run(task)
         if self.runners:
             log.info("reattaching to %d task(s) from the previous run", len(self.runners))
+
+    def attachments(self, task: pb.Task) -> list[Attachment]:
+        """The task's overlay attachments, if its networks are known here."""
+        out = []
+        for a in task.networks:
+            net = self.networks.get(a.network_id)
+            if net is None or not a.addresses:
+                return []
+            out.append(Attachment(net, a.addresses[0], a.mac))
+        return out
+
+    def peers(self, update: dpb.PeerUpdate) -> None:
+        self._peer_updates.put_nowait(update)
+
+    async def _apply_peers(self) -> None:
+        # One at a time, in order: a removal must not overtake the addition it undoes.
+        assert self.overlay is not None
+        while True:
+            update = await self._peer_updates.get()
+            try:
+                await self.overlay.set_peers(update)
+            except Exception:
+                log.exception("programming overlay peers failed")
 
     async def close(self) -> None:
         """Agent shutdown: stop supervising; containers keep running."""
         for stream in self._log_streams.values():
             stream.cancel()
+        if self._peer_task is not None:
+            self._peer_task.cancel()
         await asyncio.gather(*(r.close() for r in self.runners.values()))
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
@@ -50,6 +97,10 @@ class Worker:
         ]
 
     def assign(self, assignments: dpb.Assignments) -> None:
+        for net in assignments.networks:
+            if self.networks.get(net.id) != net:
+                self.networks[net.id] = net
+                self.db.put_network(net)
         if assignments.full:
             wanted = {t.id for t in assignments.tasks}
             for task_id in list(self.runners):
@@ -68,7 +119,7 @@ class Worker:
     def _run(self, task: pb.Task) -> None:
         copy = pb.Task()
         copy.CopyFrom(task)
-        runner = TaskRunner(copy, self.runtime, self.db, self.report, self.logs_dir)
+        runner = TaskRunner(copy, self.runtime, self.db, self.report, self.logs_dir, self)
         self.db.put(copy)
         self.runners[task.id] = runner
         runner.start()

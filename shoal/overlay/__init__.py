@@ -1,0 +1,1 @@
+"""VXLAN overlay networks with pyroute2: bridges, vxlan devices, veths, static peers."""
