@@ -9,7 +9,6 @@ tasks per etcd transaction, every FLUSH_INTERVAL_S.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 
 from shoal import defaults
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager.authz import peer_identity
 from shoal.manager.peers import PeerTable
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
@@ -87,11 +87,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
     async def stop(self) -> None:
         for session in list(self.sessions.values()):
             session.close()
-        for t in self._background:
-            t.cancel()
-        for t in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._background)
         for timer in self._timers.values():
             timer.cancel()
 
@@ -166,9 +162,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     break
                 yield msg
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
             session.close()

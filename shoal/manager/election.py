@@ -16,6 +16,7 @@ from typing import Any
 
 from aetcd import rpc
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager.store import Fence, Store, StoreError
 from shoal.manager.store.store import etcd_call
 
@@ -146,8 +147,4 @@ async def _first(*coros: Awaitable[None]) -> None:
         for t in done:
             t.result()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(tasks)

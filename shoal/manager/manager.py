@@ -4,7 +4,6 @@ API on its socket, and a campaign for leadership that runs the reconcilers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import os
@@ -15,6 +14,7 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager import ca
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
@@ -247,10 +247,7 @@ class Manager:
             await stop.wait()
             log.info("manager %s: shutting down", self.id)
         finally:
-            if campaign is not None:
-                campaign.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await campaign
+            await cancel_and_wait([campaign])
             if self.election is not None:
                 await self.election.resign()
             if self.dispatcher is not None:

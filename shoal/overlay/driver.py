@@ -21,9 +21,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import AsyncIPRoute, netns
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from shoal.overlay import netns
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 
@@ -108,7 +109,7 @@ class OverlayDriver:
     async def reconcile(self, keep_tasks: set[str]) -> None:
         """Removes namespaces of tasks this node no longer has, and unused networks."""
         async with self._lock:
-            for name in netns.listnetns():
+            for name in netns.names():
                 if not name.startswith(self.netns_prefix + "-"):
                     continue
                 if not any(self.netns_name(t) == name for t in keep_tasks):
@@ -174,14 +175,14 @@ class OverlayDriver:
         """Creates (or finds) the task's namespace wired into each network; returns its path."""
         async with self._lock:
             name = self.netns_name(task_id)
-            if name not in netns.listnetns():
+            if name not in netns.names():
                 netns.create(name)
             self.attached[task_id] = attachments
             async with AsyncIPRoute() as ipr:
                 for i, att in enumerate(attachments):
                     br_idx = await self._ensure_network(ipr, att.network)
                     await self._wire(ipr, task_id, name, i, att, br_idx)
-            async with AsyncIPRoute(netns=self.netns_path(task_id)) as ns:
+            async with _in_netns(self.netns_path(task_id)) as ns:
                 lo = await _lookup(ns, "lo")
                 if lo is not None:
                     await ns.link("set", index=lo, state="up")
@@ -205,7 +206,7 @@ class OverlayDriver:
         finally:
             os.close(fd)
         ip, _, prefix = att.address.partition("/")
-        async with AsyncIPRoute(netns=self.netns_path(task_id)) as ns:
+        async with _in_netns(self.netns_path(task_id)) as ns:
             idx = await _lookup(ns, peer_tmp)
             assert idx is not None
             await ns.link("set", index=idx, ifname=f"eth{i}", address=att.mac, mtu=self.mtu)
@@ -220,7 +221,7 @@ class OverlayDriver:
         async with self._lock:
             had = self.attached.pop(task_id, None)
             name = self.netns_name(task_id)
-            if name in netns.listnetns():
+            if name in netns.names():
                 with contextlib.suppress(OSError):
                     netns.remove(name)
             if had:
@@ -316,6 +317,10 @@ class OverlayDriver:
                     log.info("overlay: removing stale neighbour %s on %s", ip, vxlan_name(net.vni))
                     with contextlib.suppress(NetlinkError):
                         await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac or None)
+
+
+def _in_netns(path: str) -> AsyncIPRoute:
+    return AsyncIPRoute(fileno=netns.netlink_socket(path).detach())
 
 
 async def _all(result: Any) -> list[Any]:

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.overlay.driver import OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
@@ -47,7 +48,7 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
     if config.runtime == "simulated":
         from shoal.worker.runtime.simulated import SimulatedRuntime
 
-        return SimulatedRuntime()
+        return SimulatedRuntime(state_file=config.state_dir / "simulated-containers.json")
     from shoal.worker.runtime.containerd import ContainerdRuntime
 
     # Each node has its own containerd namespace: several nodes can share one containerd.
@@ -107,11 +108,7 @@ class Agent:
             await stop.wait()
             log.info("agent stopping; containers keep running")
         finally:
-            for t in background:
-                t.cancel()
-            for t in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_wait(background)
             if self.worker is not None:
                 await self.worker.close()
             if runtime is not None:

@@ -10,12 +10,12 @@ to it instead of starting a new one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager.store.kinds import now_ms
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
@@ -119,10 +119,7 @@ class TaskRunner:
 
     async def close(self) -> None:
         """Stops managing the task (agent shutdown); its container keeps running."""
-        if self._run is not None:
-            self._run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._run
+        await cancel_and_wait([self._run])
 
     async def remove(self) -> None:
         """The task is gone from the manager: stop and delete its container and record."""

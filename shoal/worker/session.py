@@ -8,7 +8,6 @@ so nothing reported during the gap is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import grpc.aio
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
@@ -127,11 +127,7 @@ class Session:
                 elif kind == "log_cancel":
                     worker.cancel_logs(msg.log_cancel.request_id)
         finally:
-            for h in helpers:
-                h.cancel()
-            for h in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await h
+            await cancel_and_wait(helpers)
             call.cancel()
             await channel.close()
 

@@ -12,12 +12,12 @@ Objects handed out are shared: callers copy before changing one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
@@ -25,7 +25,10 @@ from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-PROGRESS_RETRY_S = 0.05
+# etcd 3.4 before 3.4.24 may send a progress notification ahead of events
+# (etcd issue 15220), so progress is only asked for when a revision has no
+# event of Shoal's at all: after this long.
+PROGRESS_AFTER_S = 0.5
 
 
 class Subscription:
@@ -85,10 +88,7 @@ class Cache:
         self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     async def _run(self, watcher: ObjectWatcher) -> None:
         async for item in watcher:
@@ -108,10 +108,11 @@ class Cache:
         """Returns once every change up to `revision` is in the cache."""
         async with self._advanced:
             while self.revision < revision:
-                if self._watcher is not None:
-                    self._watcher.request_progress()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._advanced.wait(), PROGRESS_RETRY_S)
+                try:
+                    await asyncio.wait_for(self._advanced.wait(), PROGRESS_AFTER_S)
+                except TimeoutError:
+                    if self._watcher is not None:
+                        self._watcher.request_progress()
 
     async def sync(self) -> None:
         """Catches up with etcd's current revision (read-your-writes)."""

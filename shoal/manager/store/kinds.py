@@ -78,6 +78,7 @@ class Keys:
 
     def __init__(self, prefix: str = "/shoal/v1") -> None:
         self.prefix = prefix.rstrip("/")
+        self.root = f"{self.prefix}/".encode()
         self.objects = f"{self.prefix}/o/".encode()
         self.leader = f"{self.prefix}/leader".encode()
 

@@ -53,9 +53,10 @@ class Resync:
 class ObjectWatcher:
     """Yields every change to every object from start_revision on, forever.
 
-    Besides changes it yields empty Changes when etcd confirms the watcher has
-    seen everything up to a revision (after request_progress), which lets a
-    reader wait until the stream has caught up with a write it made.
+    It watches Shoal's whole key space, so every revision Shoal writes arrives
+    (as Changes, empty for claim and leader keys) and a reader can wait for a
+    revision. Revisions written by others sharing the etcd have no event; for
+    those, request_progress() asks etcd to confirm how far the stream is.
     """
 
     def __init__(self, store: Store, start_revision: int) -> None:
@@ -75,8 +76,10 @@ class ObjectWatcher:
             requests.put_nowait(
                 rpc.WatchRequest(
                     create_request=rpc.WatchCreateRequest(
-                        key=keys.objects,
-                        range_end=prefix_end(keys.objects),
+                        # The whole key space, not only objects: every revision
+                        # Shoal writes shows up, so readers can wait for any of them.
+                        key=keys.root,
+                        range_end=prefix_end(keys.root),
                         start_revision=self.revision,
                     )
                 )
@@ -109,6 +112,8 @@ class ObjectWatcher:
                         continue
                     changes = []
                     for ev in resp.events:
+                        if not ev.kv.key.startswith(keys.objects):
+                            continue  # a claim or the leader key: only the revision counts
                         kind, object_id = keys.parse_object_key(ev.kv.key)
                         if ev.type == rpc.Event.DELETE:
                             changes.append(Change(kind, object_id, None))

@@ -2,13 +2,16 @@
 
 Only for scale benchmarks (many hollow nodes per process) and fast unit tests;
 never the product path. An image whose name contains "missing" fails to pull.
+With a state file, its "containers" outlive an agent restart, as real ones do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shoal.worker.runtime.base import (
     ContainerConfig,
@@ -29,11 +32,38 @@ class _Container:
 class SimulatedRuntime:
     name = "simulated"
 
-    def __init__(self, pull_delay_s: float = 0.0, start_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        pull_delay_s: float = 0.0,
+        start_delay_s: float = 0.0,
+        state_file: Path | None = None,
+    ) -> None:
         self.pull_delay_s = pull_delay_s
         self.start_delay_s = start_delay_s
         self.containers: dict[str, _Container] = {}
         self._pids = 1000
+        self.state_file = state_file
+        if state_file is not None and state_file.exists():
+            for cid, saved in json.loads(state_file.read_text()).items():
+                c = _Container(
+                    ContainerConfig(container_id=cid, image=saved["image"]),
+                    saved["status"],
+                    saved["exit_code"],
+                )
+                if c.status == "stopped":
+                    c.exited.set()
+                self.containers[cid] = c
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        data = {
+            cid: {"image": c.config.image, "status": c.status, "exit_code": c.exit_code}
+            for cid, c in self.containers.items()
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.state_file)
 
     def _get(self, container_id: str) -> _Container:
         c = self.containers.get(container_id)
@@ -49,6 +79,7 @@ class SimulatedRuntime:
 
     async def create(self, config: ContainerConfig) -> None:
         self.containers.setdefault(config.container_id, _Container(config))
+        self._save()
 
     async def start(self, container_id: str) -> int:
         c = self._get(container_id)
@@ -56,6 +87,7 @@ class SimulatedRuntime:
             await asyncio.sleep(self.start_delay_s)
         c.status = "running"
         self._pids += 1
+        self._save()
         return self._pids
 
     async def wait(self, container_id: str) -> int:
@@ -68,6 +100,7 @@ class SimulatedRuntime:
         c = self._get(container_id)
         c.status, c.exit_code = "stopped", code
         c.exited.set()
+        self._save()
 
     async def stop(self, container_id: str, grace_s: float) -> None:
         c = self.containers.get(container_id)
@@ -76,6 +109,7 @@ class SimulatedRuntime:
 
     async def remove(self, container_id: str) -> None:
         self.containers.pop(container_id, None)
+        self._save()
 
     async def state(self, container_id: str) -> ContainerState | None:
         c = self.containers.get(container_id)

@@ -1,0 +1,21 @@
+"""Stopping asyncio tasks without swallowing the caller's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancels tasks and waits until they are done.
+
+    `asyncio.wait` neither raises the tasks' CancelledError nor hides a
+    cancellation of the caller, unlike `suppress(CancelledError): await task`,
+    which would also swallow the caller being cancelled meanwhile.
+    """
+    live = [t for t in tasks if t is not None]
+    for t in live:
+        t.cancel()
+    if live:
+        await asyncio.wait(live)

@@ -1,0 +1,300 @@
+"""VXLAN overlay across netns hosts (simulated runtime: the namespaces are real).
+
+The tasks' network namespaces, veths, bridges, VXLAN devices and peer
+entries are the real thing; only the container process is simulated, so the
+test runs servers and clients (the host's busybox) inside the tasks'
+namespaces itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import objects_pb2 as pb
+from tests.testbed.cluster import Cluster
+from tests.testbed.hosts import Hosts
+
+from .helpers import service_spec
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox (busybox-static)"),
+]
+
+BUSYBOX = shutil.which("busybox") or "busybox"
+
+
+def task_netns(task: pb.Task) -> str:
+    return f"/var/run/netns/shoal-{task.node_id[:10]}-{task.id[:16]}"
+
+
+def ip_of(task: pb.Task) -> str:
+    return task.networks[0].addresses[0].partition("/")[0]
+
+
+class Servers:
+    """httpd in tasks' namespaces, each answering with its task id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def serve(self, task: pb.Task) -> None:
+        www = self.root / "www" / task.id
+        www.mkdir(parents=True, exist_ok=True)
+        (www / "index.html").write_text(task.id)
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    "nsenter",
+                    f"--net={task_netns(task)}",
+                    BUSYBOX,
+                    "httpd",
+                    "-f",
+                    "-p",
+                    "8080",
+                    "-h",
+                    str(www),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def fetch(client: pb.Task, server: pb.Task, timeout_s: float = 2) -> str:
+    """GET from inside the client's namespace ("" on failure). (busybox wget -T crashes.)"""
+    try:
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net={task_netns(client)}",
+                BUSYBOX,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                f"http://{ip_of(server)}:8080/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return out.stdout.strip()
+
+
+def wait_reachable(client: pb.Task, server: pb.Task, limit_s: float = 10) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        if fetch(client, server, 1) == server.id:
+            return time.monotonic() - start
+    raise AssertionError(f"{ip_of(server)} not reachable from {ip_of(client)}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Hosts(3) as hosts:
+        c = Cluster(hosts, tmp_path)
+        c.start_manager()
+        for h in (hosts[1], hosts[2]):
+            c.start_worker(h, "--runtime", "simulated")
+        yield c
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    s = Servers(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def network(c: Cluster, name: str, subnet: str = "") -> pb.Network:
+    return (
+        c.control()
+        .CreateNetwork(
+            api.CreateNetworkRequest(
+                spec=pb.NetworkSpec(
+                    annotations=pb.Annotations(name=name), driver="overlay", subnet=subnet
+                )
+            )
+        )
+        .network
+    )
+
+
+def on_network(name: str, replicas: int, net: str) -> pb.ServiceSpec:
+    spec = service_spec(name, replicas)
+    spec.task.networks.add(target=net)
+    return spec
+
+
+def vxlan_entries(c: Cluster, host_index: int, vni: int) -> tuple[set[str], set[str]]:
+    h = c.hosts[host_index]
+    fdb = h.run("bridge", "fdb", "show", "dev", f"svx-{vni}", check=False).stdout
+    neigh = h.run("ip", "neigh", "show", "dev", f"svx-{vni}", check=False).stdout
+    macs = {line.split()[0] for line in fdb.splitlines() if " dst " in line}
+    ips = {line.split()[0] for line in neigh.splitlines() if line.strip()}
+    return macs, ips
+
+
+def test_cross_host_reachability_isolation_and_cleanup(cluster: Cluster, servers: Servers) -> None:
+    c = cluster
+    front = network(c, "front")
+    back = network(c, "back")
+    c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 4, "front")))
+    tasks = c.wait_running("web", 4)
+    assert len({t.node_id for t in tasks}) == 2
+    for t in tasks:
+        assert os.path.exists(task_netns(t))
+        servers.serve(t)
+    # Every task reaches every other one by overlay IP over TCP, across hosts too.
+    for a in tasks:
+        for b in tasks:
+            if a.id != b.id:
+                wait_reachable(a, b)
+
+    # A task on another network cannot reach them.
+    c.control().CreateService(api.CreateServiceRequest(spec=on_network("other", 1, "back")))
+    (stranger,) = c.wait_running("other", 1)
+    assert ip_of(stranger).rsplit(".", 1)[0] != ip_of(tasks[0]).rsplit(".", 1)[0]
+    for t in tasks:
+        assert fetch(stranger, t, 1) == ""
+
+    # Peers are programmed statically: one FDB + neighbour entry per remote task.
+    for i in (1, 2):
+        macs, ips = vxlan_entries(c, i, front.vni)
+        node = next(n for n, h in c.workers.items() if h is c.hosts[i])
+        remote = [t for t in tasks if t.node_id != node]
+        assert macs == {t.networks[0].mac for t in remote}
+        assert ips == {ip_of(t) for t in remote}
+
+    # Scale down: entries and namespaces of removed tasks are gone on every host.
+    svc = c.control().GetService(api.GetServiceRequest(ref="web")).service.service
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(svc.spec)
+    spec.replicated.replicas = 1
+    c.control().UpdateService(
+        api.UpdateServiceRequest(ref="web", version=svc.meta.version, spec=spec)
+    )
+    (kept,) = c.wait_running("web", 1)
+    removed = [t for t in tasks if t.id != kept.id]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        gone = all(not os.path.exists(task_netns(t)) for t in removed)
+        entries = [vxlan_entries(c, i, front.vni) for i in (1, 2)]
+        stale = any(t.networks[0].mac in macs for macs, _ in entries for t in removed)
+        if gone and not stale:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("namespaces or peer entries of removed tasks remain")
+
+    # The last task of a network leaves a host: its bridge and vxlan go too.
+    c.control().RemoveService(api.RemoveServiceRequest(ref="web"))
+    c.control().RemoveService(api.RemoveServiceRequest(ref="other"))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        links = "".join(c.hosts[i].run("ip", "-o", "link").stdout for i in (1, 2))
+        if (
+            f"svx-{front.vni}" not in links
+            and f"sbr-{front.vni}" not in links
+            and f"svx-{back.vni}" not in links
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("overlay devices remain after the last task left")
+
+
+def test_convergence_and_agent_restart(cluster: Cluster, servers: Servers) -> None:
+    c = cluster
+    front = network(c, "front")
+    c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 2, "front")))
+    tasks = c.wait_running("web", 2)
+    a, b = sorted(tasks, key=lambda t: t.node_id)
+    assert a.node_id != b.node_id
+    for t in tasks:
+        servers.serve(t)
+    wait_reachable(a, b)
+
+    # A new task starts on some host: how soon can a task elsewhere reach it?
+    svc = c.control().GetService(api.GetServiceRequest(ref="web")).service.service
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(svc.spec)
+    spec.replicated.replicas = 3
+    c.control().UpdateService(
+        api.UpdateServiceRequest(ref="web", version=svc.meta.version, spec=spec)
+    )
+    running = c.wait_running("web", 3)
+    (new,) = [t for t in running if t.id not in {a.id, b.id}]
+    servers.serve(new)
+    client = a if a.node_id != new.node_id else b
+    took = wait_reachable(client, new, limit_s=5)
+    print(f"\noverlay convergence: reachable {took * 1000:.0f} ms after the task ran")
+    assert took < 1.0
+
+    # Kill -9 the agent of one host, plant stale state, restart it.
+    node_b, host_b = b.node_id, c.workers[b.node_id]
+    agent = next(p for p in host_b.procs if p.poll() is None)
+    agent.kill()
+    agent.wait()
+    host_b.run(
+        "bridge",
+        "fdb",
+        "add",
+        "02:de:ad:be:ef:01",
+        "dev",
+        f"svx-{front.vni}",
+        "dst",
+        "172.29.0.99",
+        "self",
+        "permanent",
+    )
+    host_b.run(
+        "ip",
+        "neigh",
+        "add",
+        "10.0.99.99",
+        "lladdr",
+        "02:de:ad:be:ef:01",
+        "dev",
+        f"svx-{front.vni}",
+        "nud",
+        "permanent",
+    )
+    stale_ns = f"shoal-{node_b[:10]}-deadbeefdeadbeef"
+    subprocess.run(["ip", "netns", "add", stale_ns], check=True)
+    # Connectivity of running tasks survives the agent being away.
+    assert fetch(a, b) == b.id
+    c.start_worker(host_b, "--runtime", "simulated")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        macs, ips = vxlan_entries(c, c.hosts.hosts.index(host_b), front.vni)
+        if (
+            "02:de:ad:be:ef:01" not in macs
+            and "10.0.99.99" not in ips
+            and not os.path.exists(f"/var/run/netns/{stale_ns}")
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("stale entries planted before the restart were not removed")
+    assert fetch(a, b) == b.id and fetch(b, a) == a.id
