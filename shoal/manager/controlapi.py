@@ -132,13 +132,16 @@ class ControlAPI(api_grpc.ControlServicer):
         return clusters[0]  # type: ignore[no-any-return]
 
     def service_info(self, service: pb.Service) -> api.ServiceInfo:
-        desired = running = 0
+        desired = running = updated = 0
         for t in self.cache.tasks_of_service(service.id):
             if t.desired_state == pb.RUNNING:
                 desired += 1
                 if t.status.state == pb.RUNNING:
                     running += 1
-        return api.ServiceInfo(service=service, desired=desired, running=running)
+                    updated += t.spec_version == service.spec_version
+        return api.ServiceInfo(
+            service=service, desired=desired, running=running, running_updated=updated
+        )
 
     # ------------------------------------------------------------ services
 

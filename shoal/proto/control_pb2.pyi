@@ -29,10 +29,13 @@ class ServiceInfo(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    RUNNING_UPDATED_FIELD_NUMBER: _builtins.int
     desired: _builtins.int
     """Tasks whose desired state is running."""
     running: _builtins.int
     """Tasks observed running (and desired running)."""
+    running_updated: _builtins.int
+    """Of those, the ones made from the service's current spec."""
     @_builtins.property
     def service(self) -> _objects_pb2.Service: ...
     def __init__(
@@ -41,10 +44,11 @@ class ServiceInfo(_message.Message):
         service: _objects_pb2.Service | None = ...,
         desired: _builtins.int = ...,
         running: _builtins.int = ...,
+        running_updated: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "running", b"running", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "running", b"running", "running_updated", b"running_updated", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

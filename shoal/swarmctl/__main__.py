@@ -1,0 +1,3 @@
+from shoal.swarmctl.cli import main
+
+main()
