@@ -34,6 +34,8 @@ class ManagerProcess:
     def __init__(self, state_dir: Path, *extra: str) -> None:
         self.state_dir = state_dir
         self.extra = list(extra)
+        if "--listen-addr" not in self.extra:
+            self.extra += ["--listen-addr", f"127.0.0.1:{free_port()}"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"{state_dir.name}.log"
 

@@ -119,7 +119,11 @@ def join_addr_for(addr: str) -> str:
     joins get their own TLS port, and the main port is strictly mTLS.
     """
     host, _, port = addr.rpartition(":")
-    return f"{host}:{int(port) + 1}"
+    return f"{host}:{int(port) + 1 if int(port) else 0}"
+
+
+# No SO_REUSEPORT: a second manager on the same port must fail, not share it.
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
 class JoinRefused(RuntimeError):
@@ -172,12 +176,12 @@ class Manager:
         key, cert = _manager_identity(cluster, self.id)
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
-        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)])
+        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
         # Joining nodes: TLS without client certificates; only the token-guarded join RPC.
-        joins = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)])
+        joins = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, joins)
         for server, addr, client_auth in (
             (remote, cfg.listen_addr, True),
