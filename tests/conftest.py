@@ -14,6 +14,9 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
 
 from .procs import ManagerProcess, WorkerProcess
+from .testbed.containerd import Containerd
+from .testbed.images import push_image
+from .testbed.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -83,3 +86,25 @@ def workers() -> Iterator[list[WorkerProcess]]:
     finally:
         for w in started:
             w.stop()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/docker-registry"):
+        pytest.skip("needs root and Debian's docker-registry")
+    with Registry() as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry: Registry) -> str:
+    """The tiny busybox image, pushed to the session's registry."""
+    return push_image(registry.addr, "busybox", "1")
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[Containerd]:
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/containerd"):
+        pytest.skip("needs root and containerd + runc")
+    with Containerd() as c:
+        yield c
