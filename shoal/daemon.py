@@ -134,6 +134,12 @@ def manager(
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
 @click.option("--containerd-socket", default="/run/containerd/containerd.sock", show_default=True)
 @click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A registry to pull from over plain HTTP (loopback ones always are).",
+)
+@click.option(
     "--runtime",
     default="containerd",
     show_default=True,
@@ -147,6 +153,7 @@ def worker(
     hostname: str,
     advertise_addr: str,
     containerd_socket: str,
+    insecure_registry: tuple[str, ...],
     runtime: str,
 ) -> None:
     """Run a worker agent."""
@@ -157,6 +164,7 @@ def worker(
         hostname=hostname,
         advertise_addr=advertise_addr,
         containerd_socket=containerd_socket,
+        insecure_registries=set(insecure_registry),
         runtime=runtime,
     )
     try:

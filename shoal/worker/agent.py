@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
@@ -34,6 +34,7 @@ class WorkerConfig:
     advertise_addr: str = ""
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
+    insecure_registries: set[str] = field(default_factory=set)
 
 
 def _memory_bytes() -> int:
@@ -50,10 +51,14 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
 
         return SimulatedRuntime(state_file=config.state_dir / "simulated-containers.json")
     from shoal.worker.runtime.containerd import ContainerdRuntime
+    from shoal.worker.runtime.registry import RegistryClient
 
     # Each node has its own containerd namespace: several nodes can share one containerd.
     return ContainerdRuntime(
-        socket=config.containerd_socket, namespace=f"shoal-{node_id}", state_dir=config.state_dir
+        socket=config.containerd_socket,
+        namespace=f"shoal-{node_id}",
+        state_dir=config.state_dir,
+        registry=RegistryClient(insecure=config.insecure_registries),
     )
 
 

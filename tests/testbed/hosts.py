@@ -39,10 +39,10 @@ class Host:
         return ["nsenter", f"--net={NETNS_DIR / self.netns}", *argv]
 
     def run(
-        self, *argv: str, timeout: float = 60, check: bool = True
+        self, *argv: str, timeout: float = 60, check: bool = True, cwd: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.cmd(*argv), capture_output=True, text=True, timeout=timeout, check=check
+            self.cmd(*argv), capture_output=True, text=True, timeout=timeout, check=check, cwd=cwd
         )
 
     def spawn(

@@ -34,7 +34,7 @@ class Registry:
         config = self.dir / "config.yml"
         config.write_text(
             "version: 0.1\n"
-            "log:\n  level: warn\n"
+            "log:\n  level: info\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.addr}\n"
