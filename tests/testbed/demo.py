@@ -34,7 +34,11 @@ SWARMCTL = str(VENV / "bin" / "swarmctl")
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 
+START = time.monotonic()
+
+
 def say(text: str) -> None:
+    text = f"{text}  [{time.monotonic() - START:.1f}s]"
     print(f"\n\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"\n==> {text}", flush=True)
 
 
@@ -119,9 +123,8 @@ class Demo:
 
     def run_service(self, image: str) -> None:
         say("An overlay network and a replicated httpd service spread over both workers")
-        print(
-            f"$ swarmctl network create --driver overlay front\n{self.ctl('network', 'create', '--driver', 'overlay', 'front')}"
-        )
+        print("$ swarmctl network create --driver overlay front")
+        print(self.ctl("network", "create", "--driver", "overlay", "front").strip())
         cmd = [
             "service",
             "create",
@@ -205,9 +208,11 @@ class Demo:
                 try:
                     os.kill(pid, signal.SIGTERM)
                     for _ in range(150):
-                        os.kill(pid, 0)
+                        if not _alive(pid):
+                            break
                         time.sleep(0.1)
-                    os.kill(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         if self.registry is not None:
@@ -218,6 +223,15 @@ class Demo:
             self.hosts.close()
         shutil.rmtree(self.root, ignore_errors=True)
         print("   done: no namespaces, processes or mounts left")
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an exited daemon is reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def main() -> None:
