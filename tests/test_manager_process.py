@@ -12,7 +12,7 @@ import pytest
 from aetcd import rpc
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
-from shoal.manager.store import Cache, Create, EtcdConnection, Store
+from shoal.manager.store import Cache, Create, EtcdConnection, Kind, Store
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
@@ -161,3 +161,44 @@ def test_manager_join_with_wrong_token_is_refused(
     with pytest.raises(RuntimeError, match="not a current manager token"):
         bad.start()
     assert bad.proc is not None and bad.proc.returncode == 1
+
+
+async def test_concurrent_ipam_through_two_managers(
+    tmp_path: Path, etcd: EmbeddedEtcd, shared_store: Store, managers: list[ManagerProcess]
+) -> None:
+    endpoints = f"http://{etcd.endpoint}"
+    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    managers.append(m1)
+    m2 = ManagerProcess(tmp_path / "m2", "--etcd-endpoints", endpoints).start()
+    managers.append(m2)
+    await shared_store.batch([Create(make_node(f"n{i}")) for i in range(4)])
+    control(m1).CreateNetwork(
+        api.CreateNetworkRequest(
+            spec=pb.NetworkSpec(
+                annotations=pb.Annotations(name="front"), driver="overlay", subnet="10.60.0.0/22"
+            )
+        )
+    )
+
+    def create(m: ManagerProcess, name: str) -> None:
+        spec = service_spec(name, 100)
+        spec.task.networks.add(target="front")
+        control(m).CreateService(api.CreateServiceRequest(spec=spec))
+
+    await asyncio.gather(asyncio.to_thread(create, m1, "a"), asyncio.to_thread(create, m2, "b"))
+    cache = Cache(shared_store)
+    await cache.start()
+    try:
+
+        def addressed() -> list[str]:
+            return [
+                a.addresses[0]
+                for t in cache.list_objects(Kind.TASK)
+                for a in t.networks
+                if a.addresses
+            ]
+
+        await until(cache, lambda: len(addressed()) == 200, 30)
+        assert len(set(addressed())) == 200
+    finally:
+        await cache.stop()

@@ -176,3 +176,25 @@ async def test_cache_sync_after_unrelated_writes(store: Store, cache: Cache) -> 
     await store.revoke_lease(lease)
     await store.conn.kv.Put(__import__("aetcd").rpc.PutRequest(key=store.keys.leader, value=b"x"))
     await asyncio.wait_for(cache.sync(), 5)
+
+
+async def test_claims_make_concurrent_allocation_fail_not_duplicate(store: Store) -> None:
+    """Two writers claim the same IP at once: etcd lets exactly one through."""
+
+    def with_ip(ip: str) -> pb.Task:
+        t = task("svc", 1)
+        t.networks.add(network_id="net", addresses=[f"{ip}/24"], mac="02:00:00:00:00:01")
+        return t
+
+    results = await asyncio.gather(
+        *(store.create(with_ip("10.0.0.7")) for _ in range(8)), return_exceptions=True
+    )
+    assert sum(1 for r in results if isinstance(r, pb.Task)) == 1
+    assert all(isinstance(r, AlreadyExists) for r in results if not isinstance(r, pb.Task))
+    # Freeing the address (an update naming the previous version) releases the claim.
+    (holder,) = [r for r in results if isinstance(r, pb.Task)]
+    freed = pb.Task()
+    freed.CopyFrom(holder)
+    del freed.networks[0].addresses[:]
+    await store.batch([Update(freed, holder)])
+    await store.create(with_ip("10.0.0.7"))
