@@ -190,3 +190,33 @@ def test_roles_over_mtls(
         with pytest.raises(grpc.RpcError) as err:
             api_grpc.ControlStub(ch).ListNodes(api.ListNodesRequest(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificates_renew_before_expiry(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    c = control(m)
+    current = c.GetCluster(api.GetClusterRequest()).cluster
+    spec = pb.ClusterSpec()
+    spec.CopyFrom(current.spec)
+    spec.ca.node_cert_expiry_ms = 12_000
+    c.UpdateCluster(api.UpdateClusterRequest(version=current.meta.version, spec=spec))
+    w = WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()
+    workers.append(w)
+    first = NodeIdentity.load(w.state_dir)
+    assert first is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = NodeIdentity.load(w.state_dir)
+        if now is not None and now.cert_pem != first.cert_pem:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the certificate was not renewed")
+    assert now.node_id == first.node_id
+    # Past the first certificate's expiry the node still talks to the manager.
+    time.sleep(max(0.0, 13 - (time.monotonic() - (deadline - 20))))
+    wait_nodes_ready(m, 1)
+    c.CreateService(api.CreateServiceRequest(spec=service_spec("after", 1)))
+    wait_service(m, "after", 1)

@@ -31,6 +31,7 @@ from shoal.manager.store import (
 from shoal.manager.store.kinds import now_ms
 from shoal.manager.validation import (
     InvalidSpec,
+    check_cluster_spec,
     check_network_spec,
     check_node_spec,
     check_service_spec,
@@ -479,6 +480,23 @@ class ControlAPI(api_grpc.ControlServicer):
     ) -> api.GetClusterResponse:
         await self.cache.sync()
         return api.GetClusterResponse(cluster=public_cluster(self.cluster()))
+
+    @rpc
+    async def UpdateCluster(
+        self, request: api.UpdateClusterRequest, context: Any
+    ) -> api.UpdateClusterResponse:
+        await self.cache.sync()
+        current = self.cluster()
+        if request.version and request.version != current.meta.version:
+            raise Conflict("the cluster changed since it was read; try again")
+        check_cluster_spec(request.spec)
+        if request.spec.annotations.name != current.spec.annotations.name:
+            raise InvalidSpec("the cluster cannot be renamed")
+        updated = pb.Cluster()
+        updated.CopyFrom(current)
+        updated.spec.CopyFrom(request.spec)
+        await self.store.update(updated)
+        return api.UpdateClusterResponse(cluster=public_cluster(updated))
 
     @rpc
     async def RotateJoinToken(

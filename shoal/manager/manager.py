@@ -158,14 +158,13 @@ class Manager:
         self.reconciler: Reconciler | None = None
         self.dispatcher: Dispatcher | None = None
 
-    def _server_credentials(
-        self, cluster: pb.Cluster, key: bytes, cert: bytes, client_auth: bool
-    ) -> grpc.ServerCredentials:
-        # The chain carries the root so a joining node can pin it by its digest.
-        return grpc.ssl_server_credentials(
-            [(key, cert + cluster.root_ca.ca_cert_pem)],
-            root_certificates=cluster.root_ca.ca_cert_pem,
-            require_client_auth=client_auth,
+    def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
+        """TLS with this manager's certificate, re-issued at half its life (no restart)."""
+        identity = ServerIdentity(cluster, self.id)
+        return grpc.dynamic_ssl_server_credentials(
+            identity.configuration(),
+            identity.refresh,
+            require_client_authentication=client_auth,
         )
 
     async def _serve_remote(
@@ -173,7 +172,6 @@ class Manager:
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
-        key, cert = _manager_identity(cluster, self.id)
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
         remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
@@ -187,7 +185,7 @@ class Manager:
             (remote, cfg.listen_addr, True),
             (joins, cfg.join_listen_addr, False),
         ):
-            creds = self._server_credentials(cluster, key, cert, client_auth)
+            creds = self._server_credentials(cluster, client_auth)
             if server.add_secure_port(addr, creds) == 0:
                 raise OSError(f"cannot listen on {addr}")
             await server.start()
@@ -269,15 +267,33 @@ class Manager:
             os.close(lock_fd)
 
 
-def _manager_identity(cluster: pb.Cluster, manager_id: str) -> tuple[bytes, bytes]:
-    """A fresh certificate for this manager, signed with the cluster CA."""
-    key = ca.new_key()
-    cert = ca.issue_cert(
-        cluster.root_ca,
-        ca.new_csr(key),
-        manager_id,
-        pb.ROLE_MANAGER,
-        cluster.id,
-        datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms),
-    )
-    return ca.key_pem(key), cert
+class ServerIdentity:
+    """This manager's TLS certificate; gRPC asks `refresh` before each handshake."""
+
+    def __init__(self, cluster: pb.Cluster, manager_id: str) -> None:
+        self.cluster = cluster
+        self.manager_id = manager_id
+        self.renew_at = datetime.datetime.now(datetime.UTC)
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        key = ca.new_key()
+        validity = datetime.timedelta(milliseconds=self.cluster.spec.ca.node_cert_expiry_ms)
+        cert = ca.issue_cert(
+            self.cluster.root_ca,
+            ca.new_csr(key),
+            self.manager_id,
+            pb.ROLE_MANAGER,
+            self.cluster.id,
+            validity,
+        )
+        self.renew_at = datetime.datetime.now(datetime.UTC) + validity / 2
+        root = self.cluster.root_ca.ca_cert_pem
+        # The chain carries the root so a joining node can pin it by its digest.
+        return grpc.ssl_server_certificate_configuration(
+            [(ca.key_pem(key), cert + root)], root_certificates=root
+        )
+
+    def refresh(self) -> grpc.ServerCertificateConfiguration | None:
+        if datetime.datetime.now(datetime.UTC) < self.renew_at:
+            return None
+        return self.configuration()

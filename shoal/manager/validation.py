@@ -152,3 +152,16 @@ def check_node_spec(spec: pb.NodeSpec) -> None:
     if spec.availability not in pb.NodeAvailability.values():
         raise InvalidSpec(f"unknown availability {spec.availability}")
     check_labels("node", dict(spec.labels))
+
+
+MIN_CERT_EXPIRY_MS = 10_000
+MIN_HEARTBEAT_MS = 100
+
+
+def check_cluster_spec(spec: pb.ClusterSpec) -> None:
+    if spec.dispatcher.heartbeat_period_ms < MIN_HEARTBEAT_MS:
+        raise InvalidSpec(f"heartbeat period must be at least {MIN_HEARTBEAT_MS}ms")
+    if spec.dispatcher.heartbeat_misses < 1:
+        raise InvalidSpec("heartbeat misses must be at least 1")
+    if spec.ca.node_cert_expiry_ms < MIN_CERT_EXPIRY_MS:
+        raise InvalidSpec("certificate expiry must be at least 10s")

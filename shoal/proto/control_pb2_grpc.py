@@ -124,6 +124,11 @@ class ControlStub:
                 request_serializer=shoal_dot_proto_dot_control__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=shoal_dot_proto_dot_control__pb2.GetClusterResponse.FromString,
                 _registered_method=True)
+        self.UpdateCluster = channel.unary_unary(
+                '/shoal.Control/UpdateCluster',
+                request_serializer=shoal_dot_proto_dot_control__pb2.UpdateClusterRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.UpdateClusterResponse.FromString,
+                _registered_method=True)
         self.RotateJoinToken = channel.unary_unary(
                 '/shoal.Control/RotateJoinToken',
                 request_serializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
@@ -242,6 +247,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RotateJoinToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -340,6 +351,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetCluster,
                     request_deserializer=shoal_dot_proto_dot_control__pb2.GetClusterRequest.FromString,
                     response_serializer=shoal_dot_proto_dot_control__pb2.GetClusterResponse.SerializeToString,
+            ),
+            'UpdateCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCluster,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.UpdateClusterRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.UpdateClusterResponse.SerializeToString,
             ),
             'RotateJoinToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateJoinToken,
@@ -833,6 +849,33 @@ class Control:
             '/shoal.Control/GetCluster',
             shoal_dot_proto_dot_control__pb2.GetClusterRequest.SerializeToString,
             shoal_dot_proto_dot_control__pb2.GetClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/UpdateCluster',
+            shoal_dot_proto_dot_control__pb2.UpdateClusterRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.UpdateClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,
