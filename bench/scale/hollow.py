@@ -24,13 +24,15 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agents = [
-        Agent(WorkerConfig(
-            state_dir=Path(args.state_root) / f"hollow-{i:05d}",
-            join_addr=args.join_addr,
-            join_token=args.join_token,
-            hostname=f"hollow-{i:05d}",
-            runtime="simulated",
-        ))
+        Agent(
+            WorkerConfig(
+                state_dir=Path(args.state_root) / f"hollow-{i:05d}",
+                join_addr=args.join_addr,
+                join_token=args.join_token,
+                hostname=f"hollow-{i:05d}",
+                runtime="simulated",
+            )
+        )
         for i in range(args.first, args.first + args.count)
     ]
     runs = []

@@ -52,8 +52,12 @@ def peak_rss_mb(pid: int) -> float:
 def etcd_counters(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
-    for name in ("etcd_mvcc_put_total", "etcd_mvcc_delete_total", "etcd_mvcc_txn_total",
-                 "etcd_mvcc_range_total"):
+    for name in (
+        "etcd_mvcc_put_total",
+        "etcd_mvcc_delete_total",
+        "etcd_mvcc_txn_total",
+        "etcd_mvcc_range_total",
+    ):
         m = re.search(rf"^{name} (\S+)$", text, re.M)
         out[name] = float(m.group(1)) if m else 0.0
     return out
@@ -71,7 +75,9 @@ def wait_socket(sock: Path, timeout: float = 60) -> api_grpc.ControlStub:
     raise RuntimeError("manager did not start")
 
 
-def run_once(nodes: int, tasks: int, services: int, procs: int, keep: Path | None) -> dict[str, Any]:
+def run_once(
+    nodes: int, tasks: int, services: int, procs: int, keep: Path | None
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
     etcd = EmbeddedEtcd(root)
@@ -79,10 +85,23 @@ def run_once(nodes: int, tasks: int, services: int, procs: int, keep: Path | Non
         asyncio.run(etcd.start())
         addr = f"127.0.0.1:{free_port()}"
         manager = subprocess.Popen(
-            [sys.executable, "-m", "shoal.daemon", "--log-level", "warning", "manager",
-             "--state-dir", str(root / "manager"), "--listen-addr", addr,
-             "--etcd-endpoints", f"http://{etcd.endpoint}"],
-            stdout=subprocess.DEVNULL, stderr=open(root / "manager.log", "wb"))
+            [
+                sys.executable,
+                "-m",
+                "shoal.daemon",
+                "--log-level",
+                "warning",
+                "manager",
+                "--state-dir",
+                str(root / "manager"),
+                "--listen-addr",
+                addr,
+                "--etcd-endpoints",
+                f"http://{etcd.endpoint}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(root / "manager.log", "wb"),
+        )
         started.append(manager)
         ctl = wait_socket(root / "manager" / "control.sock")
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
@@ -94,15 +113,32 @@ def run_once(nodes: int, tasks: int, services: int, procs: int, keep: Path | Non
             if count <= 0:
                 break
             p = subprocess.Popen(
-                [sys.executable, "-m", "bench.scale.hollow", "--count", str(count), "--first",
-                 str(i * per), "--state-root", str(root / "nodes"), "--join-addr", addr,
-                 "--join-token", token],
-                stdout=subprocess.DEVNULL, stderr=open(root / f"hollow-{i}.log", "wb"))
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.scale.hollow",
+                    "--count",
+                    str(count),
+                    "--first",
+                    str(i * per),
+                    "--state-root",
+                    str(root / "nodes"),
+                    "--join-addr",
+                    addr,
+                    "--join-token",
+                    token,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=open(root / f"hollow-{i}.log", "wb"),
+            )
             started.append(p)
             hollows.append(p)
         while True:
-            ready = sum(1 for n in ctl.ListNodes(api.ListNodesRequest()).nodes
-                        if n.status.state == pb.NODE_READY)
+            ready = sum(
+                1
+                for n in ctl.ListNodes(api.ListNodesRequest()).nodes
+                if n.status.state == pb.NODE_READY
+            )
             if ready == nodes:
                 break
             if time.monotonic() - joined_at > 300:
@@ -145,8 +181,12 @@ def run_once(nodes: int, tasks: int, services: int, procs: int, keep: Path | Non
             for t in ctl.ListTasks(api.ListTasksRequest(), timeout=120).tasks
             if t.status.state == pb.RUNNING
         )
-        writes = (after["etcd_mvcc_put_total"] - before["etcd_mvcc_put_total"]
-                  + after["etcd_mvcc_delete_total"] - before["etcd_mvcc_delete_total"])
+        writes = (
+            after["etcd_mvcc_put_total"]
+            - before["etcd_mvcc_put_total"]
+            + after["etcd_mvcc_delete_total"]
+            - before["etcd_mvcc_delete_total"]
+        )
         txns = after["etcd_mvcc_txn_total"] - before["etcd_mvcc_txn_total"]
         return {
             "nodes": nodes,

@@ -1,1 +1,1 @@
-"""swarmctl: the command-line client of a Shoal cluster."""
+"""swarmctl: the command-line client of a Shoal cluster's control API."""

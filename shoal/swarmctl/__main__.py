@@ -1,3 +1,6 @@
+"""`python -m shoal.swarmctl`: the same as the `swarmctl` entry point."""
+
 from shoal.swarmctl.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,73 +1,87 @@
-"""Flag values to API fields. Each parser raises ValueError with a sentence a user can act on."""
+"""Flag values to API fields.
+
+Pure functions: each returns the proto value for one flag or raises ValueError
+with a sentence the user can act on (swarmctl prints it and exits 1).
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import TypeVar
 
 from shoal.proto import objects_pb2 as pb
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+_DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+_USER_PART = re.compile(r"\d+|[A-Za-z_][A-Za-z0-9_.-]*")
+_MAX_ID = 2**32 - 1
+
+V = TypeVar("V")
 
 
 def duration_ms(value: str) -> int:
-    """`5s`, `1m30s`, `500ms`, `2h`, or a bare number of seconds."""
+    """`500ms`, `5s`, `1m30s`, `2h`, or a bare number of seconds."""
     text = value.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return int(float(text) * 1000)
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS_MS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 5s, 1m30s, 2h")
-    return int(total)
+    if _NUMBER.fullmatch(text):
+        return round(float(text) * 1000)
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 5s, 1m30s or 2h")
+    return round(sum(float(n) * _DURATION_MS[unit] for n, unit in _DURATION_PART.findall(text)))
 
 
 def memory_bytes(value: str) -> int:
-    """`512M`, `1G`, `64k`, `1024` (binary units)."""
-    m = _MEMORY.match(value.strip())
+    """`512M`, `1G`, `64k`, `1024` (bytes); units are binary (k = 1024)."""
+    m = _MEMORY.fullmatch(value.strip())
     if not m:
-        raise ValueError(f"invalid memory size {value!r}: use e.g. 512M, 1G, 65536")
+        raise ValueError(f"invalid memory size {value!r}: use e.g. 512M, 1G or 1048576")
     return int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
 
 
 def nano_cpus(value: str) -> int:
+    """`1.5` CPUs as nano-CPUs; 0 means no limit."""
     try:
         cpus = float(value)
     except ValueError:
         raise ValueError(f"invalid CPU count {value!r}: use e.g. 0.5 or 2") from None
-    if cpus <= 0:
-        raise ValueError(f"invalid CPU count {value!r}: must be more than 0")
-    return int(cpus * 1_000_000_000)
+    if not math.isfinite(cpus) or cpus < 0:
+        raise ValueError(f"invalid CPU count {value!r}: must be 0 or more")
+    return round(cpus * 1_000_000_000)
 
 
 def key_value(value: str, what: str) -> tuple[str, str]:
+    """`KEY=VALUE` (the value may be empty or hold more `=`)."""
     key, sep, val = value.partition("=")
-    if not sep or not key:
+    if not sep or not key or key != key.strip():
         raise ValueError(f"invalid {what} {value!r}: expected KEY=VALUE")
     return key, val
 
 
+def scale_pair(value: str) -> tuple[str, int]:
+    """`NAME=REPLICAS` of `service scale`."""
+    name, sep, count = value.partition("=")
+    if not sep or not name or not count.isdigit():
+        raise ValueError(f"invalid scale {value!r}: expected NAME=REPLICAS, e.g. web=3")
+    return name, int(count)
+
+
 def port(value: str) -> pb.PortConfig:
-    """`PUBLISHED:TARGET[/tcp|udp]` or `TARGET[/tcp|udp]`."""
-    spec, _, proto = value.partition("/")
+    """`PUBLISHED:TARGET[/tcp|udp]`."""
+    ports, _, proto = value.partition("/")
     proto = proto.lower() or "tcp"
     if proto not in ("tcp", "udp"):
-        raise ValueError(f"invalid port {value!r}: protocol must be tcp or udp")
-    published, sep, target = spec.partition(":")
-    if not sep:
-        published, target = "0", published
-    try:
-        pub, tgt = int(published), int(target)
-    except ValueError:
-        raise ValueError(f"invalid port {value!r}: expected PUBLISHED:TARGET[/tcp|udp]") from None
-    if not 1 <= tgt <= 65535 or not 0 <= pub <= 65535:
+        raise ValueError(f"invalid port {value!r}: the protocol is tcp or udp")
+    published, sep, target = ports.partition(":")
+    if not (sep and published.isdigit() and target.isdigit()):
+        raise ValueError(f"invalid port {value!r}: expected PUBLISHED:TARGET[/tcp|udp]")
+    pub, tgt = int(published), int(target)
+    if not (1 <= pub <= 65535 and 1 <= tgt <= 65535):
         raise ValueError(f"invalid port {value!r}: ports are 1-65535")
     return pb.PortConfig(
         protocol=pb.PortConfig.UDP if proto == "udp" else pb.PortConfig.TCP,
@@ -76,23 +90,37 @@ def port(value: str) -> pb.PortConfig:
     )
 
 
+_MOUNT_KEYS = {
+    "type": "type",
+    "source": "source",
+    "src": "source",
+    "target": "target",
+    "destination": "target",
+    "dst": "target",
+}
+_TRUE = ("", "1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
 def mount(value: str) -> pb.Mount:
-    """`type=bind|volume,source=S,target=T[,readonly]`."""
+    """`type=bind|volume,source=S,target=T[,readonly]` (type defaults to volume)."""
     fields: dict[str, str] = {}
     readonly = False
     for part in value.split(","):
         key, sep, val = part.partition("=")
         key = key.strip().lower()
-        if key in ("readonly", "ro") and (not sep or val.lower() in ("1", "true", "yes")):
-            readonly = True
-        elif sep and key in ("type", "source", "src", "target", "destination", "dst"):
-            fields[{"src": "source", "destination": "target", "dst": "target"}.get(key, key)] = val
+        if key in ("readonly", "ro"):
+            if val.lower() not in (*_TRUE, *_FALSE):
+                raise ValueError(f"invalid mount {value!r}: readonly is true or false")
+            readonly = val.lower() in _TRUE
+        elif sep and key in _MOUNT_KEYS:
+            fields[_MOUNT_KEYS[key]] = val
         else:
             raise ValueError(f"invalid mount {value!r}: unknown field {part!r}")
-    kind = fields.get("type", "volume")
+    kind = fields.get("type", "volume").lower()
     if kind not in ("bind", "volume"):
-        raise ValueError(f"invalid mount {value!r}: type must be bind or volume")
-    if "target" not in fields or "source" not in fields:
+        raise ValueError(f"invalid mount {value!r}: type is bind or volume")
+    if not fields.get("source") or not fields.get("target"):
         raise ValueError(f"invalid mount {value!r}: source and target are required")
     return pb.Mount(
         type=pb.Mount.BIND if kind == "bind" else pb.Mount.VOLUME,
@@ -103,27 +131,55 @@ def mount(value: str) -> pb.Mount:
 
 
 def user(value: str) -> str:
-    if not _USER.match(value):
-        raise ValueError(f"invalid user {value!r}: expected UID[:GID] or NAME[:GROUP]")
+    """`UID[:GID]` (names are looked up in the image, so `USER[:GROUP]` works too)."""
+    parts = value.split(":")
+    if len(parts) > 2 or not all(_USER_PART.fullmatch(p) for p in parts):
+        raise ValueError(f"invalid user {value!r}: expected UID[:GID], e.g. 1000:1000")
+    if any(p.isdigit() and int(p) > _MAX_ID for p in parts):
+        raise ValueError(f"invalid user {value!r}: IDs are 0-{_MAX_ID}")
     return value
 
 
-AVAILABILITY = {
+# Flag spellings of the API's enums; the keys are also the click choices.
+AVAILABILITY: dict[str, pb.NodeAvailability.ValueType] = {
     "active": pb.AVAILABILITY_ACTIVE,
     "pause": pb.AVAILABILITY_PAUSE,
     "drain": pb.AVAILABILITY_DRAIN,
 }
-RESTART_CONDITION = {
+RESTART_CONDITION: dict[str, pb.RestartPolicy.Condition.ValueType] = {
     "any": pb.RestartPolicy.ANY,
     "on-failure": pb.RestartPolicy.ON_FAILURE,
     "none": pb.RestartPolicy.NONE,
 }
-FAILURE_ACTION = {
+FAILURE_ACTION: dict[str, pb.UpdateConfig.FailureAction.ValueType] = {
     "pause": pb.UpdateConfig.PAUSE,
     "continue": pb.UpdateConfig.CONTINUE,
     "rollback": pb.UpdateConfig.ROLLBACK,
 }
-UPDATE_ORDER = {
+UPDATE_ORDER: dict[str, pb.UpdateConfig.Order.ValueType] = {
     "stop-first": pb.UpdateConfig.STOP_FIRST,
     "start-first": pb.UpdateConfig.START_FIRST,
 }
+
+
+def _choice(table: dict[str, V], value: str, what: str) -> V:
+    try:
+        return table[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"invalid {what} {value!r}: use {', '.join(table)}") from None
+
+
+def availability(value: str) -> pb.NodeAvailability.ValueType:
+    return _choice(AVAILABILITY, value, "availability")
+
+
+def restart_condition(value: str) -> pb.RestartPolicy.Condition.ValueType:
+    return _choice(RESTART_CONDITION, value, "restart condition")
+
+
+def failure_action(value: str) -> pb.UpdateConfig.FailureAction.ValueType:
+    return _choice(FAILURE_ACTION, value, "update failure action")
+
+
+def update_order(value: str) -> pb.UpdateConfig.Order.ValueType:
+    return _choice(UPDATE_ORDER, value, "update order")
