@@ -111,6 +111,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--bridge-nf-off",
+        action="store_true",
+        help="turn off br_netfilter's iptables hooks in the (bench's own) hosts",
+    )
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-overlay-"))
     with Hosts(3) as hosts:
@@ -134,6 +139,10 @@ def main() -> None:
         ns = {t.id: f"/var/run/netns/shoal-{t.node_id[:10]}-{t.id[:16]}" for t in tasks}
         b_ip = b.networks[0].addresses[0].split("/")[0]
         hand_built(hosts)
+        if args.bridge_nf_off:
+            for h in (hosts[1], hosts[2]):
+                for fam in ("iptables", "ip6tables", "arptables"):
+                    h.run("sysctl", "-qw", f"net.bridge.bridge-nf-call-{fam}=0", check=False)
         h1: Host = hosts[1]
         h2: Host = hosts[2]
         results = [
