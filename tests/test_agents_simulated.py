@@ -220,3 +220,53 @@ def test_certificates_renew_before_expiry(
     wait_nodes_ready(m, 1)
     c.CreateService(api.CreateServiceRequest(spec=service_spec("after", 1)))
     wait_service(m, "after", 1)
+
+
+def test_dead_worker_tasks_replaced_quickly(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    for i in (1, 2):
+        workers.append(
+            WorkerProcess(
+                tmp_path / f"w{i}",
+                addr,
+                tokens(m).worker,
+                "--runtime",
+                "simulated",
+                "--hostname",
+                f"w{i}",
+            ).start()
+        )
+    wait_nodes_ready(m, 2)
+    c = control(m)
+    c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 4)))
+    wait_service(m, "web", 4)
+    victim = workers[1]
+    killed = time.monotonic()
+    victim.kill()
+    # Replacements run on the surviving node; the dead node is marked down.
+    stream = c.WatchService(api.WatchServiceRequest(ref="web"), timeout=20)
+    for progress in stream:
+        tasks = c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        on_live = [
+            t
+            for t in tasks
+            if t.desired_state == pb.RUNNING
+            and t.status.state == pb.RUNNING
+            and t.node_id != victim.node_id
+        ]
+        if len(on_live) == 4:
+            stream.cancel()
+            break
+    took = time.monotonic() - killed
+    print(f"\nworker killed -> all 4 replicas running elsewhere in {took:.1f}s")
+    assert took < 5.0
+    node = c.GetNode(api.GetNodeRequest(ref=victim.node_id)).node
+    assert node.status.state == pb.NODE_DOWN
+    live_slots = sorted(
+        t.slot
+        for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        if t.desired_state == pb.RUNNING
+    )
+    assert live_slots == [1, 2, 3, 4], "a slot has two tasks"
