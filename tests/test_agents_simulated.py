@@ -247,7 +247,7 @@ def test_dead_worker_tasks_replaced_quickly(
     victim.kill()
     # Replacements run on the surviving node; the dead node is marked down.
     stream = c.WatchService(api.WatchServiceRequest(ref="web"), timeout=20)
-    for progress in stream:
+    for _ in stream:  # every change of the service or its tasks
         tasks = c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
         on_live = [
             t
