@@ -30,7 +30,31 @@ class Result:
         return json.loads(self.out)
 
 
-class ManagerProcess:
+class DaemonProcess:
+    """A swarmd process a test started: crash it, or stop it cleanly."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """kill -9, no clean-up: what a crash looks like."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class ManagerProcess(DaemonProcess):
     def __init__(self, state_dir: Path, *extra: str) -> None:
         self.state_dir = state_dir
         self.extra = list(extra)
@@ -89,24 +113,6 @@ class ManagerProcess:
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
-    def kill(self) -> None:
-        """kill -9, no clean-up: what a crash looks like."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
     def ctl(self, *args: str, timeout: float = 60) -> Result:
         return swarmctl(self.socket, *args, timeout=timeout)
 
@@ -131,7 +137,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class WorkerProcess:
+class WorkerProcess(DaemonProcess):
     def __init__(self, state_dir: Path, join_addr: str, token: str, *extra: str) -> None:
         self.state_dir = state_dir
         self.join_addr = join_addr
@@ -186,20 +192,3 @@ class WorkerProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode

@@ -126,6 +126,18 @@ class ControlAPI(api_grpc.ControlServicer):
             raise InvalidSpec(f"{ref!r} matches {len(matches)} {word}s: use more of the ID")
         raise NotFound(f"{word} {ref!r} not found")
 
+    async def _resolve_or_abort(self, kind: Kind, ref: str, context: Any) -> Any:
+        """For streaming RPCs (the `rpc` decorator covers unary ones): object or abort."""
+        try:
+            await self.cache.sync()
+            return self.resolve(kind, ref)
+        except Exception as err:
+            code = _status(err)
+            if code is None:
+                raise
+            await context.abort(code, str(err))
+            return None
+
     def cluster(self) -> pb.Cluster:
         clusters = self.cache.list_objects(Kind.CLUSTER)
         if not clusters:
@@ -247,14 +259,10 @@ class ControlAPI(api_grpc.ControlServicer):
     async def WatchService(
         self, request: api.WatchServiceRequest, context: Any
     ) -> AsyncIterator[api.WatchServiceResponse]:
-        try:
-            await self.cache.sync()
-            service: pb.Service = self.resolve(Kind.SERVICE, request.ref)
-        except Exception as err:
-            code = _status(err)
-            if code is None:
-                raise
-            await context.abort(code, str(err))
+        service: pb.Service | None = await self._resolve_or_abort(
+            Kind.SERVICE, request.ref, context
+        )
+        if service is None:
             return
         with self.cache.subscribe() as sub:
             progress = self._progress(service.id)
@@ -297,14 +305,10 @@ class ControlAPI(api_grpc.ControlServicer):
     async def ServiceLogs(
         self, request: api.ServiceLogsRequest, context: Any
     ) -> AsyncIterator[api.ServiceLogsResponse]:
-        try:
-            await self.cache.sync()
-            service: pb.Service = self.resolve(Kind.SERVICE, request.ref)
-        except Exception as err:
-            code = _status(err)
-            if code is None:
-                raise
-            await context.abort(code, str(err))
+        service: pb.Service | None = await self._resolve_or_abort(
+            Kind.SERVICE, request.ref, context
+        )
+        if service is None:
             return
         if self.dispatcher is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no dispatcher on this manager")

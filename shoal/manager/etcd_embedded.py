@@ -2,7 +2,7 @@
 
 It listens on loopback only, on ports picked once and kept in the state dir so
 a restarted manager finds its data under the same member URLs. The child gets
-SIGKILL if the manager dies (PR_SET_PDEATHSIG), and a leftover from a killed
+SIGKILL if the manager dies (`setpriv --pdeathsig`), and a leftover from a killed
 manager is found by its pid file and stopped before a new one starts.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -24,7 +23,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "etcd not found: install it with `apt-get install etcd-server` (Debian/Ubuntu)"
-PR_SET_PDEATHSIG = 1
 
 
 class EtcdError(RuntimeError):
@@ -37,9 +35,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+# The child is to die with the manager. Not with a preexec_fn: that forces a
+# plain fork(), and a fork of a process running gRPC threads can abort in the
+# child; util-linux's setpriv sets the death signal and execs etcd instead.
+SETPRIV = shutil.which("setpriv")
 
 
 class EmbeddedEtcd:
@@ -124,13 +123,14 @@ class EmbeddedEtcd:
         await self._wait_ready(timeout_s)
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        if SETPRIV:
+            args = [SETPRIV, "--pdeathsig", "KILL", "--", *args]
         with open(self.dir / "etcd.stderr", "ab") as stderr:
             return subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,
             )
 
     async def _wait_ready(self, timeout_s: float) -> None:
