@@ -12,9 +12,10 @@ RESTART_DELAY_MS = 5_000
 STOP_GRACE_PERIOD_MS = 10_000
 UPDATE_PARALLELISM = 1
 UPDATE_MONITOR_MS = 5_000
-# Faster than Swarm (5 s x 3): a dead node is noticed in ~3 s; a stall that long
-# on a loaded 2-core box would already be an outage.
-HEARTBEAT_PERIOD_MS = 1_000
+# Swarm's. A dead agent is noticed much sooner: its session ends (connection
+# closed, or gRPC keepalive finds the peer gone) and the node is down 1 s later.
+# Heartbeats only catch an agent that is connected but hung.
+HEARTBEAT_PERIOD_MS = 5_000
 HEARTBEAT_MISSES = 3
 TASK_HISTORY_LIMIT = 5
 NODE_CERT_EXPIRY_MS = 90 * 24 * 3600 * 1000

@@ -30,6 +30,9 @@ from shoal.proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
+MAX_HEARTBEATS_PER_S = 200
+# A node whose session ended is marked down after this, unless it reconnects.
+SESSION_GRACE_S = 1.0
 REGISTER_TIMEOUT_S = 10.0
 
 
@@ -71,6 +74,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.managers = managers or (lambda: [])
         self.sessions: dict[str, _Session] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._periods: dict[str, int] = {}
+        self._stopping = False
         self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -85,6 +90,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for session in list(self.sessions.values()):
             session.close()
         await cancel_and_wait(self._background)
@@ -98,13 +104,18 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         return clusters[0].spec if clusters else defaults.cluster_spec()
 
     def heartbeat_period_ms(self) -> int:
-        return int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
+        """The cluster's period, stretched so this manager takes at most
+        MAX_HEARTBEATS_PER_S: a big cluster on a small manager must not drown in
+        heartbeats (and then mark busy nodes down)."""
+        configured = int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
             defaults.HEARTBEAT_PERIOD_MS
         )
+        return max(configured, (len(self.sessions) + 1) * 1000 // MAX_HEARTBEATS_PER_S)
 
-    def _down_after_s(self) -> float:
+    def _down_after_s(self, node_id: str) -> float:
         misses = self._cluster_spec().dispatcher.heartbeat_misses or defaults.HEARTBEAT_MISSES
-        return self.heartbeat_period_ms() * misses / 1000
+        period = self._periods.get(node_id) or self.heartbeat_period_ms()
+        return period * misses / 1000
 
     # ------------------------------------------------------------ session
 
@@ -141,6 +152,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         peers = dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
         self.sessions[node_id] = session
         self._queue(node_id, first.register.statuses)
+        # The period this agent is told: its down timer must use the same one.
+        self._periods[node_id] = self.heartbeat_period_ms()
         self._arm_timer(node_id)
         log.info("node %s: session %s started (%s)", node_id, session.id[:8], context.peer())
 
@@ -149,7 +162,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             yield dpb.DispatcherMessage(
                 session=dpb.SessionInfo(
                     node_id=node_id,
-                    heartbeat_period_ms=self.heartbeat_period_ms(),
+                    heartbeat_period_ms=self._periods[node_id],
                     managers=self.managers(),
                 )
             )
@@ -165,6 +178,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
+                if not self._stopping:
+                    # The agent is gone (its connection closed, or gRPC keepalive found
+                    # the transport dead): down unless it is back within the grace.
+                    self._arm_timer(node_id, SESSION_GRACE_S)
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
 
@@ -188,13 +205,14 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ node liveness
 
-    def _arm_timer(self, node_id: str) -> None:
+    def _arm_timer(self, node_id: str, after_s: float | None = None) -> None:
         old = self._timers.pop(node_id, None)
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
         self._timers[node_id] = loop.call_later(
-            self._down_after_s(), lambda: asyncio.ensure_future(self._expired(node_id))
+            self._down_after_s(node_id) if after_s is None else after_s,
+            lambda: asyncio.ensure_future(self._expired(node_id)),
         )
 
     async def _expired(self, node_id: str) -> None:
@@ -203,7 +221,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         if session is not None:
             session.close()
         log.warning(
-            "node %s: no heartbeat for %.1fs, marking it down", node_id, self._down_after_s()
+            "node %s: no heartbeat for %.1fs, marking it down",
+            node_id,
+            self._down_after_s(node_id),
         )
 
         def down(node: pb.Node) -> None:

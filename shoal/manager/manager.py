@@ -124,6 +124,14 @@ def join_addr_for(addr: str) -> str:
 
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# Agents' sessions: HTTP/2 pings (in gRPC's C core, not Python) find a dead peer
+# whose host vanished without closing the connection in a couple of seconds.
+SESSION_OPTIONS = [
+    *SERVER_OPTIONS,
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class JoinRefused(RuntimeError):
@@ -174,7 +182,7 @@ class Manager:
         cfg = self.config
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
-        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
+        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SESSION_OPTIONS)
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
