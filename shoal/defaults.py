@@ -13,7 +13,7 @@ STOP_GRACE_PERIOD_MS = 10_000
 UPDATE_PARALLELISM = 1
 UPDATE_MONITOR_MS = 5_000
 # Swarm's. A dead agent is noticed much sooner: its session ends (connection
-# closed, or gRPC keepalive finds the peer gone) and the node is down 1 s later.
+# closed, or gRPC keepalive finds the peer gone) and the node is down 3 s later.
 # Heartbeats only catch an agent that is connected but hung.
 HEARTBEAT_PERIOD_MS = 5_000
 HEARTBEAT_MISSES = 3

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
 MAX_HEARTBEATS_PER_S = 200
-# A node whose session ended is marked down after this, unless it reconnects.
-SESSION_GRACE_S = 1.0
+# A node whose session ended is marked down after this, unless it reconnects:
+# long enough for an agent restart (its containers keep running), short enough
+# to move the tasks of a dead node in seconds.
+SESSION_GRACE_S = 3.0
 REGISTER_TIMEOUT_S = 10.0
 
 
