@@ -6,6 +6,7 @@ tokens, certificates, mTLS roles, the dispatcher's assignments and status flow.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -270,3 +271,88 @@ def test_dead_worker_tasks_replaced_quickly(
         if t.desired_state == pb.RUNNING
     )
     assert live_slots == [1, 2, 3, 4], "a slot has two tasks"
+
+
+def test_rolling_update_rolls_back_a_broken_image(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    for i in (1, 2):
+        workers.append(
+            WorkerProcess(
+                tmp_path / f"w{i}",
+                addr,
+                tokens(m).worker,
+                "--runtime",
+                "simulated",
+                "--hostname",
+                f"w{i}",
+            ).start()
+        )
+    wait_nodes_ready(m, 2)
+    assert (
+        m.ctl(
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "busybox:1",
+            "--replicas",
+            "6",
+            "--update-parallelism",
+            "2",
+            "--update-failure-action",
+            "rollback",
+        ).code
+        == 0
+    )
+    # The simulated runtime cannot pull images named "missing".
+    r = m.ctl("service", "update", "web", "--image", "registry.local/missing:2", "--timeout", "30s")
+    assert r.code == 1, r.err
+    assert "update rolled back" in r.err and "manifest unknown" in r.err
+    wait_service(m, "web", 6)
+    svc = json.loads(m.ctl("service", "inspect", "web", "--format", "json").out)
+    assert svc["image"] == "busybox:1"
+    info = control(m).GetService(api.GetServiceRequest(ref="web")).service
+    assert info.running_updated == 6
+    assert info.service.update_status.state == pb.UpdateStatus.ROLLBACK_COMPLETED
+    # Stop-first with parallelism 2: never fewer than 4 of 6 ran with the old image.
+    tasks = control(m).ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+    broken = [t for t in tasks if t.spec.container.image == "registry.local/missing:2"]
+    assert 1 <= len({t.slot for t in broken}) <= 2
+
+
+def test_update_delay_and_pause(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    workers.append(
+        WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()
+    )
+    wait_nodes_ready(m, 1)
+    assert (
+        m.ctl(
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "busybox:1",
+            "--replicas",
+            "3",
+            "--update-delay",
+            "1s",
+        ).code
+        == 0
+    )
+    started = time.monotonic()
+    assert m.ctl("service", "update", "web", "--image", "busybox:2").code == 0
+    took = time.monotonic() - started
+    assert took >= 2.0, f"3 batches of 1 with 1 s between them took {took:.1f}s"
+    # Failure action pause (the default): the update stops where it failed.
+    r = m.ctl("service", "update", "web", "--image", "registry.local/missing:3", "--timeout", "20s")
+    assert r.code == 1 and "update paused" in r.err
+    info = control(m).GetService(api.GetServiceRequest(ref="web")).service
+    assert info.service.update_status.state == pb.UpdateStatus.PAUSED
+    assert info.running >= 2

@@ -223,10 +223,13 @@ class Orchestrator:
         return False
 
     def _roll(self, service: pb.Service, by_slot: dict[int, list[pb.Task]], plan: Plan) -> None:
-        """Replaces tasks made from an older spec, `parallelism` at a time (stop-first)."""
+        """A rolling update: tasks of an older spec are replaced `parallelism` at a time
+        (stop-first), `delay` apart; a failed new task pauses, or rolls back, the update."""
         version = service.spec_version
+        status = service.update_status
         outdated: list[pb.Task] = []
         in_flight = 0
+        last_running = 0
         for slot, slot_tasks in by_slot.items():
             if slot > service.spec.replicated.replicas:
                 continue
@@ -237,7 +240,40 @@ class Orchestrator:
                     outdated.append(t)
                 elif t.status.state < pb.RUNNING:
                     in_flight += 1
-        if not outdated:
+                else:
+                    last_running = max(last_running, int(t.status.timestamp_ms))
+        if status.state in (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED):
+            failed = next(
+                (
+                    t
+                    for t in self.cache.tasks_of_service(service.id)
+                    if t.spec_version == version
+                    and t.status.state in (pb.FAILED, pb.REJECTED)
+                    and t.meta.created_at_ms >= status.started_at_ms
+                ),
+                None,
+            )
+            if failed is not None and self._on_update_failure(service, failed, plan):
+                return
+            if not outdated and in_flight == 0:
+                done = pb.Service()
+                done.CopyFrom(service)
+                done.update_status.state = (
+                    pb.UpdateStatus.COMPLETED
+                    if status.state == pb.UpdateStatus.UPDATING
+                    else pb.UpdateStatus.ROLLBACK_COMPLETED
+                )
+                done.update_status.completed_at_ms = now_ms()
+                plan.ops.append(Update(done))
+                return
+        if not outdated or status.state in (
+            pb.UpdateStatus.PAUSED,
+            pb.UpdateStatus.ROLLBACK_PAUSED,
+        ):
+            return
+        delay = service.spec.update.delay_ms
+        if delay and in_flight == 0 and last_running and now_ms() < last_running + delay:
+            plan.wake_at(last_running + delay, service.id)
             return
         parallelism = service.spec.update.parallelism
         budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
@@ -245,6 +281,38 @@ class Orchestrator:
         for t in outdated[:budget]:
             self._shut_down(t, plan, "updating to a new spec")
             plan.create(new_task(service, int(t.slot)))
+
+    def _on_update_failure(self, service: pb.Service, failed: pb.Task, plan: Plan) -> bool:
+        """Applies the update's failure action; True if the update stops here."""
+        action = service.spec.update.failure_action
+        if action == pb.UpdateConfig.CONTINUE:
+            return False
+        updated = pb.Service()
+        updated.CopyFrom(service)
+        reason = f"task {failed.id[:12]} failed: {failed.status.err or 'exited'}"
+        rolling_back = service.update_status.state == pb.UpdateStatus.ROLLBACK_STARTED
+        if (
+            action == pb.UpdateConfig.ROLLBACK
+            and not rolling_back
+            and (service.HasField("previous_spec"))
+        ):
+            updated.spec.CopyFrom(service.previous_spec)
+            updated.previous_spec.CopyFrom(service.spec)
+            updated.spec_version = service.spec_version + 1
+            updated.update_status.CopyFrom(
+                pb.UpdateStatus(
+                    state=pb.UpdateStatus.ROLLBACK_STARTED,
+                    started_at_ms=now_ms(),
+                    message=f"update rolled back: {reason}",
+                )
+            )
+        else:
+            updated.update_status.state = (
+                pb.UpdateStatus.ROLLBACK_PAUSED if rolling_back else pb.UpdateStatus.PAUSED
+            )
+            updated.update_status.message = f"update paused: {reason}"
+        plan.ops.append(Update(updated))
+        return True
 
     # ------------------------------------------------------------ global
 

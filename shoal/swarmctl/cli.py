@@ -401,9 +401,21 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
     return line
 
 
-def wait_converged(ref: str, name: str, timeout_ms: int, deadline: float | None = None) -> None:
-    """Follows the service over WatchService until it converges; CLIError when time is up."""
+_UPDATE_PAUSED = (pb.UpdateStatus.PAUSED, pb.UpdateStatus.ROLLBACK_PAUSED)
+_ROLLED_BACK = (pb.UpdateStatus.ROLLBACK_STARTED, pb.UpdateStatus.ROLLBACK_COMPLETED)
+
+
+def wait_converged(
+    ref: str,
+    name: str,
+    timeout_ms: int,
+    deadline: float | None = None,
+    rollback_asked: bool = False,
+) -> None:
+    """Follows the service over WatchService until it converges; CLIError when time is up,
+    or when the manager paused the update (or rolled it back)."""
     end = deadline if deadline is not None else time.monotonic() + timeout_ms / 1000
+    started_ms = int(time.time() * 1000) - 1000
     tty = sys.stderr.isatty()
     last: api.WatchServiceResponse | None = None
     try:
@@ -418,6 +430,13 @@ def wait_converged(ref: str, name: str, timeout_ms: int, deadline: float | None 
                 width = shutil.get_terminal_size().columns - 1
                 sys.stderr.write(f"\r{line[:width]}\x1b[K")
                 sys.stderr.flush()
+            update = progress.service.service.update_status
+            stopped = update.state in _UPDATE_PAUSED or (
+                update.state in _ROLLED_BACK and not rollback_asked
+            )
+            if stopped and update.started_at_ms >= started_ms:
+                # The manager stopped or reverted this update: say so, and why.
+                raise CLIError(f"service {name}: {update.message or 'update failed'}")
             if converged(progress.service):
                 return
     finally:
@@ -534,7 +553,7 @@ def service_update(
     updated = retry_conflicts(attempt).service
     name = updated.spec.annotations.name
     if not detach:
-        wait_converged(updated.id, name, timeout_ms)
+        wait_converged(updated.id, name, timeout_ms, rollback_asked=rollback)
     click.echo(name)
 
 
