@@ -7,6 +7,8 @@ tokens, certificates, mTLS roles, the dispatcher's assignments and status flow.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -356,3 +358,84 @@ def test_update_delay_and_pause(
     info = control(m).GetService(api.GetServiceRequest(ref="web")).service
     assert info.service.update_status.state == pb.UpdateStatus.PAUSED
     assert info.running >= 2
+
+
+def test_rolling_update_waits_for_health(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    for i in (1, 2):
+        workers.append(
+            WorkerProcess(
+                tmp_path / f"w{i}",
+                addr,
+                tokens(m).worker,
+                "--runtime",
+                "simulated",
+                "--hostname",
+                f"w{i}",
+            ).start()
+        )
+    wait_nodes_ready(m, 2)
+    assert (
+        m.ctl(
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "busybox:1",
+            "--replicas",
+            "6",
+            "--update-parallelism",
+            "2",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "300ms",
+        ).code
+        == 0
+    )
+    c = control(m)
+
+    def healthy() -> int:
+        return sum(
+            1
+            for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+            if t.desired_state == pb.RUNNING
+            and t.status.state == pb.RUNNING
+            and t.status.health == pb.HEALTH_HEALTHY
+        )
+
+    assert healthy() == 6  # create waited for health, not just for running
+    update = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal.swarmctl",
+            "--socket",
+            str(m.socket),
+            "service",
+            "update",
+            "web",
+            "--image",
+            "busybox:2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    fewest = 6
+    stream = c.WatchService(api.WatchServiceRequest(ref="web"), timeout=60)
+    for progress in stream:
+        fewest = min(fewest, healthy())
+        if progress.service.running_updated == 6:
+            stream.cancel()
+            break
+    assert update.wait(timeout=60) == 0, update.stderr.read() if update.stderr else ""
+    assert fewest >= 4, f"only {fewest} healthy tasks during the update"
+    images = {
+        t.spec.container.image
+        for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        if t.desired_state == pb.RUNNING
+    }
+    assert images == {"busybox:2"}

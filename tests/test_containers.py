@@ -294,3 +294,48 @@ def test_container_killed_from_outside_is_replaced(cluster: Cluster, busybox_ima
     old = next(x for x in c.tasks("victim") if x["id"] == t["id"])
     assert old["state"] == "failed" and old["exit_code"] == 137
     assert took < 5.4  # Docker Swarm on this machine class: 5.4 s (ANCHORS)
+
+
+def test_health_check_runs_in_the_container(cluster: Cluster, busybox_image: str) -> None:
+    c = cluster
+    # Healthy only once /tmp/ok exists: the first task never creates it.
+    c.ctl(
+        "service",
+        "create",
+        "--name",
+        "checked",
+        "--image",
+        busybox_image,
+        "-d",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "sleep",
+        "1000",
+    )
+    c.wait(lambda: any("unhealthy container" in t["error"] for t in c.tasks("checked")), 30)
+    c.ctl("service", "rm", "checked")
+    c.ctl(
+        "service",
+        "create",
+        "--name",
+        "fine",
+        "--image",
+        busybox_image,
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "300ms",
+        "--stop-grace-period",
+        "1s",
+        "sh",
+        "-c",
+        "touch /tmp/ok; sleep 1000",
+    )  # waits until healthy
+    (t,) = c.live("fine")
+    assert t["health"] == "healthy"

@@ -105,6 +105,13 @@ def restart_decision(policy: pb.RestartPolicy, last: pb.Task) -> tuple[int, int]
     return attempt, ended + delay
 
 
+def ready_for_update(t: pb.Task) -> bool:
+    """Running, and healthy if it has a health check: a rolling update may move on."""
+    if t.status.state != pb.RUNNING:
+        return False
+    return t.status.health in (pb.HEALTH_NONE, pb.HEALTH_HEALTHY)
+
+
 def node_usable(node: pb.Node | None) -> bool:
     """Whether a node may keep running its tasks (drain and down move them)."""
     return (
@@ -238,7 +245,7 @@ class Orchestrator:
                     continue
                 if t.spec_version < version:
                     outdated.append(t)
-                elif t.status.state < pb.RUNNING:
+                elif not ready_for_update(t):
                     in_flight += 1
                 else:
                     last_running = max(last_running, int(t.status.timestamp_ms))

@@ -35,7 +35,7 @@ class ServiceInfo(_message.Message):
     running: _builtins.int
     """Tasks observed running (and desired running)."""
     running_updated: _builtins.int
-    """Of those, the ones made from the service's current spec."""
+    """Of those, the ones made from the current spec (and healthy, if checked)."""
     @_builtins.property
     def service(self) -> _objects_pb2.Service: ...
     def __init__(

@@ -117,6 +117,29 @@ REMOVE: TaskState.ValueType  # 800
 ORPHANED: TaskState.ValueType  # 832
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
+class _HealthState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_NONE: _HealthState.ValueType  # 0
+    """no health check"""
+    HEALTH_STARTING: _HealthState.ValueType  # 1
+    """running, not yet checked"""
+    HEALTH_HEALTHY: _HealthState.ValueType  # 2
+    HEALTH_UNHEALTHY: _HealthState.ValueType  # 3
+
+class HealthState(_HealthState, metaclass=_HealthStateEnumTypeWrapper): ...
+
+HEALTH_NONE: HealthState.ValueType  # 0
+"""no health check"""
+HEALTH_STARTING: HealthState.ValueType  # 1
+"""running, not yet checked"""
+HEALTH_HEALTHY: HealthState.ValueType  # 2
+HEALTH_UNHEALTHY: HealthState.ValueType  # 3
+Global___HealthState: _TypeAlias = HealthState  # noqa: Y015
+
 @_typing.final
 class Meta(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -954,12 +977,14 @@ class TaskStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     ERR_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     timestamp_ms: _builtins.int
     state: Global___TaskState.ValueType
     message: _builtins.str
     """Human-readable progress ("scheduled", "started")."""
     err: _builtins.str
     """Why the task failed, was rejected, or is still pending."""
+    health: Global___HealthState.ValueType
     @_builtins.property
     def container(self) -> Global___ContainerStatus: ...
     def __init__(
@@ -970,10 +995,11 @@ class TaskStatus(_message.Message):
         message: _builtins.str = ...,
         err: _builtins.str = ...,
         container: Global___ContainerStatus | None = ...,
+        health: Global___HealthState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "err", b"err", "message", b"message", "state", b"state", "timestamp_ms", b"timestamp_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "err", b"err", "health", b"health", "message", b"message", "state", b"state", "timestamp_ms", b"timestamp_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -139,6 +139,8 @@ class SpecFlags:
     update_failure_action: str | None = None
     update_order: str | None = None
     health_cmd: str | None = None
+    health_interval: str | None = None
+    health_retries: int | None = None
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
 
@@ -201,6 +203,12 @@ _SPEC_OPTIONS = [
     click.option("--update-failure-action", type=click.Choice(list(parse.FAILURE_ACTION))),
     click.option("--update-order", type=click.Choice(list(parse.UPDATE_ORDER))),
     click.option("--health-cmd", metavar="CMD", help="Shell command that checks health."),
+    click.option("--health-interval", metavar="DURATION", help="Time between checks (5s)."),
+    click.option(
+        "--health-retries",
+        type=click.IntRange(1),
+        help="Failed checks in a row that make a task unhealthy (3).",
+    ),
     click.option("--stop-grace-period", metavar="DURATION", help="SIGTERM to SIGKILL time."),
     click.option("--max-replicas-per-node", type=click.IntRange(0), help="0 for unlimited."),
 ]
@@ -266,6 +274,10 @@ def apply_spec_flags(
         c.ClearField("healthcheck")
         if f.health_cmd:  # an empty command removes the check
             c.healthcheck.test.extend(["CMD-SHELL", f.health_cmd])
+    if f.health_interval is not None:
+        c.healthcheck.interval_ms = parse.duration_ms(f.health_interval)
+    if f.health_retries is not None:
+        c.healthcheck.retries = f.health_retries
     if f.stop_grace_period is not None:
         c.stop_grace_period_ms = parse.duration_ms(f.stop_grace_period)
     if f.max_replicas_per_node is not None:

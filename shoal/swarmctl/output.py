@@ -193,6 +193,11 @@ def task_view(t: pb.Task, hostnames: Mapping[str, str]) -> dict[str, Any]:
         "image": t.spec.container.image,
         "addresses": [a for n in t.networks for a in n.addresses],
         "container_id": t.status.container.container_id,
+        "health": {
+            pb.HEALTH_STARTING: "starting",
+            pb.HEALTH_HEALTHY: "healthy",
+            pb.HEALTH_UNHEALTHY: "unhealthy",
+        }.get(t.status.health),
         "exit_code": int(t.status.container.exit_code) if finished else None,
         "created_at": iso(t.meta.created_at_ms),
         "updated_at": iso(t.status.timestamp_ms or t.meta.updated_at_ms),

@@ -76,6 +76,11 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
     )
 
 
+DEFAULT_HEALTH_INTERVAL_MS = 5_000
+DEFAULT_HEALTH_TIMEOUT_MS = 10_000
+DEFAULT_HEALTH_RETRIES = 3
+
+
 class NetworkError(Exception):
     pass
 
@@ -146,10 +151,15 @@ class TaskRunner:
         err: str = "",
         exit_code: int | None = None,
         pid: int | None = None,
+        health: pb.HealthState.ValueType | None = None,
     ) -> None:
         status = self.task.status
         if state < status.state:
             return  # never backwards
+        if health is not None:
+            status.health = health
+        elif state == pb.RUNNING and self._health_argv() and not status.health:
+            status.health = pb.HEALTH_STARTING
         status.state = state
         status.message = message
         status.err = err
@@ -262,6 +272,7 @@ class TaskRunner:
     async def _supervise(self) -> None:
         """Waits for the container to exit, or for the manager to want it stopped."""
         exited = asyncio.create_task(self.runtime.wait(self.task.id))
+        health = asyncio.create_task(self._check_health()) if self._health_argv() else None
         try:
             while True:
                 self._changed.clear()
@@ -276,10 +287,57 @@ class TaskRunner:
                     return
         finally:
             exited.cancel()
+            await cancel_and_wait([health])
+
+    def _health_argv(self) -> list[str]:
+        test = list(self.task.spec.container.healthcheck.test)
+        if not test or test[0] == "NONE":
+            return []
+        return ["sh", "-c", " ".join(test[1:])] if test[0] == "CMD-SHELL" else test[1:]
+
+    async def _check_health(self) -> None:
+        """Runs the health command in the container every interval, like Docker's HEALTHCHECK.
+
+        The first success makes the task healthy (rolling updates wait for it); `retries`
+        failures in a row make it unhealthy, and an unhealthy container is stopped:
+        the task fails and its restart policy replaces it.
+        """
+        check = self.task.spec.container.healthcheck
+        interval = (check.interval_ms or DEFAULT_HEALTH_INTERVAL_MS) / 1000
+        timeout = (check.timeout_ms or DEFAULT_HEALTH_TIMEOUT_MS) / 1000
+        retries = check.retries or DEFAULT_HEALTH_RETRIES
+        argv = self._health_argv()
+        failures = 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                code = await self.runtime.exec(self.task.id, argv, timeout)
+            except RuntimeFailure as err:
+                log.info("task %s: health check could not run: %s", self.task.id, err)
+                code = -1
+            if code == 0:
+                failures = 0
+                if self.task.status.health != pb.HEALTH_HEALTHY:
+                    self._set(pb.RUNNING, "healthy", health=pb.HEALTH_HEALTHY)
+                continue
+            failures += 1
+            if failures >= retries:
+                self._set(
+                    pb.RUNNING,
+                    "unhealthy",
+                    f"health check failed {failures} times",
+                    health=pb.HEALTH_UNHEALTHY,
+                )
+                await self.runtime.stop(self.task.id, self._grace_s())
+                return
 
     def _exited(self, code: int) -> None:
         if self._wants_stop():
             self._set(pb.SHUTDOWN, "shutdown", exit_code=code)
+        elif self.task.status.health == pb.HEALTH_UNHEALTHY:
+            self._set(
+                pb.FAILED, "failed", f"task: unhealthy container (exit {code})", exit_code=code
+            )
         elif code == 0:
             self._set(pb.COMPLETE, "finished", exit_code=0)
         else:
