@@ -439,3 +439,75 @@ def test_rolling_update_waits_for_health(
         if t.desired_state == pb.RUNNING
     }
     assert images == {"busybox:2"}
+
+
+def test_start_first_update_never_runs_fewer_than_replicas(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    m, addr = cluster
+    workers.append(
+        WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()
+    )
+    wait_nodes_ready(m, 1)
+    assert (
+        m.ctl(
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "busybox:1",
+            "--replicas",
+            "3",
+            "--update-order",
+            "start-first",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "300ms",
+        ).code
+        == 0
+    )
+    c = control(m)
+
+    def ready() -> int:
+        return sum(
+            1
+            for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+            if t.status.state == pb.RUNNING
+            and t.status.health == pb.HEALTH_HEALTHY
+            and t.desired_state == pb.RUNNING
+        )
+
+    update = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal.swarmctl",
+            "--socket",
+            str(m.socket),
+            "service",
+            "update",
+            "web",
+            "--image",
+            "busybox:2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    fewest = 3
+    stream = c.WatchService(api.WatchServiceRequest(ref="web"), timeout=60)
+    for progress in stream:
+        fewest = min(fewest, ready())
+        if progress.service.running_updated == 3 and progress.service.desired == 3:
+            stream.cancel()
+            break
+    assert update.wait(timeout=60) == 0, update.stderr.read() if update.stderr else ""
+    assert fewest >= 3, f"only {fewest} ready tasks during a start-first update"
+    live = [
+        t
+        for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+        if t.desired_state == pb.RUNNING
+    ]
+    assert sorted(t.slot for t in live) == [1, 2, 3]
+    assert {t.spec.container.image for t in live} == {"busybox:2"}

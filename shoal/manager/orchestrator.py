@@ -175,6 +175,8 @@ class Orchestrator:
         if live:
             for t in dead:
                 self._shut_down(t, plan, "")
+            if self._start_first_handover(service, live, plan):
+                return
             live.sort(key=lambda t: (t.status.state, t.meta.created_at_ms), reverse=True)
             keep, extras = live[0], live[1:]
             for extra in extras:
@@ -201,6 +203,28 @@ class Orchestrator:
             replacement.start_after_ms = start_after
             plan.wake_at(start_after, service.id)
         plan.create(replacement)
+
+    def _start_first_handover(self, service: pb.Service, live: list[pb.Task], plan: Plan) -> bool:
+        """start-first updates: an old task and its replacement share the slot until the
+        replacement is ready (running, healthy if checked); then the old one stops."""
+        if service.spec.update.order != pb.UpdateConfig.START_FIRST:
+            return False
+        current = [t for t in live if t.spec_version == service.spec_version]
+        old = [t for t in live if t.spec_version < service.spec_version]
+        if not current or not old:
+            return False
+        newest = max(current, key=lambda t: t.meta.created_at_ms)
+        for t in current:
+            if t is not newest:
+                self._shut_down(t, plan, "duplicate task in slot")
+        if ready_for_update(newest):
+            for t in old:
+                self._shut_down(t, plan, "replaced by an updated task")
+        else:
+            old.sort(key=lambda t: (t.status.state, t.meta.created_at_ms), reverse=True)
+            for t in old[1:]:
+                self._shut_down(t, plan, "duplicate task in slot")
+        return True
 
     def _release(self, t: pb.Task, plan: Plan) -> None:
         """Lets a task held back by the restart delay run once the delay has passed."""
@@ -284,9 +308,21 @@ class Orchestrator:
             return
         parallelism = service.spec.update.parallelism
         budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
+        start_first = service.spec.update.order == pb.UpdateConfig.START_FIRST
+        if start_first:
+            # A slot whose replacement already started is handed over, not updated again.
+            started = {
+                t.slot
+                for ts in by_slot.values()
+                for t in ts
+                if t.spec_version == version and is_live(t)
+            }
+            outdated = [t for t in outdated if t.slot not in started]
+            budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
         outdated.sort(key=lambda t: t.slot)
         for t in outdated[:budget]:
-            self._shut_down(t, plan, "updating to a new spec")
+            if not start_first:
+                self._shut_down(t, plan, "updating to a new spec")
             plan.create(new_task(service, int(t.slot)))
 
     def _on_update_failure(self, service: pb.Service, failed: pb.Task, plan: Plan) -> bool:
