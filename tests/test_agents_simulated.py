@@ -6,6 +6,7 @@ tokens, certificates, mTLS roles, the dispatcher's assignments and status flow.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
@@ -511,3 +513,38 @@ def test_start_first_update_never_runs_fewer_than_replicas(
     ]
     assert sorted(t.slot for t in live) == [1, 2, 3]
     assert {t.spec.container.image for t in live} == {"busybox:2"}
+
+
+async def test_etcd_outage_keeps_tasks_and_converges_after(
+    tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess], workers: list[WorkerProcess]
+) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    m = ManagerProcess(
+        tmp_path / "m1", "--listen-addr", addr, "--etcd-endpoints", f"http://{etcd.endpoint}"
+    ).start()
+    managers.append(m)
+    workers.append(
+        WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()
+    )
+    wait_nodes_ready(m, 1)
+    c = control(m)
+    c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 3)))
+    wait_service(m, "web", 3)
+    before = {t.id for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks}
+
+    await etcd.stop()
+    await asyncio.sleep(20)
+    with pytest.raises(grpc.RpcError) as err:
+        c.ListServices(api.ListServicesRequest(), timeout=15)
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    await etcd.start()
+
+    # Back: the same tasks still run (nothing was replaced), and new work is done.
+    await asyncio.to_thread(wait_service, m, "web", 3, 60)
+    after = {t.id for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks}
+    assert after == before
+    await asyncio.to_thread(
+        c.CreateService, api.CreateServiceRequest(spec=service_spec("later", 2))
+    )
+    await asyncio.to_thread(wait_service, m, "later", 2, 60)
+    assert m.proc is not None and m.proc.poll() is None, "the manager died during the outage"
