@@ -53,11 +53,23 @@ def wait_nodes_ready(m: ManagerProcess, count: int, timeout: float = 20) -> None
     raise AssertionError(f"{count} nodes not ready within {timeout}s")
 
 
-def wait_service(m: ManagerProcess, name: str, running: int, timeout: float = 30) -> None:
-    """Blocks on the WatchService stream until `running` tasks run."""
+def wait_service(
+    m: ManagerProcess,
+    name: str,
+    running: int,
+    timeout: float = 30,
+    update_state: int | None = None,
+) -> None:
+    """Blocks on the WatchService stream until `running` tasks run (and the rolling update
+    reached `update_state`, if given)."""
     stream = control(m).WatchService(api.WatchServiceRequest(ref=name), timeout=timeout)
     for progress in stream:
-        if progress.service.running == running and progress.service.desired == running:
+        info = progress.service
+        if (
+            info.running == running
+            and info.desired == running
+            and (update_state is None or info.service.update_status.state == update_state)
+        ):
             stream.cancel()
             return
     raise AssertionError("watch ended")
@@ -315,7 +327,7 @@ def test_rolling_update_rolls_back_a_broken_image(
     r = m.ctl("service", "update", "web", "--image", "registry.local/missing:2", "--timeout", "30s")
     assert r.code == 1, r.err
     assert "update rolled back" in r.err and "manifest unknown" in r.err
-    wait_service(m, "web", 6)
+    wait_service(m, "web", 6, update_state=pb.UpdateStatus.ROLLBACK_COMPLETED)
     svc = json.loads(m.ctl("service", "inspect", "web", "--format", "json").out)
     assert svc["image"] == "busybox:1"
     info = control(m).GetService(api.GetServiceRequest(ref="web")).service
@@ -325,6 +337,9 @@ def test_rolling_update_rolls_back_a_broken_image(
     tasks = control(m).ListTasks(api.ListTasksRequest(service_ref="web")).tasks
     broken = [t for t in tasks if t.spec.container.image == "registry.local/missing:2"]
     assert 1 <= len({t.slot for t in broken}) <= 2
+    # The rollback replaces only the broken slots; tasks that kept the old spec stay.
+    old = [t for t in tasks if t.spec.container.image == "busybox:1"]
+    assert len(old) == 6 + len({t.slot for t in broken}), [(t.slot, t.status.state) for t in old]
 
 
 def test_update_delay_and_pause(

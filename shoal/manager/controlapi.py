@@ -19,7 +19,7 @@ from shoal import defaults
 from shoal.manager import allocator, ca
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.ids import new_id
-from shoal.manager.orchestrator import ready_for_update
+from shoal.manager.orchestrator import is_current, ready_for_update
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
@@ -152,7 +152,7 @@ class ControlAPI(api_grpc.ControlServicer):
                 desired += 1
                 if t.status.state == pb.RUNNING:
                     running += 1
-                    updated += t.spec_version == service.spec_version and ready_for_update(t)
+                    updated += is_current(t, service) and ready_for_update(t)
         return api.ServiceInfo(
             service=service, desired=desired, running=running, running_updated=updated
         )

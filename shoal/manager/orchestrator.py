@@ -77,6 +77,12 @@ def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
     return t
 
 
+def is_current(t: pb.Task, service: pb.Service) -> bool:
+    """True if the task runs the service's current task spec. A rollback makes a new
+    spec_version whose spec equals an older one; tasks of that older spec stay."""
+    return t.spec_version == service.spec_version or t.spec == service.spec.task
+
+
 def without_addresses(t: pb.Task) -> None:
     """Frees a dead task's overlay addresses (its claims go with them)."""
     for a in t.networks:
@@ -209,8 +215,8 @@ class Orchestrator:
         replacement is ready (running, healthy if checked); then the old one stops."""
         if service.spec.update.order != pb.UpdateConfig.START_FIRST:
             return False
-        current = [t for t in live if t.spec_version == service.spec_version]
-        old = [t for t in live if t.spec_version < service.spec_version]
+        current = [t for t in live if is_current(t, service)]
+        old = [t for t in live if not is_current(t, service)]
         if not current or not old:
             return False
         newest = max(current, key=lambda t: t.meta.created_at_ms)
@@ -256,7 +262,6 @@ class Orchestrator:
     def _roll(self, service: pb.Service, by_slot: dict[int, list[pb.Task]], plan: Plan) -> None:
         """A rolling update: tasks of an older spec are replaced `parallelism` at a time
         (stop-first), `delay` apart; a failed new task pauses, or rolls back, the update."""
-        version = service.spec_version
         status = service.update_status
         outdated: list[pb.Task] = []
         in_flight = 0
@@ -267,7 +272,7 @@ class Orchestrator:
             for t in slot_tasks:
                 if t.id in plan.touched or not is_live(t):
                     continue
-                if t.spec_version < version:
+                if not is_current(t, service):
                     outdated.append(t)
                 elif not ready_for_update(t):
                     in_flight += 1
@@ -278,7 +283,7 @@ class Orchestrator:
                 (
                     t
                     for t in self.cache.tasks_of_service(service.id)
-                    if t.spec_version == version
+                    if is_current(t, service)
                     and t.status.state in (pb.FAILED, pb.REJECTED)
                     and t.meta.created_at_ms >= status.started_at_ms
                 ),
@@ -315,7 +320,7 @@ class Orchestrator:
                 t.slot
                 for ts in by_slot.values()
                 for t in ts
-                if t.spec_version == version and is_live(t)
+                if is_current(t, service) and is_live(t)
             }
             outdated = [t for t in outdated if t.slot not in started]
             budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
@@ -387,7 +392,7 @@ class Orchestrator:
                 if (
                     t.id not in plan.touched
                     and is_live(t)
-                    and t.spec_version < service.spec_version
+                    and not is_current(t, service)
                 ):
                     self._shut_down(t, plan, "updating to a new spec")
                     plan.create(new_task(service, 0, node_id))
