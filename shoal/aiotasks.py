@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 
@@ -19,3 +19,14 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
         t.cancel()
     if live:
         await asyncio.wait(live)
+
+
+async def first_completed(*coros: Awaitable[None]) -> None:
+    """Runs coros until the first one ends; cancels the rest; re-raises its error."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()
+    finally:
+        await cancel_and_wait(tasks)

@@ -73,6 +73,7 @@ def cli(log_level: str) -> None:
 @click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
 @click.option("--join-token", default="", help="A manager join token.")
+@click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
 @click.option(
     "--leader-lease-ttl",
     default=5,
@@ -91,6 +92,7 @@ def manager(
     etcd_key: Path | None,
     join_addr: str,
     join_token: str,
+    hostname: str,
     leader_lease_ttl: int,
 ) -> None:
     """Run a manager."""
@@ -100,6 +102,11 @@ def manager(
         raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
     if bool(join_addr) != bool(join_token):
         raise click.UsageError("--join-addr and --join-token go together")
+    if join_addr and not endpoints:
+        raise click.UsageError(
+            "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
+            "share (an embedded etcd serves only the manager that started it)"
+        )
     tls = EtcdTLS(etcd_cacert, etcd_cert, etcd_key) if etcd_cacert else None
     config = ManagerConfig(
         state_dir=state_dir,
@@ -110,11 +117,12 @@ def manager(
         etcd_tls=tls,
         join_addr=join_addr,
         join_token=join_token,
+        hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
     )
     try:
         asyncio.run(_run_until_signalled(Manager(config)))
-    except (EtcdError, JoinRefused, StateDirLocked, StoreError, OSError) as err:
+    except (EtcdError, JoinError, JoinRefused, StateDirLocked, StoreError, OSError) as err:
         click.echo(f"swarmd: {err}", err=True)
         sys.exit(1)
 

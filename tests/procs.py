@@ -68,6 +68,11 @@ class ManagerProcess(DaemonProcess):
         return self.state_dir / "control.sock"
 
     @property
+    def addr(self) -> str:
+        """The manager's mTLS address (HOST:PORT), for agents and joining managers."""
+        return self.extra[self.extra.index("--listen-addr") + 1]
+
+    @property
     def node_id(self) -> str:
         return (self.state_dir / "node_id").read_text().strip()
 

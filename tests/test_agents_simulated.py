@@ -43,11 +43,16 @@ def tokens(m: ManagerProcess) -> pb.JoinTokens:
     return control(m).GetCluster(api.GetClusterRequest()).cluster.join_tokens
 
 
+def worker_nodes(m: ManagerProcess) -> list[pb.Node]:
+    """`node ls` without the managers' own entries."""
+    nodes = control(m).ListNodes(api.ListNodesRequest()).nodes
+    return [n for n in nodes if n.role == pb.ROLE_WORKER]
+
+
 def wait_nodes_ready(m: ManagerProcess, count: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        nodes = control(m).ListNodes(api.ListNodesRequest()).nodes
-        if sum(1 for n in nodes if n.status.state == pb.NODE_READY) >= count:
+        if sum(1 for n in worker_nodes(m) if n.status.state == pb.NODE_READY) >= count:
             return
         time.sleep(0.05)  # no node watch in the API: a short poll in the test only
     raise AssertionError(f"{count} nodes not ready within {timeout}s")
@@ -88,9 +93,14 @@ def test_join_run_scale_remove(
         )
     wait_nodes_ready(m, 2)
     c = control(m)
-    nodes = {n.description.hostname: n for n in c.ListNodes(api.ListNodesRequest()).nodes}
+    listed = c.ListNodes(api.ListNodesRequest()).nodes
+    nodes = {n.description.hostname: n for n in listed if n.role == pb.ROLE_WORKER}
     assert set(nodes) == {"w1", "w2"}
-    assert all(n.role == pb.ROLE_WORKER for n in nodes.values())
+    # The manager lists itself: drained (it runs no tasks), ready, and the leader.
+    (me,) = [n for n in listed if n.role == pb.ROLE_MANAGER]
+    assert me.id == m.node_id and me.spec.availability == pb.AVAILABILITY_DRAIN
+    assert me.status.state == pb.NODE_READY
+    assert me.manager_status.leader and me.manager_status.reachable
 
     c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 4)))
     wait_service(m, "web", 4)
@@ -105,7 +115,7 @@ def test_join_run_scale_remove(
         assert t.status.container.container_id == t.id
         per_node[t.node_id] = per_node.get(t.node_id, 0) + 1
     assert sorted(per_node.values()) == [2, 2]
-    assert all(n.status.state == pb.NODE_READY for n in c.ListNodes(api.ListNodesRequest()).nodes)
+    assert all(n.status.state == pb.NODE_READY for n in worker_nodes(m))
 
     svc = c.GetService(api.GetServiceRequest(ref="web")).service.service
     spec = pb.ServiceSpec()
@@ -140,8 +150,7 @@ def test_worker_restart_rejoins_as_itself(
     again = WorkerProcess(tmp_path / "w1", addr, "", "--runtime", "simulated").start()
     workers.append(again)
     assert again.node_id == node_id
-    c = control(m)
-    assert [n.id for n in c.ListNodes(api.ListNodesRequest()).nodes] == [node_id]
+    assert [n.id for n in worker_nodes(m)] == [node_id]
 
 
 def _refused(tmp_path: Path, addr: str, token: str) -> str:
@@ -167,7 +176,7 @@ def test_join_refused_without_a_valid_token(
     c.RotateJoinToken(api.RotateJoinTokenRequest(role=pb.ROLE_WORKER))
     assert tokens(m).worker != good
     assert "not (or no longer) a current token" in _refused(tmp_path, addr, good)
-    assert list(c.ListNodes(api.ListNodesRequest()).nodes) == []
+    assert worker_nodes(m) == []
 
 
 def test_roles_over_mtls(

@@ -85,7 +85,7 @@ def cluster(
             sum(
                 1
                 for n in c.ctl("node", "ls", "--format", "json")  # type: ignore[union-attr]
-                if n["status"] == "ready"
+                if n["status"] == "ready" and n["role"] == "worker"
             )
             == 2
         )

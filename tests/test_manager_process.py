@@ -98,7 +98,7 @@ async def test_two_managers_one_leader_and_takeover(
         "--etcd-endpoints",
         endpoints,
         "--join-addr",
-        "127.0.0.1:4242",
+        m1.addr,
         "--join-token",
         token,
     ).start()
@@ -154,7 +154,7 @@ def test_manager_join_with_wrong_token_is_refused(
         "--etcd-endpoints",
         endpoints,
         "--join-addr",
-        "127.0.0.1:4242",
+        m1.addr,
         "--join-token",
         worker_token,
     )

@@ -137,7 +137,7 @@ def run_once(
             ready = sum(
                 1
                 for n in ctl.ListNodes(api.ListNodesRequest()).nodes
-                if n.status.state == pb.NODE_READY
+                if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
             )
             if ready == nodes:
                 break

@@ -386,12 +386,28 @@ class ControlAPI(api_grpc.ControlServicer):
         nodes = sorted(
             self.cache.list_objects(Kind.NODE), key=lambda n: (n.description.hostname, n.id)
         )
-        return api.ListNodesResponse(nodes=nodes)
+        return api.ListNodesResponse(nodes=[self._observed(n) for n in nodes])
 
     @rpc
     async def GetNode(self, request: api.GetNodeRequest, context: Any) -> api.GetNodeResponse:
         await self.cache.sync()
-        return api.GetNodeResponse(node=self.resolve(Kind.NODE, request.ref))
+        return api.GetNodeResponse(node=self._observed(self.resolve(Kind.NODE, request.ref)))
+
+    def _observed(self, node: pb.Node) -> pb.Node:
+        """A manager's node with its live status: reachable while its presence key is on a
+        kept-alive lease, leader while it holds the leader key."""
+        if node.role != pb.ROLE_MANAGER:
+            return node
+        out = pb.Node()
+        out.CopyFrom(node)
+        live = self.cache.managers()
+        ms = out.manager_status
+        ms.reachable = node.id in live
+        ms.leader = ms.reachable and self.cache.leader_id() == node.id
+        ms.addr = live.get(node.id) or ms.addr
+        out.status.state = pb.NODE_READY if ms.reachable else pb.NODE_DOWN
+        out.status.addr = out.status.addr or ms.addr.rpartition(":")[0]
+        return out
 
     @rpc
     async def UpdateNode(
@@ -417,6 +433,10 @@ class ControlAPI(api_grpc.ControlServicer):
     ) -> api.RemoveNodeResponse:
         await self.cache.sync()
         node: pb.Node = self.resolve(Kind.NODE, request.ref)
+        if node.role == pb.ROLE_MANAGER and node.id in self.cache.managers():
+            raise Precondition(
+                f"node {node.description.hostname or node.id} is a running manager: stop it first"
+            )
         if node.status.state == pb.NODE_READY and not request.force:
             raise Precondition(
                 f"node {node.description.hostname or node.id} is ready: stop its agent first, "

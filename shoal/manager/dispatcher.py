@@ -21,6 +21,7 @@ from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.manager.authz import peer_identity
 from shoal.manager.peers import PeerTable
+from shoal.manager.presence import Presence
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
 MAX_HEARTBEATS_PER_S = 200
-# A node whose session ended is marked down after this, unless it reconnects:
-# long enough for an agent restart (its containers keep running), short enough
-# to move the tasks of a dead node in seconds.
-SESSION_GRACE_S = 3.0
 REGISTER_TIMEOUT_S = 10.0
 
 
@@ -69,11 +66,17 @@ def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
 
 class Dispatcher(dpb_grpc.DispatcherServicer):
     def __init__(
-        self, store: Store, cache: Cache, managers: Callable[[], list[str]] | None = None
+        self,
+        store: Store,
+        cache: Cache,
+        managers: Callable[[], list[str]] | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.managers = managers or (lambda: [])
+        # Where this manager records which sessions it holds (None in unit tests).
+        self.presence = presence
         self.sessions: dict[str, _Session] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._periods: dict[str, int] = {}
@@ -153,6 +156,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         full = self._assignments(self.cache.tasks_of_node(node_id), full=True)
         peers = dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
         self.sessions[node_id] = session
+        if self.presence is not None:
+            self.presence.claim_session(node_id)
         self._queue(node_id, first.register.statuses)
         # The period this agent is told: its down timer must use the same one.
         self._periods[node_id] = self.heartbeat_period_ms()
@@ -180,10 +185,14 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
-                if not self._stopping:
+                timer = self._timers.pop(node_id, None)
+                if timer is not None:
+                    timer.cancel()
+                if not self._stopping and self.presence is not None:
                     # The agent is gone (its connection closed, or gRPC keepalive found
-                    # the transport dead): down unless it is back within the grace.
-                    self._arm_timer(node_id, SESSION_GRACE_S)
+                    # the transport dead): the leader marks the node down unless it
+                    # registers again, here or with another manager, within the grace.
+                    self.presence.release_session(node_id)
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
 
@@ -207,21 +216,24 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ node liveness
 
-    def _arm_timer(self, node_id: str, after_s: float | None = None) -> None:
+    def _arm_timer(self, node_id: str) -> None:
         old = self._timers.pop(node_id, None)
         if old is not None:
             old.cancel()
         loop = asyncio.get_running_loop()
         self._timers[node_id] = loop.call_later(
-            self._down_after_s(node_id) if after_s is None else after_s,
+            self._down_after_s(node_id),
             lambda: asyncio.ensure_future(self._expired(node_id)),
         )
 
     async def _expired(self, node_id: str) -> None:
+        """The session is open but the agent went silent."""
         self._timers.pop(node_id, None)
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.close()
+        if self.presence is not None:
+            self.presence.release_session(node_id)
         log.warning(
             "node %s: no heartbeat for %.1fs, marking it down",
             node_id,

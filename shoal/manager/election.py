@@ -16,7 +16,7 @@ from typing import Any
 
 from aetcd import rpc
 
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import first_completed
 from shoal.manager.store import Fence, Store, StoreError
 from shoal.manager.store.store import etcd_call
 
@@ -93,7 +93,9 @@ class Election:
             if kvs:
                 self.leader_id = kvs[0].value.decode()
                 # Keep our own lease alive meanwhile: it is the one we campaign with.
-                await _first(self._keep(lease), self._leader_key_deleted(int(resp.header.revision)))
+                await first_completed(
+                    self._keep(lease), self._leader_key_deleted(int(resp.header.revision))
+                )
 
     async def _leader_key_deleted(self, revision: int) -> None:
         requests: asyncio.Queue[Any] = asyncio.Queue()
@@ -130,21 +132,10 @@ class Election:
         log.info("manager %s is the leader", self.manager_id)
         self.is_leader = True
         try:
-            await _first(self._keep(lease), work(fence))
+            await first_completed(self._keep(lease), work(fence))
         finally:
             self.is_leader = False
             self.leader_id = None
             with contextlib.suppress(StoreError):
                 await self.store.revoke_lease(lease)
             log.info("manager %s stopped leading", self.manager_id)
-
-
-async def _first(*coros: Awaitable[None]) -> None:
-    """Runs coros until the first one ends; cancels the rest; re-raises its error."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            t.result()
-    finally:
-        await cancel_and_wait(tasks)

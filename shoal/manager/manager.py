@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import cancel_and_wait, first_completed
 from shoal.manager import ca
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
@@ -22,20 +23,26 @@ from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.ids import new_id
-from shoal.manager.nodeca import NodeCA
+from shoal.manager.liveness import NodeLiveness
+from shoal.manager.nodeca import NodeCA, new_node
+from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
+    Conflict,
     EtcdConnection,
     EtcdTLS,
+    Fence,
     Kind,
+    NotFound,
     Store,
 )
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
+from shoal.worker.identity import NodeIdentity, join
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class ManagerConfig:
     etcd_tls: EtcdTLS | None = None
     join_addr: str = ""
     join_token: str = ""
+    hostname: str = ""
     # How long a dead leader holds on before another manager takes over.
     leader_ttl_s: int = 5
 
@@ -111,6 +119,32 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
 
 
+async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
+    """The manager's own entry in `node ls`. A manager runs no tasks: its node is
+    drained, and it never gets an agent session that would make it ready."""
+    for _ in range(5):
+        try:
+            node = await store.get(Kind.NODE, node_id)
+        except NotFound:
+            node = new_node(node_id, pb.ROLE_MANAGER, hostname)
+            node.manager_status.addr = addr
+            try:
+                await store.create(node)
+                return
+            except AlreadyExists:
+                continue
+        assert isinstance(node, pb.Node)
+        if node.description.hostname == hostname and node.manager_status.addr == addr:
+            return
+        node.description.hostname = hostname
+        node.manager_status.addr = addr
+        try:
+            await store.update(node)
+            return
+        except Conflict:
+            continue
+
+
 def join_addr_for(addr: str) -> str:
     """The CA join endpoint that goes with a manager address: the next port.
 
@@ -165,6 +199,35 @@ class Manager:
         self.election: Election | None = None
         self.reconciler: Reconciler | None = None
         self.dispatcher: Dispatcher | None = None
+        self.presence: Presence | None = None
+        self.liveness: NodeLiveness | None = None
+
+    async def _identify(self) -> str:
+        """This manager's node id: from its state dir, by joining, or new (first manager)."""
+        cfg = self.config
+        assert self.store is not None
+        ident = NodeIdentity.load(cfg.state_dir)
+        if ident is not None:
+            return ident.node_id
+        if not cfg.join_addr:
+            return load_or_create_id(cfg.state_dir)
+        # The token must fit the cluster in *this* etcd before the other manager
+        # is asked for a certificate (which would create a node).
+        await check_manager_token(self.store, cfg.join_token)
+        ident = await join(cfg.join_addr, cfg.join_token, self._hostname())
+        if ident.role != pb.ROLE_MANAGER:
+            raise JoinRefused("the manager at --join-addr issued a worker certificate")
+        ident.save(cfg.state_dir)
+        log.info("joined the cluster through %s as manager %s", cfg.join_addr, ident.node_id)
+        return ident.node_id
+
+    def _hostname(self) -> str:
+        return self.config.hostname or socket.gethostname()
+
+    async def _lead(self, fence: Fence) -> None:
+        """The leader's work: the reconcilers, and node liveness across managers."""
+        assert self.reconciler is not None and self.liveness is not None
+        await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
 
     def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this manager's certificate, re-issued at half its life (no restart)."""
@@ -212,8 +275,8 @@ class Manager:
         server: grpc.aio.Server | None = None
         servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
+        presence: asyncio.Task[None] | None = None
         try:
-            self.id = load_or_create_id(cfg.state_dir)
             endpoints = cfg.etcd_endpoints
             if not endpoints:
                 self.etcd = EmbeddedEtcd(cfg.state_dir)
@@ -221,14 +284,21 @@ class Manager:
                 endpoints = [self.etcd.endpoint]
                 log.info("embedded etcd on %s", self.etcd.endpoint)
             self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
-            if cfg.join_token:
-                await check_manager_token(self.store, cfg.join_token)
+            self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
+            await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
             self.cache = Cache(self.store)
             await self.cache.start()
-            self.dispatcher = Dispatcher(
-                self.store, self.cache, lambda: [cfg.remote_addr] if cfg.remote_addr else []
-            )
+            self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
+            presence = asyncio.create_task(self.presence.run(), name="presence")
+            cache = self.cache
+
+            def managers() -> list[str]:
+                # Every live manager, this one first: agents fail over along the list.
+                others = sorted(a for i, a in cache.managers().items() if a and i != self.id)
+                return [cfg.remote_addr, *others] if cfg.remote_addr else others
+
+            self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
             control = ControlAPI(self.store, self.cache, self.dispatcher)
 
@@ -253,7 +323,8 @@ class Manager:
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)
-            campaign = asyncio.create_task(self.election.run(self.reconciler.run))
+            self.liveness = NodeLiveness(self.store, self.cache)
+            campaign = asyncio.create_task(self.election.run(self._lead))
             await stop.wait()
             log.info("manager %s: shutting down", self.id)
         finally:
@@ -262,6 +333,9 @@ class Manager:
                 await self.election.resign()
             if self.dispatcher is not None:
                 await self.dispatcher.stop()
+            await cancel_and_wait([presence])
+            if self.presence is not None:
+                await self.presence.resign()
             for srv in servers:
                 await srv.stop(grace=2)
             if server is not None:

@@ -22,6 +22,17 @@ def cert_validity(cluster: pb.Cluster) -> datetime.timedelta:
     return datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms)
 
 
+def new_node(node_id: str, role: pb.NodeRole.ValueType, hostname: str) -> pb.Node:
+    """A node's first record. Managers run no agent (no tasks): their node is drained."""
+    node = pb.Node(id=node_id, role=role)
+    node.spec.desired_role = role
+    if role == pb.ROLE_MANAGER:
+        node.spec.availability = pb.AVAILABILITY_DRAIN
+    node.description.hostname = hostname
+    node.status.state = pb.NODE_UNKNOWN
+    return node
+
+
 class NodeCA(ca_pb2_grpc.NodeCAServicer):
     def __init__(self, store: Store, cache: Cache) -> None:
         self.store = store
@@ -68,11 +79,7 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         except ca.CSRError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
-        node = pb.Node(id=node_id, role=role)
-        node.spec.desired_role = role
-        node.description.hostname = request.hostname
-        node.status.state = pb.NODE_UNKNOWN
-        await self.store.create(node)
+        await self.store.create(new_node(node_id, role, request.hostname))
         log.info("node %s (%s) joined as %s", node_id, request.hostname, ca.ROLE_OU[role])
         return ca_pb2.IssueNodeCertificateResponse(
             node_id=node_id, role=role, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem

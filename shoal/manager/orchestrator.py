@@ -389,11 +389,7 @@ class Orchestrator:
                 service, node_tasks, plan, functools.partial(new_task, service, 0, node_id)
             )
             for t in node_tasks:
-                if (
-                    t.id not in plan.touched
-                    and is_live(t)
-                    and not is_current(t, service)
-                ):
+                if t.id not in plan.touched and is_live(t) and not is_current(t, service):
                     self._shut_down(t, plan, "updating to a new spec")
                     plan.create(new_task(service, 0, node_id))
         for node_id in eligible - on_node.keys():

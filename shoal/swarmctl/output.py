@@ -268,7 +268,7 @@ def join_tokens_view(c: pb.Cluster) -> dict[str, str]:
 SHORT_ID = 12
 SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
 TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"]
-NODE_HEADERS = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"]
+NODE_HEADERS = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "MANAGER STATUS", "ADDR"]
 NETWORK_HEADERS = ["ID", "NAME", "DRIVER", "SUBNET", "VNI"]
 
 
@@ -320,9 +320,24 @@ def task_rows(
     return rows
 
 
+def manager_status(view: Mapping[str, Any]) -> str:
+    ms = view.get("manager_status")
+    if not ms:
+        return ""
+    return "leader" if ms["leader"] else ("reachable" if ms["reachable"] else "unreachable")
+
+
 def node_rows(views: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return [
-        [v["id"][:SHORT_ID], v["hostname"], v["status"], v["availability"], v["role"], v["addr"]]
+        [
+            v["id"][:SHORT_ID],
+            v["hostname"],
+            v["status"],
+            v["availability"],
+            v["role"],
+            manager_status(v),
+            v["addr"],
+        ]
         for v in views
     ]
 

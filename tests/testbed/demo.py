@@ -115,7 +115,7 @@ class Demo:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             nodes = json.loads(self.ctl("node", "ls", "--format", "json"))
-            if sum(1 for n in nodes if n["status"] == "ready") == 2:
+            if sum(1 for n in nodes if n["status"] == "ready" and n["role"] == "worker") == 2:
                 break
             time.sleep(0.2)
         print(self.ctl("node", "ls"))

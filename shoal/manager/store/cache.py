@@ -12,9 +12,10 @@ Objects handed out are shared: callers copy before changing one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 from shoal.aiotasks import cancel_and_wait
@@ -75,6 +76,9 @@ class Cache:
         self._unallocated: dict[str, pb.Task] = {}
         self._ips: dict[str, set[str]] = defaultdict(set)
         self._subscribers: set[Subscription] = set()
+        # Lease-bound keys: manager presence, node sessions, the leader key.
+        self._live: dict[bytes, bytes] = {}
+        self._session_feeds: set[asyncio.Queue[str | None]] = set()
         self._advanced = asyncio.Condition()
         self._watcher: ObjectWatcher | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +88,7 @@ class Cache:
     async def start(self) -> None:
         objects, revision = await self.store.list_all()
         self._load(objects, revision)
+        self._live = await self.store.list_live(revision)
         self._watcher = ObjectWatcher(self.store, revision + 1)
         self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
 
@@ -94,8 +99,12 @@ class Cache:
         async for item in watcher:
             if isinstance(item, Resync):
                 self._load(cast(list[Object], item.objects), item.revision)
+                self._live = dict(item.live)
                 self._publish(True, [])
+                for feed in self._session_feeds:
+                    feed.put_nowait(None)
             else:
+                self._apply_live(item.live)
                 applied = self._apply(item)
                 if applied:
                     self._publish(False, applied)
@@ -153,6 +162,34 @@ class Cache:
         """Addresses held by tasks on a network (the cache's own set: do not change it)."""
         return self._ips.get(network_id, set())
 
+    def managers(self) -> dict[str, str]:
+        """Live managers (their presence key is on a kept-alive lease): id -> address."""
+        keys = self.store.keys
+        return {
+            k[len(keys.managers) :].decode(): v.decode()
+            for k, v in self._live.items()
+            if k.startswith(keys.managers)
+        }
+
+    def leader_id(self) -> str | None:
+        value = self._live.get(self.store.keys.leader)
+        return value.decode() if value is not None else None
+
+    def session_owner(self, node_id: str) -> str | None:
+        """The manager holding the node's agent session, if any."""
+        value = self._live.get(self.store.keys.session(node_id))
+        return value.decode() if value is not None else None
+
+    @contextlib.contextmanager
+    def session_changes(self) -> Iterator[asyncio.Queue[str | None]]:
+        """Node ids whose session key changed; None after a resync (look at all)."""
+        feed: asyncio.Queue[str | None] = asyncio.Queue()
+        self._session_feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self._session_feeds.discard(feed)
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
         self._subscribers.add(sub)
@@ -176,6 +213,18 @@ class Cache:
         for obj in objects:
             self._put(obj)
         self.revision = revision
+
+    def _apply_live(self, live: list[tuple[bytes, bytes | None]]) -> None:
+        sessions = self.store.keys.sessions
+        for key, value in live:
+            if value is None:
+                self._live.pop(key, None)
+            else:
+                self._live[key] = value
+            if key.startswith(sessions):
+                node_id = key[len(sessions) :].decode()
+                for feed in self._session_feeds:
+                    feed.put_nowait(node_id)
 
     def _apply(self, item: Changes) -> list[Change]:
         applied = []

@@ -81,6 +81,20 @@ class Keys:
         self.root = f"{self.prefix}/".encode()
         self.objects = f"{self.prefix}/o/".encode()
         self.leader = f"{self.prefix}/leader".encode()
+        # Keys on a manager's lease: gone when that manager is (see manager/presence).
+        self.presence = f"{self.prefix}/p/".encode()
+        self.managers = self.presence + b"managers/"
+        self.sessions = self.presence + b"sessions/"
+
+    def manager(self, manager_id: str) -> bytes:
+        return self.managers + manager_id.encode()
+
+    def session(self, node_id: str) -> bytes:
+        return self.sessions + node_id.encode()
+
+    def is_live(self, key: bytes) -> bool:
+        """Keys that live on leases: manager presence, node sessions, the leader."""
+        return key == self.leader or key.startswith(self.presence)
 
     def kind_prefix(self, kind: Kind) -> bytes:
         return self.objects + kind.value.encode() + b"/"

@@ -183,6 +183,19 @@ class Store:
     async def list_all(self, revision: int = 0) -> tuple[list[Object], int]:
         return await self.list_prefix(self.keys.objects, revision)
 
+    async def list_live(self, revision: int = 0) -> dict[bytes, bytes]:
+        """The lease-bound keys (Keys.is_live) at a revision: presence, sessions, leader."""
+        out: dict[bytes, bytes] = {}
+        for start, end in (
+            (self.keys.presence, prefix_end(self.keys.presence)),
+            (self.keys.leader, b""),
+        ):
+            resp = await etcd_call(
+                self.conn.kv.Range, rpc.RangeRequest(key=start, range_end=end, revision=revision)
+            )
+            out.update((kv.key, kv.value) for kv in resp.kvs)
+        return out
+
     # ------------------------------------------------------------ writes
 
     async def create(self, obj: T) -> T:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from aetcd import rpc
@@ -40,6 +40,8 @@ class Changes:
 
     revision: int
     changes: list[Change]
+    # Lease-bound keys (Keys.is_live) that were put (value) or deleted (None).
+    live: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Resync:
 
     revision: int
     objects: list[object]
+    live: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class ObjectWatcher:
@@ -111,9 +114,14 @@ class ObjectWatcher:
                             yield Changes(seen, [])
                         continue
                     changes = []
+                    live: list[tuple[bytes, bytes | None]] = []
                     for ev in resp.events:
+                        if keys.is_live(ev.kv.key):
+                            deleted = ev.type == rpc.Event.DELETE
+                            live.append((ev.kv.key, None if deleted else ev.kv.value))
+                            continue
                         if not ev.kv.key.startswith(keys.objects):
-                            continue  # a claim or the leader key: only the revision counts
+                            continue  # a claim: only the revision counts
                         kind, object_id = keys.parse_object_key(ev.kv.key)
                         if ev.type == rpc.Event.DELETE:
                             changes.append(Change(kind, object_id, None))
@@ -122,7 +130,7 @@ class ObjectWatcher:
                             changes.append(Change(kind, object_id, obj))
                     last = int(resp.events[-1].kv.mod_revision)
                     self.revision = last + 1
-                    yield Changes(last, changes)
+                    yield Changes(last, changes, live)
             except grpc.aio.AioRpcError as err:
                 log.warning(
                     "etcd watch dropped (%s); resuming at revision %d", err.code(), self.revision
@@ -131,20 +139,21 @@ class ObjectWatcher:
                 self._requests = None
                 call.cancel()
             if compacted:
-                objects, current = await _relist(self.store)
+                objects, live_keys, current = await _relist(self.store)
                 self.revision = current + 1
-                yield Resync(current, objects)
+                yield Resync(current, objects, live_keys)
                 continue
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
-async def _relist(store: Store) -> tuple[list[object], int]:
+async def _relist(store: Store) -> tuple[list[object], dict[bytes, bytes], int]:
     backoff = BACKOFF_MIN_S
     while True:
         try:
             objects, revision = await store.list_all()
-            return list(objects), revision
+            live = await store.list_live(revision)
+            return list(objects), live, revision
         except Exception as err:  # etcd away: keep trying, the watcher has nothing else to do
             log.warning("re-list after compaction failed: %s", err)
             await asyncio.sleep(backoff)
