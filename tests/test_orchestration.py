@@ -11,7 +11,7 @@ import pytest
 from shoal.manager.election import Election
 from shoal.manager.ids import new_id
 from shoal.manager.reconciler import Reconciler
-from shoal.manager.store import Cache, Create, Kind, Store
+from shoal.manager.store import Cache, Create, Kind, Store, Update
 from shoal.proto import objects_pb2 as pb
 
 from .helpers import live, make_node, service_spec, spread, until
@@ -260,3 +260,56 @@ async def test_ipam_distinct_addresses_exhaustion_and_release(
     await store.update(current)
     await until(cache, lambda: len(addresses()) == 5)
     assert len(set(addresses())) == 5
+
+
+async def run_assigned(store: Store, cache: Cache, service_id: str) -> int:
+    """Plays the agents: every assigned live task reports RUNNING. Returns how many."""
+    await cache.sync()
+    ops = []
+    for t in live(cache, service_id):
+        if t.node_id and t.status.state != pb.RUNNING:
+            running = pb.Task()
+            running.CopyFrom(t)
+            running.status.state = pb.RUNNING
+            ops.append(Update(running))
+    if ops:
+        await store.batch(ops)
+    return len(ops)
+
+
+async def test_rebalance_spreads_tasks_again_when_a_node_returns(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    _n1, n2 = await nodes(store, "n1", "n2")
+    balanced = service_spec("web", 6)
+    balanced.rebalance = True
+    balanced.update.parallelism = 2
+    svc = await create_service(store, balanced)
+    fixed = await create_service(store, service_spec("db", 4))
+    await until(cache, lambda: sum(spread(cache, svc.id).values()) == 6)
+    await until(cache, lambda: sum(spread(cache, fixed.id).values()) == 4)
+    await run_assigned(store, cache, svc.id)
+    await run_assigned(store, cache, fixed.id)
+
+    await set_node(store, cache, n2, availability=pb.AVAILABILITY_DRAIN)
+    await until(cache, lambda: spread(cache, svc.id) == {"n1": 6})
+    await until(cache, lambda: spread(cache, fixed.id) == {"n1": 4})
+    await run_assigned(store, cache, svc.id)
+    await run_assigned(store, cache, fixed.id)
+
+    await set_node(store, cache, n2, availability=pb.AVAILABILITY_ACTIVE)
+    most_in_flight = 0
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        await cache.sync()
+        in_flight = sum(1 for t in live(cache, svc.id) if t.status.state != pb.RUNNING)
+        most_in_flight = max(most_in_flight, in_flight)
+        await run_assigned(store, cache, svc.id)
+        if spread(cache, svc.id) == {"n1": 3, "n2": 3} and in_flight == 0:
+            break
+    assert spread(cache, svc.id) == {"n1": 3, "n2": 3}
+    # Moved at most update.parallelism at a time; slots kept one live task each.
+    assert most_in_flight <= 2
+    assert sorted(t.slot for t in live(cache, svc.id)) == list(range(1, 7))
+    # A service without rebalance stays where it is.
+    assert spread(cache, fixed.id) == {"n1": 4}

@@ -167,6 +167,66 @@ class Orchestrator:
                 plan.create(new_task(service, slot))
 
         self._roll(service, by_slot, plan)
+        if self.rebalances(service):
+            self._rebalance(service, by_slot, plan)
+
+    def rebalances(self, service: pb.Service) -> bool:
+        if service.spec.WhichOneof("mode") == "global":
+            return False
+        clusters = self.cache.list_objects(Kind.CLUSTER)
+        return service.spec.rebalance or bool(
+            clusters and clusters[0].spec.orchestration.rebalance
+        )
+
+    def _rebalance(
+        self, service: pb.Service, by_slot: dict[int, list[pb.Task]], plan: Plan
+    ) -> None:
+        """Spreads a settled service evenly again over the nodes that may run it (one
+        joined, or came back from down, drain or pause): tasks move from the fullest
+        nodes to the emptiest, `update.parallelism` at a time, stop-first."""
+        if service.update_status.state in (
+            pb.UpdateStatus.UPDATING,
+            pb.UpdateStatus.ROLLBACK_STARTED,
+        ):
+            return
+        live = [t for ts in by_slot.values() for t in ts if is_live(t)]
+        if len(live) != service.spec.replicated.replicas or any(
+            t.id in plan.touched or t.status.state != pb.RUNNING or not is_current(t, service)
+            for t in live
+        ):
+            return  # something is starting, moving or updating: wait until it settles
+        wanted = constraints.parse_all(list(service.spec.task.placement.constraints))
+        counts: dict[str, int] = {}
+        for node in self.cache.list_objects(Kind.NODE):
+            if (
+                node.status.state == pb.NODE_READY
+                and node.spec.availability == pb.AVAILABILITY_ACTIVE
+                and all(c.matches(node) for c in wanted)
+            ):
+                counts[node.id] = 0
+        on_node: dict[str, list[pb.Task]] = defaultdict(list)
+        for t in live:
+            if t.node_id in counts:
+                counts[t.node_id] += 1
+                on_node[t.node_id].append(t)
+        limit = service.spec.task.placement.max_replicas_per_node or len(live)
+        parallelism = service.spec.update.parallelism or len(live)
+        for _ in range(parallelism):
+            if not on_node:
+                return
+            fullest = max(on_node, key=lambda n: (counts[n], n))
+            emptiest = min(counts, key=lambda n: (counts[n], n))
+            if counts[fullest] - counts[emptiest] <= 1 or counts[emptiest] >= limit:
+                return
+            moved = max(on_node[fullest], key=lambda t: t.slot)
+            on_node[fullest].remove(moved)
+            if not on_node[fullest]:
+                del on_node[fullest]
+            counts[fullest] -= 1
+            counts[emptiest] += 1
+            self._shut_down(moved, plan, "rebalancing")
+            # Unassigned: the scheduler spreads it, which picks the emptiest node.
+            plan.create(new_task(service, int(moved.slot)))
 
     def _reconcile_slot(
         self,

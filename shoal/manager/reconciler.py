@@ -83,12 +83,13 @@ class Reconciler:
                 if isinstance(task, pb.Task):
                     dirty.add(task.service_id)
             elif change.kind == Kind.NODE:
-                # Tasks on the node may have to move; global services may need a task there.
+                # Tasks on the node may have to move.
                 dirty.update(t.service_id for t in self.cache.tasks_of_node(change.id))
+                # Global services may need a task there; rebalancing ones may move some.
                 dirty.update(
                     s.id
                     for s in self.cache.list_objects(Kind.SERVICE)
-                    if s.spec.WhichOneof("mode") == "global"
+                    if s.spec.WhichOneof("mode") == "global" or self.orchestrator.rebalances(s)
                 )
             elif change.kind == Kind.CLUSTER:
                 dirty.update(self.cache.ids(Kind.SERVICE))

@@ -822,6 +822,11 @@ class ServiceSpec(_message.Message):
     GLOBAL_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
+    rebalance: _builtins.bool
+    """Move tasks onto nodes that join or come back (replicated services), so
+    the service is spread evenly again; update.parallelism tasks at a time.
+    """
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
@@ -840,10 +845,11 @@ class ServiceSpec(_message.Message):
         replicated: Global___ReplicatedService | None = ...,
         update: Global___UpdateConfig | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
+        rebalance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "ports", b"ports", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
@@ -1191,16 +1197,20 @@ class OrchestrationConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
     task_history_limit: _builtins.int
     """Dead task records kept per slot."""
+    rebalance: _builtins.bool
+    """Rebalance every replicated service, as if each had spec.rebalance set."""
     def __init__(
         self,
         *,
         task_history_limit: _builtins.int = ...,
+        rebalance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_history_limit", b"task_history_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rebalance", b"rebalance", "task_history_limit", b"task_history_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,6 +143,7 @@ class SpecFlags:
     health_retries: int | None = None
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
+    rebalance: bool | None = None
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> SpecFlags:
@@ -211,6 +212,11 @@ _SPEC_OPTIONS = [
     ),
     click.option("--stop-grace-period", metavar="DURATION", help="SIGTERM to SIGKILL time."),
     click.option("--max-replicas-per-node", type=click.IntRange(0), help="0 for unlimited."),
+    click.option(
+        "--rebalance/--no-rebalance",
+        default=None,
+        help="Move tasks onto nodes that join or come back, to spread evenly again.",
+    ),
 ]
 
 
@@ -282,6 +288,8 @@ def apply_spec_flags(
         c.stop_grace_period_ms = parse.duration_ms(f.stop_grace_period)
     if f.max_replicas_per_node is not None:
         task.placement.max_replicas_per_node = f.max_replicas_per_node
+    if f.rebalance is not None:
+        spec.rebalance = f.rebalance
     _apply_restart(task, f)
     _apply_update(spec, f)
 
@@ -906,11 +914,17 @@ def cluster_inspect(fmt: str) -> None:
     "--task-history-limit", type=click.IntRange(0), help="Dead task records kept per slot."
 )
 @click.option("--cert-expiry", help="Validity of node certificates, e.g. 2160h.")
+@click.option(
+    "--rebalance/--no-rebalance",
+    default=None,
+    help="Rebalance every replicated service when nodes join or come back.",
+)
 def cluster_update(
     heartbeat_period: str | None,
     heartbeat_misses: int | None,
     task_history_limit: int | None,
     cert_expiry: str | None,
+    rebalance: bool | None,
 ) -> None:
     """Change the cluster's settings (only the flags given change)."""
     current = client().get_cluster()
@@ -924,12 +938,15 @@ def cluster_update(
         spec.orchestration.task_history_limit = task_history_limit
     if cert_expiry is not None:
         spec.ca.node_cert_expiry_ms = parse.duration_ms(cert_expiry)
+    if rebalance is not None:
+        spec.orchestration.rebalance = rebalance
     click.echo(client().update_cluster(current.meta.version, spec).id)
 
 
 _JOIN_COMMAND = {
     "worker": "swarmd worker --state-dir /var/lib/shoal",
-    # A second manager shares the first one's etcd.
+    # A second manager shares the first one's etcd (not an embedded one: that is
+    # on the first manager's loopback).
     "manager": "swarmd manager --state-dir /var/lib/shoal --etcd-endpoints <etcd-url>",
 }
 

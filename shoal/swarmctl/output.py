@@ -146,6 +146,7 @@ def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dic
         "stop_grace_period_ms": int(c.stop_grace_period_ms),
         "constraints": list(task.placement.constraints),
         "max_replicas_per_node": int(task.placement.max_replicas_per_node),
+        "rebalance": spec.rebalance,
         "limits": _resources(task.limits),
         "reservations": _resources(task.reservations),
         "restart_policy": {
@@ -253,6 +254,7 @@ def cluster_view(c: pb.Cluster) -> dict[str, Any]:
         "heartbeat_period_ms": int(c.spec.dispatcher.heartbeat_period_ms),
         "heartbeat_misses": int(c.spec.dispatcher.heartbeat_misses),
         "task_history_limit": int(c.spec.orchestration.task_history_limit),
+        "rebalance": c.spec.orchestration.rebalance,
         "node_cert_expiry_ms": int(c.spec.ca.node_cert_expiry_ms),
         "ca_digest": c.root_ca.ca_digest,
         "version": int(c.meta.version),
