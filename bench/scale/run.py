@@ -63,6 +63,52 @@ def etcd_counters(port: int) -> dict[str, float]:
     return out
 
 
+def start_profilers(pids: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each process (collapsed stacks), until stop_profilers."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "-o",
+                str(out / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for p in profilers:
+        p.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for p in profilers:
+        p.wait(timeout=60)
+
+
+def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
+    """Functions by inclusive share of samples (a frame counts once per stack)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, num = line.rpartition(" ")
+        samples = int(num)
+        total += samples
+        for frame in set(stack.split(";")):
+            counts[frame] = counts.get(frame, 0) + samples
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return [(frame, count / total) for frame, count in ranked[:n]] if total else []
+
+
 def wait_socket(sock: Path, timeout: float = 60) -> api_grpc.ControlStub:
     stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
     deadline = time.monotonic() + timeout
@@ -76,7 +122,12 @@ def wait_socket(sock: Path, timeout: float = 60) -> api_grpc.ControlStub:
 
 
 def run_once(
-    nodes: int, tasks: int, services: int, procs: int, keep: Path | None
+    nodes: int,
+    tasks: int,
+    services: int,
+    procs: int,
+    keep: Path | None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -151,6 +202,17 @@ def run_once(
         h_cpu0 = sum(cpu_seconds(h.pid) for h in hollows)
         per_service = tasks // services
         done: dict[str, float] = {}
+        profilers = (
+            start_profilers(
+                {
+                    f"manager-{nodes}x{tasks}": manager.pid,
+                    f"hollow-{nodes}x{tasks}": hollows[0].pid,
+                },
+                profile,
+            )
+            if profile is not None
+            else []
+        )
         t0 = time.monotonic()
 
         def converge(name: str) -> None:
@@ -173,6 +235,7 @@ def run_once(
         for w in waiters:
             w.join()
         elapsed = max(done.values()) - t0
+        stop_profilers(profilers)
         after = etcd_counters(etcd.client_port)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
@@ -226,14 +289,23 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=4, help="processes the hollow nodes share")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep-logs", type=Path)
+    p.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy the manager and one hollow process"
+    )
+    p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     args = p.parse_args()
     results = []
     with ExitStack():
         for n in args.nodes:
             for t in args.tasks:
-                r = run_once(n, t, args.services, args.procs, args.keep_logs)
+                r = run_once(n, t, args.services, args.procs, args.keep_logs, args.profile)
                 print(json.dumps(r), flush=True)
                 results.append(r)
+                if args.profile is not None:
+                    for who in ("manager", "hollow"):
+                        print(f"  {who} ({n} nodes, {t} tasks), share of samples:")
+                        for frame, share in top_frames(args.profile / f"{who}-{n}x{t}.txt"):
+                            print(f"    {share:6.1%}  {frame}")
     keys = list(results[0])
     print("\n| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
@@ -241,6 +313,34 @@ def main() -> None:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, args.plot)
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    for tasks in sorted({r["tasks"] for r in results}):
+        rows = sorted((r for r in results if r["tasks"] == tasks), key=lambda r: r["nodes"])
+        xs = [r["nodes"] for r in rows]
+        rate.plot(xs, [r["tasks_per_s"] for r in rows], marker="o", label=f"{tasks} tasks")
+        latency.plot(xs, [r["p50_latency_s"] for r in rows], marker="o", label=f"p50, {tasks}")
+        latency.plot(
+            xs, [r["p99_latency_s"] for r in rows], marker="x", ls="--", label=f"p99, {tasks}"
+        )
+    rate.set(xlabel="hollow nodes", ylabel="tasks/s (create -> running)", xscale="log")
+    latency.set(xlabel="hollow nodes", ylabel="create -> running latency (s)", xscale="log")
+    for ax in (rate, latency):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Shoal hollow-node scale (2 cores shared by manager, etcd and agents)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"plot: {out}")
 
 
 if __name__ == "__main__":

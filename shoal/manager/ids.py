@@ -10,4 +10,11 @@ ID_LENGTH = 25
 
 
 def new_id() -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(ID_LENGTH))
+    # One draw from the OS for the whole id (not one per character: ids are made
+    # for every task, and per-character draws showed in the scale profile).
+    n = secrets.randbelow(36**ID_LENGTH)
+    out = []
+    for _ in range(ID_LENGTH):
+        n, digit = divmod(n, 36)
+        out.append(_ALPHABET[digit])
+    return "".join(out)

@@ -119,7 +119,8 @@ class TaskRunner:
             status.CopyFrom(assigned.status)
         self.task.CopyFrom(assigned)
         self.task.status.CopyFrom(status)
-        self.db.put(self.task)
+        if status.state >= pb.STARTING:
+            self.db.put(self.task)
         self._changed.set()
 
     async def close(self) -> None:
@@ -169,7 +170,11 @@ class TaskRunner:
             status.container.pid = pid
         if exit_code is not None:
             status.container.exit_code = exit_code
-        self.db.put(self.task)
+        if state == pb.STARTING or state > pb.RUNNING:
+            # What a restarted agent must know that the manager may not: a container
+            # may exist (written before it does), or the task ended (and how). Before
+            # STARTING there is nothing to find; RUNNING is found from the container.
+            self.db.put(self.task)
         out = pb.TaskStatus()
         out.CopyFrom(status)
         self.report(self.task.id, out)

@@ -119,8 +119,8 @@ class Worker:
     def _run(self, task: pb.Task) -> None:
         copy = pb.Task()
         copy.CopyFrom(task)
+        # Its record is written once it matters to a restart (see TaskRunner._set).
         runner = TaskRunner(copy, self.runtime, self.db, self.report, self.logs_dir, self)
-        self.db.put(copy)
         self.runners[task.id] = runner
         runner.start()
 

@@ -43,6 +43,7 @@ class SimulatedRuntime:
         self.containers: dict[str, _Container] = {}
         self._pids = 1000
         self.state_file = state_file
+        self._save_pending = False
         if state_file is not None and state_file.exists():
             for cid, saved in json.loads(state_file.read_text()).items():
                 c = _Container(
@@ -55,8 +56,15 @@ class SimulatedRuntime:
                 self.containers[cid] = c
 
     def _save(self) -> None:
-        if self.state_file is None:
+        """Writes the state file once per event-loop turn, however many changes it had."""
+        if self.state_file is None or self._save_pending:
             return
+        self._save_pending = True
+        asyncio.get_running_loop().call_soon(self._write_state)
+
+    def _write_state(self) -> None:
+        self._save_pending = False
+        assert self.state_file is not None
         data = {
             cid: {"image": c.config.image, "status": c.status, "exit_code": c.exit_code}
             for cid, c in self.containers.items()
