@@ -49,7 +49,7 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
     if config.runtime == "simulated":
         from shoal.worker.runtime.simulated import SimulatedRuntime
 
-        return SimulatedRuntime(state_file=config.state_dir / "simulated-containers.json")
+        return SimulatedRuntime(state_dir=config.state_dir / "simulated-containers")
     from shoal.worker.runtime.containerd import ContainerdRuntime
     from shoal.worker.runtime.registry import RegistryClient
 

@@ -2,7 +2,7 @@
 
 Only for scale benchmarks (many hollow nodes per process) and fast unit tests;
 never the product path. An image whose name contains "missing" fails to pull.
-With a state file, its "containers" outlive an agent restart, as real ones do.
+With a state dir, its "containers" outlive an agent restart, as real ones do.
 """
 
 from __future__ import annotations
@@ -36,42 +36,41 @@ class SimulatedRuntime:
         self,
         pull_delay_s: float = 0.0,
         start_delay_s: float = 0.0,
-        state_file: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.pull_delay_s = pull_delay_s
         self.start_delay_s = start_delay_s
         self.containers: dict[str, _Container] = {}
         self._pids = 1000
-        self.state_file = state_file
-        self._save_pending = False
-        if state_file is not None and state_file.exists():
-            for cid, saved in json.loads(state_file.read_text()).items():
-                c = _Container(
-                    ContainerConfig(container_id=cid, image=saved["image"]),
-                    saved["status"],
-                    saved["exit_code"],
-                )
-                if c.status == "stopped":
-                    c.exited.set()
-                self.containers[cid] = c
-
-    def _save(self) -> None:
-        """Writes the state file once per event-loop turn, however many changes it had."""
-        if self.state_file is None or self._save_pending:
+        # One small file per container: a change costs O(1), as on a real host.
+        self.state_dir = state_dir
+        if state_dir is None:
             return
-        self._save_pending = True
-        asyncio.get_running_loop().call_soon(self._write_state)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in state_dir.glob("*.json"):
+            saved = json.loads(path.read_text())
+            c = _Container(
+                ContainerConfig(container_id=path.stem, image=saved["image"]),
+                saved["status"],
+                saved["exit_code"],
+            )
+            if c.status == "stopped":
+                c.exited.set()
+            self.containers[path.stem] = c
 
-    def _write_state(self) -> None:
-        self._save_pending = False
-        assert self.state_file is not None
-        data = {
-            cid: {"image": c.config.image, "status": c.status, "exit_code": c.exit_code}
-            for cid, c in self.containers.items()
-        }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.state_file)
+    def _save(self, container_id: str) -> None:
+        if self.state_dir is None:
+            return
+        path = self.state_dir / f"{container_id}.json"
+        c = self.containers.get(container_id)
+        if c is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = self.state_dir / f"{container_id}.tmp"
+        tmp.write_text(
+            json.dumps({"image": c.config.image, "status": c.status, "exit_code": c.exit_code})
+        )
+        tmp.replace(path)
 
     def _get(self, container_id: str) -> _Container:
         c = self.containers.get(container_id)
@@ -87,7 +86,7 @@ class SimulatedRuntime:
 
     async def create(self, config: ContainerConfig) -> None:
         self.containers.setdefault(config.container_id, _Container(config))
-        self._save()
+        self._save(config.container_id)
 
     async def start(self, container_id: str) -> int:
         c = self._get(container_id)
@@ -95,7 +94,7 @@ class SimulatedRuntime:
             await asyncio.sleep(self.start_delay_s)
         c.status = "running"
         self._pids += 1
-        self._save()
+        self._save(container_id)
         return self._pids
 
     async def wait(self, container_id: str) -> int:
@@ -108,7 +107,7 @@ class SimulatedRuntime:
         c = self._get(container_id)
         c.status, c.exit_code = "stopped", code
         c.exited.set()
-        self._save()
+        self._save(container_id)
 
     async def stop(self, container_id: str, grace_s: float) -> None:
         c = self.containers.get(container_id)
@@ -117,7 +116,7 @@ class SimulatedRuntime:
 
     async def remove(self, container_id: str) -> None:
         self.containers.pop(container_id, None)
-        self._save()
+        self._save(container_id)
 
     async def state(self, container_id: str) -> ContainerState | None:
         c = self.containers.get(container_id)
