@@ -59,7 +59,7 @@ class ManagerProcess(DaemonProcess):
         self.state_dir = state_dir
         self.extra = list(extra)
         if "--listen-addr" not in self.extra:
-            self.extra += ["--listen-addr", f"127.0.0.1:{free_port()}"]
+            self.extra += ["--listen-addr", free_manager_addr()]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"{state_dir.name}.log"
 
@@ -140,6 +140,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_manager_addr() -> str:
+    """A loopback HOST:PORT for a manager: it also listens on PORT+1 (joins), so both
+    must be free."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return f"127.0.0.1:{port}"
+    raise RuntimeError("no two consecutive free ports on loopback")
 
 
 class WorkerProcess(DaemonProcess):

@@ -24,7 +24,7 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 
 from .helpers import service_spec
-from .procs import ManagerProcess, WorkerProcess, free_port
+from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 
 
 def control(m: ManagerProcess) -> api_grpc.ControlStub:
@@ -33,7 +33,7 @@ def control(m: ManagerProcess) -> api_grpc.ControlStub:
 
 @pytest.fixture
 def cluster(tmp_path: Path, managers: list[ManagerProcess]) -> tuple[ManagerProcess, str]:
-    addr = f"127.0.0.1:{free_port()}"
+    addr = free_manager_addr()
     m = ManagerProcess(tmp_path / "m1", "--listen-addr", addr).start()
     managers.append(m)
     return m, addr
@@ -542,7 +542,7 @@ def test_start_first_update_never_runs_fewer_than_replicas(
 async def test_etcd_outage_keeps_tasks_and_converges_after(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess], workers: list[WorkerProcess]
 ) -> None:
-    addr = f"127.0.0.1:{free_port()}"
+    addr = free_manager_addr()
     m = ManagerProcess(
         tmp_path / "m1", "--listen-addr", addr, "--etcd-endpoints", f"http://{etcd.endpoint}"
     ).start()

@@ -12,7 +12,7 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 
 from .helpers import make_node
-from .procs import ManagerProcess, free_port, swarmctl
+from .procs import ManagerProcess, free_manager_addr, swarmctl
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def manager(
         "--etcd-endpoints",
         f"http://{etcd.endpoint}",
         "--listen-addr",
-        f"127.0.0.1:{free_port()}",
+        free_manager_addr(),
     ).start()
     managers.append(m)
     yield m

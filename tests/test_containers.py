@@ -12,7 +12,7 @@ import pytest
 
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
-from .procs import ManagerProcess, WorkerProcess, free_port
+from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 from .testbed.containerd import Containerd
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def cluster(
     managers: list[ManagerProcess],
     workers: list[WorkerProcess],
 ) -> Iterator[Cluster]:
-    addr = f"127.0.0.1:{free_port()}"
+    addr = free_manager_addr()
     m = ManagerProcess(tmp_path / "m1", "--listen-addr", addr).start()
     managers.append(m)
     token = m.ctl("cluster", "join-token", "worker", "-q").out.strip()

@@ -31,10 +31,11 @@ from typing import Any
 
 import grpc
 
-from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
+from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+from tests.procs import free_manager_addr
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -109,10 +110,15 @@ def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
     return [(frame, count / total) for frame, count in ranked[:n]] if total else []
 
 
-def wait_socket(sock: Path, timeout: float = 60) -> api_grpc.ControlStub:
+def wait_socket(
+    sock: Path, manager: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> api_grpc.ControlStub:
     stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if manager.poll() is not None:
+            tail = log.read_text().strip().splitlines()[-5:]
+            raise RuntimeError("manager exited:\n" + "\n".join(tail))
         try:
             stub.GetCluster(api.GetClusterRequest(), timeout=2)
             return stub
@@ -134,7 +140,7 @@ def run_once(
     etcd = EmbeddedEtcd(root)
     try:
         asyncio.run(etcd.start())
-        addr = f"127.0.0.1:{free_port()}"
+        addr = free_manager_addr()
         manager = subprocess.Popen(
             [
                 sys.executable,
@@ -154,7 +160,7 @@ def run_once(
             stderr=open(root / "manager.log", "wb"),
         )
         started.append(manager)
-        ctl = wait_socket(root / "manager" / "control.sock")
+        ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
         per = -(-nodes // procs)
         joined_at = time.monotonic()
