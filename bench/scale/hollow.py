@@ -31,6 +31,9 @@ async def main(args: argparse.Namespace) -> None:
                 join_token=args.join_token,
                 hostname=f"hollow-{i:05d}",
                 runtime="simulated",
+                # Like kubemark's hollow kubelets: the fake runtime lives in memory,
+                # so the figures are Shoal's costs, not the simulator's.
+                simulated_state_on_disk=False,
             )
         )
         for i in range(args.first, args.first + args.count)

@@ -35,6 +35,9 @@ class WorkerConfig:
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
     insecure_registries: set[str] = field(default_factory=set)
+    # simulated runtime only: keep its "containers" on disk, so they outlive an
+    # agent restart (tests); hollow nodes in benchmarks keep them in memory.
+    simulated_state_on_disk: bool = True
 
 
 def _memory_bytes() -> int:
@@ -49,7 +52,8 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
     if config.runtime == "simulated":
         from shoal.worker.runtime.simulated import SimulatedRuntime
 
-        return SimulatedRuntime(state_dir=config.state_dir / "simulated-containers")
+        state = config.state_dir / "simulated-containers"
+        return SimulatedRuntime(state_dir=state if config.simulated_state_on_disk else None)
     from shoal.worker.runtime.containerd import ContainerdRuntime
     from shoal.worker.runtime.registry import RegistryClient
 

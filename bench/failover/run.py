@@ -1,0 +1,393 @@
+"""Failure timings on netns hosts: how fast Shoal notices and repairs.
+
+    python -m bench.failover.run [--rounds 3]
+
+1. worker lost: an agent is killed (SIGKILL) and its host's underlay link goes
+   down at the same moment; time until every replica runs on the other hosts.
+2. leader lost: two managers on one etcd; the leader is killed (SIGKILL) during
+   a scale-up; time until the other one leads, and until the scale-up is done.
+3. overlay convergence: a task starts on one host; time from its RUNNING
+   report until a task on another host reaches it over the overlay.
+
+Agents run the simulated runtime (no container start cost in the figures);
+the hosts, links, sessions, etcd, overlay namespaces and VXLAN devices are
+real. Docker Swarm's defaults for comparison (ANCHORS.md): a node is declared
+down after ~15 s (5 s heartbeat x 3), then tasks restart after a 5 s delay.
+Everything is torn down at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
+from tests.testbed.cluster import Cluster
+from tests.testbed.hosts import Host, Hosts
+
+BUSYBOX = shutil.which("busybox") or "busybox"
+SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise RuntimeError(f"not within {timeout}s: {what}")
+
+
+def spec(name: str, replicas: int, network: str = "") -> pb.ServiceSpec:
+    s = pb.ServiceSpec(annotations=pb.Annotations(name=name))
+    s.task.container.image = "registry.local/bench:1"
+    s.task.container.command.extend(["sleep", "3600"])
+    s.replicated.replicas = replicas
+    if network:
+        s.task.networks.add(target=network)
+    return s
+
+
+def running(ctl: api_grpc.ControlStub, service: str) -> list[pb.Task]:
+    tasks = ctl.ListTasks(api.ListTasksRequest(service_ref=service)).tasks
+    return [t for t in tasks if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING]
+
+
+def scale(ctl: api_grpc.ControlStub, service: str, replicas: int) -> None:
+    svc = ctl.GetService(api.GetServiceRequest(ref=service)).service.service
+    new = pb.ServiceSpec()
+    new.CopyFrom(svc.spec)
+    new.replicated.replicas = replicas
+    ctl.UpdateService(api.UpdateServiceRequest(ref=service, version=svc.meta.version, spec=new))
+
+
+def agent_of(host: Host) -> subprocess.Popen[bytes]:
+    return next(p for p in reversed(host.procs) if p.poll() is None)
+
+
+# ---------------------------------------------------------------- 1. worker lost
+
+
+def worker_lost(root: Path, rounds: int) -> list[float]:
+    times = []
+    with Hosts(4) as hosts:
+        c = Cluster(hosts, root / "worker-lost")
+        c.start_manager()
+        workers = {h.name: c.start_worker(h, "--runtime", "simulated") for h in hosts.hosts[1:]}
+        ctl = c.control()
+        ctl.CreateService(api.CreateServiceRequest(spec=spec("web", 6)))
+        c.wait_running("web", 6)
+        for r in range(rounds):
+            victim = hosts[1 + r % 3]
+            node_id = workers[victim.name]
+            before = {t.id for t in running(ctl, "web") if t.node_id == node_id}
+            agent = agent_of(victim)
+            # The host vanishes: its link first, so not even a FIN leaves it.
+            killed = time.monotonic()
+            victim.run("ip", "link", "set", "eth0", "down")
+            agent.kill()
+            agent.wait()
+
+            def replaced(node_id: str = node_id) -> bool:
+                live = running(ctl, "web")
+                return len(live) == 6 and all(t.node_id != node_id for t in live)
+
+            wait_for(replaced, 60, f"replicas off {victim.name}")
+            took = time.monotonic() - killed
+            times.append(took)
+            print(f"  worker lost, round {r + 1}: {len(before)} task(s) elsewhere in {took:.2f} s")
+            victim.run("ip", "link", "set", "eth0", "up")
+            c.start_worker(victim, "--runtime", "simulated")
+    return times
+
+
+# ---------------------------------------------------------------- 2. leader lost
+
+
+class TwoManagers:
+    """etcd and two managers on h0 (ports 4242 and 4252), agents on h1 and h2."""
+
+    def __init__(self, hosts: Hosts, root: Path) -> None:
+        self.hosts = hosts
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        h0 = hosts[0]
+        etcd_dir = root / "etcd"
+        h0.spawn(
+            [
+                "etcd",
+                "--data-dir",
+                str(etcd_dir),
+                "--listen-client-urls",
+                "http://127.0.0.1:23790",
+                "--advertise-client-urls",
+                "http://127.0.0.1:23790",
+                "--listen-peer-urls",
+                "http://127.0.0.1:23800",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:23800",
+                "--initial-cluster",
+                "default=http://127.0.0.1:23800",
+            ],
+            root / "etcd.log",
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.start("m1", 4242)
+        token = self.ctl("m1").GetCluster(api.GetClusterRequest()).cluster.join_tokens
+        self.start("m2", 4252, "--join-addr", f"{h0.addr}:4242", "--join-token", token.manager)
+        for h in (hosts[1], hosts[2]):
+            state = root / h.name
+            h.spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "shoal.daemon",
+                    "worker",
+                    "--state-dir",
+                    str(state),
+                    "--join-addr",
+                    f"{h0.addr}:4242",
+                    "--join-token",
+                    token.worker,
+                    "--hostname",
+                    h.name,
+                    "--advertise-addr",
+                    h.addr,
+                    "--runtime",
+                    "simulated",
+                ],
+                root / f"{h.name}.log",
+            )
+
+    def start(self, name: str, port: int, *extra: str) -> None:
+        h0 = self.hosts[0]
+        self.procs[name] = h0.spawn(
+            [
+                sys.executable,
+                "-m",
+                "shoal.daemon",
+                "manager",
+                "--state-dir",
+                str(self.root / name),
+                "--listen-addr",
+                f"{h0.addr}:{port}",
+                "--etcd-endpoints",
+                "http://127.0.0.1:23790",
+                "--hostname",
+                name,
+                "--leader-lease-ttl",
+                "3",
+                *extra,
+            ],
+            self.root / f"{name}.log",
+        )
+        wait_for(lambda: self._answers(name), 60, f"manager {name} up")
+
+    def ctl(self, name: str) -> api_grpc.ControlStub:
+        sock = self.root / name / "control.sock"
+        return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
+
+    def _answers(self, name: str) -> bool:
+        try:
+            self.ctl(name).GetCluster(api.GetClusterRequest(), timeout=1)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def leader(self, via: str) -> str:
+        try:
+            nodes = self.ctl(via).ListNodes(api.ListNodesRequest(), timeout=2).nodes
+        except grpc.RpcError:
+            return ""
+        return next((n.description.hostname for n in nodes if n.manager_status.leader), "")
+
+
+def leader_lost(root: Path, rounds: int) -> list[tuple[float, float]]:
+    out = []
+    with Hosts(3) as hosts:
+        ms = TwoManagers(hosts, root / "leader-lost")
+        ctl = ms.ctl("m1")
+
+        def workers_ready(via: str = "m1") -> bool:
+            nodes = ms.ctl(via).ListNodes(api.ListNodesRequest()).nodes
+            return (
+                sum(n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER for n in nodes)
+                == 2
+            )
+
+        wait_for(workers_ready, 60, "agents ready")
+        ctl.CreateService(api.CreateServiceRequest(spec=spec("web", 3)))
+        wait_for(lambda: len(running(ctl, "web")) == 3, 60, "3 running")
+        replicas = 3
+        for r in range(rounds):
+            wait_for(lambda: bool(ms.leader("m1") or ms.leader("m2")), 30, "a leader")
+            leader = ms.leader("m1") or ms.leader("m2")
+            follower = "m2" if leader == "m1" else "m1"
+            fctl = ms.ctl(follower)
+            replicas += 3
+            scale(fctl, "web", replicas)
+            killed = time.monotonic()
+            ms.procs[leader].kill()
+            ms.procs[leader].wait()
+            took_lead = wait_for(lambda f=follower: ms.leader(f) == f, 30, "new leader")
+            wait_for(
+                lambda c=fctl, n=replicas: len(running(c, "web")) == n, 60, f"{replicas} running"
+            )
+            took_all = time.monotonic() - killed
+            exact = len(running(fctl, "web")) == replicas
+            out.append((took_lead, took_all))
+            print(
+                f"  leader lost, round {r + 1}: new leader in {took_lead:.2f} s, "
+                f"scale to {replicas} done {took_all:.2f} s after the kill (exact: {exact})"
+            )
+            # The killed manager comes back (same state dir) as a follower.
+            port = 4242 if leader == "m1" else 4252
+            ms.start(leader, port)
+            wait_for(lambda f=follower: workers_ready(f), 30, "agents ready again")
+    return out
+
+
+# ---------------------------------------------------------------- 3. overlay convergence
+
+
+def overlay_convergence(root: Path, rounds: int) -> list[float]:
+    times = []
+    with Hosts(3) as hosts:
+        c = Cluster(hosts, root / "overlay")
+        c.start_manager()
+        for h in (hosts[1], hosts[2]):
+            c.start_worker(h, "--runtime", "simulated")
+        ctl = c.control()
+        ctl.CreateNetwork(
+            api.CreateNetworkRequest(
+                spec=pb.NetworkSpec(annotations=pb.Annotations(name="front"), driver="overlay")
+            )
+        )
+        ctl.CreateService(api.CreateServiceRequest(spec=spec("web", 2, "front")))
+        first = c.wait_running("web", 2)
+        servers: list[subprocess.Popen[bytes]] = []
+        try:
+            for r in range(rounds):
+                scale(ctl, "web", 3 + r)
+                live = c.wait_running("web", 3 + r)
+                known = {t.id for t in first}
+                new = max(
+                    (t for t in live if t.id not in known), key=lambda t: t.meta.created_at_ms
+                )
+                first = live
+                ran_at_ms = new.status.timestamp_ms
+                servers.append(serve(root, new))
+                client = next(t for t in live if t.node_id != new.node_id)
+                wait_for(lambda a=client, b=new: fetch(a, b) == b.id, 10, "reachable")
+                took = time.time() - ran_at_ms / 1000
+                times.append(took)
+                print(f"  overlay, round {r + 1}: reachable {took * 1000:.0f} ms after RUNNING")
+        finally:
+            for p in servers:
+                p.kill()
+                p.wait()
+    return times
+
+
+def task_netns(task: pb.Task) -> str:
+    return f"/var/run/netns/shoal-{task.node_id[:10]}-{task.id[:16]}"
+
+
+def serve(root: Path, task: pb.Task) -> subprocess.Popen[bytes]:
+    www = root / "www" / task.id
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_text(task.id)
+    return subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={task_netns(task)}",
+            BUSYBOX,
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            str(www),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def fetch(client: pb.Task, server: pb.Task) -> str:
+    ip = server.networks[0].addresses[0].partition("/")[0]
+    try:
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net={task_netns(client)}",
+                BUSYBOX,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                f"http://{ip}:8080/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return out.stdout.strip()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-failover-"))
+    try:
+        lost = worker_lost(root, args.rounds)
+        leaders = leader_lost(root, args.rounds)
+        overlay = overlay_convergence(root, args.rounds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    results: dict[str, Any] = {
+        "worker_lost_s": round(statistics.median(lost), 2),
+        "worker_lost_vs_swarm_defaults": round(statistics.median(lost) / SWARM_NODE_LOSS_S, 2),
+        "leader_change_s": round(statistics.median(lead for lead, _ in leaders), 2),
+        "leader_kill_to_scaled_s": round(statistics.median(done for _, done in leaders), 2),
+        "overlay_reachable_ms": round(statistics.median(overlay) * 1000),
+    }
+    print("\n| what | median | note |\n|---|---|---|")
+    print(
+        f"| worker lost (agent killed + link down) -> all replicas elsewhere | "
+        f"{results['worker_lost_s']} s | Swarm defaults ~{SWARM_NODE_LOSS_S:.0f} s: "
+        f"{results['worker_lost_vs_swarm_defaults']}x |"
+    )
+    print(
+        f"| leader killed -> other manager leads | {results['leader_change_s']} s | lease TTL 3 s |"
+    )
+    print(
+        f"| leader killed during scale-up -> scale-up done | "
+        f"{results['leader_kill_to_scaled_s']} s | |"
+    )
+    print(
+        f"| task RUNNING -> reachable from another host | {results['overlay_reachable_ms']} ms | |"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": args.rounds, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
