@@ -248,6 +248,29 @@ def test_certificates_renew_before_expiry(
     wait_service(m, "after", 1)
 
 
+def test_clean_agent_restart_keeps_node_and_tasks(
+    tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
+) -> None:
+    """A stopped agent (SIGTERM) says so: its node stays ready past the short grace of
+    a lost session, and nothing is replaced while it restarts."""
+    m, addr = cluster
+    w = WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated")
+    workers.append(w.start())
+    wait_nodes_ready(m, 1)
+    c = control(m)
+    c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 3)))
+    wait_service(m, "web", 3)
+    before = {t.id for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks}
+    assert w.stop() == 0
+    time.sleep(3)  # three times the grace after a lost session
+    assert all(n.status.state == pb.NODE_READY for n in worker_nodes(m))
+    again = WorkerProcess(tmp_path / "w1", addr, "", "--runtime", "simulated")
+    workers.append(again.start())
+    wait_service(m, "web", 3)
+    after = {t.id for t in c.ListTasks(api.ListTasksRequest(service_ref="web")).tasks}
+    assert after == before
+
+
 def test_dead_worker_tasks_replaced_quickly(
     tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
 ) -> None:

@@ -183,6 +183,8 @@ def test_nodes_of_a_dead_manager_that_never_come_back_go_down(
         wait_for(lambda: wait_leader(m2, 0.1) == "mgr2", 10, "mgr2 leads")
         m1 = ManagerProcess(m1.state_dir, *m1.extra)
         managers.append(m1.start())
+    # The agents of a dead manager get the heartbeat window to reconnect elsewhere.
+    assert m2.ctl("cluster", "update", "--heartbeat-period", "1s").code == 0
     (w1,) = start_workers(tmp_path, m1, workers, "w1")
     (w2,) = start_workers(tmp_path, m2, workers, "w2")
     wait_nodes_ready(m2, 2)

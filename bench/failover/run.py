@@ -84,6 +84,7 @@ def agent_of(host: Host) -> subprocess.Popen[bytes]:
 def worker_lost(root: Path, rounds: int) -> list[float]:
     times = []
     with Hosts(4) as hosts:
+        (root / "worker-lost").mkdir()
         c = Cluster(hosts, root / "worker-lost")
         c.start_manager()
         workers = {h.name: c.start_worker(h, "--runtime", "simulated") for h in hosts.hosts[1:]}
@@ -266,6 +267,7 @@ def leader_lost(root: Path, rounds: int) -> list[tuple[float, float]]:
 def overlay_convergence(root: Path, rounds: int) -> list[float]:
     times = []
     with Hosts(3) as hosts:
+        (root / "overlay").mkdir()
         c = Cluster(hosts, root / "overlay")
         c.start_manager()
         for h in (hosts[1], hosts[2]):

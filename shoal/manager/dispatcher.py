@@ -42,6 +42,8 @@ class _Session:
         # None ends the session.
         self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
         self.logs: dict[str, asyncio.Queue[dpb.LogChunk | None]] = {}
+        # The agent said it stops cleanly (and comes back).
+        self.leaving = False
 
     def send(self, msg: dpb.DispatcherMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -191,8 +193,12 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 if not self._stopping and self.presence is not None:
                     # The agent is gone (its connection closed, or gRPC keepalive found
                     # the transport dead): the leader marks the node down unless it
-                    # registers again, here or with another manager, within the grace.
-                    self.presence.release_session(node_id)
+                    # registers again, here or with another manager, within a short
+                    # grace. An agent that said it stops cleanly gets the heartbeat
+                    # window to come back (its containers keep running meanwhile).
+                    self.presence.release_session(
+                        node_id, self._down_after_s(node_id) if session.leaving else 0.0
+                    )
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
 
@@ -209,6 +215,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
                         q.put_nowait(msg.log)
+                elif kind == "leave":
+                    session.leaving = True
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:

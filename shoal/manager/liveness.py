@@ -1,12 +1,16 @@
 """Node liveness across managers (leader only).
 
 A ready node must have an agent session on some manager (a `sessions/<node>`
-key, see manager/presence). When the key goes, because the session ended or
-because its manager died and the lease ran out, the node is marked down after
-a grace period unless its agent has registered again somewhere meanwhile. A
-node that was ready when this leader took over and has no session at all gets
-the longer heartbeat window: its agent may still be reconnecting after a
-manager restart.
+key, see manager/presence). When the key goes, the node is marked down after a
+grace period unless its agent has registered again somewhere meanwhile:
+
+- a live manager saw the session end (the connection closed, or keepalive found
+  the host gone): SESSION_GRACE_S; an agent that stops cleanly says so, and its
+  manager keeps the key for the heartbeat window (see dispatcher);
+- its manager died (the key went with that manager's lease): the heartbeat
+  window, since the agents may not have noticed yet and must reconnect;
+- a ready node without a session when this leader took over: the heartbeat
+  window too (its agent may still be reconnecting after a manager restart).
 
 Heartbeats within a live session are the dispatcher's job; this covers what no
 single dispatcher can see.
@@ -23,11 +27,10 @@ from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# A node whose session ended is marked down after this, unless it reconnects:
-# long enough for an agent restart or a switch to another manager (its
-# containers keep running), short enough to move the tasks of a dead node in
-# seconds.
-SESSION_GRACE_S = 3.0
+# A node whose session a live manager saw end (not a clean stop) is marked down
+# after this unless it registers again: a crashed agent or a vanished host. Its
+# tasks move in about this long plus the keepalive that noticed the loss.
+SESSION_GRACE_S = 1.0
 
 
 class NodeLiveness:
@@ -36,12 +39,14 @@ class NodeLiveness:
         self.cache = cache
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._expired: asyncio.Queue[str] = asyncio.Queue()
+        # The manager each node's session was last seen with.
+        self._owners: dict[str, str] = {}
 
     async def run(self, fence: Fence) -> None:
         try:
             with self.cache.session_changes() as feed:
                 await self.cache.sync()
-                self._check_all(self._takeover_grace_s())
+                self._check_all(self._window_s())
                 waiter = asyncio.ensure_future(self._mark_down_expired(fence))
                 try:
                     while True:
@@ -49,9 +54,12 @@ class NodeLiveness:
                         if waiter.done():
                             waiter.result()
                         if node_id is None:
-                            self._check_all(SESSION_GRACE_S)
-                        else:
-                            self._check(node_id, SESSION_GRACE_S)
+                            self._check_all(self._window_s())
+                            continue
+                        previous = self._owners.get(node_id)
+                        # Gone with a dead manager's lease: its agents need time to notice.
+                        orphaned = previous is not None and previous not in self.cache.managers()
+                        self._check(node_id, self._window_s() if orphaned else SESSION_GRACE_S)
                 finally:
                     waiter.cancel()
         finally:
@@ -59,7 +67,8 @@ class NodeLiveness:
                 timer.cancel()
             self._timers.clear()
 
-    def _takeover_grace_s(self) -> float:
+    def _window_s(self) -> float:
+        """The heartbeat window: period x misses."""
         clusters = self.cache.list_objects(Kind.CLUSTER)
         spec = clusters[0].spec.dispatcher if clusters else defaults.cluster_spec().dispatcher
         period = spec.heartbeat_period_ms or defaults.HEARTBEAT_PERIOD_MS
@@ -71,7 +80,9 @@ class NodeLiveness:
             self._check(node.id, grace_s)
 
     def _check(self, node_id: str, grace_s: float) -> None:
-        if self.cache.session_owner(node_id) is not None:
+        owner = self.cache.session_owner(node_id)
+        if owner is not None:
+            self._owners[node_id] = owner
             timer = self._timers.pop(node_id, None)
             if timer is not None:
                 timer.cancel()

@@ -163,7 +163,7 @@ SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 SESSION_OPTIONS = [
     *SERVER_OPTIONS,
     ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 1500),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 

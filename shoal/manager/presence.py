@@ -38,15 +38,26 @@ class Presence:
         # node id -> True (claim) / False (release), not yet written.
         self._pending: dict[str, bool] = {}
         self._wakeup = asyncio.Event()
+        self._delayed: dict[str, asyncio.TimerHandle] = {}
 
     def claim_session(self, node_id: str) -> None:
         """This manager now holds the node's session (written soon, batched)."""
+        delayed = self._delayed.pop(node_id, None)
+        if delayed is not None:
+            delayed.cancel()
         self._owned.add(node_id)
         self._pending[node_id] = True
         self._wakeup.set()
 
-    def release_session(self, node_id: str) -> None:
-        """The session ended; the key goes unless another manager claimed it since."""
+    def release_session(self, node_id: str, after_s: float = 0.0) -> None:
+        """The session ended; the key goes (after `after_s`) unless the node registered
+        again meanwhile, here or with another manager."""
+        if after_s > 0:
+            self._delayed[node_id] = asyncio.get_running_loop().call_later(
+                after_s, self.release_session, node_id
+            )
+            return
+        self._delayed.pop(node_id, None)
         self._owned.discard(node_id)
         self._pending[node_id] = False
         self._wakeup.set()

@@ -116,6 +116,7 @@ class Agent:
             ]
             await stop.wait()
             log.info("agent stopping; containers keep running")
+            await self.session.leave()
         finally:
             await cancel_and_wait(background)
             if self.worker is not None:

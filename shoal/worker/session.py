@@ -8,6 +8,7 @@ so nothing reported during the gap is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,17 @@ class Session:
         self.current_manager = ""
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_event = asyncio.Event()
+        self._out: asyncio.Queue[dpb.AgentMessage] | None = None
+        self._left = asyncio.Event()
+
+    async def leave(self, timeout_s: float = 1.0) -> None:
+        """Tells the manager this is a clean stop (the agent comes back), so the node
+        stays ready for a while instead of being marked down at once."""
+        if self._out is None or not self.connected.is_set():
+            return
+        self._out.put_nowait(dpb.AgentMessage(leave=dpb.Leave(reason="agent stopping")))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._left.wait(), timeout_s)
 
     def report(self, task_id: str, status: pb.TaskStatus) -> None:
         self._pending[task_id] = status
@@ -96,7 +108,12 @@ class Session:
 
         async def outgoing() -> AsyncIterator[dpb.AgentMessage]:
             while True:
-                yield await out.get()
+                msg = await out.get()
+                yield msg
+                if msg.WhichOneof("msg") == "leave":
+                    self._left.set()
+
+        self._out = out
 
         async def send_log(chunk: dpb.LogChunk) -> None:
             out.put_nowait(dpb.AgentMessage(log=chunk))
