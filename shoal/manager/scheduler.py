@@ -43,6 +43,8 @@ class Scheduler:
     def _loads(self) -> dict[str, _NodeLoad]:
         loads: dict[str, _NodeLoad] = {}
         for node in self.cache.list_objects(Kind.NODE):
+            if node.role == pb.ROLE_MANAGER:
+                continue  # a manager runs no agent: it is no place for tasks, nor a reason
             load = _NodeLoad(node)
             for t in self.cache.tasks_of_node(node.id):
                 if is_live(t):
