@@ -213,15 +213,25 @@ class ContainerdRuntime:
             return None
         return ImageInfo(name, config, top)
 
-    async def _pull(self, image: str) -> ImageInfo:
-        resolved = await self.registry.resolve(image)
-        lease = f"shoal-pull-{uuid.uuid4().hex}"
+    @contextlib.asynccontextmanager
+    async def _lease(self, purpose: str) -> AsyncIterator[str]:
+        """A containerd lease: what is made under it is safe from containerd's garbage
+        collector until the lease goes (or expires, should we die holding it)."""
+        lease = f"shoal-{purpose}-{uuid.uuid4().hex}"
         expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).isoformat()
         await self._call(
             self.leases.Create,
             leases.CreateRequest(id=lease, labels={"containerd.io/gc.expire": expire}),
         )
         try:
+            yield lease
+        finally:
+            with contextlib.suppress(RuntimeFailure, ContainerNotFound):
+                await self._call(self.leases.Delete, leases.DeleteRequest(id=lease))
+
+    async def _pull(self, image: str) -> ImageInfo:
+        resolved = await self.registry.resolve(image)
+        async with self._lease("pull") as lease:
             config_bytes = await self.registry.blob(resolved.ref, resolved.config)
             config = json.loads(config_bytes)
             diff_ids = config.get("rootfs", {}).get("diff_ids", [])
@@ -261,9 +271,6 @@ class ContainerdRuntime:
                 await self._call(self.images.Update, images.UpdateImageRequest(image=record))
             log.info("pulled %s (%d layers)", resolved.ref.name, len(resolved.layers))
             return ImageInfo(resolved.ref.name, config, chains[-1])
-        finally:
-            with contextlib.suppress(RuntimeFailure, ContainerNotFound):
-                await self._call(self.leases.Delete, leases.DeleteRequest(id=lease))
 
     async def _exists(self, digest: str) -> bool:
         try:
@@ -387,53 +394,58 @@ class ContainerdRuntime:
             )
             return  # exists: creating is idempotent
         info = await self._image(config.image)
-        try:
-            prepared = await self._call(
-                self.snapshots.Prepare,
-                snapshots.PrepareSnapshotRequest(
-                    snapshotter=self.snapshotter, key=config.container_id, parent=info.chain_id
-                ),
+        # Under a lease from the snapshot's making until the container record refers to
+        # it: containerd's garbage collector removes unreferenced snapshots, and it may
+        # run in between (another pull or removal, on any node sharing this containerd).
+        async with self._lease("create") as lease:
+            try:
+                prepared = await self._call(
+                    self.snapshots.Prepare,
+                    snapshots.PrepareSnapshotRequest(
+                        snapshotter=self.snapshotter, key=config.container_id, parent=info.chain_id
+                    ),
+                    lease,
+                )
+                mounts = list(prepared.mounts)
+            except RuntimeFailure as err:
+                if "already exists" not in str(err):
+                    raise
+                mounts = list(
+                    (
+                        await self._call(
+                            self.snapshots.Mounts,
+                            snapshots.MountsRequest(
+                                snapshotter=self.snapshotter, key=config.container_id
+                            ),
+                        )
+                    ).mounts
+                )
+            rootfs_dirs = ocispec.layer_dirs(mounts)
+            volumes = self.state_dir / "volumes"
+            spec = ocispec.build(
+                config,
+                info.config,
+                rootfs_dirs,
+                volumes,
+                cgroups_path=f"/shoal/{self.namespace}/{config.container_id}",
             )
-            mounts = list(prepared.mounts)
-        except RuntimeFailure as err:
-            if "already exists" not in str(err):
-                raise
-            mounts = list(
-                (
-                    await self._call(
-                        self.snapshots.Mounts,
-                        snapshots.MountsRequest(
-                            snapshotter=self.snapshotter, key=config.container_id
-                        ),
-                    )
-                ).mounts
+            labels = dict(config.labels)
+            if config.log_path is not None:
+                # The runc shim appends stdout and stderr to a file:// URI itself.
+                labels["shoal.log.uri"] = f"file://{config.log_path}"
+            record = containers.Container(
+                id=config.container_id,
+                labels=labels,
+                image=info.name,
+                runtime=containers.Container.Runtime(name=RUNC),
+                spec=any_pb2.Any(type_url=SPEC_TYPE, value=json.dumps(spec).encode()),
+                snapshotter=self.snapshotter,
+                snapshot_key=config.container_id,
             )
-        rootfs_dirs = ocispec.layer_dirs(mounts)
-        volumes = self.state_dir / "volumes"
-        spec = ocispec.build(
-            config,
-            info.config,
-            rootfs_dirs,
-            volumes,
-            cgroups_path=f"/shoal/{self.namespace}/{config.container_id}",
-        )
-        labels = dict(config.labels)
-        if config.log_path is not None:
-            # The runc shim appends stdout and stderr to a file:// URI itself.
-            labels["shoal.log.uri"] = f"file://{config.log_path}"
-        record = containers.Container(
-            id=config.container_id,
-            labels=labels,
-            image=info.name,
-            runtime=containers.Container.Runtime(name=RUNC),
-            spec=any_pb2.Any(type_url=SPEC_TYPE, value=json.dumps(spec).encode()),
-            snapshotter=self.snapshotter,
-            snapshot_key=config.container_id,
-        )
-        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        await self._call(
-            self.containers.Create, containers.CreateContainerRequest(container=record)
-        )
+            (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            await self._call(
+                self.containers.Create, containers.CreateContainerRequest(container=record), lease
+            )
 
     async def start(self, container_id: str) -> int:
         got = await self._call(self.containers.Get, containers.GetContainerRequest(id=container_id))
