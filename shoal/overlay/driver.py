@@ -195,9 +195,14 @@ class OverlayDriver:
         self, ipr: AsyncIPRoute, task_id: str, ns_name: str, i: int, att: Attachment, br_idx: int
     ) -> None:
         host_if = veth_name(task_id, att.network.id)
-        if await _lookup(ipr, host_if) is not None:
-            return  # wired already (agent restart): keep what runs
         peer_tmp = host_if.replace("svh", "svp", 1)
+        if await _lookup(ipr, host_if) is not None:
+            stray = await _lookup(ipr, peer_tmp)
+            if stray is None:
+                return  # wired already (agent restart): keep what runs
+            # An agent died between making the pair and moving its end into the
+            # task's namespace: start over (deleting one end deletes both).
+            await ipr.link("del", index=stray)
         await ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": peer_tmp}, mtu=self.mtu)
         host_idx = await _lookup(ipr, host_if)
         peer_idx = await _lookup(ipr, peer_tmp)
