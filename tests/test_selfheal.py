@@ -526,3 +526,82 @@ def test_pending_task_shows_the_reason_in_service_ps(tb: Bed) -> None:
     assert header.rstrip().endswith("ERROR")
     assert "nowhere.1" in row and " running " in row and " pending " in row
     assert row.rstrip().endswith(reason)
+
+
+# ---------------------------------------------------------------- 7. two managers
+
+
+def test_leader_killed_during_a_scale_from_3_to_12_converges_to_exactly_12(tb: Bed) -> None:
+    """A second manager joins (same etcd, manager token, certificate through the first);
+    the agents hear of it in their sessions. The leader is SIGKILLed right after a
+    scale from 3 to 12 was accepted: the other manager takes over, the agents move to
+    it, and the service ends with exactly 12 running, one per slot."""
+    h0 = tb.c.manager_host
+    m1_proc = tb.manager if tb.manager.poll() is None else h0.procs[-1]
+    m2_dir = tb.c.root / "manager2"
+    token = tb.ctl("cluster", "join-token", "manager", "-q").strip()
+    m2_proc = h0.spawn(
+        [
+            sys.executable, "-m", "shoal.daemon", "manager", "--state-dir", str(m2_dir),
+            "--listen-addr", f"{h0.addr}:4252", "--advertise-addr", h0.addr,
+            "--etcd-endpoints", tb.etcd.endpoint, "--hostname", "manager2",
+            "--join-addr", tb.c.manager_addr, "--join-token", token,
+        ],
+        tb.c.root / "manager2.log",
+    )  # fmt: skip
+    m2_sock = m2_dir / "control.sock"
+
+    def managers() -> dict[str, dict[str, Any]]:
+        nodes = tb.ctl("node", "ls", "--format", "json")
+        return {n["hostname"]: n for n in nodes if n["role"] == "manager"}
+
+    killed: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: managers().get("manager2", {}).get("status") == "ready", 60, "m2 up")
+        leader = next(h for h, n in managers().items() if n["manager_status"]["leader"])
+        m1_name = next(h for h in managers() if h != "manager2")
+        tb.create("web", "--replicas", "3")
+        wait_for(lambda: sum(tb.running_on("web").values()) == 3, 60, "3 running")
+        killed, survivor_sock = (m1_proc, m2_sock) if leader == m1_name else (m2_proc, tb.c.socket)
+        r = swarmctl(survivor_sock, "service", "scale", "web=12", "-d")
+        assert r.code == 0, r.err
+        killed_at = time.monotonic()
+        killed.kill()
+        killed.wait()
+        survivor = "manager2" if leader == m1_name else m1_name
+
+        def survivor_leads() -> bool:
+            r = swarmctl(survivor_sock, "node", "ls", "--format", "json")
+            nodes = json.loads(r.out) if r.code == 0 else []
+            return any(n["hostname"] == survivor and n["manager_status"]["leader"] for n in nodes)
+
+        wait_for(survivor_leads, 30, "the surviving manager leads", 0.1)
+        lead_s = time.monotonic() - killed_at
+        survivor_api = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{survivor_sock}"))
+
+        def running() -> list[pb.Task]:
+            tasks = survivor_api.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+            return [
+                t for t in tasks if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING
+            ]
+
+        wait_for(lambda: len(running()) == 12, 90, "12 running")
+        print(
+            f"\nleader killed during scale 3 -> 12: new leader after {lead_s:.2f}s, "
+            f"12/12 running after {time.monotonic() - killed_at:.2f}s"
+        )
+        time.sleep(2)  # settled: exactly 12, one per slot, and the agents still ready
+        assert sorted(t.slot for t in running()) == list(range(1, 13))
+        r = swarmctl(survivor_sock, "node", "ls", "--format", "json")
+        nodes = {n["hostname"]: n for n in json.loads(r.out)}
+        assert all(nodes[h]["status"] == "ready" for h in WORKERS)
+    finally:
+        # Back to one manager (the module's, on its socket) for the tests after this one.
+        if killed is m1_proc or tb.manager.poll() is not None:
+            tb.c.start_manager("--etcd-endpoints", tb.etcd.endpoint)
+            tb.manager = h0.procs[-1]
+        if m2_proc.poll() is None:
+            m2_proc.send_signal(signal.SIGTERM)
+            m2_proc.wait(timeout=30)
+        wait_for(lambda: managers().get("manager2", {}).get("status") != "ready", 30, "m2 gone")
+        tb.ctl("node", "rm", "manager2")

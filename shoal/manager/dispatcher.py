@@ -94,6 +94,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._background = [
             asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
             asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
+            asyncio.create_task(self._announce_managers(), name="dispatcher-managers"),
         ]
 
     async def stop(self) -> None:
@@ -281,6 +282,26 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             except Conflict:
                 continue
         log.error("node %s: could not update its status after 10 tries", node_id)
+
+    async def _announce_managers(self) -> None:
+        """Tells every agent when managers come or go, so it can fail over to one that
+        joined after its session started."""
+        with self.cache.manager_changes() as feed:
+            while True:
+                await feed.get()
+                while not feed.empty():
+                    feed.get_nowait()
+                managers = self.managers()
+                for node_id, session in self.sessions.items():
+                    session.send(
+                        dpb.DispatcherMessage(
+                            session=dpb.SessionInfo(
+                                node_id=node_id,
+                                heartbeat_period_ms=self._periods.get(node_id, 0),
+                                managers=managers,
+                            )
+                        )
+                    )
 
     # ------------------------------------------------------------ assignments
 

@@ -126,12 +126,15 @@ class Session:
                 kind = msg.WhichOneof("msg")
                 if kind == "session":
                     info = msg.session
-                    if not self.connected.is_set():
-                        log.info("session with manager %s (node %s)", addr, info.node_id)
+                    if info.managers:
+                        # Live managers first (the manager sends them again when they
+                        # change); ones known before stay as a last resort.
+                        self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
+                    if self.current_manager == addr and self.connected.is_set():
+                        continue  # an update of the manager list within this session
+                    log.info("session with manager %s (node %s)", addr, info.node_id)
                     self.current_manager = addr
                     self.connected.set()
-                    if info.managers:
-                        self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
                     helpers.append(
                         asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
                     )

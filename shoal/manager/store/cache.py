@@ -79,6 +79,7 @@ class Cache:
         # Lease-bound keys: manager presence, node sessions, the leader key.
         self._live: dict[bytes, bytes] = {}
         self._session_feeds: set[asyncio.Queue[str | None]] = set()
+        self._manager_feeds: set[asyncio.Queue[None]] = set()
         self._advanced = asyncio.Condition()
         self._watcher: ObjectWatcher | None = None
         self._task: asyncio.Task[None] | None = None
@@ -103,6 +104,8 @@ class Cache:
                 self._publish(True, [])
                 for feed in self._session_feeds:
                     feed.put_nowait(None)
+                for mfeed in self._manager_feeds:
+                    mfeed.put_nowait(None)
             else:
                 self._apply_live(item.live)
                 applied = self._apply(item)
@@ -190,6 +193,16 @@ class Cache:
         finally:
             self._session_feeds.discard(feed)
 
+    @contextlib.contextmanager
+    def manager_changes(self) -> Iterator[asyncio.Queue[None]]:
+        """An item whenever a manager came or went (or after a resync)."""
+        feed: asyncio.Queue[None] = asyncio.Queue()
+        self._manager_feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self._manager_feeds.discard(feed)
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
         self._subscribers.add(sub)
@@ -216,6 +229,10 @@ class Cache:
 
     def _apply_live(self, live: list[tuple[bytes, bytes | None]]) -> None:
         sessions = self.store.keys.sessions
+        managers = self.store.keys.managers
+        if any(key.startswith(managers) for key, _ in live):
+            for mfeed in self._manager_feeds:
+                mfeed.put_nowait(None)
         for key, value in live:
             if value is None:
                 self._live.pop(key, None)
