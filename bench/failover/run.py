@@ -37,8 +37,8 @@ from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from tests.testbed.cluster import Cluster
 from tests.testbed.hosts import Host, Hosts
+from tests.testbed.probe import Servers, fetch
 
-BUSYBOX = shutil.which("busybox") or "busybox"
 SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
 
 
@@ -280,7 +280,7 @@ def overlay_convergence(root: Path, rounds: int) -> list[float]:
         )
         ctl.CreateService(api.CreateServiceRequest(spec=spec("web", 2, "front")))
         first = c.wait_running("web", 2)
-        servers: list[subprocess.Popen[bytes]] = []
+        servers = Servers(root)
         try:
             for r in range(rounds):
                 scale(ctl, "web", 3 + r)
@@ -291,65 +291,15 @@ def overlay_convergence(root: Path, rounds: int) -> list[float]:
                 )
                 first = live
                 ran_at_ms = new.status.timestamp_ms
-                servers.append(serve(root, new))
+                servers.serve(new)
                 client = next(t for t in live if t.node_id != new.node_id)
-                wait_for(lambda a=client, b=new: fetch(a, b) == b.id, 10, "reachable")
+                wait_for(lambda a=client, b=new: fetch(a, b, 1) == b.id, 10, "reachable")
                 took = time.time() - ran_at_ms / 1000
                 times.append(took)
                 print(f"  overlay, round {r + 1}: reachable {took * 1000:.0f} ms after RUNNING")
         finally:
-            for p in servers:
-                p.kill()
-                p.wait()
+            servers.close()
     return times
-
-
-def task_netns(task: pb.Task) -> str:
-    return f"/var/run/netns/shoal-{task.node_id[:10]}-{task.id[:16]}"
-
-
-def serve(root: Path, task: pb.Task) -> subprocess.Popen[bytes]:
-    www = root / "www" / task.id
-    www.mkdir(parents=True, exist_ok=True)
-    (www / "index.html").write_text(task.id)
-    return subprocess.Popen(
-        [
-            "nsenter",
-            f"--net={task_netns(task)}",
-            BUSYBOX,
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            str(www),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def fetch(client: pb.Task, server: pb.Task) -> str:
-    ip = server.networks[0].addresses[0].partition("/")[0]
-    try:
-        out = subprocess.run(
-            [
-                "nsenter",
-                f"--net={task_netns(client)}",
-                BUSYBOX,
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                f"http://{ip}:8080/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=1,
-        )
-    except subprocess.TimeoutExpired:
-        return ""
-    return out.stdout.strip()
 
 
 def main() -> None:
