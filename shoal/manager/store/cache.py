@@ -78,6 +78,9 @@ class Cache:
         self._subscribers: set[Subscription] = set()
         # Lease-bound keys: manager presence, node sessions, the leader key.
         self._live: dict[bytes, bytes] = {}
+        # Live managers, id -> address: read at every session start, so kept apart
+        # from the (many) session keys rather than filtered out of them.
+        self._managers: dict[str, str] = {}
         self._session_feeds: set[asyncio.Queue[str | None]] = set()
         self._manager_feeds: set[asyncio.Queue[None]] = set()
         self._advanced = asyncio.Condition()
@@ -89,7 +92,7 @@ class Cache:
     async def start(self) -> None:
         objects, revision = await self.store.list_all()
         self._load(objects, revision)
-        self._live = await self.store.list_live(revision)
+        self._load_live(await self.store.list_live(revision))
         self._watcher = ObjectWatcher(self.store, revision + 1)
         self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
 
@@ -100,7 +103,7 @@ class Cache:
         async for item in watcher:
             if isinstance(item, Resync):
                 self._load(cast(list[Object], item.objects), item.revision)
-                self._live = dict(item.live)
+                self._load_live(item.live)
                 self._publish(True, [])
                 for feed in self._session_feeds:
                     feed.put_nowait(None)
@@ -167,12 +170,7 @@ class Cache:
 
     def managers(self) -> dict[str, str]:
         """Live managers (their presence key is on a kept-alive lease): id -> address."""
-        keys = self.store.keys
-        return {
-            k[len(keys.managers) :].decode(): v.decode()
-            for k, v in self._live.items()
-            if k.startswith(keys.managers)
-        }
+        return dict(self._managers)
 
     def leader_id(self) -> str | None:
         value = self._live.get(self.store.keys.leader)
@@ -227,21 +225,38 @@ class Cache:
             self._put(obj)
         self.revision = revision
 
-    def _apply_live(self, live: list[tuple[bytes, bytes | None]]) -> None:
-        sessions = self.store.keys.sessions
+    def _load_live(self, live: dict[bytes, bytes]) -> None:
+        self._live = {}
+        self._managers = {}
+        for key, value in live.items():
+            self._put_live(key, value)
+
+    def _put_live(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self._live.pop(key, None)
+        else:
+            self._live[key] = value
         managers = self.store.keys.managers
-        if any(key.startswith(managers) for key, _ in live):
-            for mfeed in self._manager_feeds:
-                mfeed.put_nowait(None)
-        for key, value in live:
+        if key.startswith(managers):
+            manager_id = key[len(managers) :].decode()
             if value is None:
-                self._live.pop(key, None)
+                self._managers.pop(manager_id, None)
             else:
-                self._live[key] = value
+                self._managers[manager_id] = value.decode()
+
+    def _apply_live(self, live: list[tuple[bytes, bytes | None]]) -> None:
+        sessions, managers = self.store.keys.sessions, self.store.keys.managers
+        managers_changed = False
+        for key, value in live:
+            self._put_live(key, value)
+            managers_changed = managers_changed or key.startswith(managers)
             if key.startswith(sessions):
                 node_id = key[len(sessions) :].decode()
                 for feed in self._session_feeds:
                     feed.put_nowait(node_id)
+        if managers_changed:
+            for mfeed in self._manager_feeds:
+                mfeed.put_nowait(None)
 
     def _apply(self, item: Changes) -> list[Change]:
         applied = []
