@@ -43,6 +43,20 @@ def tokens(m: ManagerProcess) -> pb.JoinTokens:
     return control(m).GetCluster(api.GetClusterRequest()).cluster.join_tokens
 
 
+def start_workers(
+    tmp_path: Path, m: ManagerProcess, workers: list[WorkerProcess], *names: str
+) -> list[WorkerProcess]:
+    """Agents on the simulated runtime, joined through m, one per hostname."""
+    started = []
+    for name in names:
+        w = WorkerProcess(
+            tmp_path / name, m.addr, tokens(m).worker, "--runtime", "simulated", "--hostname", name
+        ).start()
+        workers.append(w)
+        started.append(w)
+    return started
+
+
 def worker_nodes(m: ManagerProcess) -> list[pb.Node]:
     """`node ls` without the managers' own entries."""
     nodes = control(m).ListNodes(api.ListNodesRequest()).nodes
@@ -83,14 +97,8 @@ def wait_service(
 def test_join_run_scale_remove(
     tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
 ) -> None:
-    m, addr = cluster
-    tok = tokens(m).worker
-    for i in (1, 2):
-        workers.append(
-            WorkerProcess(
-                tmp_path / f"w{i}", addr, tok, "--runtime", "simulated", "--hostname", f"w{i}"
-            ).start()
-        )
+    m, _ = cluster
+    start_workers(tmp_path, m, workers, "w1", "w2")
     wait_nodes_ready(m, 2)
     c = control(m)
     listed = c.ListNodes(api.ListNodesRequest()).nodes
@@ -274,19 +282,8 @@ def test_clean_agent_restart_keeps_node_and_tasks(
 def test_dead_worker_tasks_replaced_quickly(
     tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
 ) -> None:
-    m, addr = cluster
-    for i in (1, 2):
-        workers.append(
-            WorkerProcess(
-                tmp_path / f"w{i}",
-                addr,
-                tokens(m).worker,
-                "--runtime",
-                "simulated",
-                "--hostname",
-                f"w{i}",
-            ).start()
-        )
+    m, _ = cluster
+    start_workers(tmp_path, m, workers, "w1", "w2")
     wait_nodes_ready(m, 2)
     c = control(m)
     c.CreateService(api.CreateServiceRequest(spec=service_spec("web", 4)))
@@ -324,19 +321,8 @@ def test_dead_worker_tasks_replaced_quickly(
 def test_rolling_update_rolls_back_a_broken_image(
     tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
 ) -> None:
-    m, addr = cluster
-    for i in (1, 2):
-        workers.append(
-            WorkerProcess(
-                tmp_path / f"w{i}",
-                addr,
-                tokens(m).worker,
-                "--runtime",
-                "simulated",
-                "--hostname",
-                f"w{i}",
-            ).start()
-        )
+    m, _ = cluster
+    start_workers(tmp_path, m, workers, "w1", "w2")
     wait_nodes_ready(m, 2)
     assert (
         m.ctl(
@@ -412,19 +398,8 @@ def test_update_delay_and_pause(
 def test_rolling_update_waits_for_health(
     tmp_path: Path, cluster: tuple[ManagerProcess, str], workers: list[WorkerProcess]
 ) -> None:
-    m, addr = cluster
-    for i in (1, 2):
-        workers.append(
-            WorkerProcess(
-                tmp_path / f"w{i}",
-                addr,
-                tokens(m).worker,
-                "--runtime",
-                "simulated",
-                "--hostname",
-                f"w{i}",
-            ).start()
-        )
+    m, _ = cluster
+    start_workers(tmp_path, m, workers, "w1", "w2")
     wait_nodes_ready(m, 2)
     assert (
         m.ctl(

@@ -16,7 +16,13 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity
 
 from .procs import ManagerProcess, WorkerProcess
-from .test_agents_simulated import control, tokens, wait_nodes_ready, wait_service
+from .test_agents_simulated import (
+    control,
+    start_workers,
+    tokens,
+    wait_nodes_ready,
+    wait_service,
+)
 
 
 def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:
@@ -54,25 +60,6 @@ def two_managers(
     )
     managers.append(m2.start())
     return m1, m2
-
-
-def start_workers(
-    tmp_path: Path, m: ManagerProcess, workers: list[WorkerProcess], *names: str
-) -> list[WorkerProcess]:
-    started = []
-    for name in names:
-        w = WorkerProcess(
-            tmp_path / name,
-            m.addr,
-            tokens(m).worker,
-            "--runtime",
-            "simulated",
-            "--hostname",
-            name,
-        ).start()
-        workers.append(w)
-        started.append(w)
-    return started
 
 
 def running_slots(m: ManagerProcess, service: str) -> list[int]:
