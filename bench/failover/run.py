@@ -36,6 +36,7 @@ from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from tests.testbed.cluster import Cluster
+from tests.testbed.etcd import HostEtcd
 from tests.testbed.hosts import Host, Hosts
 from tests.testbed.probe import Servers, fetch
 
@@ -125,53 +126,20 @@ class TwoManagers:
         self.hosts = hosts
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        h0 = hosts[0]
-        etcd_dir = root / "etcd"
-        h0.spawn(
-            [
-                "etcd",
-                "--data-dir",
-                str(etcd_dir),
-                "--listen-client-urls",
-                "http://127.0.0.1:23790",
-                "--advertise-client-urls",
-                "http://127.0.0.1:23790",
-                "--listen-peer-urls",
-                "http://127.0.0.1:23800",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:23800",
-                "--initial-cluster",
-                "default=http://127.0.0.1:23800",
-            ],
-            root / "etcd.log",
-        )
+        self.etcd = HostEtcd(hosts[0], root / "etcd").start()
+        # m1 is the testbed cluster's manager (state dir, port); the agents join through it.
+        self.cluster = Cluster(hosts, root)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start("m1", 4242)
         token = self.ctl("m1").GetCluster(api.GetClusterRequest()).cluster.join_tokens
-        self.start("m2", 4252, "--join-addr", f"{h0.addr}:4242", "--join-token", token.manager)
+        self.start(
+            "m2", 4252, "--join-addr", self.cluster.manager_addr, "--join-token", token.manager
+        )
         for h in (hosts[1], hosts[2]):
-            state = root / h.name
-            h.spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "shoal.daemon",
-                    "worker",
-                    "--state-dir",
-                    str(state),
-                    "--join-addr",
-                    f"{h0.addr}:4242",
-                    "--join-token",
-                    token.worker,
-                    "--hostname",
-                    h.name,
-                    "--advertise-addr",
-                    h.addr,
-                    "--runtime",
-                    "simulated",
-                ],
-                root / f"{h.name}.log",
-            )
+            self.cluster.start_worker(h, "--runtime", "simulated")
+
+    def state_dir(self, name: str) -> Path:
+        return self.cluster.manager_dir if name == "m1" else self.root / name
 
     def start(self, name: str, port: int, *extra: str) -> None:
         h0 = self.hosts[0]
@@ -182,11 +150,11 @@ class TwoManagers:
                 "shoal.daemon",
                 "manager",
                 "--state-dir",
-                str(self.root / name),
+                str(self.state_dir(name)),
                 "--listen-addr",
                 f"{h0.addr}:{port}",
                 "--etcd-endpoints",
-                "http://127.0.0.1:23790",
+                self.etcd.endpoint,
                 "--hostname",
                 name,
                 "--leader-lease-ttl",
@@ -198,7 +166,7 @@ class TwoManagers:
         wait_for(lambda: self._answers(name), 60, f"manager {name} up")
 
     def ctl(self, name: str) -> api_grpc.ControlStub:
-        sock = self.root / name / "control.sock"
+        sock = self.state_dir(name) / "control.sock"
         return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
 
     def _answers(self, name: str) -> bool:
