@@ -174,9 +174,7 @@ class Orchestrator:
         if service.spec.WhichOneof("mode") == "global":
             return False
         clusters = self.cache.list_objects(Kind.CLUSTER)
-        return service.spec.rebalance or bool(
-            clusters and clusters[0].spec.orchestration.rebalance
-        )
+        return service.spec.rebalance or bool(clusters and clusters[0].spec.orchestration.rebalance)
 
     def _rebalance(
         self, service: pb.Service, by_slot: dict[int, list[pb.Task]], plan: Plan
