@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
@@ -32,6 +33,14 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await daemon.run(stop)
+
+
+def _check_http_addr(text: str) -> None:
+    if text:
+        try:
+            parse_http_addr(text)
+        except BadHttpAddr as err:
+            raise click.BadParameter(str(err), param_hint="--http-addr") from None
 
 
 @click.group()
@@ -81,6 +90,13 @@ def cli(log_level: str) -> None:
     type=click.IntRange(2, 60),
     help="Seconds before a dead leader is replaced.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz (managers: also the web view at /); a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def manager(
     state_dir: Path,
     listen_addr: str,
@@ -94,8 +110,10 @@ def manager(
     join_token: str,
     hostname: str,
     leader_lease_ttl: int,
+    http_addr: str,
 ) -> None:
     """Run a manager."""
+    _check_http_addr(http_addr)
     try:
         endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
     except ValueError as err:
@@ -119,6 +137,7 @@ def manager(
         join_token=join_token,
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
+        http_addr=http_addr,
     )
     try:
         asyncio.run(_run_until_signalled(Manager(config)))
@@ -154,6 +173,13 @@ def manager(
     type=click.Choice(["containerd", "simulated"]),
     help="simulated runs nothing: only for scale tests.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz; a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -163,8 +189,10 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    http_addr: str,
 ) -> None:
     """Run a worker agent."""
+    _check_http_addr(http_addr)
     config = WorkerConfig(
         state_dir=state_dir,
         join_addr=join_addr,
@@ -174,6 +202,7 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        http_addr=http_addr,
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))

@@ -88,6 +88,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._background: list[asyncio.Task[None]] = []
         self.status_writes = 0
         self.peers = PeerTable(cache)
+        # Nodes' own CPU/memory from their heartbeats (web view), sessions held here only.
+        self.usage: dict[str, dpb.NodeUsage] = {}
 
     async def start(self) -> None:
         self.peers.rebuild()
@@ -209,6 +211,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
                     self._arm_timer(session.node_id)
+                    if msg.heartbeat.HasField("usage"):
+                        self.usage[session.node_id] = msg.heartbeat.usage
                 elif kind == "statuses":
                     self._arm_timer(session.node_id)
                     self._queue(session.node_id, msg.statuses.updates)

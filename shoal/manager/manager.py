@@ -16,15 +16,19 @@ import grpc.aio
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, first_completed
+from shoal.httpd import parse_http_addr
 from shoal.manager import ca
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.events import Journal
 from shoal.manager.ids import new_id
 from shoal.manager.liveness import NodeLiveness
+from shoal.manager.metrics import ManagerMetrics
 from shoal.manager.nodeca import NodeCA, new_node
+from shoal.manager.observe import ManagerHttp
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
@@ -60,6 +64,8 @@ class ManagerConfig:
     hostname: str = ""
     # How long a dead leader holds on before another manager takes over.
     leader_ttl_s: int = 5
+    # /metrics, /healthz and the web view ("" = off).
+    http_addr: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -202,6 +208,9 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.presence: Presence | None = None
         self.liveness: NodeLiveness | None = None
+        self.metrics: ManagerMetrics | None = None
+        self.http: ManagerHttp | None = None
+        self.journal: Journal | None = None
 
     async def _identify(self) -> str:
         """This manager's node id: from its state dir, by joining, or new (first manager)."""
@@ -228,7 +237,14 @@ class Manager:
     async def _lead(self, fence: Fence) -> None:
         """The leader's work: the reconcilers, and node liveness across managers."""
         assert self.reconciler is not None and self.liveness is not None
-        await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
+        if self.metrics is not None:
+            self.metrics.became_leader()
+            self.reconciler.on_pass = self.metrics.on_pass
+        try:
+            await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
+        finally:
+            if self.metrics is not None:
+                self.metrics.lost_leadership()
 
     def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this manager's certificate, re-issued at half its life (no restart)."""
@@ -277,6 +293,7 @@ class Manager:
         servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []
         try:
             endpoints = cfg.etcd_endpoints
             if not endpoints:
@@ -284,7 +301,10 @@ class Manager:
                 await self.etcd.start()
                 endpoints = [self.etcd.endpoint]
                 log.info("embedded etcd on %s", self.etcd.endpoint)
-            self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
+            if cfg.http_addr:
+                self.metrics = ManagerMetrics()
+            timers = [self.metrics.etcd_timer] if self.metrics is not None else None
+            self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls, timers))
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
@@ -302,6 +322,8 @@ class Manager:
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
             control = ControlAPI(self.store, self.cache, self.dispatcher)
+            self.journal = control.journal = Journal(self.cache)
+            background.append(asyncio.create_task(self.journal.run(), name="events"))
 
             await self._serve_remote(cluster, control, servers)
 
@@ -321,6 +343,17 @@ class Manager:
                 os.umask(old_umask)
             os.chmod(sock, 0o600)
             log.info("manager %s: control API on %s", self.id, sock)
+            if self.metrics is not None:
+                self.http = ManagerHttp(
+                    parse_http_addr(cfg.http_addr),
+                    self.metrics,
+                    self.store,
+                    self.cache,
+                    self.journal,
+                    cluster,
+                    self.id,
+                )
+                await self.http.start()
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)
@@ -330,6 +363,9 @@ class Manager:
             log.info("manager %s: shutting down", self.id)
         finally:
             await cancel_and_wait([campaign])
+            if self.http is not None:
+                await self.http.stop()
+            await cancel_and_wait(background)
             if self.election is not None:
                 await self.election.resign()
             if self.dispatcher is not None:

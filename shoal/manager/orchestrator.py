@@ -35,6 +35,11 @@ class Plan:
 
     # (time in ms, service id): passes to run then, for tasks held by a restart delay.
     wakeups: list[tuple[int, str]] = field(default_factory=list)
+    # Replacements of failed or stranded tasks, by reason (metrics).
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def restarted(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def wake_at(self, at_ms: int, service_id: str) -> None:
         self.wakeups.append((at_ms, service_id))
@@ -250,6 +255,7 @@ class Orchestrator:
                 replacement = make()
                 replacement.attempt = keep.attempt
                 plan.create(replacement)
+                plan.restarted("node")
             elif keep.desired_state == pb.READY:
                 self._release(keep, plan)
             return
@@ -260,6 +266,7 @@ class Orchestrator:
         for t in dead:
             self._shut_down(t, plan, "")
         attempt, start_after = decision
+        plan.restarted(pb.TaskState.Name(last.status.state).lower())
         replacement = make()
         replacement.attempt = attempt
         if start_after > now_ms():

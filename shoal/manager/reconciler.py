@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
@@ -30,6 +31,8 @@ class Reconciler:
         self.scheduler = Scheduler(cache)
         self.ipam = IPAM(cache)
         self.passes = 0
+        # Told of every pass that wrote its plan: (seconds, restarts by reason).
+        self.on_pass: Callable[[float, dict[str, int]], None] | None = None
         self._wakeups: list[tuple[int, str]] = []
 
     async def run(self, fence: Fence) -> None:
@@ -119,6 +122,7 @@ class Reconciler:
     async def reconcile(self, service_ids: set[str], fence: Fence) -> bool:
         """One pass; False if some write conflicted and the pass should be redone."""
         self.passes += 1
+        started = time.perf_counter()
         plan = Plan()
         self.orchestrator.reconcile(service_ids, plan)
         for wakeup in plan.wakeups:
@@ -145,10 +149,14 @@ class Reconciler:
             if c != originals[task_id]:
                 plan.ops.append(Update(c, originals[task_id]))
         if not plan.ops:
+            if self.on_pass is not None:
+                self.on_pass(time.perf_counter() - started, plan.restarts)
             return True
         conflicts, revision = await self.store.batch_chunked(plan.ops, fence)
         if conflicts:
             log.info("%d write batch(es) conflicted; deciding again", conflicts)
             revision = await self.store.revision()
         await self.cache.wait_for(revision)
+        if conflicts == 0 and self.on_pass is not None:
+            self.on_pass(time.perf_counter() - started, plan.restarts)
         return conflicts == 0

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.httpd import HttpServer, load_chain, mtls_context, parse_http_addr
 from shoal.overlay.driver import OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
 from shoal.worker import identity as ident_mod
 from shoal.worker.identity import NodeIdentity
+from shoal.worker.metrics import NodeUsageSampler, agent_registry
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -38,6 +40,8 @@ class WorkerConfig:
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
+    # /metrics and /healthz ("" = off).
+    http_addr: str = ""
 
 
 def _memory_bytes() -> int:
@@ -72,6 +76,7 @@ class Agent:
         self.identity: NodeIdentity | None = None
         self.session: Session | None = None
         self.worker: Worker | None = None
+        self.http: HttpServer | None = None
 
     def description(self) -> pb.NodeDescription:
         return pb.NodeDescription(
@@ -110,6 +115,9 @@ class Agent:
             self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
             self.session.worker = self.worker
             await self.worker.start()
+            if cfg.http_addr:
+                self.http = self._http_server(runtime)
+                await self.http.start()
             background = [
                 asyncio.create_task(self.session.run(), name="session"),
                 asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
@@ -118,12 +126,29 @@ class Agent:
             log.info("agent stopping; containers keep running")
             await self.session.leave()
         finally:
+            if self.http is not None:
+                await self.http.stop()
             await cancel_and_wait(background)
             if self.worker is not None:
                 await self.worker.close()
             if runtime is not None:
                 await runtime.close()
             os.close(lock_fd)
+
+    def _http_server(self, runtime: Runtime) -> HttpServer:
+        assert self.session is not None and self.identity is not None
+        session = self.session
+        session.usage = NodeUsageSampler()
+        addr = parse_http_addr(self.config.http_addr)
+        ident = self.identity
+        tls = None if addr.loopback else mtls_context(ident.cert_pem, ident.key_pem, ident.ca_pem)
+
+        async def health() -> tuple[bool, str]:
+            if session.connected.is_set():
+                return True, f"ok: session with manager {session.current_manager}"
+            return False, "no manager session"
+
+        return HttpServer(addr, agent_registry(self.worker, runtime, session), health, tls)
 
     def _identity(self) -> NodeIdentity:
         assert self.identity is not None
@@ -144,6 +169,8 @@ class Agent:
                 continue
             renewed.save(self.config.state_dir)
             self.identity = renewed
+            if self.http is not None and self.http.ssl_context is not None:
+                load_chain(self.http.ssl_context, renewed.cert_pem, renewed.key_pem)
             log.info(
                 "certificate renewed; valid until %s",
                 renewed.renew_at().isoformat(timespec="seconds"),

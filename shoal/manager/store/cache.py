@@ -266,7 +266,7 @@ class Cache:
                 self._remove(change.kind, change.id)
             else:
                 self._put(cast(Object, change.obj))
-            applied.append(Change(change.kind, change.id, change.obj, old))
+            applied.append(Change(change.kind, change.id, change.obj, old, change.revision))
         self.revision = max(self.revision, item.revision)
         return applied
 

@@ -52,7 +52,12 @@ def parse_endpoints(endpoints: str | list[str]) -> list[str]:
 class EtcdConnection:
     """One channel to the etcd cluster and the stubs on it."""
 
-    def __init__(self, endpoints: list[str], tls: EtcdTLS | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: list[str],
+        tls: EtcdTLS | None = None,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+    ) -> None:
         self.endpoints = endpoints
         # The ipv4/dns resolvers take one address; for several we use a static
         # list with round_robin so a dead member is skipped.
@@ -70,9 +75,13 @@ class EtcdConnection:
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
         if tls is not None:
-            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+            self.channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=options, interceptors=interceptors
+            )
         else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
+            self.channel = grpc.aio.insecure_channel(
+                target, options=options, interceptors=interceptors
+            )
         self.kv = rpc.KVStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)

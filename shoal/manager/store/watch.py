@@ -32,6 +32,8 @@ class Change:
     obj: object | None
     # What the cache held before (filled in by the cache; None from the raw watch).
     old: object | None = None
+    # The etcd revision of the change (a delete's too).
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,12 @@ class ObjectWatcher:
                         if not ev.kv.key.startswith(keys.objects):
                             continue  # a claim: only the revision counts
                         kind, object_id = keys.parse_object_key(ev.kv.key)
+                        rev = int(ev.kv.mod_revision)
                         if ev.type == rpc.Event.DELETE:
-                            changes.append(Change(kind, object_id, None))
+                            changes.append(Change(kind, object_id, None, revision=rev))
                         else:
-                            obj = decode(kind, ev.kv.value, ev.kv.mod_revision)
-                            changes.append(Change(kind, object_id, obj))
+                            obj = decode(kind, ev.kv.value, rev)
+                            changes.append(Change(kind, object_id, obj, revision=rev))
                     last = int(resp.events[-1].kv.mod_revision)
                     self.revision = last + 1
                     yield Changes(last, changes, live)

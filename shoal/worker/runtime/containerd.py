@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,6 +70,13 @@ PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RUNC = "io.containerd.runc.v2"
 CALL_TIMEOUT_S = 30.0
 WRITE_CHUNK = 1 << 20
+
+
+@dataclass
+class PullStats:
+    pulls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ class ContainerdRuntime:
         self.registry = registry or RegistryClient()
         self._images: dict[str, ImageInfo] = {}
         self._pulls: dict[str, asyncio.Future[ImageInfo]] = {}
+        # Totals of image pulls (the agent's metrics read them).
+        self.pull_stats = PullStats()
 
     def _md(self, lease: str = "") -> list[tuple[str, str]]:
         md = [("containerd-namespace", self.namespace)]
@@ -146,6 +156,10 @@ class ContainerdRuntime:
         await self.channel.close()
 
     # ------------------------------------------------------------ images
+
+    def cgroup_path(self, container_id: str) -> str:
+        """The container's cgroup, relative to the cgroup root (per controller on v1)."""
+        return f"/shoal/{self.namespace}/{container_id}"
 
     async def pull(self, image: str) -> None:
         await self._image(image)
@@ -230,6 +244,14 @@ class ContainerdRuntime:
                 await self._call(self.leases.Delete, leases.DeleteRequest(id=lease))
 
     async def _pull(self, image: str) -> ImageInfo:
+        started = time.monotonic()
+        try:
+            return await self._pull_image(image)
+        finally:
+            self.pull_stats.pulls += 1
+            self.pull_stats.seconds += time.monotonic() - started
+
+    async def _pull_image(self, image: str) -> ImageInfo:
         resolved = await self.registry.resolve(image)
         async with self._lease("pull") as lease:
             config_bytes = await self.registry.blob(resolved.ref, resolved.config)
@@ -285,6 +307,7 @@ class ContainerdRuntime:
         if await self._exists(desc.digest):
             return
         await self._write_stream(self.registry.blob_stream(resolved.ref, desc), desc, lease, labels)
+        self.pull_stats.bytes += desc.size
 
     async def _write(
         self, data: bytes, desc: Descriptor, lease: str, labels: dict[str, str]
@@ -427,7 +450,7 @@ class ContainerdRuntime:
                 info.config,
                 rootfs_dirs,
                 volumes,
-                cgroups_path=f"/shoal/{self.namespace}/{config.container_id}",
+                cgroups_path=self.cgroup_path(config.container_id),
             )
             labels = dict(config.labels)
             if config.log_path is not None:
