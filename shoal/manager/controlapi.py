@@ -18,6 +18,7 @@ import grpc
 from shoal import defaults
 from shoal.manager import allocator, ca
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.events import Journal, serve_events
 from shoal.manager.ids import new_id
 from shoal.manager.orchestrator import is_current, ready_for_update
 from shoal.manager.store import (
@@ -98,6 +99,7 @@ class ControlAPI(api_grpc.ControlServicer):
     def __init__(self, store: Store, cache: Cache, dispatcher: Dispatcher | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.journal: Journal | None = None
         self.dispatcher = dispatcher
 
     # ------------------------------------------------------------ lookups
@@ -273,6 +275,11 @@ class ControlAPI(api_grpc.ControlServicer):
                 if resync or any(self._concerns(c, service.id) for c in changes):
                     progress = self._progress(service.id)
                     yield progress
+
+    async def Events(self, request: api.EventsRequest, context: Any) -> AsyncIterator[api.Event]:
+        # The stream lives in events.py; the journal is set by the manager.
+        async for ev in serve_events(self.journal, request, context):
+            yield ev
 
     @staticmethod
     def _concerns(change: Any, service_id: str) -> bool:

@@ -20,7 +20,7 @@ import grpc
 from shoal import defaults
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import output, parse
+from shoal.swarmctl import events, output, parse
 from shoal.swarmctl.client import Client, CLIError, one_line, resolve_socket
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -976,6 +976,22 @@ def cluster_join_token(role: str, rotate: bool, quiet: bool, fmt: str) -> None:
             f"    {_JOIN_COMMAND[role]} --join-token {tokens[role]} "
             "--join-addr <manager-addr>:4242\n"
         )
+
+
+@cli.command("events")
+@click.option("--since", default="", metavar="DURATION|REVISION", help="Replay from then first.")
+@click.option("--filter", "filters", multiple=True, metavar="type=service|task|node")
+@format_option
+def events_cmd(since: str, filters: tuple[str, ...], fmt: str) -> None:
+    """Print the cluster's changes as they happen (Ctrl-C stops)."""
+    since_revision, since_ms = events.since_request(since)
+    request = api.EventsRequest(
+        since_revision=since_revision, since_ms=since_ms, types=events.filter_types(filters)
+    )
+    try:
+        events.print_events(client().events(request), fmt)
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:
