@@ -349,7 +349,7 @@ class Manager:
                     self.metrics,
                     self.store,
                     self.cache,
-                    self.journal,
+                    self.dispatcher,
                     cluster,
                     self.id,
                 )

@@ -1,4 +1,4 @@
-"""A manager's HTTP side (`--http-addr`): metrics, health, and the web view."""
+"""A manager's HTTP side (`--http-addr`): metrics, health, and the web view at /."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import ssl
 from shoal.aiotasks import cancel_and_wait
 from shoal.httpd import HttpAddr, HttpServer, load_chain, mtls_context
 from shoal.manager import ca
-from shoal.manager.events import Journal
+from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.metrics import ManagerMetrics, run_observer
 from shoal.manager.store import Cache, Store
+from shoal.manager.webview import WebView
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class ManagerHttp:
         metrics: ManagerMetrics,
         store: Store,
         cache: Cache,
-        journal: Journal,
+        dispatcher: Dispatcher,
         cluster: pb.Cluster,
         manager_id: str,
     ) -> None:
@@ -42,6 +43,8 @@ class ManagerHttp:
         if not addr.loopback:
             self._tls = mtls_context(*self._certificate(), cluster.root_ca.ca_cert_pem)
         self.server = HttpServer(addr, metrics.registry, self.health, self._tls)
+        self.webview = WebView(cache, lambda: dispatcher.usage, dispatcher.logs)
+        self.webview.mount(self.server.app)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _certificate(self) -> tuple[bytes, bytes]:

@@ -110,6 +110,8 @@ class Agent:
             self.session = Session(
                 lambda: self._identity(), [cfg.join_addr], self.description, cfg.advertise_addr
             )
+            # The node's CPU/memory ride on heartbeats (the web view's bars).
+            self.session.usage = NodeUsageSampler()
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
             self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
@@ -138,7 +140,6 @@ class Agent:
     def _http_server(self, runtime: Runtime) -> HttpServer:
         assert self.session is not None and self.identity is not None
         session = self.session
-        session.usage = NodeUsageSampler()
         addr = parse_http_addr(self.config.http_addr)
         ident = self.identity
         tls = None if addr.loopback else mtls_context(ident.cert_pem, ident.key_pem, ident.ca_pem)
