@@ -31,11 +31,12 @@ from typing import Any
 
 import grpc
 
+from bench.scale.observe import EventLag, observe_figures
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.procs import free_manager_addr
+from tests.procs import free_manager_addr, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -141,6 +142,7 @@ def run_once(
     try:
         asyncio.run(etcd.start())
         addr = free_manager_addr()
+        http_port = free_port()
         manager = subprocess.Popen(
             [
                 sys.executable,
@@ -155,6 +157,8 @@ def run_once(
                 addr,
                 "--etcd-endpoints",
                 f"http://{etcd.endpoint}",
+                "--http-addr",
+                f":{http_port}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(root / "manager.log", "wb"),
@@ -219,6 +223,7 @@ def run_once(
             if profile is not None
             else []
         )
+        events = EventLag(ctl)
         t0 = time.monotonic()
 
         def converge(name: str) -> None:
@@ -242,6 +247,7 @@ def run_once(
             w.join()
         elapsed = max(done.values()) - t0
         stop_profilers(profilers)
+        observe = observe_figures(http_port, events, tasks)
         after = etcd_counters(etcd.client_port)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
@@ -270,6 +276,7 @@ def run_once(
             "manager_cpu_s": round(m_cpu, 1),
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
+            **observe,
         }
     finally:
         for p in reversed(started):
