@@ -31,11 +31,11 @@ class EventLag:
 
     def _read(self) -> None:
         try:
-            for ev in self._call:
+            for batch in self._call:
                 now = time.time()
-                self.count += 1
+                self.count += len(batch.events)
                 self.last_arrival = now
-                self.lags.append(now - ev.time_ms / 1000)
+                self.lags.extend(now - ev.time_ms / 1000 for ev in batch.events)
         except grpc.RpcError:
             pass  # cancelled at the end
 

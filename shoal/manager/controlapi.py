@@ -276,7 +276,9 @@ class ControlAPI(api_grpc.ControlServicer):
                     progress = self._progress(service.id)
                     yield progress
 
-    async def Events(self, request: api.EventsRequest, context: Any) -> AsyncIterator[api.Event]:
+    async def Events(
+        self, request: api.EventsRequest, context: Any
+    ) -> AsyncIterator[api.EventsResponse]:
         # The stream lives in events.py; the journal is set by the manager.
         async for ev in serve_events(self.journal, request, context):
             yield ev

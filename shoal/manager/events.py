@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 TYPES = {Kind.SERVICE: "service", Kind.TASK: "task", Kind.NODE: "node"}
 JOURNAL_SIZE = 50_000
-# A client that cannot keep up (this many events queued) is cut off, not buffered forever.
-CLIENT_QUEUE = 50_000
+# A client that cannot keep up (this many batches queued) is cut off, not buffered forever.
+CLIENT_QUEUE = 10_000
+# Replayed events go out in messages of this many.
+REPLAY_CHUNK = 1000
 
 
 class SinceCompacted(Exception):
@@ -97,7 +99,8 @@ class Journal:
         # Everything after this revision and this time is in the journal (until it wraps).
         self.covers_after = cache.revision
         self.started_ms = int(time.time() * 1000)
-        self._feeds: set[asyncio.Queue[Event | None]] = set()
+        # Each client's feed: one list per batch of changes (None: cut off).
+        self._feeds: set[asyncio.Queue[list[Event] | None]] = set()
 
     async def run(self) -> None:
         with self.cache.subscribe() as sub:
@@ -114,6 +117,7 @@ class Journal:
 
     def add(self, changes: Iterable[Change]) -> None:
         now = int(time.time() * 1000)
+        batch: list[Event] = []
         for change in changes:
             ev = event_of(change, now)
             if ev is None:
@@ -123,55 +127,69 @@ class Journal:
                 self.covers_after = dropped.revision
                 self.started_ms = dropped.time_ms
             self.events.append(ev)
-            for feed in list(self._feeds):
-                if feed.qsize() >= CLIENT_QUEUE:
-                    self._feeds.discard(feed)
-                    feed.put_nowait(None)  # tells the client it was cut off
-                else:
-                    feed.put_nowait(ev)
+            batch.append(ev)
+        if not batch:
+            return
+        for feed in list(self._feeds):
+            if feed.qsize() >= CLIENT_QUEUE:
+                self._feeds.discard(feed)
+                feed.put_nowait(None)  # tells the client it was cut off
+            else:
+                feed.put_nowait(batch)
 
     async def stream(
         self, since_revision: int = 0, since_ms: int = 0, types: frozenset[str] = frozenset()
-    ) -> AsyncIterator[Event]:
-        """Replayed events (if asked), then live ones, forever."""
-        feed: asyncio.Queue[Event | None] = asyncio.Queue()
+    ) -> AsyncIterator[list[Event]]:
+        """Replayed events (if asked), then live ones, forever; in batches."""
+        feed: asyncio.Queue[list[Event] | None] = asyncio.Queue()
         # Subscribed and the journal copied in one step: nothing falls in between.
         self._feeds.add(feed)
         replay = list(self.events) if (since_revision or since_ms) else []
         covers_after, started_ms = self.covers_after, self.started_ms
+
+        def wanted(ev: Event) -> bool:
+            return not types or ev.type in types
+
         try:
             if since_ms and not since_revision and since_ms < started_ms:
                 # Before this manager started: etcd's history has the rest, with
                 # the time of each object's last write.
                 try:
-                    async for ev in self._history(1, covers_after, types):
-                        if ev.time_ms >= since_ms:
-                            yield ev
+                    async for chunk in self._history(1, covers_after, types):
+                        yield [ev for ev in chunk if ev.time_ms >= since_ms]
                 except SinceCompacted as err:
                     raise SinceCompacted(
                         f"{_iso(since_ms)} is before etcd's compaction ({err.oldest} is the "
                         f"oldest revision kept): use --since {err.oldest} or a shorter time"
                     ) from None
             elif since_revision and since_revision <= covers_after:
-                async for ev in self._history(since_revision, covers_after, types):
-                    yield ev
+                async for chunk in self._history(since_revision, covers_after, types):
+                    yield chunk
             since_revision = max(since_revision, covers_after + 1)
-            for ev in replay:
-                if ev.revision >= since_revision and ev.time_ms >= since_ms:
-                    if not types or ev.type in types:
-                        yield ev
+            picked = [
+                ev
+                for ev in replay
+                if ev.revision >= since_revision and ev.time_ms >= since_ms and wanted(ev)
+            ]
+            for i in range(0, len(picked), REPLAY_CHUNK):
+                yield picked[i : i + REPLAY_CHUNK]
             while True:
-                item = await feed.get()
-                if item is None:
+                batch = await feed.get()
+                # Whatever else is queued goes in the same message.
+                while batch is not None and not feed.empty():
+                    more = feed.get_nowait()
+                    batch = None if more is None else batch + more
+                if batch is None:
                     raise Overrun("the event stream fell too far behind; reconnect")
-                if not types or item.type in types:
-                    yield item
+                out = [ev for ev in batch if wanted(ev)]
+                if out:
+                    yield out
         finally:
             self._feeds.discard(feed)
 
     async def _history(
         self, since: int, until: int, types: frozenset[str]
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[list[Event]]:
         """Events of revisions since..until from etcd's history (one watch, then closed)."""
         keys = self.store.keys
         requests: asyncio.Queue[object] = asyncio.Queue()
@@ -198,13 +216,14 @@ class Journal:
                         f"revision kept is {resp.compact_revision}",
                         int(resp.compact_revision),
                     )
-                for ev in resp.events:
-                    rev = int(ev.kv.mod_revision)
-                    if rev > until:
-                        return
-                    out = self._from_etcd(ev, keys, types)
-                    if out is not None:
-                        yield out
+                chunk = [
+                    out
+                    for ev in resp.events
+                    if int(ev.kv.mod_revision) <= until
+                    and (out := self._from_etcd(ev, keys, types)) is not None
+                ]
+                if chunk:
+                    yield chunk
                 if resp.events and int(resp.events[-1].kv.mod_revision) >= until:
                     return
         finally:
@@ -236,7 +255,7 @@ def _iso(ms: int) -> str:
 
 async def serve_events(
     journal: Journal | None, request: api.EventsRequest, context: Any
-) -> AsyncIterator[api.Event]:
+) -> AsyncIterator[api.EventsResponse]:
     """The Events RPC: refused requests end with FAILED_PRECONDITION/INVALID_ARGUMENT."""
     if journal is None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, "this manager keeps no event journal yet")
@@ -250,10 +269,11 @@ async def serve_events(
     if request.since_revision < 0 or request.since_ms < 0:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since must not be negative")
     try:
-        async for ev in journal.stream(
+        async for batch in journal.stream(
             request.since_revision, request.since_ms, frozenset(request.types)
         ):
-            yield ev.message()
+            if batch:
+                yield api.EventsResponse(events=[ev.message() for ev in batch])
     except SinceCompacted as err:
         await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(err))
     except Overrun as err:

@@ -137,7 +137,7 @@ class ControlStub:
         self.Events = channel.unary_stream(
                 '/shoal.Control/Events',
                 request_serializer=shoal_dot_proto_dot_control__pb2.EventsRequest.SerializeToString,
-                response_deserializer=shoal_dot_proto_dot_control__pb2.Event.FromString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.EventsResponse.FromString,
                 _registered_method=True)
 
 
@@ -376,7 +376,7 @@ def add_ControlServicer_to_server(servicer, server):
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
                     request_deserializer=shoal_dot_proto_dot_control__pb2.EventsRequest.FromString,
-                    response_serializer=shoal_dot_proto_dot_control__pb2.Event.SerializeToString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -945,7 +945,7 @@ class Control:
             target,
             '/shoal.Control/Events',
             shoal_dot_proto_dot_control__pb2.EventsRequest.SerializeToString,
-            shoal_dot_proto_dot_control__pb2.Event.FromString,
+            shoal_dot_proto_dot_control__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -142,8 +142,8 @@ class Client:
 
     def events(self, request: api.EventsRequest) -> Iterator[api.Event]:
         """The cluster's changes, replayed as asked and then live, until interrupted."""
-        it: Iterator[api.Event] = self._stream(self._stub.Events, request, None)
-        return it
+        for batch in self._stream(self._stub.Events, request, None):
+            yield from batch.events
 
     # ------------------------------------------------------------ tasks
 
