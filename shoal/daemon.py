@@ -12,7 +12,7 @@ import click
 
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
-from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
 from shoal.statedir import StateDirLocked
 from shoal.worker.agent import Agent, WorkerConfig
 from shoal.worker.identity import JoinError
@@ -68,9 +68,19 @@ def cli(log_level: str) -> None:
 @click.option(
     "--etcd-endpoints", default="", help="Comma-separated etcd URLs; none starts an embedded etcd."
 )
-@click.option("--etcd-cacert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--etcd-cacert",
+    type=click.Path(exists=True, path_type=Path),
+    help="CA of an external etcd [default: the system's roots, for https:// endpoints].",
+)
+@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path), help="Client cert.")
+@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path), help="Its key.")
+@click.option("--etcd-user", default="", help="etcd user (etcd's auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(exists=True, path_type=Path),
+    help="File with the etcd user's password [default: $SHOAL_ETCD_PASSWORD].",
+)
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
 @click.option("--join-token", default="", help="A manager join token.")
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
@@ -90,16 +100,28 @@ def manager(
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_user: str,
+    etcd_password_file: Path | None,
     join_addr: str,
     join_token: str,
     hostname: str,
     leader_lease_ttl: int,
 ) -> None:
     """Run a manager."""
-    try:
-        endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    endpoints: list[str] = []
+    tls: EtcdTLS | None = None
+    auth: EtcdAuth | None = None
+    if etcd_endpoints:
+        try:
+            endpoints, tls, auth = client_config(
+                etcd_endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file
+            )
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    elif etcd_cacert or etcd_cert or etcd_key or etcd_user:
+        raise click.UsageError(
+            "--etcd-cacert/--etcd-cert/--etcd-key/--etcd-user need --etcd-endpoints"
+        )
     if bool(join_addr) != bool(join_token):
         raise click.UsageError("--join-addr and --join-token go together")
     if join_addr and not endpoints:
@@ -107,7 +129,6 @@ def manager(
             "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
             "share (an embedded etcd serves only the manager that started it)"
         )
-    tls = EtcdTLS(etcd_cacert, etcd_cert, etcd_key) if etcd_cacert else None
     config = ManagerConfig(
         state_dir=state_dir,
         listen_addr=listen_addr,
@@ -115,6 +136,7 @@ def manager(
         control_socket=control_socket,
         etcd_endpoints=endpoints,
         etcd_tls=tls,
+        etcd_auth=auth,
         join_addr=join_addr,
         join_token=join_token,
         hostname=hostname,

@@ -541,9 +541,7 @@ async def test_etcd_outage_keeps_tasks_and_converges_after(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess], workers: list[WorkerProcess]
 ) -> None:
     addr = free_manager_addr()
-    m = ManagerProcess(
-        tmp_path / "m1", "--listen-addr", addr, "--etcd-endpoints", f"http://{etcd.endpoint}"
-    ).start()
+    m = ManagerProcess(tmp_path / "m1", "--listen-addr", addr, *etcd.manager_args()).start()
     managers.append(m)
     workers.append(
         WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()

@@ -21,8 +21,7 @@ def manager(
 ) -> Iterator[ManagerProcess]:
     m = ManagerProcess(
         tmp_path / "m1",
-        "--etcd-endpoints",
-        f"http://{etcd.endpoint}",
+        *etcd.manager_args(),
         "--listen-addr",
         free_manager_addr(),
     ).start()
@@ -32,7 +31,7 @@ def manager(
 
 @pytest.fixture
 async def shared(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = Store(EtcdConnection([etcd.endpoint]))
+    s = Store(EtcdConnection([etcd.endpoint], etcd.tls))
     try:
         yield s
     finally:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,8 +51,13 @@ def peak_rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
-def etcd_counters(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def etcd_counters(etcd: EmbeddedEtcd) -> dict[str, float]:
+    """etcd's own counters, over its TLS port with the manager's client certificate."""
+    tls = etcd.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    with urllib.request.urlopen(f"{etcd.url}/metrics", timeout=5, context=ctx) as resp:
+        text = resp.read().decode()
     out: dict[str, float] = {}
     for name in (
         "etcd_mvcc_put_total",
@@ -141,8 +147,7 @@ def start_manager(root: Path, etcd: EmbeddedEtcd) -> tuple[subprocess.Popen[byte
             str(root / "manager"),
             "--listen-addr",
             addr,
-            "--etcd-endpoints",
-            f"http://{etcd.endpoint}",
+            *etcd.manager_args(),
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "manager.log", "wb"),
@@ -272,7 +277,7 @@ def run_once(
         wait_ready_workers(ctl, nodes, hollows, join_limit_s)
         join_s = time.monotonic() - joined_at
 
-        before = etcd_counters(etcd.client_port)
+        before = etcd_counters(etcd)
         m_cpu0 = cpu_seconds(manager.pid)
         h_cpu0 = sum(cpu_seconds(h.pid) for h in hollows)
         profilers = (
@@ -288,7 +293,7 @@ def run_once(
         )
         elapsed = create_and_converge(ctl, tasks, services)
         stop_profilers(profilers)
-        after = etcd_counters(etcd.client_port)
+        after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
         latencies = sorted(

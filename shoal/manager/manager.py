@@ -31,6 +31,7 @@ from shoal.manager.store import (
     AlreadyExists,
     Cache,
     Conflict,
+    EtcdAuth,
     EtcdConnection,
     EtcdTLS,
     Fence,
@@ -55,6 +56,7 @@ class ManagerConfig:
     control_socket: Path | None = None
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd_tls: EtcdTLS | None = None
+    etcd_auth: EtcdAuth | None = None
     join_addr: str = ""
     join_token: str = ""
     hostname: str = ""
@@ -278,13 +280,13 @@ class Manager:
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
         try:
-            endpoints = cfg.etcd_endpoints
+            endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
                 self.etcd = EmbeddedEtcd(cfg.state_dir)
                 await self.etcd.start()
-                endpoints = [self.etcd.endpoint]
-                log.info("embedded etcd on %s", self.etcd.endpoint)
-            self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
+                endpoints, tls = [self.etcd.endpoint], self.etcd.tls
+                log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
+            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth))
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)

@@ -9,7 +9,13 @@ from shoal.manager.store.errors import (
     StoreError,
     Unavailable,
 )
-from shoal.manager.store.etcd import EtcdConnection, EtcdTLS, parse_endpoints
+from shoal.manager.store.etcd import (
+    EtcdAuth,
+    EtcdConnection,
+    EtcdTLS,
+    client_config,
+    parse_endpoints,
+)
 from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Create, Delete, Fence, Op, Store, Update
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
@@ -22,6 +28,7 @@ __all__ = [
     "Conflict",
     "Create",
     "Delete",
+    "EtcdAuth",
     "EtcdConnection",
     "EtcdTLS",
     "Fence",
@@ -38,6 +45,7 @@ __all__ = [
     "Subscription",
     "Unavailable",
     "Update",
+    "client_config",
     "kind_of",
     "name_of",
     "parse_endpoints",
