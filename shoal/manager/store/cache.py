@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.manager.store.errors import Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # (etcd issue 15220), so progress is only asked for when a revision has no
 # event of Shoal's at all: after this long.
 PROGRESS_AFTER_S = 0.5
+# A read-your-writes wait longer than this means etcd or the watch is stuck.
+WAIT_LIMIT_S = 30.0
 
 
 class Subscription:
@@ -83,7 +86,10 @@ class Cache:
         self._managers: dict[str, str] = {}
         self._session_feeds: set[asyncio.Queue[str | None]] = set()
         self._manager_feeds: set[asyncio.Queue[None]] = set()
-        self._advanced = asyncio.Condition()
+        # Set (and replaced) whenever the cache moves on. An Event, not a Condition:
+        # a waiter cancelled by a timeout must not have to re-take a lock (that is
+        # how Condition.wait under asyncio.wait_for failed with "Lock is not acquired").
+        self._advanced = asyncio.Event()
         self._watcher: ObjectWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -114,20 +120,28 @@ class Cache:
                 applied = self._apply(item)
                 if applied:
                     self._publish(False, applied)
-            async with self._advanced:
-                self._advanced.notify_all()
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
 
     # ------------------------------------------------------------ consistency
 
-    async def wait_for(self, revision: int) -> None:
-        """Returns once every change up to `revision` is in the cache."""
-        async with self._advanced:
-            while self.revision < revision:
-                try:
-                    await asyncio.wait_for(self._advanced.wait(), PROGRESS_AFTER_S)
-                except TimeoutError:
-                    if self._watcher is not None:
-                        self._watcher.request_progress()
+    async def wait_for(self, revision: int, timeout_s: float = WAIT_LIMIT_S) -> None:
+        """Returns once every change up to `revision` is in the cache; Unavailable if the
+        cache has not got there within `timeout_s` (etcd or the watch is stuck)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.revision < revision:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable(
+                    f"the store cache is at revision {self.revision}, not {revision}, "
+                    f"after {timeout_s:g}s"
+                )
+            try:
+                await asyncio.wait_for(self._advanced.wait(), min(PROGRESS_AFTER_S, left))
+            except TimeoutError:
+                if self._watcher is not None:
+                    self._watcher.request_progress()
 
     async def sync(self) -> None:
         """Catches up with etcd's current revision (read-your-writes)."""
