@@ -82,7 +82,12 @@ def cli(log_level: str) -> None:
     help="File with the etcd user's password [default: $SHOAL_ETCD_PASSWORD].",
 )
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
-@click.option("--join-token", default="", help="A manager join token.")
+@click.option(
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A manager join token [env SWARM_JOIN_TOKEN: kept out of `ps`].",
+)
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
 @click.option(
     "--leader-lease-ttl",
@@ -158,7 +163,11 @@ def manager(
 )
 @click.option("--join-addr", required=True, help="A manager's HOST:PORT.")
 @click.option(
-    "--join-token", default="", help="A worker join token (not needed once the node has joined)."
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A worker join token, not needed once the node has joined "
+    "[env SWARM_JOIN_TOKEN: kept out of `ps`].",
 )
 @click.option("--hostname", default="", help="Node name [default: this host's name].")
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")

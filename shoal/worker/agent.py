@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import platform
+import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ class Agent:
                 if not cfg.join_token:
                     raise ident_mod.JoinError("this node has not joined yet: give --join-token")
                 hostname = cfg.hostname or socket.gethostname()
-                self.identity = await ident_mod.join(cfg.join_addr, cfg.join_token, hostname)
+                self.identity = await join_with_retry(cfg.join_addr, cfg.join_token, hostname)
                 self.identity.save(cfg.state_dir)
                 log.info("joined the cluster as node %s", self.identity.node_id)
             else:
@@ -148,3 +149,22 @@ class Agent:
                 "certificate renewed; valid until %s",
                 renewed.renew_at().isoformat(timespec="seconds"),
             )
+
+
+JOIN_BACKOFF_MAX_S = 30.0
+
+
+async def join_with_retry(addr: str, token: str, hostname: str) -> ident_mod.NodeIdentity:
+    """Joins, waiting out a busy or unreachable manager (a thousand hosts booting at once)
+    with jittered exponential backoff; a refused token or CSR ends it at once."""
+    delay = 0.5
+    while True:
+        try:
+            return await ident_mod.join(addr, token, hostname)
+        except ident_mod.JoinError as err:
+            if not err.transient:
+                raise
+            wait = random.uniform(delay / 2, delay)
+            log.warning("join: %s; trying again in %.1fs", err, wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, JOIN_BACKOFF_MAX_S)

@@ -34,7 +34,21 @@ CALL_TIMEOUT_S = 15.0
 
 
 class JoinError(Exception):
-    pass
+    """A join that did not succeed; `transient` when trying again later may work (the
+    manager was busy or unreachable), not when the token or the CSR was refused."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# Joins queue on the manager (bounded concurrency), so a join may wait its turn.
+JOIN_TIMEOUT_S = 60.0
+_TRANSIENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -128,7 +142,7 @@ def fetch_pinned_ca(addr: str, digest: str, timeout_s: float = 10.0) -> bytes:
             chain = tls._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
             ders = [c.public_bytes(_ssl.ENCODING_DER) for c in chain]
     except OSError as err:
-        raise JoinError(f"cannot reach the manager at {addr}: {err}") from None
+        raise JoinError(f"cannot reach the manager at {addr}: {err}", transient=True) from None
     for der in ders:
         if hashlib.sha256(der).hexdigest() == digest:
             cert = x509.load_der_x509_certificate(der)
@@ -158,10 +172,12 @@ async def join(addr: str, token: str, hostname: str) -> NodeIdentity:
             ca_pb2.IssueNodeCertificateRequest(
                 csr_pem=ca.new_csr(key), token=token, hostname=hostname
             ),
-            timeout=CALL_TIMEOUT_S,
+            timeout=JOIN_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as err:
-        raise JoinError(f"join refused by {join_addr}: {err.details()}") from None
+        raise JoinError(
+            f"join refused by {join_addr}: {err.details()}", err.code() in _TRANSIENT
+        ) from None
     finally:
         await channel.close()
     return NodeIdentity(resp.node_id, resp.role, ca.key_pem(key), resp.cert_pem, resp.ca_cert_pem)
