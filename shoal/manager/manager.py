@@ -241,6 +241,15 @@ class Manager:
             require_client_authentication=client_auth,
         )
 
+    async def _node_exists(self, node_id: str) -> bool:
+        """From the watch-fed cache; a miss is checked again after a sync, since another
+        manager may have just admitted the node."""
+        assert self.cache is not None
+        if self.cache.get(Kind.NODE, node_id) is not None:
+            return True
+        await self.cache.sync()
+        return self.cache.get(Kind.NODE, node_id) is not None
+
     async def _serve_remote(
         self, cluster: pb.Cluster, control: ControlAPI, servers: list[grpc.aio.Server]
     ) -> None:
@@ -248,7 +257,9 @@ class Manager:
         cfg = self.config
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
-        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SESSION_OPTIONS)
+        remote = grpc.aio.server(
+            interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
+        )
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
