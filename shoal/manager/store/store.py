@@ -35,6 +35,10 @@ T = TypeVar("T", bound=Object)
 
 # etcd's default --max-txn-ops is 128; one slot is kept for the leader fence.
 MAX_TXN_OPS = 128
+# etcd refuses requests over --max-request-bytes (1.5 MiB by default); a task carries
+# its service's spec, so sixty tasks of a big spec would exceed it. Chunks stay under
+# this, which leaves room for keys and framing.
+MAX_TXN_BYTES = 1024 * 1024
 LIST_PAGE = 1000
 
 
@@ -250,16 +254,19 @@ class Store:
         """
         conflicts = revision = 0
         chunk: list[Op] = []
-        size = 0
+        size = nbytes = 0
         for op in ops:
             cost = 1 + len(claims(op.obj))
             if isinstance(op, Update) and op.previous is not None:
                 cost += len(claims(op.previous))
-            if size + cost > MAX_TXN_OPS - 1 and chunk:
+            op_bytes = op.obj.ByteSize() + 64 * cost  # keys, claims and framing
+            full = size + cost > MAX_TXN_OPS - 1 or nbytes + op_bytes > MAX_TXN_BYTES
+            if full and chunk:
                 conflicts, revision = await self._try(chunk, fence, conflicts, revision)
-                chunk, size = [], 0
+                chunk, size, nbytes = [], 0, 0
             chunk.append(op)
             size += cost
+            nbytes += op_bytes
         if chunk:
             conflicts, revision = await self._try(chunk, fence, conflicts, revision)
         return conflicts, revision
