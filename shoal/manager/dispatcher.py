@@ -19,11 +19,11 @@ import grpc
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 
-from shoal.manager import ca
 from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind, Store
+from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import objects_pb2 as pb
 

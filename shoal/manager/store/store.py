@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
+from shoal.clock import now_ms
 from shoal.manager.store.errors import AlreadyExists, Conflict, NotFound, NotLeader, Unavailable
 from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
 from shoal.manager.store.kinds import (
@@ -27,7 +28,6 @@ from shoal.manager.store.kinds import (
     claims,
     kind_of,
     name_of,
-    now_ms,
     prefix_end,
 )
 
