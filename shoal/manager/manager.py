@@ -98,9 +98,9 @@ def load_or_create_id(state_dir: Path) -> str:
 
 async def ensure_cluster(store: Store) -> pb.Cluster:
     """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.list_objects(Kind.CLUSTER)
-    if existing:
-        return existing[0]  # type: ignore[return-value]
+    existing = await store.cluster()
+    if existing is not None:
+        return existing
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -118,7 +118,9 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        theirs = await store.cluster()
+        assert theirs is not None, "the cluster exists: creating it conflicted"
+        return theirs
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -170,11 +172,9 @@ async def check_manager_token(store: Store, token: str) -> None:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinRefused(str(err)) from None
-    clusters = await store.list_objects(Kind.CLUSTER)
-    if not clusters:
+    cluster = await store.cluster()
+    if cluster is None:
         raise JoinRefused("there is no cluster to join in this etcd")
-    cluster = clusters[0]
-    assert isinstance(cluster, pb.Cluster)
     if parsed.digest != cluster.root_ca.ca_digest:
         raise JoinRefused("the join token's CA digest does not match the cluster's root CA")
     if ca.token_role(cluster, token) != pb.ROLE_MANAGER:

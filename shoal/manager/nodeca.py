@@ -40,10 +40,11 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
 
     async def _cluster(self, context: Any) -> pb.Cluster:
         await self.cache.sync()
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        if not clusters:
+        cluster = self.cache.cluster()
+        if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
-        return clusters[0]  # type: ignore[no-any-return]
+            raise AssertionError("unreachable: abort raises")
+        return cluster
 
     async def IssueNodeCertificate(
         self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
