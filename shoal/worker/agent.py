@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import platform
@@ -13,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import utcnow
 from shoal.overlay.driver import OverlayDriver
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker import identity as ident_mod
-from shoal.worker.identity import NodeIdentity
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -94,9 +94,9 @@ class Agent:
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:
-                    raise ident_mod.JoinError("this node has not joined yet: give --join-token")
+                    raise JoinError("this node has not joined yet: give --join-token")
                 hostname = cfg.hostname or socket.gethostname()
-                self.identity = await ident_mod.join(cfg.join_addr, cfg.join_token, hostname)
+                self.identity = await join(cfg.join_addr, cfg.join_token, hostname)
                 self.identity.save(cfg.state_dir)
                 log.info("joined the cluster as node %s", self.identity.node_id)
             else:
@@ -132,12 +132,12 @@ class Agent:
     async def _renew_certificate(self) -> None:
         while True:
             ident = self._identity()
-            wait = (ident.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            wait = (ident.renew_at() - utcnow()).total_seconds()
             await asyncio.sleep(max(wait, 0))
             assert self.session is not None
             addr = self.session.current_manager or self.config.join_addr
             try:
-                renewed = await ident_mod.renew(ident, addr)
+                renewed = await renew(ident, addr)
             except Exception as err:
                 log.warning("certificate renewal via %s failed (%s); retrying in 30s", addr, err)
                 await asyncio.sleep(30)
