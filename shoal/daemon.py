@@ -13,9 +13,9 @@ import click
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
+from shoal.pki.join import JoinError
 from shoal.statedir import StateDirLocked
 from shoal.worker.agent import Agent, WorkerConfig
-from shoal.worker.identity import JoinError
 
 
 def _setup_logging(level: str) -> None:

@@ -17,11 +17,12 @@ import grpc
 import pytest
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.pki.identity import NodeIdentity, channel_options
+from shoal.pki.join import join_addr_for
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 
 from .helpers import service_spec
 from .procs import ManagerProcess, WorkerProcess, free_manager_addr

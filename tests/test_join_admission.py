@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shoal.manager.admission import PENALTY_BASE_S, JoinAdmission, source_of
-from shoal.worker import identity as ident_mod
+from shoal.pki import join as ident_mod
 
 from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 

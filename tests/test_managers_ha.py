@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 
 from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (

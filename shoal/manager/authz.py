@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shoal.manager import ca
+from shoal.pki import ca
 from shoal.proto import objects_pb2 as pb
 
 # Service prefix -> roles allowed; None = open to callers without a certificate.

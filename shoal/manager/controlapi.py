@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import defaults
-from shoal.manager import allocator, ca
+from shoal.clock import now_ms
+from shoal.manager import allocator
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.ids import new_id
 from shoal.manager.orchestrator import is_current, ready_for_update
@@ -29,7 +30,6 @@ from shoal.manager.store import (
     Store,
     Unavailable,
 )
-from shoal.manager.store.kinds import now_ms
 from shoal.manager.validation import (
     InvalidSpec,
     check_cluster_spec,
@@ -37,6 +37,7 @@ from shoal.manager.validation import (
     check_node_spec,
     check_service_spec,
 )
+from shoal.pki import ca
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb

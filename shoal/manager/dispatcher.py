@@ -19,11 +19,11 @@ import grpc
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
@@ -107,23 +107,18 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ settings
 
-    def _cluster_spec(self) -> pb.ClusterSpec:
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        return clusters[0].spec if clusters else defaults.cluster_spec()
-
     def heartbeat_period_ms(self) -> int:
         """The cluster's period, stretched so this manager takes at most
         MAX_HEARTBEATS_PER_S: a big cluster on a small manager must not drown in
         heartbeats (and then mark busy nodes down)."""
-        configured = int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
+        configured = int(self.cache.cluster_spec().dispatcher.heartbeat_period_ms) or (
             defaults.HEARTBEAT_PERIOD_MS
         )
         return max(configured, (len(self.sessions) + 1) * 1000 // MAX_HEARTBEATS_PER_S)
 
     def _down_after_s(self, node_id: str) -> float:
-        misses = self._cluster_spec().dispatcher.heartbeat_misses or defaults.HEARTBEAT_MISSES
         period = self._periods.get(node_id) or self.heartbeat_period_ms()
-        return period * misses / 1000
+        return defaults.heartbeat_window_ms(self.cache.cluster_spec().dispatcher, period) / 1000
 
     # ------------------------------------------------------------ session
 

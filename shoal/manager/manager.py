@@ -16,7 +16,7 @@ import grpc.aio
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, first_completed
-from shoal.manager import ca
+from shoal.clock import utcnow
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
@@ -39,11 +39,13 @@ from shoal.manager.store import (
     NotFound,
     Store,
 )
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import join, join_addr_for
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker.identity import NodeIdentity, join
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,9 @@ def load_or_create_id(state_dir: Path) -> str:
 
 async def ensure_cluster(store: Store) -> pb.Cluster:
     """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.list_objects(Kind.CLUSTER)
-    if existing:
-        return existing[0]  # type: ignore[return-value]
+    existing = await store.cluster()
+    if existing is not None:
+        return existing
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -118,7 +120,9 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        theirs = await store.cluster()
+        assert theirs is not None, "the cluster exists: creating it conflicted"
+        return theirs
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -147,17 +151,6 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
             continue
 
 
-def join_addr_for(addr: str) -> str:
-    """The CA join endpoint that goes with a manager address: the next port.
-
-    Joining nodes have no certificate yet, and gRPC Python servers can either
-    require client certificates or not ask for them at all; so certificate-less
-    joins get their own TLS port, and the main port is strictly mTLS.
-    """
-    host, _, port = addr.rpartition(":")
-    return f"{host}:{int(port) + 1 if int(port) else 0}"
-
-
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 # Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
@@ -181,11 +174,9 @@ async def check_manager_token(store: Store, token: str) -> None:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinRefused(str(err)) from None
-    clusters = await store.list_objects(Kind.CLUSTER)
-    if not clusters:
+    cluster = await store.cluster()
+    if cluster is None:
         raise JoinRefused("there is no cluster to join in this etcd")
-    cluster = clusters[0]
-    assert isinstance(cluster, pb.Cluster)
     if parsed.digest != cluster.root_ca.ca_digest:
         raise JoinRefused("the join token's CA digest does not match the cluster's root CA")
     if ca.token_role(cluster, token) != pb.ROLE_MANAGER:
@@ -369,7 +360,7 @@ class ServerIdentity:
     def __init__(self, cluster: pb.Cluster, manager_id: str) -> None:
         self.cluster = cluster
         self.manager_id = manager_id
-        self.renew_at = datetime.datetime.now(datetime.UTC)
+        self.renew_at = utcnow()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         key = ca.new_key()
@@ -382,7 +373,7 @@ class ServerIdentity:
             self.cluster.id,
             validity,
         )
-        self.renew_at = datetime.datetime.now(datetime.UTC) + validity / 2
+        self.renew_at = utcnow() + validity / 2
         root = self.cluster.root_ca.ca_cert_pem
         # The chain carries the root so a joining node can pin it by its digest.
         return grpc.ssl_server_certificate_configuration(
@@ -390,6 +381,6 @@ class ServerIdentity:
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:
-        if datetime.datetime.now(datetime.UTC) < self.renew_at:
+        if utcnow() < self.renew_at:
             return None
         return self.configuration()

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 
-from shoal.manager import ca
 from shoal.manager.admission import JoinAdmission, source_of
 from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind, Store
+from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import objects_pb2 as pb
 
@@ -44,10 +44,11 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
 
     async def _cluster(self, context: Any) -> pb.Cluster:
         await self.cache.sync()
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        if not clusters:
+        cluster = self.cache.cluster()
+        if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
-        return clusters[0]  # type: ignore[no-any-return]
+            raise AssertionError("unreachable: abort raises")
+        return cluster
 
     async def IssueNodeCertificate(
         self, request: ca_pb2.IssueNodeCertificateRequest, context: Any

@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shoal.clock import now_ms
 from shoal.manager import constraints
 from shoal.manager.ids import new_id
 from shoal.manager.scheduler import is_live
 from shoal.manager.store import Cache, Create, Delete, Kind, Op, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 # Task states in which nothing runs on a node yet: such a task can simply be deleted.

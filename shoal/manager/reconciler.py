@@ -12,11 +12,11 @@ import heapq
 import logging
 from collections.abc import Iterable
 
+from shoal.clock import now_ms
 from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
 from shoal.manager.scheduler import Scheduler
 from shoal.manager.store import Cache, Change, Fence, Kind, Store, Subscription, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)

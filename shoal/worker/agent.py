@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import platform
@@ -14,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import utcnow
 from shoal.overlay.driver import OverlayDriver
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker import identity as ident_mod
-from shoal.worker.identity import NodeIdentity
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -95,7 +95,7 @@ class Agent:
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:
-                    raise ident_mod.JoinError("this node has not joined yet: give --join-token")
+                    raise JoinError("this node has not joined yet: give --join-token")
                 hostname = cfg.hostname or socket.gethostname()
                 self.identity = await join_with_retry(cfg.join_addr, cfg.join_token, hostname)
                 self.identity.save(cfg.state_dir)
@@ -133,12 +133,12 @@ class Agent:
     async def _renew_certificate(self) -> None:
         while True:
             ident = self._identity()
-            wait = (ident.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            wait = (ident.renew_at() - utcnow()).total_seconds()
             await asyncio.sleep(max(wait, 0))
             assert self.session is not None
             addr = self.session.current_manager or self.config.join_addr
             try:
-                renewed = await ident_mod.renew(ident, addr)
+                renewed = await renew(ident, addr)
             except Exception as err:
                 log.warning("certificate renewal via %s failed (%s); retrying in 30s", addr, err)
                 await asyncio.sleep(30)
@@ -154,14 +154,14 @@ class Agent:
 JOIN_BACKOFF_MAX_S = 30.0
 
 
-async def join_with_retry(addr: str, token: str, hostname: str) -> ident_mod.NodeIdentity:
+async def join_with_retry(addr: str, token: str, hostname: str) -> NodeIdentity:
     """Joins, waiting out a busy or unreachable manager (a thousand hosts booting at once)
     with jittered exponential backoff; a refused token or CSR ends it at once."""
     delay = 0.5
     while True:
         try:
-            return await ident_mod.join(addr, token, hostname)
-        except ident_mod.JoinError as err:
+            return await join(addr, token, hostname)
+        except JoinError as err:
             if not err.transient:
                 raise
             wait = random.uniform(delay / 2, delay)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.aiotasks import cancel_and_wait
-from shoal.manager.store.kinds import now_ms
+from shoal.clock import now_ms
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (

@@ -17,10 +17,10 @@ import grpc
 import grpc.aio
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 from shoal.worker.worker import Worker
 
 log = logging.getLogger(__name__)

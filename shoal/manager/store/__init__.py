@@ -3,9 +3,12 @@
 from shoal.manager.store.cache import Cache, Subscription
 from shoal.manager.store.errors import (
     AlreadyExists,
+    Compacted,
     Conflict,
+    LeaseExpired,
     NotFound,
     NotLeader,
+    Refused,
     StoreError,
     Unavailable,
 )
@@ -17,7 +20,8 @@ from shoal.manager.store.etcd import (
     parse_endpoints,
 )
 from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, name_of
-from shoal.manager.store.store import Create, Delete, Fence, Op, Store, Update
+from shoal.manager.store.store import KeyClaim, Store
+from shoal.manager.store.txn import Create, Delete, Fence, Op, Update
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "Cache",
     "Change",
     "Changes",
+    "Compacted",
     "Conflict",
     "Create",
     "Delete",
@@ -32,13 +37,16 @@ __all__ = [
     "EtcdConnection",
     "EtcdTLS",
     "Fence",
+    "KeyClaim",
     "Keys",
     "Kind",
+    "LeaseExpired",
     "NotFound",
     "NotLeader",
     "Object",
     "ObjectWatcher",
     "Op",
+    "Refused",
     "Resync",
     "Store",
     "StoreError",

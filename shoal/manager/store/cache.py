@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
+from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.manager.store.errors import Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
@@ -154,6 +155,15 @@ class Cache:
 
     def list_objects(self, kind: Kind) -> list[Any]:
         return list(self._objects[kind].values())
+
+    def cluster(self) -> pb.Cluster | None:
+        """The cluster object (one per etcd), None before it is created."""
+        return next(iter(self._objects[Kind.CLUSTER].values()), None)  # type: ignore[return-value]
+
+    def cluster_spec(self) -> pb.ClusterSpec:
+        """The cluster's spec, or the defaults while there is no cluster yet."""
+        cluster = self.cluster()
+        return cluster.spec if cluster is not None else defaults.cluster_spec()
 
     def count(self, kind: Kind) -> int:
         return len(self._objects[kind])
