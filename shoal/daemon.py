@@ -185,6 +185,12 @@ def manager(
     type=click.Choice(["containerd", "simulated"]),
     help="simulated runs nothing: only for scale tests.",
 )
+@click.option(
+    "--allow-bind-mount",
+    multiple=True,
+    metavar="PREFIX",
+    help="Accept bind mounts only from under PREFIX (repeatable) [default: what the API allows].",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -194,6 +200,7 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    allow_bind_mount: tuple[str, ...],
 ) -> None:
     """Run a worker agent."""
     config = WorkerConfig(
@@ -205,6 +212,7 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        allow_bind_mounts=tuple(allow_bind_mount),
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))

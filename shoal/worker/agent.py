@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.clock import utcnow
+from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
 from shoal.pki.identity import NodeIdentity
 from shoal.pki.join import JoinError, join, renew
@@ -36,6 +37,8 @@ class WorkerConfig:
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
     insecure_registries: set[str] = field(default_factory=set)
+    # Bind-mount sources this node accepts (prefixes); empty: whatever the API allows.
+    allow_bind_mounts: tuple[str, ...] = ()
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
@@ -64,6 +67,10 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
         namespace=f"shoal-{node_id}",
         state_dir=config.state_dir,
         registry=RegistryClient(insecure=config.insecure_registries),
+        binds=BindPolicy(
+            allowed=config.allow_bind_mounts,
+            forbidden=(str(config.state_dir.resolve()), os.path.dirname(config.containerd_socket)),
+        ),
     )
 
 

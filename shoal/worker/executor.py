@@ -73,6 +73,10 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
         netns_path=netns_path,
+        cap_add=list(c.cap_add),
+        cap_drop=list(c.cap_drop),
+        seccomp_unconfined=c.seccomp == "unconfined",
+        pids_limit=c.pids_limit,
     )
 
 

@@ -54,6 +54,11 @@ class ContainerConfig:
     log_path: Path | None = None
     # A network namespace to join (the task's overlay netns); None = a fresh, empty one.
     netns_path: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp_unconfined: bool = False
+    # 0: the default limit; -1: none.
+    pids_limit: int = 0
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 from google.protobuf import any_pb2, field_mask_pb2
 
+from shoal.mountpolicy import API_RULES, BindPolicy
 from shoal.proto.containerd import containers_pb2 as containers
 from shoal.proto.containerd import containers_pb2_grpc as containers_grpc
 from shoal.proto.containerd import content_pb2 as content
@@ -107,8 +108,10 @@ class ContainerdRuntime:
         state_dir: Path | None = None,
         snapshotter: str = "overlayfs",
         registry: RegistryClient | None = None,
+        binds: BindPolicy = API_RULES,
     ) -> None:
         self.namespace = namespace
+        self.binds = binds
         self.snapshotter = snapshotter
         self.state_dir = state_dir or Path("/var/lib/shoal")
         self.channel = grpc.aio.insecure_channel(
@@ -428,6 +431,7 @@ class ContainerdRuntime:
                 rootfs_dirs,
                 volumes,
                 cgroups_path=f"/shoal/{self.namespace}/{config.container_id}",
+                binds=self.binds,
             )
             labels = dict(config.labels)
             if config.log_path is not None:
