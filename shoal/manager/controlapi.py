@@ -19,7 +19,7 @@ from shoal import defaults
 from shoal.manager import allocator, ca
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.ids import new_id
-from shoal.manager.orchestrator import is_current, ready_for_update
+from shoal.manager.orchestrator.tasks import is_current, ready_for_update
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
