@@ -1,4 +1,4 @@
-"""Sample objects for swarmctl's unit tests (no manager needed)."""
+"""What swarmctl's tests share: the JSON keys CONTRACT.md promises, and sample objects."""
 
 from __future__ import annotations
 
@@ -26,3 +26,33 @@ def make_service(mode: str = "replicated") -> api.ServiceInfo:
     svc.meta.version = 42
     svc.meta.created_at_ms = 1_700_000_000_000
     return api.ServiceInfo(service=svc, desired=3, running=2, running_updated=2)
+
+
+# The keys CONTRACT.md promises (at least these).
+SERVICE_KEYS = {
+    "id",
+    "name",
+    "image",
+    "mode",
+    "replicas",
+    "running",
+    "networks",
+    "ports",
+    "version",
+}
+TASK_KEYS = {
+    "id",
+    "service",
+    "slot",
+    "node",
+    "node_hostname",
+    "desired_state",
+    "state",
+    "error",
+    "image",
+    "addresses",
+    "container_id",
+}
+NODE_KEYS = {"id", "hostname", "role", "status", "availability", "addr", "labels"}
+NETWORK_KEYS = {"id", "name", "driver", "subnet", "vni"}
+CLUSTER_KEYS = {"id", "name", "created_at"}

@@ -14,6 +14,7 @@ from shoal.manager.store import EtcdConnection, Store
 
 from .helpers import make_node
 from .procs import ManagerProcess, free_manager_addr, swarmctl
+from .swarmctl_samples import CLUSTER_KEYS, NETWORK_KEYS, NODE_KEYS, SERVICE_KEYS, TASK_KEYS
 
 
 @pytest.fixture
@@ -187,32 +188,6 @@ def test_unreachable_manager(tmp_path: Path) -> None:
     assert r.err.startswith("Error: cannot reach the manager at")
 
 
-SERVICE_KEYS = {
-    "id",
-    "name",
-    "image",
-    "mode",
-    "replicas",
-    "running",
-    "networks",
-    "ports",
-    "version",
-}
-TASK_KEYS = {
-    "id",
-    "service",
-    "slot",
-    "node",
-    "node_hostname",
-    "desired_state",
-    "state",
-    "error",
-    "image",
-    "addresses",
-    "container_id",
-}
-
-
 @pytest.fixture
 async def web(manager: ManagerProcess, shared: Store) -> str:
     """A worker node n1 (zone=a), a network `front`, and service `web` (2 replicas on
@@ -268,7 +243,7 @@ async def test_node_json_keys_and_update(manager: ManagerProcess, web: str) -> N
         for n in json.loads(manager.ctl("node", "ls", "--format", "json").out)
         if n["role"] == "worker"
     ]
-    assert {"id", "hostname", "role", "status", "availability", "addr", "labels"} <= node.keys()
+    assert NODE_KEYS <= node.keys()
     assert node["status"] == "ready" and node["labels"] == {"zone": "a"}
     assert (
         manager.ctl(
@@ -282,10 +257,10 @@ async def test_node_json_keys_and_update(manager: ManagerProcess, web: str) -> N
 
 async def test_network_and_cluster_json_keys(manager: ManagerProcess, web: str) -> None:
     (net,) = json.loads(manager.ctl("network", "ls", "--format", "json").out)
-    assert {"id", "name", "driver", "subnet", "vni"} <= net.keys()
+    assert NETWORK_KEYS <= net.keys()
     assert net["driver"] == "overlay" and net["vni"] >= 4096
     cluster = json.loads(manager.ctl("cluster", "inspect", "--format", "json").out)
-    assert {"id", "name", "created_at"} <= cluster.keys()
+    assert CLUSTER_KEYS <= cluster.keys()
     tokens = json.loads(manager.ctl("cluster", "join-token", "worker", "--format", "json").out)
     assert tokens["worker"].startswith("SWMTKN-1-") and tokens["manager"] != tokens["worker"]
     rotated = manager.ctl("cluster", "join-token", "worker", "--rotate", "-q").out.strip()

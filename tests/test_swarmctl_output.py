@@ -12,37 +12,16 @@ from shoal import defaults
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import cli, listing, output, wait
 
-from .swarmctl_samples import make_service
+from .swarmctl_samples import (
+    CLUSTER_KEYS,
+    NETWORK_KEYS,
+    NODE_KEYS,
+    SERVICE_KEYS,
+    TASK_KEYS,
+    make_service,
+)
 
 # ---------------------------------------------------------------- JSON views
-
-SERVICE_KEYS = {
-    "id",
-    "name",
-    "image",
-    "mode",
-    "replicas",
-    "running",
-    "networks",
-    "ports",
-    "version",
-}
-TASK_KEYS = {
-    "id",
-    "service",
-    "slot",
-    "node",
-    "node_hostname",
-    "desired_state",
-    "state",
-    "error",
-    "image",
-    "addresses",
-    "container_id",
-}
-NODE_KEYS = {"id", "hostname", "role", "status", "availability", "addr", "labels"}
-NETWORK_KEYS = {"id", "name", "driver", "subnet", "vni"}
-CLUSTER_KEYS = {"id", "name", "created_at"}
 
 
 def test_service_view() -> None:
@@ -200,12 +179,7 @@ def test_converged() -> None:
 NETWORK = pb.Network(id="n" * 25, vni=4097, subnet="10.0.1.0/24")
 NETWORK.spec.annotations.name = "front"
 NETWORK.spec.driver = "overlay"
-NETWORKS = listing.Kind[pb.Network](
-    ident=lambda n: n.id,
-    views=lambda nets: [output.network_view(n) for n in nets],
-    headers=output.NETWORK_HEADERS,
-    rows=lambda _, views: output.network_rows(views),
-)
+NETWORKS = listing.simple_kind(output.network_view, output.NETWORK_HEADERS, output.network_rows)
 
 
 def test_list_quiet_prints_ids_only_whatever_the_format(capsys: pytest.CaptureFixture[str]) -> None:

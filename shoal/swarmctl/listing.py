@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import click
 
@@ -44,6 +44,27 @@ class Kind(Generic[T]):
     views: Callable[[Sequence[T]], list[View]]
     headers: Sequence[str]
     rows: Callable[[Sequence[T], Sequence[View]], Rows]
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+H = TypeVar("H", bound=_HasId)
+
+
+def simple_kind(
+    view: Callable[[H], View], headers: Sequence[str], rows: Callable[[Sequence[View]], Rows]
+) -> Kind[H]:
+    """A kind whose objects carry their `id`, whose views need no lookups and whose
+    table rows come from the views alone (nodes, networks)."""
+    return Kind(
+        ident=lambda item: item.id,
+        views=lambda items: [view(item) for item in items],
+        headers=headers,
+        rows=lambda _, views: rows(views),
+    )
 
 
 def print_list(kind: Kind[T], items: Sequence[T], quiet: bool, fmt: str) -> None:

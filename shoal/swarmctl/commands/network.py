@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import click
 
-from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output
 from shoal.swarmctl import spec as specs
 from shoal.swarmctl.session import client, remove_each
 
-NETWORKS = listing.Kind[pb.Network](
-    ident=lambda n: n.id,
-    views=lambda nets: [output.network_view(n) for n in nets],
-    headers=output.NETWORK_HEADERS,
-    rows=lambda _, views: output.network_rows(views),
-)
+NETWORKS = listing.simple_kind(output.network_view, output.NETWORK_HEADERS, output.network_rows)
 
 
 @click.group("network")

@@ -9,12 +9,7 @@ from shoal.swarmctl import listing, output, parse
 from shoal.swarmctl import spec as specs
 from shoal.swarmctl.session import client, remove_each, retry_conflicts
 
-NODES = listing.Kind[pb.Node](
-    ident=lambda n: n.id,
-    views=lambda nodes: [output.node_view(n) for n in nodes],
-    headers=output.NODE_HEADERS,
-    rows=lambda _, views: output.node_rows(views),
-)
+NODES = listing.simple_kind(output.node_view, output.NODE_HEADERS, output.node_rows)
 
 
 @click.group("node")
