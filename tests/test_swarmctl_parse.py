@@ -3,6 +3,8 @@ codes of bad flags."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,3 +313,21 @@ def test_socket_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(cli.cli, ["node", "ls"])
     assert result.exit_code == 1
     assert f"cannot reach the manager at {tmp_path / 'env.sock'}: " in result.stderr
+
+
+_PROBE = """
+import sys
+from click.testing import CliRunner
+from shoal.swarmctl.cli import cli
+codes = [CliRunner().invoke(cli, args.split()).exit_code for args in sys.argv[1:]]
+print(codes, "grpc" in sys.modules)
+"""
+
+
+def test_help_and_usage_errors_do_not_load_grpc() -> None:
+    # gRPC is most of swarmctl's start-up time; only a request needs it.
+    args = ["--help", "service --help", "service create --help", "task ls --bad", "frobnicate"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.split("\n")[0] == "[0, 0, 0, 2, 2] False", proc.stdout + proc.stderr
