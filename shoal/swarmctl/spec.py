@@ -52,6 +52,10 @@ class SpecFlags:
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
     rebalance: bool | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    pids_limit: int | None = None
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> SpecFlags:
@@ -124,6 +128,17 @@ _SPEC_OPTIONS = [
         "--rebalance/--no-rebalance",
         default=None,
         help="Move tasks onto nodes that join or come back, to spread evenly again.",
+    ),
+    click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
+    click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL)."),
+    click.option(
+        "--security-opt",
+        multiple=True,
+        metavar="OPT",
+        help="seccomp=unconfined turns the default seccomp profile off (seccomp=default: on).",
+    ),
+    click.option(
+        "--pids-limit", type=click.IntRange(-1), help="Processes per task (4096; -1: none)."
     ),
 ]
 
@@ -198,8 +213,29 @@ def apply_spec_flags(
         task.placement.max_replicas_per_node = f.max_replicas_per_node
     if f.rebalance is not None:
         spec.rebalance = f.rebalance
+    _apply_confinement(c, f)
     _apply_restart(task, f)
     _apply_update(spec, f)
+
+
+def _apply_confinement(c: pb.ContainerSpec, f: SpecFlags) -> None:
+    """Looser than the defaults only by name: unknown capabilities and options fail."""
+    for name in f.cap_add:
+        cap = parse.capability(name)
+        if cap in c.cap_drop:
+            c.cap_drop.remove(cap)
+        if cap not in c.cap_add:
+            c.cap_add.append(cap)
+    for name in f.cap_drop:
+        cap = "ALL" if name.upper() == "ALL" else parse.capability(name)
+        if cap in c.cap_add:
+            c.cap_add.remove(cap)
+        if cap not in c.cap_drop:
+            c.cap_drop.append(cap)
+    for opt in f.security_opt:
+        c.seccomp = parse.security_opt(opt)
+    if f.pids_limit is not None:
+        c.pids_limit = f.pids_limit
 
 
 def _apply_restart(task: pb.TaskSpec, f: SpecFlags) -> None:
