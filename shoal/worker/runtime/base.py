@@ -24,6 +24,12 @@ class ContainerNotFound(RuntimeFailure):
     pass
 
 
+class RuntimeUnavailable(Exception):
+    """The runtime cannot be reached right now (containerd restarting). Not a
+    RuntimeFailure on purpose: it says nothing about the task, which must neither fail
+    nor lose its network while its container keeps running; callers try again."""
+
+
 @dataclass(frozen=True)
 class MountConfig:
     # "bind" or "volume"; a volume is a directory the runtime keeps per node.

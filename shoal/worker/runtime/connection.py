@@ -20,9 +20,11 @@ from shoal.proto.containerd import leases_pb2 as leases
 from shoal.proto.containerd import leases_pb2_grpc as leases_grpc
 from shoal.proto.containerd import snapshots_pb2_grpc as snapshots_grpc
 from shoal.proto.containerd import tasks_pb2_grpc as tasks_grpc
-from shoal.worker.runtime.base import ContainerNotFound, RuntimeFailure
+from shoal.worker.runtime.base import ContainerNotFound, RuntimeFailure, RuntimeUnavailable
 
 CALL_TIMEOUT_S = 30.0
+# containerd not answering is a transport problem, never the task's.
+TRANSPORT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Containerd:
@@ -49,13 +51,20 @@ class Containerd:
     async def call(
         self, fn: Any, request: Any, lease: str = "", deadline_s: float | None = CALL_TIMEOUT_S
     ) -> Any:
-        """A unary call; NOT_FOUND becomes ContainerNotFound, any other error RuntimeFailure."""
+        """A unary call that waits for containerd to be there (a restart) within its
+        deadline; NOT_FOUND becomes ContainerNotFound, a transport error
+        RuntimeUnavailable, any other error RuntimeFailure."""
         try:
-            return await fn(request, metadata=self.md(lease), timeout=deadline_s)
+            return await fn(
+                request, metadata=self.md(lease), timeout=deadline_s, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise ContainerNotFound(err.details() or "not found") from None
-            raise RuntimeFailure(f"containerd: {err.details() or err.code().name}") from None
+            why = f"containerd: {err.details() or err.code().name}"
+            if err.code() in TRANSPORT:
+                raise RuntimeUnavailable(why) from None
+            raise RuntimeFailure(why) from None
 
     @contextlib.asynccontextmanager
     async def lease(self, purpose: str) -> AsyncIterator[str]:
@@ -70,7 +79,8 @@ class Containerd:
         try:
             yield lease
         finally:
-            with contextlib.suppress(RuntimeFailure, ContainerNotFound):
+            with contextlib.suppress(RuntimeFailure, RuntimeUnavailable):
+                # If containerd is away the lease expires by itself.
                 await self.call(self.leases.Delete, leases.DeleteRequest(id=lease))
 
     async def close(self) -> None:

@@ -31,12 +31,15 @@ from shoal.worker.runtime.base import (
     ContainerNotFound,
     ContainerState,
     RuntimeFailure,
+    RuntimeUnavailable,
 )
 from shoal.worker.runtime.connection import Containerd
 from shoal.worker.runtime.images import ImageStore
 from shoal.worker.runtime.registry import RegistryClient
 
 log = logging.getLogger(__name__)
+
+WAIT_AGAIN_S = 0.2
 
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
@@ -165,11 +168,20 @@ class ContainerdRuntime:
         return int(created.pid)
 
     async def wait(self, container_id: str) -> int:
-        # No deadline: a container may run for months.
-        resp = await self.ctrd.call(
-            self.ctrd.tasks.Wait, tasks.WaitRequest(container_id=container_id), deadline_s=None
-        )
-        return int(resp.exit_status)
+        """The container's exit code. No deadline: a container may run for months; and a
+        containerd restart only breaks the call, not the container (its shim keeps it),
+        so the wait is made again once containerd is back."""
+        while True:
+            try:
+                resp = await self.ctrd.call(
+                    self.ctrd.tasks.Wait,
+                    tasks.WaitRequest(container_id=container_id),
+                    deadline_s=None,
+                )
+                return int(resp.exit_status)
+            except RuntimeUnavailable as err:
+                log.warning("container %s: waiting again after %s", container_id, err)
+                await asyncio.sleep(WAIT_AGAIN_S)
 
     async def stop(self, container_id: str, grace_s: float) -> None:
         try:
