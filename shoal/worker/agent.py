@@ -20,6 +20,7 @@ from shoal.pki.identity import NodeIdentity
 from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
+from shoal.worker.hostcheck import check_same_mounts_as_containerd
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -99,6 +100,8 @@ class Agent:
         runtime: Runtime | None = None
         background: list[asyncio.Task[None]] = []
         try:
+            if cfg.runtime == "containerd":
+                check_same_mounts_as_containerd(cfg.containerd_socket)
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:
