@@ -15,6 +15,7 @@ from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
 from shoal.pki.join import JoinError
 from shoal.statedir import StateDirLocked
+from shoal.swarmctl.parse import memory_bytes
 from shoal.worker.agent import Agent, WorkerConfig
 
 
@@ -44,6 +45,16 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
 def cli(log_level: str) -> None:
     """Shoal daemons."""
     _setup_logging(log_level)
+
+
+def _size(text: str, flag: str) -> int:
+    try:
+        value = memory_bytes(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=flag) from None
+    if value <= 0:
+        raise click.BadParameter("must be more than 0", param_hint=flag)
+    return value
 
 
 @cli.command()
@@ -191,6 +202,20 @@ def manager(
     metavar="PREFIX",
     help="Accept bind mounts only from under PREFIX (repeatable) [default: what the API allows].",
 )
+@click.option(
+    "--log-max-size",
+    default="20M",
+    show_default=True,
+    metavar="SIZE",
+    help="A task's log file is rotated past this size.",
+)
+@click.option(
+    "--log-max-files",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Log files kept per task, the current one included.",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -201,6 +226,8 @@ def worker(
     insecure_registry: tuple[str, ...],
     runtime: str,
     allow_bind_mount: tuple[str, ...],
+    log_max_size: str,
+    log_max_files: int,
 ) -> None:
     """Run a worker agent."""
     config = WorkerConfig(
@@ -213,6 +240,8 @@ def worker(
         insecure_registries=set(insecure_registry),
         runtime=runtime,
         allow_bind_mounts=tuple(allow_bind_mount),
+        log_max_bytes=_size(log_max_size, "--log-max-size"),
+        log_max_files=log_max_files,
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))

@@ -21,6 +21,7 @@ from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
+from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
@@ -41,7 +42,7 @@ class _Session:
         self.id = uuid.uuid4().hex
         # None ends the session.
         self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
-        self.logs: dict[str, asyncio.Queue[dpb.LogChunk | None]] = {}
+        self.logs: dict[str, LogBuffer] = {}
         # The agent said it stops cleanly (and comes back).
         self.leaving = False
 
@@ -51,7 +52,7 @@ class _Session:
     def close(self) -> None:
         self.outbox.put_nowait(None)
         for q in self.logs.values():
-            q.put_nowait(None)
+            q.put(None)
 
 
 def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
@@ -210,7 +211,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
-                        q.put_nowait(msg.log)
+                        q.put(msg.log)
                 elif kind == "leave":
                     session.leaving = True
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -436,7 +437,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         if session is None:
             raise LookupError(f"node {node_id} has no session with this manager")
         request_id = uuid.uuid4().hex
-        q: asyncio.Queue[dpb.LogChunk | None] = asyncio.Queue()
+        q = LogBuffer()
         session.logs[request_id] = q
         session.send(
             dpb.DispatcherMessage(

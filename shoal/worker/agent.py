@@ -21,6 +21,7 @@ from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
 from shoal.worker.hostcheck import check_same_mounts_as_containerd
+from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -40,6 +41,8 @@ class WorkerConfig:
     insecure_registries: set[str] = field(default_factory=set)
     # Bind-mount sources this node accepts (prefixes); empty: whatever the API allows.
     allow_bind_mounts: tuple[str, ...] = ()
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_max_files: int = DEFAULT_MAX_FILES
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
@@ -124,6 +127,10 @@ class Agent:
             background = [
                 asyncio.create_task(self.session.run(), name="session"),
                 asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
+                asyncio.create_task(
+                    LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files).run(),
+                    name="log-rotation",
+                ),
             ]
             await stop.wait()
             log.info("agent stopping; containers keep running")

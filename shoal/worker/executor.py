@@ -144,7 +144,8 @@ class TaskRunner:
                 await self.runtime.remove(self.task.id)
         except (RuntimeFailure, RuntimeUnavailable) as err:
             log.warning("task %s: removing its container failed: %s", self.task.id, err)
-        self.log_path.unlink(missing_ok=True)
+        for path in (self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")):
+            path.unlink(missing_ok=True)  # and its rotated copies
         self.db.delete(self.task.id)
 
     # ------------------------------------------------------------ internals

@@ -34,14 +34,31 @@ log = logging.getLogger(__name__)
 PROGRESS_AFTER_S = 0.5
 # A read-your-writes wait longer than this means etcd or the watch is stuck.
 WAIT_LIMIT_S = 30.0
+# A subscriber further behind than this gets a resync instead of its backlog.
+MAX_PENDING_CHANGES = 50_000
 
 
 class Subscription:
-    """Batches of changes, in order; a Resync arrives as a batch with `resync` set."""
+    """Batches of changes, in order; a Resync arrives as a batch with `resync` set.
+
+    Bounded: a subscriber that falls more than MAX_PENDING_CHANGES behind (a slow
+    `service ps`/events reader) has its backlog dropped and gets one resync instead,
+    which says "look at everything again" and costs no memory.
+    """
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
         self.queue: asyncio.Queue[tuple[bool, list[Change]]] = asyncio.Queue()
+        self.pending = 0
+        self.overflows = 0
+
+    def offer(self, resync: bool, changes: list[Change]) -> None:
+        if self.pending + len(changes) > MAX_PENDING_CHANGES:
+            self.drain()
+            self.overflows += 1
+            resync, changes = True, []
+        self.pending += len(changes)
+        self.queue.put_nowait((resync, changes))
 
     def close(self) -> None:
         self._cache._subscribers.discard(self)
@@ -55,6 +72,7 @@ class Subscription:
     async def next(self) -> tuple[bool, list[Change]]:
         """Waits for the next batch; then drains whatever else is queued into it."""
         resync, changes = await self.queue.get()
+        self.pending -= len(changes)
         more_resync, more = self.drain()
         return resync or more_resync, changes + more
 
@@ -63,6 +81,7 @@ class Subscription:
         resync, changes = False, []
         while not self.queue.empty():
             more_resync, more = self.queue.get_nowait()
+            self.pending -= len(more)
             resync = resync or more_resync
             changes.extend(more)
         return resync, changes
@@ -336,7 +355,7 @@ class Cache:
 
     def _publish(self, resync: bool, changes: list[Change]) -> None:
         for sub in self._subscribers:
-            sub.queue.put_nowait((resync, list(changes)))
+            sub.offer(resync, list(changes))
 
 
 def _discard(index: dict[str, dict[str, pb.Task]], key: str, task_id: str) -> None:
