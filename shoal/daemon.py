@@ -13,10 +13,11 @@ import click
 from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
-from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
+from shoal.pki.join import JoinError
 from shoal.statedir import StateDirLocked
+from shoal.swarmctl.parse import memory_bytes
 from shoal.worker.agent import Agent, WorkerConfig
-from shoal.worker.identity import JoinError
 
 
 def _setup_logging(level: str) -> None:
@@ -55,6 +56,16 @@ def cli(log_level: str) -> None:
     _setup_logging(log_level)
 
 
+def _size(text: str, flag: str) -> int:
+    try:
+        value = memory_bytes(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=flag) from None
+    if value <= 0:
+        raise click.BadParameter("must be more than 0", param_hint=flag)
+    return value
+
+
 @cli.command()
 @click.option(
     "--state-dir",
@@ -77,11 +88,26 @@ def cli(log_level: str) -> None:
 @click.option(
     "--etcd-endpoints", default="", help="Comma-separated etcd URLs; none starts an embedded etcd."
 )
-@click.option("--etcd-cacert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--etcd-cacert",
+    type=click.Path(exists=True, path_type=Path),
+    help="CA of an external etcd [default: the system's roots, for https:// endpoints].",
+)
+@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path), help="Client cert.")
+@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path), help="Its key.")
+@click.option("--etcd-user", default="", help="etcd user (etcd's auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(exists=True, path_type=Path),
+    help="File with the etcd user's password [default: $SHOAL_ETCD_PASSWORD].",
+)
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
-@click.option("--join-token", default="", help="A manager join token.")
+@click.option(
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A manager join token [env SWARM_JOIN_TOKEN: kept out of `ps`].",
+)
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
 @click.option(
     "--leader-lease-ttl",
@@ -106,6 +132,8 @@ def manager(
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_user: str,
+    etcd_password_file: Path | None,
     join_addr: str,
     join_token: str,
     hostname: str,
@@ -114,10 +142,20 @@ def manager(
 ) -> None:
     """Run a manager."""
     _check_http_addr(http_addr)
-    try:
-        endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    endpoints: list[str] = []
+    tls: EtcdTLS | None = None
+    auth: EtcdAuth | None = None
+    if etcd_endpoints:
+        try:
+            endpoints, tls, auth = client_config(
+                etcd_endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file
+            )
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    elif etcd_cacert or etcd_cert or etcd_key or etcd_user:
+        raise click.UsageError(
+            "--etcd-cacert/--etcd-cert/--etcd-key/--etcd-user need --etcd-endpoints"
+        )
     if bool(join_addr) != bool(join_token):
         raise click.UsageError("--join-addr and --join-token go together")
     if join_addr and not endpoints:
@@ -125,7 +163,6 @@ def manager(
             "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
             "share (an embedded etcd serves only the manager that started it)"
         )
-    tls = EtcdTLS(etcd_cacert, etcd_cert, etcd_key) if etcd_cacert else None
     config = ManagerConfig(
         state_dir=state_dir,
         listen_addr=listen_addr,
@@ -133,6 +170,7 @@ def manager(
         control_socket=control_socket,
         etcd_endpoints=endpoints,
         etcd_tls=tls,
+        etcd_auth=auth,
         join_addr=join_addr,
         join_token=join_token,
         hostname=hostname,
@@ -155,7 +193,11 @@ def manager(
 )
 @click.option("--join-addr", required=True, help="A manager's HOST:PORT.")
 @click.option(
-    "--join-token", default="", help="A worker join token (not needed once the node has joined)."
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A worker join token, not needed once the node has joined "
+    "[env SWARM_JOIN_TOKEN: kept out of `ps`].",
 )
 @click.option("--hostname", default="", help="Node name [default: this host's name].")
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
@@ -174,6 +216,26 @@ def manager(
     help="simulated runs nothing: only for scale tests.",
 )
 @click.option(
+    "--allow-bind-mount",
+    multiple=True,
+    metavar="PREFIX",
+    help="Accept bind mounts only from under PREFIX (repeatable) [default: what the API allows].",
+)
+@click.option(
+    "--log-max-size",
+    default="20M",
+    show_default=True,
+    metavar="SIZE",
+    help="A task's log file is rotated past this size.",
+)
+@click.option(
+    "--log-max-files",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Log files kept per task, the current one included.",
+)
+@click.option(
     "--http-addr",
     default="",
     metavar="HOST:PORT",
@@ -190,6 +252,9 @@ def worker(
     insecure_registry: tuple[str, ...],
     runtime: str,
     http_addr: str,
+    allow_bind_mount: tuple[str, ...],
+    log_max_size: str,
+    log_max_files: int,
 ) -> None:
     """Run a worker agent."""
     _check_http_addr(http_addr)
@@ -203,6 +268,9 @@ def worker(
         insecure_registries=set(insecure_registry),
         runtime=runtime,
         http_addr=http_addr,
+        allow_bind_mounts=tuple(allow_bind_mount),
+        log_max_bytes=_size(log_max_size, "--log-max-size"),
+        log_max_files=log_max_files,
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))

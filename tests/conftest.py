@@ -34,7 +34,7 @@ async def etcd(tmp_path: Path) -> AsyncIterator[EmbeddedEtcd]:
 @pytest.fixture
 async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
     # A per-test key prefix too, so a leak between tests would show.
-    s = Store(EtcdConnection([etcd.endpoint]), Keys(f"/test-{uuid.uuid4().hex[:8]}"))
+    s = Store(EtcdConnection([etcd.endpoint], etcd.tls), Keys(f"/test-{uuid.uuid4().hex[:8]}"))
     try:
         yield s
     finally:

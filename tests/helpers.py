@@ -6,9 +6,9 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
+from shoal.clock import now_ms
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 

@@ -17,11 +17,12 @@ import grpc
 import pytest
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.pki.identity import NodeIdentity, channel_options
+from shoal.pki.join import join_addr_for
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 
 from .helpers import service_spec
 from .procs import ManagerProcess, WorkerProcess, free_manager_addr
@@ -541,9 +542,7 @@ async def test_etcd_outage_keeps_tasks_and_converges_after(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess], workers: list[WorkerProcess]
 ) -> None:
     addr = free_manager_addr()
-    m = ManagerProcess(
-        tmp_path / "m1", "--listen-addr", addr, "--etcd-endpoints", f"http://{etcd.endpoint}"
-    ).start()
+    m = ManagerProcess(tmp_path / "m1", "--listen-addr", addr, *etcd.manager_args()).start()
     managers.append(m)
     workers.append(
         WorkerProcess(tmp_path / "w1", addr, tokens(m).worker, "--runtime", "simulated").start()

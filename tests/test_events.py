@@ -18,6 +18,8 @@ import grpc
 import pytest
 from aetcd import rpc
 
+from shoal.manager.etcd_tls import EtcdCredentials
+
 from .procs import ManagerProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -166,7 +168,11 @@ def test_since_before_the_manager_started_and_before_compaction(
 
     # etcd compacts: revisions before that are gone, and the error says so.
     port = json.loads((m.state_dir / "etcd" / "ports.json").read_text())["client"]
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    creds = EtcdCredentials.under(m.state_dir / "etcd" / "pki")
+    tls = grpc.ssl_channel_credentials(
+        creds.ca.read_bytes(), creds.client_key.read_bytes(), creds.client_cert.read_bytes()
+    )
+    with grpc.secure_channel(f"127.0.0.1:{port}", tls) as ch:
         kv = rpc.KVStub(ch)
         current = kv.Range(rpc.RangeRequest(key=b"\0", range_end=b"\0", count_only=True))
         kv.Compact(rpc.CompactionRequest(revision=current.header.revision, physical=True))

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from shoal.httpd import BadHttpAddr, HttpAddr, HttpServer, mtls_context, parse_http_addr
-from shoal.manager import ca
+from shoal.pki import ca
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.metrics import NodeUsageSampler, cgroup_usage, netns_bytes
 

@@ -28,7 +28,7 @@ def control(m: ManagerProcess) -> api_grpc.ControlStub:
 @pytest.fixture
 async def shared_store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
     """A store on the managers' own key space."""
-    s = Store(EtcdConnection([etcd.endpoint]))
+    s = Store(EtcdConnection([etcd.endpoint], etcd.tls))
     try:
         yield s
     finally:
@@ -89,14 +89,13 @@ def test_kill_9_and_restart_keeps_everything(
 async def test_two_managers_one_leader_and_takeover(
     tmp_path: Path, etcd: EmbeddedEtcd, shared_store: Store, managers: list[ManagerProcess]
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
     token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.manager
     m2 = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--join-addr",
         m1.addr,
         "--join-token",
@@ -145,14 +144,13 @@ async def test_two_managers_one_leader_and_takeover(
 def test_manager_join_with_wrong_token_is_refused(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
     worker_token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
     bad = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--join-addr",
         m1.addr,
         "--join-token",
@@ -166,10 +164,10 @@ def test_manager_join_with_wrong_token_is_refused(
 async def test_concurrent_ipam_through_two_managers(
     tmp_path: Path, etcd: EmbeddedEtcd, shared_store: Store, managers: list[ManagerProcess]
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
-    m2 = ManagerProcess(tmp_path / "m2", "--etcd-endpoints", endpoints).start()
+    m2 = ManagerProcess(tmp_path / "m2", *etcd_args).start()
     managers.append(m2)
     await shared_store.batch([Create(make_node(f"n{i}")) for i in range(4)])
     control(m1).CreateNetwork(

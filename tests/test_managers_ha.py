@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 
 from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (
@@ -44,13 +44,12 @@ def wait_for(check: Any, timeout: float, what: str) -> float:
 def two_managers(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
 ) -> tuple[ManagerProcess, ManagerProcess]:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints, "--hostname", "mgr1")
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args, "--hostname", "mgr1")
     managers.append(m1.start())
     m2 = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--hostname",
         "mgr2",
         "--join-addr",

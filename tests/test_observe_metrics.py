@@ -37,6 +37,14 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return None
 
 
+def health(port: int) -> int:
+    """/healthz's status code; 0 while nothing listens yet."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code
+    except httpx.ConnectError:
+        return 0
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -69,8 +77,8 @@ def test_metrics_follow_a_scale_and_show_task_memory(
     workers.append(w)
 
     # Health: the manager leads (a leader is known); the agent has its session.
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{mport}/healthz").status_code == 200)
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{wport}/healthz").status_code == 200)
+    wait_for(lambda: health(mport) == 200)
+    wait_for(lambda: health(wport) == 200)
     assert "leader" in httpx.get(f"http://127.0.0.1:{mport}/healthz").text
 
     r = m.ctl(
@@ -140,7 +148,7 @@ def test_health_says_why_an_agent_is_unhealthy(
         tmp_path / "w1", m.addr, token, "--runtime", "simulated", "--http-addr", f":{wport}"
     ).start()
     workers.append(w)
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{wport}/healthz").status_code == 200)
+    wait_for(lambda: health(wport) == 200)
     m.stop()
-    wait_for(lambda: httpx.get(f"http://127.0.0.1:{wport}/healthz").status_code == 503)
+    wait_for(lambda: health(wport) == 503)
     assert "no manager session" in httpx.get(f"http://127.0.0.1:{wport}/healthz").text

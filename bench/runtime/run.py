@@ -33,8 +33,14 @@ async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> lis
     try:
         for i in range(count):
             t = time.perf_counter()
-            await rt.create(ContainerConfig(container_id=f"s{i}", image=image,
-                                            command=["sleep", "60"], log_path=root / f"s{i}.log"))
+            await rt.create(
+                ContainerConfig(
+                    container_id=f"s{i}",
+                    image=image,
+                    command=["sleep", "60"],
+                    log_path=root / f"s{i}.log",
+                )
+            )
             await rt.start(f"s{i}")
             times.append(time.perf_counter() - t)
     finally:
@@ -47,14 +53,14 @@ async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> lis
 
 def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
     ctr = ["ctr", "-a", str(ctd.socket), "-n", "bench-ctr"]
-    subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True,
-                   capture_output=True)
+    subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True, capture_output=True)
     times = []
     try:
         for i in range(count):
             t = time.perf_counter()
-            subprocess.run([*ctr, "run", "-d", image, f"c{i}", "sleep", "60"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [*ctr, "run", "-d", image, f"c{i}", "sleep", "60"], check=True, capture_output=True
+            )
             times.append(time.perf_counter() - t)
     finally:
         for i in range(count):

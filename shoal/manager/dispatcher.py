@@ -19,11 +19,12 @@ import grpc
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
+from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
@@ -41,7 +42,7 @@ class _Session:
         self.id = uuid.uuid4().hex
         # None ends the session.
         self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
-        self.logs: dict[str, asyncio.Queue[dpb.LogChunk | None]] = {}
+        self.logs: dict[str, LogBuffer] = {}
         # The agent said it stops cleanly (and comes back).
         self.leaving = False
 
@@ -51,7 +52,7 @@ class _Session:
     def close(self) -> None:
         self.outbox.put_nowait(None)
         for q in self.logs.values():
-            q.put_nowait(None)
+            q.put(None)
 
 
 def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
@@ -109,23 +110,18 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ settings
 
-    def _cluster_spec(self) -> pb.ClusterSpec:
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        return clusters[0].spec if clusters else defaults.cluster_spec()
-
     def heartbeat_period_ms(self) -> int:
         """The cluster's period, stretched so this manager takes at most
         MAX_HEARTBEATS_PER_S: a big cluster on a small manager must not drown in
         heartbeats (and then mark busy nodes down)."""
-        configured = int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
+        configured = int(self.cache.cluster_spec().dispatcher.heartbeat_period_ms) or (
             defaults.HEARTBEAT_PERIOD_MS
         )
         return max(configured, (len(self.sessions) + 1) * 1000 // MAX_HEARTBEATS_PER_S)
 
     def _down_after_s(self, node_id: str) -> float:
-        misses = self._cluster_spec().dispatcher.heartbeat_misses or defaults.HEARTBEAT_MISSES
         period = self._periods.get(node_id) or self.heartbeat_period_ms()
-        return period * misses / 1000
+        return defaults.heartbeat_window_ms(self.cache.cluster_spec().dispatcher, period) / 1000
 
     # ------------------------------------------------------------ session
 
@@ -219,7 +215,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
-                        q.put_nowait(msg.log)
+                        q.put(msg.log)
                 elif kind == "leave":
                     session.leaving = True
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -445,7 +441,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         if session is None:
             raise LookupError(f"node {node_id} has no session with this manager")
         request_id = uuid.uuid4().hex
-        q: asyncio.Queue[dpb.LogChunk | None] = asyncio.Queue()
+        q = LogBuffer()
         session.logs[request_id] = q
         session.send(
             dpb.DispatcherMessage(

@@ -22,7 +22,7 @@ import grpc
 from aetcd import rpc
 
 from shoal.manager.store import Cache, Change, Kind, Store
-from shoal.manager.store.store import decode
+from shoal.manager.store.txn import decode
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 

@@ -16,8 +16,8 @@ import grpc.aio
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, first_completed
+from shoal.clock import utcnow
 from shoal.httpd import parse_http_addr
-from shoal.manager import ca
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
@@ -35,6 +35,7 @@ from shoal.manager.store import (
     AlreadyExists,
     Cache,
     Conflict,
+    EtcdAuth,
     EtcdConnection,
     EtcdTLS,
     Fence,
@@ -42,11 +43,13 @@ from shoal.manager.store import (
     NotFound,
     Store,
 )
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import join, join_addr_for
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker.identity import NodeIdentity, join
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class ManagerConfig:
     control_socket: Path | None = None
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd_tls: EtcdTLS | None = None
+    etcd_auth: EtcdAuth | None = None
     join_addr: str = ""
     join_token: str = ""
     hostname: str = ""
@@ -102,9 +106,9 @@ def load_or_create_id(state_dir: Path) -> str:
 
 async def ensure_cluster(store: Store) -> pb.Cluster:
     """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.list_objects(Kind.CLUSTER)
-    if existing:
-        return existing[0]  # type: ignore[return-value]
+    existing = await store.cluster()
+    if existing is not None:
+        return existing
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -122,7 +126,9 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        theirs = await store.cluster()
+        assert theirs is not None, "the cluster exists: creating it conflicted"
+        return theirs
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -151,17 +157,6 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
             continue
 
 
-def join_addr_for(addr: str) -> str:
-    """The CA join endpoint that goes with a manager address: the next port.
-
-    Joining nodes have no certificate yet, and gRPC Python servers can either
-    require client certificates or not ask for them at all; so certificate-less
-    joins get their own TLS port, and the main port is strictly mTLS.
-    """
-    host, _, port = addr.rpartition(":")
-    return f"{host}:{int(port) + 1 if int(port) else 0}"
-
-
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 # Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
@@ -185,11 +180,9 @@ async def check_manager_token(store: Store, token: str) -> None:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinRefused(str(err)) from None
-    clusters = await store.list_objects(Kind.CLUSTER)
-    if not clusters:
+    cluster = await store.cluster()
+    if cluster is None:
         raise JoinRefused("there is no cluster to join in this etcd")
-    cluster = clusters[0]
-    assert isinstance(cluster, pb.Cluster)
     if parsed.digest != cluster.root_ca.ca_digest:
         raise JoinRefused("the join token's CA digest does not match the cluster's root CA")
     if ca.token_role(cluster, token) != pb.ROLE_MANAGER:
@@ -255,6 +248,15 @@ class Manager:
             require_client_authentication=client_auth,
         )
 
+    async def _node_exists(self, node_id: str) -> bool:
+        """From the watch-fed cache; a miss is checked again after a sync, since another
+        manager may have just admitted the node."""
+        assert self.cache is not None
+        if self.cache.get(Kind.NODE, node_id) is not None:
+            return True
+        await self.cache.sync()
+        return self.cache.get(Kind.NODE, node_id) is not None
+
     async def _serve_remote(
         self, cluster: pb.Cluster, control: ControlAPI, servers: list[grpc.aio.Server]
     ) -> None:
@@ -262,7 +264,9 @@ class Manager:
         cfg = self.config
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
-        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SESSION_OPTIONS)
+        remote = grpc.aio.server(
+            interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
+        )
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
@@ -295,16 +299,16 @@ class Manager:
         presence: asyncio.Task[None] | None = None
         background: list[asyncio.Task[None]] = []
         try:
-            endpoints = cfg.etcd_endpoints
+            endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
                 self.etcd = EmbeddedEtcd(cfg.state_dir)
                 await self.etcd.start()
-                endpoints = [self.etcd.endpoint]
-                log.info("embedded etcd on %s", self.etcd.endpoint)
+                endpoints, tls = [self.etcd.endpoint], self.etcd.tls
+                log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
             if cfg.http_addr:
                 self.metrics = ManagerMetrics()
             timers = [self.metrics.etcd_timer] if self.metrics is not None else None
-            self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls, timers))
+            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth, timers))
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
@@ -392,7 +396,7 @@ class ServerIdentity:
     def __init__(self, cluster: pb.Cluster, manager_id: str) -> None:
         self.cluster = cluster
         self.manager_id = manager_id
-        self.renew_at = datetime.datetime.now(datetime.UTC)
+        self.renew_at = utcnow()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         key = ca.new_key()
@@ -405,7 +409,7 @@ class ServerIdentity:
             self.cluster.id,
             validity,
         )
-        self.renew_at = datetime.datetime.now(datetime.UTC) + validity / 2
+        self.renew_at = utcnow() + validity / 2
         root = self.cluster.root_ca.ca_cert_pem
         # The chain carries the root so a joining node can pin it by its digest.
         return grpc.ssl_server_certificate_configuration(
@@ -413,6 +417,6 @@ class ServerIdentity:
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:
-        if datetime.datetime.now(datetime.UTC) < self.renew_at:
+        if utcnow() < self.renew_at:
             return None
         return self.configuration()

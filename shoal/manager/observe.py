@@ -9,11 +9,11 @@ import ssl
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.httpd import HttpAddr, HttpServer, load_chain, mtls_context
-from shoal.manager import ca
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.metrics import ManagerMetrics, run_observer
 from shoal.manager.store import Cache, Store
 from shoal.manager.webview import WebView
+from shoal.pki import ca
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from shoal.clock import now_ms
 from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
 from shoal.manager.scheduler import Scheduler
 from shoal.manager.store import Cache, Change, Fence, Kind, Store, Subscription, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)

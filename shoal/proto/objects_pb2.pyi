@@ -512,10 +512,18 @@ class ContainerSpec(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     HEALTHCHECK_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _builtins.int
+    CAP_ADD_FIELD_NUMBER: _builtins.int
+    CAP_DROP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    PIDS_LIMIT_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
     stop_grace_period_ms: _builtins.int
+    seccomp: _builtins.str
+    """"" (the default profile) or "unconfined" """
+    pids_limit: _builtins.int
+    """0: the default; -1: unlimited"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -528,6 +536,17 @@ class ContainerSpec(_message.Message):
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
     @_builtins.property
     def healthcheck(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Confinement beyond the defaults (Docker's capability set, the default seccomp
+        profile, a pids limit): only what the service asks for explicitly.
+        CAP_NET_ADMIN ...
+        """
+
+    @_builtins.property
+    def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CAP_... or ALL"""
+
     def __init__(
         self,
         *,
@@ -541,10 +560,14 @@ class ContainerSpec(_message.Message):
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         healthcheck: Global___HealthCheck | None = ...,
         stop_grace_period_ms: _builtins.int = ...,
+        cap_add: _abc.Iterable[_builtins.str] | None = ...,
+        cap_drop: _abc.Iterable[_builtins.str] | None = ...,
+        seccomp: _builtins.str = ...,
+        pids_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

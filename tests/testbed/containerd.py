@@ -50,6 +50,18 @@ class Containerd:
     def start(self) -> Containerd:
         self.run.mkdir(parents=True)
         self.root.mkdir(parents=True)
+        self._launch()
+        return self
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL containerd alone (its shims and containers live on), start it again."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.socket.unlink(missing_ok=True)
+        self._launch()
+
+    def _launch(self) -> None:
         config = self.run / "config.toml"
         config.write_text(
             "version = 2\n"
@@ -67,7 +79,7 @@ class Containerd:
         self.proc = subprocess.Popen(
             [BINARY, "--config", str(config)],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.run / "containerd.log", "wb"),
+            stderr=open(self.run / "containerd.log", "ab"),
         )
         deadline = time.monotonic() + 30
         while not self.socket.exists():
@@ -76,7 +88,6 @@ class Containerd:
                     "containerd did not start: " + (self.run / "containerd.log").read_text()[-2000:]
                 )
             time.sleep(0.05)
-        return self
 
     def shims(self) -> list[int]:
         pids = []

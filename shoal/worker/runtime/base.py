@@ -24,6 +24,12 @@ class ContainerNotFound(RuntimeFailure):
     pass
 
 
+class RuntimeUnavailable(Exception):
+    """The runtime cannot be reached right now (containerd restarting). Not a
+    RuntimeFailure on purpose: it says nothing about the task, which must neither fail
+    nor lose its network while its container keeps running; callers try again."""
+
+
 @dataclass(frozen=True)
 class MountConfig:
     # "bind" or "volume"; a volume is a directory the runtime keeps per node.
@@ -54,6 +60,11 @@ class ContainerConfig:
     log_path: Path | None = None
     # A network namespace to join (the task's overlay netns); None = a fresh, empty one.
     netns_path: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp_unconfined: bool = False
+    # 0: the default limit; -1: none.
+    pids_limit: int = 0
 
 
 @dataclass(frozen=True)

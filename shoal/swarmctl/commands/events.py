@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import click
+
 from shoal.proto import control_pb2 as api
-from shoal.swarmctl import parse
+from shoal.swarmctl import listing, parse
+from shoal.swarmctl.session import client
 
 TYPES = ("service", "task", "node")
 _REVISION = re.compile(r"\d+")
@@ -75,3 +78,19 @@ def print_events(events: Iterable[api.Event], fmt: str) -> None:
                 f"(name={view['name']}, revision={view['revision']})\n"
             )
         out.flush()
+
+
+@click.command("events")
+@click.option("--since", default="", metavar="DURATION|REVISION", help="Replay from then first.")
+@click.option("--filter", "filters", multiple=True, metavar="type=service|task|node")
+@listing.format_option
+def group(since: str, filters: tuple[str, ...], fmt: str) -> None:
+    """Print the cluster's changes as they happen (Ctrl-C stops)."""
+    since_revision, since_ms = since_request(since)
+    request = api.EventsRequest(
+        since_revision=since_revision, since_ms=since_ms, types=filter_types(filters)
+    )
+    try:
+        print_events(client().events(request), fmt)
+    except KeyboardInterrupt:
+        pass

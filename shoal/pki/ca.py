@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shoal.clock import utcnow
 from shoal.proto import objects_pb2 as pb
 
 TOKEN_PREFIX = "SWMTKN-1"
@@ -34,7 +35,7 @@ def new_root_ca(cluster_id: str) -> pb.RootCA:
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
         ]
     )
-    now = datetime.datetime.now(datetime.UTC)
+    now = utcnow()
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -163,7 +164,7 @@ def issue_cert(
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise CSRError("only ECDSA keys are accepted")
     ca_cert, ca_key = _load_ca(root)
-    now = datetime.datetime.now(datetime.UTC)
+    now = utcnow()
     names: list[x509.GeneralName] = [x509.DNSName(node_id)]
     if role == pb.ROLE_MANAGER:
         names.append(x509.DNSName(MANAGER_SERVER_NAME))

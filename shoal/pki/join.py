@@ -1,4 +1,4 @@
-"""A node's identity: its key, certificate, the cluster CA and its node id.
+"""Joining a cluster and renewing a node certificate.
 
 Joining pins the CA by the digest in the join token: the manager's TLS chain
 carries the root, and only a root whose SHA-256 matches is trusted. The
@@ -9,106 +9,60 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
-import datetime
 import hashlib
-import logging
-import os
-import random
 import socket
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from shoal.manager import ca
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity, channel_options
 from shoal.proto import ca_pb2, ca_pb2_grpc
-from shoal.proto import objects_pb2 as pb
-
-log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 15.0
 
 
 class JoinError(Exception):
-    pass
+    """A join that did not succeed; `transient` when trying again later may work (the
+    manager was busy or unreachable), not when the token or the CSR was refused."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
-def channel_options() -> list[tuple[str, object]]:
-    return [
-        ("grpc.ssl_target_name_override", ca.MANAGER_SERVER_NAME),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ]
-
-
-@dataclass
-class NodeIdentity:
-    node_id: str
-    role: pb.NodeRole.ValueType
-    key_pem: bytes
-    cert_pem: bytes
-    ca_pem: bytes
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
-        )
-
-    def channel(self, addr: str) -> grpc.aio.Channel:
-        return grpc.aio.secure_channel(addr, self.credentials(), options=channel_options())
-
-    @staticmethod
-    def load(state_dir: Path) -> NodeIdentity | None:
-        d = state_dir / "certificates"
-        files = [d / "node.key", d / "node.crt", d / "ca.crt"]
-        if not all(f.exists() for f in files):
-            return None
-        cert_pem = files[1].read_bytes()
-        ident = ca.identity_of(cert_pem)
-        if ident is None:
-            return None
-        return NodeIdentity(
-            ident.node_id, ident.role, files[0].read_bytes(), cert_pem, files[2].read_bytes()
-        )
-
-    def save(self, state_dir: Path) -> None:
-        d = state_dir / "certificates"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name, data, mode in (
-            ("node.key", self.key_pem, 0o600),
-            ("node.crt", self.cert_pem, 0o644),
-            ("ca.crt", self.ca_pem, 0o644),
-        ):
-            tmp = d / f".{name}.tmp"
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            tmp.replace(d / name)
-        (state_dir / "node_id").write_text(self.node_id)
-
-    def renew_at(self) -> datetime.datetime:
-        """A random point at 50-80% of the certificate's life, like SwarmKit."""
-        start, end = ca.cert_lifetime(self.cert_pem)
-        return start + (end - start) * random.uniform(0.5, 0.8)
-
-
-def join_addr_for(addr: str) -> str:
-    """A manager's CA join endpoint: the port after its mTLS port (see manager.join_addr_for)."""
-    host, port = split_addr(addr)
-    return f"{host}:{port + 1}"
+# Joins queue on the manager (bounded concurrency), so a join may wait its turn.
+JOIN_TIMEOUT_S = 60.0
+_TRANSIENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 def split_addr(addr: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 hosts in brackets) -> (host without brackets, port)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
         raise JoinError(f"bad manager address {addr!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def join_addr_for(addr: str) -> str:
+    """The CA join endpoint that goes with a manager address: the next port.
+
+    Joining nodes have no certificate yet, and gRPC Python servers can either
+    require client certificates or not ask for them at all; so certificate-less
+    joins get their own TLS port, and the main port is strictly mTLS. The host
+    is kept as given (an IPv6 host keeps its brackets); port 0 (any free port)
+    stays 0.
+    """
+    split_addr(addr)  # refuses a malformed address with a clear message
+    host, _, port = addr.rpartition(":")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"
 
 
 def fetch_pinned_ca(addr: str, digest: str, timeout_s: float = 10.0) -> bytes:
@@ -128,7 +82,7 @@ def fetch_pinned_ca(addr: str, digest: str, timeout_s: float = 10.0) -> bytes:
             chain = tls._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
             ders = [c.public_bytes(_ssl.ENCODING_DER) for c in chain]
     except OSError as err:
-        raise JoinError(f"cannot reach the manager at {addr}: {err}") from None
+        raise JoinError(f"cannot reach the manager at {addr}: {err}", transient=True) from None
     for der in ders:
         if hashlib.sha256(der).hexdigest() == digest:
             cert = x509.load_der_x509_certificate(der)
@@ -158,16 +112,19 @@ async def join(addr: str, token: str, hostname: str) -> NodeIdentity:
             ca_pb2.IssueNodeCertificateRequest(
                 csr_pem=ca.new_csr(key), token=token, hostname=hostname
             ),
-            timeout=CALL_TIMEOUT_S,
+            timeout=JOIN_TIMEOUT_S,
         )
     except grpc.aio.AioRpcError as err:
-        raise JoinError(f"join refused by {join_addr}: {err.details()}") from None
+        raise JoinError(
+            f"join refused by {join_addr}: {err.details()}", err.code() in _TRANSIENT
+        ) from None
     finally:
         await channel.close()
     return NodeIdentity(resp.node_id, resp.role, ca.key_pem(key), resp.cert_pem, resp.ca_cert_pem)
 
 
 async def renew(ident: NodeIdentity, addr: str) -> NodeIdentity:
+    """A new key and certificate for the same node, asked for over its current mTLS."""
     key = ca.new_key()
     channel = ident.channel(addr)
     try:
