@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.progress import bar, progress_line, update_batch
+
+from .procs import ManagerProcess, WorkerProcess
 
 
 def info(running: int, updated: int, state: int = 0, parallelism: int = 0) -> api.ServiceInfo:
@@ -41,3 +52,44 @@ def test_update_batches() -> None:
     assert line.endswith("6/6 running, update batch 2 of 3")
     rollback = progress_line("web", info(6, 0, pb.UpdateStatus.ROLLBACK_STARTED, 3), 6, 200)
     assert rollback.endswith("rollback batch 1 of 2")
+
+
+@pytest.mark.integration
+def test_create_and_update_draw_bars_on_a_terminal(
+    tmp_path: Path, managers: list[ManagerProcess], workers: list[WorkerProcess]
+) -> None:
+    m = ManagerProcess(tmp_path / "m1").start()
+    managers.append(m)
+    token = m.ctl("cluster", "join-token", "worker", "-q").out.strip()
+    workers.append(WorkerProcess(tmp_path / "w1", m.addr, token, "--runtime", "simulated").start())
+
+    def on_terminal(*args: str) -> str:
+        """swarmctl with stderr on a pseudo-terminal: what a person would see."""
+        primary, secondary = pty.openpty()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "shoal.swarmctl", *args],
+                stdout=subprocess.PIPE,
+                stderr=secondary,
+                env={**os.environ, "SWARM_SOCKET": str(m.socket), "COLUMNS": "120"},
+                timeout=60,
+            )
+            os.close(secondary)
+            secondary = -1
+            out = b""
+            with contextlib.suppress(OSError):  # EIO once everything was read
+                while chunk := os.read(primary, 65536):
+                    out += chunk
+        finally:
+            os.close(primary)
+            if secondary >= 0:
+                os.close(secondary)
+        assert proc.returncode == 0, out
+        return out.decode(errors="replace")
+
+    seen = on_terminal("service", "create", "--name", "web", "--image", "busybox",
+                       "--replicas", "4", "--update-parallelism", "1", "sleep", "100")  # fmt: skip
+    assert "web [" in seen and "] 4/4 running" in seen
+    seen = on_terminal("service", "update", "--image", "busybox:2", "web")
+    assert "update batch" in seen and " of 4" in seen
+    assert "] 4/4 running" in seen
