@@ -56,11 +56,11 @@ def _timed_get(url: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(body)
 
 
-def observe_figures(port: int, events: EventLag, tasks: int) -> dict[str, Any]:
+def observe_figures(port: int, events: EventLag, page: PageWatch, tasks: int) -> dict[str, Any]:
     converged = time.time()
+    browser = page.figures(tasks, converged)
     scrape = [_timed_get(f"http://127.0.0.1:{port}/metrics") for _ in range(SCRAPES)]
     state = [_timed_get(f"http://127.0.0.1:{port}/api/state") for _ in range(SCRAPES)]
-    browser = browser_figures(port, tasks)
     events.settle()
     caught_up = max(0.0, events.last_arrival - converged)
     events.close()
@@ -82,46 +82,74 @@ def observe_figures(port: int, events: EventLag, tasks: int) -> dict[str, Any]:
 
 CHROMIUM = "/usr/bin/chromium"
 
+# Frame-blocking JavaScript ("long tasks", > 50 ms), recorded from before the burst.
+_LONG_TASKS = """() => {
+  window.__long = [];
+  new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration)))
+    .observe({entryTypes: ['longtask']});
+}"""
 
-def browser_figures(port: int, tasks: int) -> dict[str, Any]:
-    """The web view in headless chromium: load until every task is drawn, and the
-    time to redraw after scrolling across the node columns (empty without chromium)."""
-    import os
+_SCROLL = """async () => {
+  const box = document.getElementById('nodes');
+  const times = [];
+  for (let i = 1; i <= 10; i++) {
+    const t0 = performance.now();
+    box.scrollLeft = box.scrollWidth * i / 11;
+    box.dispatchEvent(new Event('scroll'));
+    await new Promise((r) => requestAnimationFrame(() => r()));
+    await new Promise((r) => requestAnimationFrame(() => r()));
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[5];
+}"""
 
-    if not os.path.exists(CHROMIUM):
-        return {}
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+class PageWatch:
+    """The web view open in headless chromium while the benchmark's tasks start: does
+    it keep up with the stream, and does it stay responsive? (Nothing without chromium.)"""
+
+    def __init__(self, port: int, enabled: bool) -> None:
+        self.page: Any = None
+        self._pw: Any = None
+        self._browser: Any = None
+        import os
+
+        if not enabled or not os.path.exists(CHROMIUM):
+            return
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            start = time.perf_counter()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function(
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            return
+        self._pw = sync_playwright().start()
+        self._browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        self.page = self._browser.new_page(viewport={"width": 1600, "height": 1000})
+        self.page.goto(f"http://127.0.0.1:{port}/")
+        self.page.wait_for_selector("#conn.up")
+        self.page.evaluate(_LONG_TASKS)
+
+    def close(self) -> None:
+        if self._browser is not None:
+            self._browser.close()
+            self._pw.stop()
+            self._browser = self._pw = self.page = None
+
+    def figures(self, tasks: int, converged: float) -> dict[str, Any]:
+        if self.page is None:
+            return {}
+        try:
+            self.page.wait_for_function(
                 f"document.getElementById('summary').textContent.includes('{tasks} running')",
                 timeout=120_000,
             )
-            loaded = time.perf_counter() - start
-            # One frame after a jump across the columns: what scrolling costs.
-            frame_ms = page.evaluate(
-                """async () => {
-                  const box = document.getElementById('nodes');
-                  const times = [];
-                  for (let i = 1; i <= 10; i++) {
-                    const t0 = performance.now();
-                    box.scrollLeft = box.scrollWidth * i / 11;
-                    box.dispatchEvent(new Event('scroll'));
-                    await new Promise((r) => requestAnimationFrame(() => r()));
-                    await new Promise((r) => requestAnimationFrame(() => r()));
-                    times.push(performance.now() - t0);
-                  }
-                  times.sort((a, b) => a - b);
-                  return times[5];
-                }"""
-            )
+            behind = max(0.0, time.time() - converged)
+            long_tasks = self.page.evaluate("window.__long")
+            scroll_ms = self.page.evaluate(_SCROLL)
         finally:
-            browser.close()
-    return {"webview_load_s": round(loaded, 2), "webview_scroll_frame_ms": round(frame_ms, 1)}
+            self.close()
+        return {
+            "webview_behind_s": round(behind, 2),
+            "webview_long_tasks": len(long_tasks),
+            "webview_longest_task_ms": round(max(long_tasks, default=0.0)),
+            "webview_scroll_frame_ms": round(scroll_ms, 1),
+        }

@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from bench.scale.observe import EventLag, observe_figures
+from bench.scale.observe import EventLag, PageWatch, observe_figures
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
@@ -266,6 +266,7 @@ def run_once(
     keep: Path | None,
     profile: Path | None = None,
     join_limit_s: float = 300,
+    webview: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -297,10 +298,13 @@ def run_once(
             if profile is not None
             else []
         )
-        events = EventLag(ctl)
-        elapsed = create_and_converge(ctl, tasks, services)
-        stop_profilers(profilers)
-        observe = observe_figures(http_port, events, tasks)
+        events, page = EventLag(ctl), PageWatch(http_port, webview)
+        try:
+            elapsed = create_and_converge(ctl, tasks, services)
+            stop_profilers(profilers)
+            observe = observe_figures(http_port, events, page, tasks)
+        finally:
+            page.close()
         after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
@@ -357,6 +361,12 @@ def main() -> None:
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     p.add_argument(
+        "--webview",
+        action="store_true",
+        help="keep the web view open in headless chromium during the run (it shares the "
+        "cores: the throughput figures of such a run are lower)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
     )
     args = p.parse_args()
@@ -367,7 +377,15 @@ def main() -> None:
     with ExitStack():
         for n in args.nodes:
             for t in args.tasks:
-                r = run_once(n, t, args.services, args.procs, args.keep_logs, args.profile)
+                r = run_once(
+                    n,
+                    t,
+                    args.services,
+                    args.procs,
+                    args.keep_logs,
+                    args.profile,
+                    webview=args.webview,
+                )
                 print(json.dumps(r), flush=True)
                 results.append(r)
                 if args.profile is not None:
