@@ -13,6 +13,7 @@ const S = {
   usage: {}, revision: 0, runningOnly: false,
 };
 let dirty = false;
+let nodeOrder = null;  // sorted node list, rebuilt only when nodes change
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -41,6 +42,7 @@ function load(snap) {
   for (const t of snap.tasks) indexTask(t);
   S.usage = snap.usage || {};
   S.revision = snap.revision;
+  nodeOrder = null;
 }
 
 function apply(batch) {
@@ -50,6 +52,7 @@ function apply(batch) {
   for (const id of batch.removed.nodes) S.nodes.delete(id);
   for (const id of batch.removed.services) S.services.delete(id);
   for (const id of batch.removed.tasks) dropTask(id);
+  if (batch.upserts.nodes.length || batch.removed.nodes.length) nodeOrder = null;
   S.revision = batch.revision;
 }
 
@@ -67,9 +70,12 @@ function bar(cls, frac, title) {
 function gib(b) { return (b / 1073741824).toFixed(1) + " GiB"; }
 
 function sortedNodes() {
-  const list = [...S.nodes.values()];
-  list.sort((a, b) => (a.role === b.role ? 0 : a.role === "manager" ? -1 : 1)
-    || a.hostname.localeCompare(b.hostname));
+  if (nodeOrder === null) {
+    nodeOrder = [...S.nodes.values()];
+    nodeOrder.sort((a, b) => (a.role === b.role ? 0 : a.role === "manager" ? -1 : 1)
+      || (a.hostname < b.hostname ? -1 : a.hostname > b.hostname ? 1 : 0));
+  }
+  const list = nodeOrder.slice();
   const pending = S.byNode.get("");
   if (pending && [...pending].some((id) => visible(S.tasks.get(id)))) {
     list.push({ id: "", hostname: "(unassigned)", role: "", status: "", availability: "" });
