@@ -61,30 +61,24 @@ async def test_mtls_requires_a_cluster_certificate(tmp_path: Path) -> None:
         url = f"https://127.0.0.1:{server.port}/metrics"
         ca_file = tmp_path / "ca.pem"
         ca_file.write_bytes(root.ca_cert_pem)
-        # No client certificate: the handshake fails.
-        no_cert = ssl.create_default_context(cafile=ca_file)
-        no_cert.check_hostname = False
-        async with httpx.AsyncClient(verify=no_cert) as client:
-            with pytest.raises(httpx.HTTPError):
-                await client.get(url)
-        # A certificate from another CA: refused too.
-        other = ca.new_root_ca("other")
-        ocert, okey = _cert(other, pb.ROLE_MANAGER)
-        (tmp_path / "o.crt").write_bytes(ocert)
-        (tmp_path / "o.key").write_bytes(okey)
-        wrong = ssl.create_default_context(cafile=ca_file)
-        wrong.check_hostname = False
-        wrong.load_cert_chain(tmp_path / "o.crt", tmp_path / "o.key")
-        async with httpx.AsyncClient(verify=wrong) as client:
-            with pytest.raises(httpx.HTTPError):
-                await client.get(url)
+
+        def client_context(name: str, pair: tuple[bytes, bytes] | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=ca_file)
+            ctx.check_hostname = False
+            if pair is not None:
+                (tmp_path / f"{name}.crt").write_bytes(pair[0])
+                (tmp_path / f"{name}.key").write_bytes(pair[1])
+                ctx.load_cert_chain(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+            return ctx
+
+        # No client certificate, or one from another CA: the handshake fails.
+        other = _cert(ca.new_root_ca("other"), pb.ROLE_MANAGER)
+        for refused in (client_context("none", None), client_context("other", other)):
+            async with httpx.AsyncClient(verify=refused) as client:
+                with pytest.raises(httpx.HTTPError):
+                    await client.get(url)
         # The cluster's certificate (a worker's will do: it is read-only).
-        wcert, wkey = _cert(root, pb.ROLE_WORKER)
-        (tmp_path / "w.crt").write_bytes(wcert)
-        (tmp_path / "w.key").write_bytes(wkey)
-        good = ssl.create_default_context(cafile=ca_file)
-        good.check_hostname = False
-        good.load_cert_chain(tmp_path / "w.crt", tmp_path / "w.key")
+        good = client_context("worker", _cert(root, pb.ROLE_WORKER))
         async with httpx.AsyncClient(verify=good) as client:
             r = await client.get(url)
             assert r.status_code == 200 and "probe_total 1.0" in r.text

@@ -4,7 +4,6 @@ API on its socket, and a campaign for leadership that runs the reconcilers."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import os
 import socket
@@ -399,21 +398,10 @@ class ServerIdentity:
         self.renew_at = utcnow()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
-        key = ca.new_key()
-        validity = datetime.timedelta(milliseconds=self.cluster.spec.ca.node_cert_expiry_ms)
-        cert = ca.issue_cert(
-            self.cluster.root_ca,
-            ca.new_csr(key),
-            self.manager_id,
-            pb.ROLE_MANAGER,
-            self.cluster.id,
-            validity,
-        )
+        chain, key, validity = ca.manager_server_cert(self.cluster, self.manager_id)
         self.renew_at = utcnow() + validity / 2
-        root = self.cluster.root_ca.ca_cert_pem
-        # The chain carries the root so a joining node can pin it by its digest.
         return grpc.ssl_server_certificate_configuration(
-            [(ca.key_pem(key), cert + root)], root_certificates=root
+            [(key, chain)], root_certificates=self.cluster.root_ca.ca_cert_pem
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any
 
 import grpc.aio
@@ -55,6 +55,19 @@ _AVAILABILITY = {
     pb.AVAILABILITY_PAUSE: "pause",
     pb.AVAILABILITY_DRAIN: "drain",
 }
+
+
+def node_labels(n: pb.Node, live_managers: Container[str]) -> tuple[str, str, str]:
+    """(role, status, availability) as words; a manager's status is its presence, as in
+    `node ls`."""
+    state = n.status.state
+    if n.role == pb.ROLE_MANAGER:
+        state = pb.NODE_READY if n.id in live_managers else pb.NODE_DOWN
+    return (
+        _ROLES.get(n.role, "worker"),
+        _STATUS.get(state, "unknown"),
+        _AVAILABILITY.get(n.spec.availability, "active"),
+    )
 
 
 def task_state_name(state: int) -> str:
@@ -131,17 +144,7 @@ class ClusterCollector(Collector):
         live = self.cache.managers()
         counts: Tally[tuple[str, str, str]] = Tally()
         for n in self.cache.list_objects(Kind.NODE):
-            state = n.status.state
-            if n.role == pb.ROLE_MANAGER:
-                # A manager's status is its presence, as in `node ls`.
-                state = pb.NODE_READY if n.id in live else pb.NODE_DOWN
-            counts[
-                (
-                    _ROLES.get(n.role, "worker"),
-                    _STATUS.get(state, "unknown"),
-                    _AVAILABILITY.get(n.spec.availability, "active"),
-                )
-            ] += 1
+            counts[node_labels(n, live)] += 1
         for labels, count in sorted(counts.items()):
             nodes.add_metric(list(labels), count)
 

@@ -49,18 +49,9 @@ class ManagerHttp:
 
     def _certificate(self) -> tuple[bytes, bytes]:
         """A server certificate from the cluster CA (renewed at half its life)."""
-        key = ca.new_key()
-        validity = datetime.timedelta(milliseconds=self.cluster.spec.ca.node_cert_expiry_ms)
-        cert = ca.issue_cert(
-            self.cluster.root_ca,
-            ca.new_csr(key),
-            self.manager_id,
-            pb.ROLE_MANAGER,
-            self.cluster.id,
-            validity,
-        )
+        chain, key, validity = ca.manager_server_cert(self.cluster, self.manager_id)
         self._renew_at = datetime.datetime.now(datetime.UTC) + validity / 2
-        return cert + self.cluster.root_ca.ca_cert_pem, ca.key_pem(key)
+        return chain, key
 
     async def _renew(self) -> None:
         assert self._tls is not None

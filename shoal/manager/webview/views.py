@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal.manager.metrics import node_labels, task_state_name
 from shoal.manager.store import Cache
 from shoal.proto import objects_pb2 as pb
 
-_NODE_STATUS = {
-    pb.NODE_UNKNOWN: "unknown",
-    pb.NODE_DOWN: "down",
-    pb.NODE_READY: "ready",
-    pb.NODE_DISCONNECTED: "disconnected",
-}
-_AVAILABILITY = {
-    pb.AVAILABILITY_ACTIVE: "active",
-    pb.AVAILABILITY_PAUSE: "pause",
-    pb.AVAILABILITY_DRAIN: "drain",
-}
 _HEALTH = {
     pb.HEALTH_NONE: "",
     pb.HEALTH_STARTING: "starting",
@@ -26,18 +16,14 @@ _HEALTH = {
 }
 
 
-def state_name(state: int) -> str:
-    return pb.TaskState.Name(state).lower()  # type: ignore[arg-type]
-
-
 def task_view(t: pb.Task) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": t.id,
         "service": t.service_id,
         "name": f"{t.service_name}.{t.slot}" if t.slot else t.service_name,
         "node": t.node_id,
-        "state": state_name(t.status.state),
-        "desired": state_name(t.desired_state),
+        "state": task_state_name(t.status.state),
+        "desired": task_state_name(t.desired_state),
     }
     if t.status.err:
         view["err"] = t.status.err
@@ -47,16 +33,13 @@ def task_view(t: pb.Task) -> dict[str, Any]:
 
 
 def node_view(n: pb.Node, cache: Cache) -> dict[str, Any]:
-    status = n.status.state
-    if n.role == pb.ROLE_MANAGER:
-        # A manager's status is its presence, as in `node ls`.
-        status = pb.NODE_READY if n.id in cache.managers() else pb.NODE_DOWN
+    role, status, availability = node_labels(n, cache.managers())
     return {
         "id": n.id,
         "hostname": n.description.hostname or n.id[:12],
-        "role": "manager" if n.role == pb.ROLE_MANAGER else "worker",
-        "status": _NODE_STATUS.get(status, "unknown"),
-        "availability": _AVAILABILITY.get(n.spec.availability, "active"),
+        "role": role,
+        "status": status,
+        "availability": availability,
         "cpus": n.description.resources.nano_cpus / 1e9,
         "memory": n.description.resources.memory_bytes,
         "leader": n.id == cache.leader_id(),
