@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from .procs import ManagerProcess, WorkerProcess, free_port
+from .testbed.cluster import Cluster
+from .testbed.hosts import Hosts
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +102,30 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+def test_non_loopback_http_requires_a_cluster_certificate(tmp_path: Path) -> None:
+    """On a host's address the web view and /metrics are HTTPS with client certificates
+    from the cluster CA: a worker's node certificate gets in, no certificate does not."""
+    with Hosts(2) as hosts:
+        cluster = Cluster(hosts, tmp_path)
+        h0, h1 = hosts[0], hosts[1]
+        cluster.start_manager("--http-addr", f"{h0.addr}:9443")
+        cluster.start_worker(h1, "--runtime", "simulated")
+        certs = tmp_path / h1.name / "certificates"
+        # The server's certificate names the manager role; resolve that name to h0.
+        base = ["curl", "-sS", "--max-time", "10", "--resolve", f"shoal-manager:9443:{h0.addr}",
+                "--cacert", str(certs / "ca.crt")]  # fmt: skip
+        url = "https://shoal-manager:9443"
+        client = ["--cert", str(certs / "node.crt"), "--key", str(certs / "node.key")]
+        ok = h1.run(*base, *client, f"{url}/healthz", check=False)
+        assert ok.returncode == 0 and ok.stdout.startswith("ok"), ok
+        page = h1.run(*base, *client, f"{url}/", check=False)
+        assert page.returncode == 0 and "<title>Shoal</title>" in page.stdout
+        metrics = h1.run(*base, *client, f"{url}/metrics", check=False)
+        assert "shoal_nodes{" in metrics.stdout
+        refused = h1.run(*base, f"{url}/healthz", check=False)
+        assert refused.returncode != 0 and "ok" not in refused.stdout
+        plain = h1.run("curl", "-sS", "--max-time", "10", f"http://{h0.addr}:9443/", check=False)
+        assert plain.returncode != 0 or "<title>Shoal</title>" not in plain.stdout
