@@ -52,6 +52,28 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.25)  # scraping is what is tested: a scraper polls
 
 
+def check_agent(m: ManagerProcess, wport: int) -> None:
+    # The agent: the running task's memory and CPU from its cgroup, its network bytes.
+    tasks = m.ctl("service", "ps", "web", "--format", "json").json()
+    running = [t["id"] for t in tasks if t["desired_state"] == "running"]
+    assert len(running) == 1
+    agent = scrape(wport)
+    mem = value(agent, "shoal_task_memory_bytes", service="web", task=running[0])
+    assert mem is not None and mem > 0
+    cpu = value(agent, "shoal_task_cpu_seconds_total", service="web", task=running[0])
+    assert cpu is not None and cpu >= 0
+    assert value(agent, "shoal_task_network_bytes_total", task=running[0], direction="rx") == 0
+    # Only running tasks are reported: the scaled-down ones go once their containers stop.
+    wait_for(
+        lambda: {lbl["task"] for lbl, _ in scrape(wport)["shoal_task_memory_bytes"]}
+        == set(running)
+    )
+    assert (value(agent, "shoal_image_pulls_total") or 0) >= 1
+    assert (value(agent, "shoal_image_pull_bytes_total") or 0) > 0
+    assert value(agent, "shoal_session_reconnects_total") == 0
+    assert value(agent, "shoal_session_up") == 1
+
+
 def test_metrics_follow_a_scale_and_show_task_memory(
     tmp_path: Path,
     containerd: Containerd,
@@ -111,25 +133,7 @@ def test_metrics_follow_a_scale_and_show_task_memory(
     wait_for(lambda: replicas("running") == 1)
     assert replicas("desired") == 1
 
-    # The agent: the running task's memory and CPU from its cgroup, its network bytes.
-    tasks = m.ctl("service", "ps", "web", "--format", "json").json()
-    running = [t["id"] for t in tasks if t["desired_state"] == "running"]
-    assert len(running) == 1
-    agent = scrape(wport)
-    mem = value(agent, "shoal_task_memory_bytes", service="web", task=running[0])
-    assert mem is not None and mem > 0
-    cpu = value(agent, "shoal_task_cpu_seconds_total", service="web", task=running[0])
-    assert cpu is not None and cpu >= 0
-    assert value(agent, "shoal_task_network_bytes_total", task=running[0], direction="rx") == 0
-    # Only running tasks are reported: the scaled-down ones go once their containers stop.
-    wait_for(
-        lambda: {lbl["task"] for lbl, _ in scrape(wport)["shoal_task_memory_bytes"]}
-        == set(running)
-    )
-    assert (value(agent, "shoal_image_pulls_total") or 0) >= 1
-    assert (value(agent, "shoal_image_pull_bytes_total") or 0) > 0
-    assert value(agent, "shoal_session_reconnects_total") == 0
-    assert value(agent, "shoal_session_up") == 1
+    check_agent(m, wport)
 
     assert m.ctl("service", "rm", "web").code == 0
     wait_for(lambda: value(scrape(mport), "shoal_service_replicas", service="web") is None)

@@ -288,6 +288,41 @@ class Manager:
             cfg.join_listen_addr,
         )
 
+    async def _serve_local(
+        self, control: ControlAPI, servers: list[grpc.aio.Server]
+    ) -> grpc.aio.Server:
+        """Local callers: the control socket, guarded by file permissions (root)."""
+        server = grpc.aio.server()
+        servers.append(server)
+        api_grpc.add_ControlServicer_to_server(control, server)
+        sock = self.config.socket_path
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        # Root-only from the first moment: create the socket under a tight umask.
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix://{sock}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
+        log.info("manager %s: control API on %s", self.id, sock)
+        return server
+
+    async def _serve_http(self, cluster: pb.Cluster) -> None:
+        """--http-addr: /metrics, /healthz and the web view."""
+        if self.metrics is None:
+            return
+        assert self.store is not None and self.cache is not None and self.dispatcher is not None
+        self.http = ManagerHttp(
+            parse_http_addr(self.config.http_addr),
+            self.metrics,
+            (self.store, self.cache, self.dispatcher),
+            cluster,
+            self.id,
+        )
+        await self.http.start()
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -305,7 +340,7 @@ class Manager:
                 endpoints, tls = [self.etcd.endpoint], self.etcd.tls
                 log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
             if cfg.http_addr:
-                self.metrics = ManagerMetrics()
+                self.metrics = ManagerMetrics()  # before the store: it times etcd calls
             timers = [self.metrics.etcd_timer] if self.metrics is not None else None
             self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth, timers))
             self.id = await self._identify()
@@ -329,34 +364,8 @@ class Manager:
             background.append(asyncio.create_task(self.journal.run(), name="events"))
 
             await self._serve_remote(cluster, control, servers)
-
-            # Local callers: the control socket, guarded by file permissions (root).
-            server = grpc.aio.server()
-            servers.append(server)
-            api_grpc.add_ControlServicer_to_server(control, server)
-            sock = cfg.socket_path
-            sock.parent.mkdir(parents=True, exist_ok=True)
-            sock.unlink(missing_ok=True)
-            # Root-only from the first moment: create the socket under a tight umask.
-            old_umask = os.umask(0o177)
-            try:
-                server.add_insecure_port(f"unix://{sock}")
-                await server.start()
-            finally:
-                os.umask(old_umask)
-            os.chmod(sock, 0o600)
-            log.info("manager %s: control API on %s", self.id, sock)
-            if self.metrics is not None:
-                self.http = ManagerHttp(
-                    parse_http_addr(cfg.http_addr),
-                    self.metrics,
-                    self.store,
-                    self.cache,
-                    self.dispatcher,
-                    cluster,
-                    self.id,
-                )
-                await self.http.start()
+            server = await self._serve_local(control, servers)
+            await self._serve_http(cluster)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)

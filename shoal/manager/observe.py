@@ -26,12 +26,11 @@ class ManagerHttp:
         self,
         addr: HttpAddr,
         metrics: ManagerMetrics,
-        store: Store,
-        cache: Cache,
-        dispatcher: Dispatcher,
+        parts: tuple[Store, Cache, Dispatcher],
         cluster: pb.Cluster,
         manager_id: str,
     ) -> None:
+        store, cache, dispatcher = parts
         self.addr = addr
         self.metrics = metrics
         self.store = store
