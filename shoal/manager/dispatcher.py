@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import cancel_and_wait, supervised
 from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.logbuffer import LogBuffer
@@ -93,9 +93,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
     async def start(self) -> None:
         self.peers.rebuild()
         self._background = [
-            asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
-            asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
-            asyncio.create_task(self._announce_managers(), name="dispatcher-managers"),
+            supervised("dispatcher assignments", self._push_assignments),
+            supervised("dispatcher status writes", self._flush_statuses),
+            supervised("dispatcher manager list", self._announce_managers),
         ]
 
     async def stop(self) -> None:

@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait, first_completed
+from shoal.aiotasks import cancel_and_wait, first_completed, supervised
 from shoal.clock import utcnow
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
@@ -153,6 +153,9 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
 
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# A reconcile pass normally takes milliseconds; one this old is hung.
+RECONCILE_STUCK_S = 120.0
+WATCHDOG_EVERY_S = 5.0
 # Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
 # dead peer whose host vanished without closing the connection in 1-2.5 s; with
 # the 1 s grace after a lost session its tasks move in under 4 s.
@@ -221,7 +224,19 @@ class Manager:
     async def _lead(self, fence: Fence) -> None:
         """The leader's work: the reconcilers, and node liveness across managers."""
         assert self.reconciler is not None and self.liveness is not None
-        await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
+        await first_completed(
+            self.reconciler.run(fence), self.liveness.run(fence), self._watchdog()
+        )
+
+    async def _watchdog(self) -> None:
+        """A leader whose reconcile pass hangs gives leadership up (the election then
+        revokes its lease) rather than keep the lease doing nothing."""
+        assert self.reconciler is not None
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            stuck = self.reconciler.stuck_for_s()
+            if stuck > RECONCILE_STUCK_S:
+                raise ReconcilerStuck(f"a reconcile pass has run for {stuck:.0f}s")
 
     def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this manager's certificate, re-issued at half its life (no restart)."""
@@ -295,7 +310,7 @@ class Manager:
             self.cache = Cache(self.store)
             await self.cache.start()
             self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
-            presence = asyncio.create_task(self.presence.run(), name="presence")
+            presence = supervised("presence", self.presence.run)
             cache = self.cache
 
             def managers() -> list[str]:
@@ -352,6 +367,10 @@ class Manager:
             if self.etcd is not None:
                 await self.etcd.stop()
             os.close(lock_fd)
+
+
+class ReconcilerStuck(RuntimeError):
+    pass
 
 
 class ServerIdentity:
