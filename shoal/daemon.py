@@ -101,6 +101,12 @@ def _size(text: str, flag: str) -> int:
 )
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
 @click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A registry reached over plain HTTP to pin image tags (give the workers' list).",
+)
+@click.option(
     "--leader-lease-ttl",
     default=5,
     show_default=True,
@@ -121,6 +127,7 @@ def manager(
     join_addr: str,
     join_token: str,
     hostname: str,
+    insecure_registry: tuple[str, ...],
     leader_lease_ttl: int,
 ) -> None:
     """Run a manager."""
@@ -157,6 +164,7 @@ def manager(
         join_token=join_token,
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
+        insecure_registries=set(insecure_registry),
     )
     try:
         asyncio.run(_run_until_signalled(Manager(config)))

@@ -25,6 +25,7 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.ids import new_id
 from shoal.manager.liveness import NodeLiveness
 from shoal.manager.nodeca import NodeCA, new_node
+from shoal.manager.pinning import ImagePinner
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
@@ -64,6 +65,8 @@ class ManagerConfig:
     hostname: str = ""
     # How long a dead leader holds on before another manager takes over.
     leader_ttl_s: int = 5
+    # Registries the manager reaches over plain HTTP to pin image tags (as the workers').
+    insecure_registries: set[str] = field(default_factory=set)
 
     @property
     def socket_path(self) -> Path:
@@ -296,6 +299,7 @@ class Manager:
         servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
+        pinner: ImagePinner | None = None
         try:
             endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
@@ -320,7 +324,8 @@ class Manager:
 
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
-            control = ControlAPI(self.store, self.cache, self.dispatcher)
+            pinner = ImagePinner(cfg.insecure_registries)
+            control = ControlAPI(self.store, self.cache, self.dispatcher, pinner)
 
             await self._serve_remote(cluster, control, servers)
 
@@ -358,6 +363,8 @@ class Manager:
                 await self.presence.resign()
             for srv in servers:
                 await srv.stop(grace=2)
+            if pinner is not None:
+                await pinner.close()
             if server is not None:
                 cfg.socket_path.unlink(missing_ok=True)
             if self.cache is not None:
