@@ -26,6 +26,8 @@ from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 from .helpers import service_spec
 from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 
+pytestmark = pytest.mark.integration
+
 
 def control(m: ManagerProcess) -> api_grpc.ControlStub:
     return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))

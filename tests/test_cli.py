@@ -14,6 +14,8 @@ from shoal.manager.store import EtcdConnection, Store
 from .helpers import make_node
 from .procs import ManagerProcess, free_manager_addr, swarmctl
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def manager(

@@ -20,6 +20,8 @@ from shoal.proto import objects_pb2 as pb
 from .helpers import live, make_node, service_spec, until
 from .procs import ManagerProcess
 
+pytestmark = pytest.mark.integration
+
 
 def control(m: ManagerProcess) -> api_grpc.ControlStub:
     return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))

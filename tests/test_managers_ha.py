@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
@@ -23,6 +25,8 @@ from .test_agents_simulated import (
     wait_nodes_ready,
     wait_service,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:

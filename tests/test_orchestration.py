@@ -16,6 +16,8 @@ from shoal.proto import objects_pb2 as pb
 
 from .helpers import live, make_node, service_spec, spread, until
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def leader(store: Store, cache: Cache) -> AsyncIterator[Reconciler]:

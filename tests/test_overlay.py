@@ -9,7 +9,6 @@ namespaces itself.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,11 +24,7 @@ from tests.testbed.probe import Servers, fetch, ip_of, task_netns
 
 from .helpers import service_spec
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox (busybox-static)"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root", "host_busybox")]
 
 
 def wait_reachable(client: pb.Task, server: pb.Task, limit_s: float = 10) -> float:

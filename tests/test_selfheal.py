@@ -41,10 +41,7 @@ from tests.testbed.registry import Registry
 
 from .procs import Result, swarmctl
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root")]
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = ("h1", "h2")
