@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 MAX_TASK_ERRORS = 5
+# Trailing metadata key of GetCluster: "idle" or "busy" (see GetCluster).
+RECONCILER_KEY = "shoal-reconciler"
 
 
 class Precondition(Exception):
@@ -95,10 +97,17 @@ _KIND_WORD = {
 
 
 class ControlAPI(api_grpc.ControlServicer):
-    def __init__(self, store: Store, cache: Cache, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        dispatcher: Dispatcher | None = None,
+        reconciler_idle: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.dispatcher = dispatcher
+        self.reconciler_idle = reconciler_idle
 
     # ------------------------------------------------------------ lookups
 
@@ -504,6 +513,11 @@ class ControlAPI(api_grpc.ControlServicer):
         self, request: api.GetClusterRequest, context: Any
     ) -> api.GetClusterResponse:
         await self.cache.sync()
+        # Debug state in trailing metadata (not part of the API's messages): after the
+        # sync above, "idle" means this manager leads and has acted on every change
+        # up to now. Tests wait for it instead of sleeping before "nothing more changed".
+        idle = self.reconciler_idle is not None and self.reconciler_idle()
+        context.set_trailing_metadata(((RECONCILER_KEY, "idle" if idle else "busy"),))
         return api.GetClusterResponse(cluster=public_cluster(self.cluster()))
 
     @rpc

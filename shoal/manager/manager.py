@@ -301,7 +301,12 @@ class Manager:
 
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
-            control = ControlAPI(self.store, self.cache, self.dispatcher)
+            control = ControlAPI(
+                self.store,
+                self.cache,
+                self.dispatcher,
+                lambda: self.reconciler is not None and self.reconciler.idle(),
+            )
 
             await self._serve_remote(cluster, control, servers)
 
