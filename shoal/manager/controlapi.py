@@ -512,11 +512,14 @@ class ControlAPI(api_grpc.ControlServicer):
     async def GetCluster(
         self, request: api.GetClusterRequest, context: Any
     ) -> api.GetClusterResponse:
+        # Reports written before the sync are in the cache after it.
+        flushed = self.dispatcher is None or self.dispatcher.flushed()
         await self.cache.sync()
-        # Debug state in trailing metadata (not part of the API's messages): after the
-        # sync above, "idle" means this manager leads and has acted on every change
-        # up to now. Tests wait for it instead of sleeping before "nothing more changed".
-        idle = self.reconciler_idle is not None and self.reconciler_idle()
+        # Debug state in trailing metadata (not part of the API's messages): "idle"
+        # means this manager leads, has written the agents' reports it holds and acted
+        # on every change up to now. Tests wait for it instead of sleeping before they
+        # check that nothing more changed.
+        idle = flushed and self.reconciler_idle is not None and self.reconciler_idle()
         context.set_trailing_metadata(((RECONCILER_KEY, "idle" if idle else "busy"),))
         return api.GetClusterResponse(cluster=public_cluster(self.cluster()))
 
