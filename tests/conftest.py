@@ -42,6 +42,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
 
 
+class Bounds:
+    """Upper bounds on measured times. A test that takes `bounds` runs once in the
+    default run, printing its times, and once more only with `-m perf`, where the
+    bounds are asserted: a loaded CI machine must not fail on speed."""
+
+    def __init__(self, checked: bool) -> None:
+        self.checked = checked
+
+    def check(self, took: float, limit: float, what: str) -> None:
+        print(f"\n{what}: {took:.2f}s (bound {limit}s{'' if self.checked else ', unchecked'})")
+        if self.checked:
+            assert took <= limit, f"{what}: {took:.2f}s, bound {limit}s"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bounds" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "bounds",
+            [False, pytest.param(True, marks=pytest.mark.perf)],
+            ids=["ci", "perf"],
+            indirect=True,
+        )
+
+
+@pytest.fixture
+def bounds(request: pytest.FixtureRequest) -> Bounds:
+    return Bounds(bool(request.param))
+
+
 def require(ok: bool, what: str) -> None:
     """A missing prerequisite fails the test: a CI run that cannot test must not look green."""
     if not ok:

@@ -207,16 +207,20 @@ class WorkerProcess(DaemonProcess):
         if not wait_joined:
             return self
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not (
-            (self.state_dir / "node_id").exists()
-            and (control_socket is None or registered_at(control_socket, self.node_id) > before)
-        ):
+        while not self._registered(control_socket, before):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not register in time:\n{self.log_tail()}")
             time.sleep(0.05)  # start-up only; the API has no node watch
         return self
+
+    def _registered(self, control_socket: Path | None, before: int) -> bool:
+        path = self.state_dir / "node_id"
+        node_id = path.read_text().strip() if path.exists() else ""
+        if not node_id:  # not joined yet (or the file is being written)
+            return False
+        return control_socket is None or registered_at(control_socket, node_id) > before
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.proc is not None
