@@ -17,6 +17,7 @@ from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity
 
+from .helpers import wait_idle
 from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (
     control,
@@ -133,7 +134,7 @@ def test_kill_leader_during_scale_converges_to_exactly_12(
     wait_service(follower, "web", 12, timeout=60)
     print(f"12/12 running {time.monotonic() - killed_at:.2f}s after the kill")
     # Settled: exactly one running task per slot, the agents moved to the live manager.
-    time.sleep(2)
+    wait_idle(control(follower))
     assert running_slots(follower, "web") == list(range(1, 13))
     nodes = nodes_json(follower)
     assert nodes["w1"]["status"] == "ready" and nodes["w2"]["status"] == "ready"
