@@ -254,6 +254,18 @@ async def test_json_keys_and_quiet(manager: ManagerProcess, shared: Store) -> No
         assert t["state"] == "assigned" and t["node_hostname"] == "n1"
         assert t["addresses"][0].endswith("/24")
 
+    check_node_network_cluster_json(manager)
+
+    # Without -d, create waits; with no worker running tasks it times out cleanly.
+    r = manager.ctl("service", "create", "--name", "slow", "--image", "busybox", "--timeout", "1s")
+    assert r.code == 1
+    assert "did not converge within 1s: 0/1 running" in r.err
+    assert manager.ctl("service", "rm", "web", "slow").code == 0
+    assert manager.ctl("service", "ls", "-q").out == ""
+
+
+def check_node_network_cluster_json(manager: ManagerProcess) -> None:
+    """The JSON keys of node, network and cluster commands, and what they change."""
     (node,) = [
         n
         for n in json.loads(manager.ctl("node", "ls", "--format", "json").out)
@@ -279,10 +291,3 @@ async def test_json_keys_and_quiet(manager: ManagerProcess, shared: Store) -> No
     assert tokens["worker"].startswith("SWMTKN-1-") and tokens["manager"] != tokens["worker"]
     rotated = manager.ctl("cluster", "join-token", "worker", "--rotate", "-q").out.strip()
     assert rotated != tokens["worker"]
-
-    # Without -d, create waits; with no worker running tasks it times out cleanly.
-    r = manager.ctl("service", "create", "--name", "slow", "--image", "busybox", "--timeout", "1s")
-    assert r.code == 1
-    assert "did not converge within 1s: 0/1 running" in r.err
-    assert manager.ctl("service", "rm", "web", "slow").code == 0
-    assert manager.ctl("service", "ls", "-q").out == ""
