@@ -24,7 +24,7 @@ from tests.testbed.hosts import Hosts
 from tests.testbed.probe import FetchError, Servers, fetch, ip_of, task_netns
 
 from .conftest import Bounds
-from .helpers import service_spec
+from .helpers import service_spec, wait_idle
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root", "host_busybox")]
 
@@ -252,4 +252,27 @@ def test_convergence_and_agent_restart(
         time.sleep(0.1)
     else:
         raise AssertionError("stale entries planted before the restart were not removed")
-    assert fetch(a, b) == b.id and fetch(b, a) == a.id
+    check_after_restart(c, servers, {a.id, b.id, new.id})
+
+
+def check_after_restart(c: Cluster, servers: Servers, served: set[str]) -> None:
+    """Whatever the leader decided while the agent was away (a kill -9 ends its session
+    at once, so its tasks may have moved), the service's running tasks reach each other
+    and the namespaces of its tasks that stopped are gone."""
+    wait_idle(c.control())
+    running = c.wait_running("web", 3)
+    for t in running:
+        if t.id not in served:
+            servers.serve(t)
+    for x in running:
+        for y in running:
+            if x.id != y.id:
+                wait_reachable(x, y)
+    tasks = c.control().ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+    stopped = [t for t in tasks if t.desired_state != pb.RUNNING and t.node_id]
+    print(f"after the agent restart: {len(stopped)} task(s) replaced")
+    for t in stopped:
+        deadline = time.monotonic() + 15
+        while os.path.exists(task_netns(t)):
+            assert time.monotonic() < deadline, f"namespace of stopped task {t.id} remains"
+            time.sleep(0.1)
