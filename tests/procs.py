@@ -16,6 +16,7 @@ import grpc
 
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
 
 START_TIMEOUT_S = 30.0
 
@@ -172,8 +173,16 @@ class WorkerProcess(DaemonProcess):
     def node_id(self) -> str:
         return (self.state_dir / "node_id").read_text().strip()
 
-    def start(self, wait_joined: bool = True) -> WorkerProcess:
+    def start(self, wait_joined: bool = True, control_socket: Path | None = None) -> WorkerProcess:
+        """Starts the agent; with wait_joined, returns once it has joined and, given the
+        manager's control socket, once the manager recorded a session newer than any
+        before this start (what a restart test must wait for: the node_id file of a
+        restarted agent exists before its new process did anything)."""
+        restart = (self.state_dir / "node_id").exists()
+        if wait_joined and restart and control_socket is None:
+            raise ValueError("a restarted agent is only up once it registered: pass control_socket")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        before = registered_at(control_socket, self.node_id) if restart and control_socket else 0
         args = [
             sys.executable,
             "-m",
@@ -195,18 +204,23 @@ class WorkerProcess(DaemonProcess):
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),
         )
-        if wait_joined:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not (self.state_dir / "node_id").exists():
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"worker exited {self.proc.returncode}:\n"
-                        f"{self.log.read_text(errors='replace')[-3000:]}"
-                    )
-                if time.monotonic() > deadline:
-                    raise RuntimeError("worker did not join in time")
-                time.sleep(0.05)  # start-up only
+        if not wait_joined:
+            return self
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._registered(control_socket, before):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not register in time:\n{self.log_tail()}")
+            time.sleep(0.05)  # start-up only; the API has no node watch
         return self
+
+    def _registered(self, control_socket: Path | None, before: int) -> bool:
+        path = self.state_dir / "node_id"
+        node_id = path.read_text().strip() if path.exists() else ""
+        if not node_id:  # not joined yet (or the file is being written)
+            return False
+        return control_socket is None or registered_at(control_socket, node_id) > before
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -214,3 +228,20 @@ class WorkerProcess(DaemonProcess):
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_text()[-n:]
+
+
+def registered_at(control_socket: Path, node_id: str) -> int:
+    """When the node's current session registered (manager clock, ms), 0 unless it is
+    ready: the dispatcher stamps heartbeat_at_ms on every registration, and only then."""
+    with grpc.insecure_channel(f"unix://{control_socket}") as ch:
+        try:
+            stub = api_grpc.ControlStub(ch)
+            node = stub.GetNode(api.GetNodeRequest(ref=node_id), timeout=10).node
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+    return node.status.heartbeat_at_ms if node.status.state == pb.NODE_READY else 0

@@ -16,6 +16,8 @@ from .helpers import make_node
 from .procs import ManagerProcess, free_manager_addr, swarmctl
 from .swarmctl_samples import CLUSTER_KEYS, NETWORK_KEYS, NODE_KEYS, SERVICE_KEYS, TASK_KEYS
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def manager(

@@ -11,10 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the demo needs root"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root")]
 
 
 def test_demo_runs_and_cleans_up() -> None:

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
+from .helpers import wait_idle
 from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (
     control,
@@ -23,6 +26,8 @@ from .test_agents_simulated import (
     wait_nodes_ready,
     wait_service,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:
@@ -128,7 +133,7 @@ def test_kill_leader_during_scale_converges_to_exactly_12(
     wait_service(follower, "web", 12, timeout=60)
     print(f"12/12 running {time.monotonic() - killed_at:.2f}s after the kill")
     # Settled: exactly one running task per slot, the agents moved to the live manager.
-    time.sleep(2)
+    wait_idle(control(follower))
     assert running_slots(follower, "web") == list(range(1, 13))
     nodes = nodes_json(follower)
     assert nodes["w1"]["status"] == "ready" and nodes["w2"]["status"] == "ready"

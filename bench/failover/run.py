@@ -38,7 +38,7 @@ from shoal.proto import objects_pb2 as pb
 from tests.testbed.cluster import Cluster
 from tests.testbed.etcd import HostEtcd
 from tests.testbed.hosts import Host, Hosts
-from tests.testbed.probe import Servers, fetch
+from tests.testbed.probe import FetchError, Servers, fetch
 
 SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
 
@@ -50,6 +50,13 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - start
         time.sleep(0.02)
     raise RuntimeError(f"not within {timeout}s: {what}")
+
+
+def reaches(client: pb.Task, server: pb.Task) -> bool:
+    try:
+        return fetch(client, server, 1) == server.id
+    except FetchError:
+        return False
 
 
 def spec(name: str, replicas: int, network: str = "") -> pb.ServiceSpec:
@@ -261,7 +268,7 @@ def overlay_convergence(root: Path, rounds: int) -> list[float]:
                 ran_at_ms = new.status.timestamp_ms
                 servers.serve(new)
                 client = next(t for t in live if t.node_id != new.node_id)
-                wait_for(lambda a=client, b=new: fetch(a, b, 1) == b.id, 10, "reachable")
+                wait_for(lambda a=client, b=new: reaches(a, b), 10, "reachable")
                 took = time.time() - ran_at_ms / 1000
                 times.append(took)
                 print(f"  overlay, round {r + 1}: reachable {took * 1000:.0f} ms after RUNNING")

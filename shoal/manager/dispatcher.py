@@ -86,6 +86,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._stopping = False
         self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
         self._wakeup = asyncio.Event()
+        self._writing = False
         self._background: list[asyncio.Task[None]] = []
         self.status_writes = 0
         self.peers = PeerTable(cache)
@@ -374,6 +375,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ task status
 
+    def flushed(self) -> bool:
+        """No agent report waits to be written (part of GetCluster's idle signal)."""
+        return not self._pending and not self._wakeup.is_set() and not self._writing
+
     def _queue(self, node_id: str, updates: Any) -> None:
         for u in updates:
             self._pending[u.task_id] = (node_id, u.status)
@@ -387,6 +392,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await asyncio.sleep(FLUSH_INTERVAL_S)
             self._wakeup.clear()
             pending, self._pending = self._pending, {}
+            self._writing = True
             try:
                 await self._write_statuses(pending)
             except Exception as err:  # etcd away: keep the reports, try again
@@ -395,6 +401,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     self._pending.setdefault(task_id, item)
                 await asyncio.sleep(0.5)
                 self._wakeup.set()
+            finally:
+                self._writing = False
 
     async def _write_statuses(self, pending: dict[str, tuple[str, pb.TaskStatus]]) -> None:
         ops: list[Update] = []

@@ -325,7 +325,13 @@ class Manager:
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
             pinner = ImagePinner(cfg.insecure_registries)
-            control = ControlAPI(self.store, self.cache, self.dispatcher, pinner)
+            control = ControlAPI(
+                self.store,
+                self.cache,
+                self.dispatcher,
+                pinner,
+                reconciler_idle=lambda: self.reconciler is not None and self.reconciler.idle(),
+            )
 
             await self._serve_remote(cluster, control, servers)
 

@@ -45,6 +45,14 @@ class Reconciler:
         self.passes = 0
         self.busy_since = 0.0
         self._wakeups: list[tuple[int, str]] = []
+        self._sub: Subscription | None = None
+        self._waiting = False
+
+    def idle(self) -> bool:
+        """Waiting for news, none queued, no delayed restart due: every change the cache
+        holds was acted on. Tests wait for this before checking that nothing more happens."""
+        sub = self._sub
+        return self._waiting and sub is not None and sub.queue.empty() and not self._wakeups
 
     async def run(self, fence: Fence) -> None:
         """Runs until cancelled (leadership lost) or a fenced write is refused."""
@@ -52,13 +60,18 @@ class Reconciler:
             await self.cache.sync()
             retry = self._everything()
             backoff = REFUSED_BACKOFF_MIN_S
+            self._sub = sub
             while True:
                 # A first pass, or one to redo, goes at once; otherwise wait for news
                 # or for the next task held back by a restart delay.
                 if retry:
                     resync, changes = sub.drain()
                 else:
-                    resync, changes = await self._next(sub)
+                    self._waiting = True
+                    try:
+                        resync, changes = await self._next(sub)
+                    finally:
+                        self._waiting = False
                 dirty = (
                     retry | self._due() | (self._everything() if resync else self._dirty(changes))
                 )

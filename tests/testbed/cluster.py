@@ -11,6 +11,7 @@ import grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+from tests.procs import registered_at
 from tests.testbed.hosts import Host, Hosts
 
 MANAGER_PORT = 4242
@@ -83,15 +84,20 @@ class Cluster:
             host.addr,
             *extra,
         ]
+        before = 0
         if not (state / "node_id").exists():
             args += ["--join-token", token]
+        else:  # a restart: up once the manager saw a registration newer than the last
+            before = registered_at(self.socket, (state / "node_id").read_text().strip())
         host.spawn(args, self.root / f"{host.name}.log")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if (state / "node_id").exists():
-                node_id = (state / "node_id").read_text().strip()
-                self.hosts.node_ids.append(node_id)
-                if self.node_ready(node_id):
+            path = state / "node_id"
+            node_id = path.read_text().strip() if path.exists() else ""
+            if node_id:
+                if node_id not in self.hosts.node_ids:
+                    self.hosts.node_ids.append(node_id)
+                if registered_at(self.socket, node_id) > before:
                     self.workers[node_id] = host
                     return node_id
             time.sleep(0.05)  # start-up only

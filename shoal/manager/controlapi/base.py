@@ -77,11 +77,13 @@ class ControlBase:
         cache: Cache,
         dispatcher: Dispatcher | None = None,
         pinner: ImagePinner | None = None,
+        reconciler_idle: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.dispatcher = dispatcher
         self.pinner = pinner or ImagePinner()
+        self.reconciler_idle = reconciler_idle
 
     def resolve(self, kind: Kind, ref: str) -> Any:
         """An object by exact ID, by name (hostname for nodes), or by unique ID prefix."""
