@@ -291,6 +291,27 @@ class Manager:
             cfg.join_listen_addr,
         )
 
+    async def _serve_local(
+        self, control: ControlAPI, servers: list[grpc.aio.Server]
+    ) -> grpc.aio.Server:
+        """Local callers: the control socket, guarded by file permissions (root)."""
+        server = grpc.aio.server()
+        servers.append(server)
+        api_grpc.add_ControlServicer_to_server(control, server)
+        sock = self.config.socket_path
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        # Root-only from the first moment: create the socket under a tight umask.
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix://{sock}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
+        log.info("manager %s: control API on %s", self.id, sock)
+        return server
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -334,23 +355,7 @@ class Manager:
             )
 
             await self._serve_remote(cluster, control, servers)
-
-            # Local callers: the control socket, guarded by file permissions (root).
-            server = grpc.aio.server()
-            servers.append(server)
-            api_grpc.add_ControlServicer_to_server(control, server)
-            sock = cfg.socket_path
-            sock.parent.mkdir(parents=True, exist_ok=True)
-            sock.unlink(missing_ok=True)
-            # Root-only from the first moment: create the socket under a tight umask.
-            old_umask = os.umask(0o177)
-            try:
-                server.add_insecure_port(f"unix://{sock}")
-                await server.start()
-            finally:
-                os.umask(old_umask)
-            os.chmod(sock, 0o600)
-            log.info("manager %s: control API on %s", self.id, sock)
+            server = await self._serve_local(control, servers)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)
