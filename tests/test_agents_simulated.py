@@ -24,7 +24,7 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 
 from .helpers import service_spec
-from .procs import ManagerProcess, WorkerProcess, free_manager_addr
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
 
 
 def control(m: ManagerProcess) -> api_grpc.ControlStub:

@@ -12,7 +12,7 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 
 from .helpers import make_node
-from .procs import ManagerProcess, free_manager_addr, swarmctl
+from shoal.lab.procs import ManagerProcess, free_manager_addr, swarmctl
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
-from .procs import ManagerProcess, WorkerProcess, free_manager_addr
-from .testbed.containerd import Containerd
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
+from shoal.lab.containerd import Containerd
 
 pytestmark = pytest.mark.integration
 

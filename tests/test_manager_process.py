@@ -18,7 +18,7 @@ from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 from .helpers import live, make_node, service_spec, until
-from .procs import ManagerProcess
+from shoal.lab.procs import ManagerProcess
 
 
 def control(m: ManagerProcess) -> api_grpc.ControlStub:

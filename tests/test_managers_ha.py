@@ -15,7 +15,7 @@ from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity
 
-from .procs import ManagerProcess, WorkerProcess
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (
     control,
     start_workers,

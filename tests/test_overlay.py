@@ -19,9 +19,9 @@ import pytest
 
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.hosts import Hosts
-from tests.testbed.probe import Servers, fetch, ip_of, task_netns
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Hosts
+from shoal.lab.probe import Servers, fetch, ip_of, task_netns
 
 from .helpers import service_spec
 

@@ -33,13 +33,13 @@ from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.cluster import Cluster
-from tests.testbed.containerd import Containerd
-from tests.testbed.etcd import HostEtcd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.registry import Registry
+from shoal.lab.cluster import Cluster
+from shoal.lab.containerd import Containerd
+from shoal.lab.etcd import HostEtcd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.registry import Registry
 
-from .procs import Result, swarmctl
+from shoal.lab.procs import Result, swarmctl
 
 pytestmark = [
     pytest.mark.integration,
@@ -201,7 +201,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) ->
             c.start_manager("--etcd-endpoints", etcd.endpoint)
             tb = Bed(c, etcd, containerd, registry)
             push = h0.run(
-                sys.executable, "-m", "tests.testbed.images", registry.addr, cwd=str(REPO)
+                sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO)
             )
             tb.image = push.stdout.split()[0]
             for h in hosts.hosts[1:]:

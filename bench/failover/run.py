@@ -35,10 +35,10 @@ import grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.etcd import HostEtcd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.probe import Servers, fetch
+from shoal.lab.cluster import Cluster
+from shoal.lab.etcd import HostEtcd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.probe import Servers, fetch
 
 SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
 

@@ -5,15 +5,15 @@
 Docker side: Debian's docker.io (installed with apt-get if missing; its system
 service is neither started nor used), a dockerd of our own: own data root, exec
 root, socket, pidfile and config file, no iptables, no bridge, no ip forwarding.
-It runs in a network namespace of its own (tests/testbed/hosts.py), because
+It runs in a network namespace of its own (shoal/lab/hosts.py), because
 `docker swarm init` adds docker_gwbridge, with an address and a route, to the
 namespace dockerd runs in. A local registry runs in that namespace too, and
 the swarm is `docker swarm init --advertise-addr 127.0.0.1`.
 
 Shoal side: a manager (embedded etcd) and one worker agent on a private
-containerd (tests/testbed), a local registry, all on loopback.
+containerd (shoal/lab), a local registry, all on loopback.
 
-Both registries serve the busybox image tests/testbed/images.py builds (same
+Both registries serve the busybox image shoal/lab/images.py builds (same
 bytes, same digest; checked). Each system first runs a one-replica warm-up
 service (pulls the image), then each round runs both systems, alternating
 which goes first, through their own CLIs:
@@ -73,11 +73,11 @@ import grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.procs import ManagerProcess, WorkerProcess
-from tests.testbed.containerd import Containerd, _children, _mounts_under
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.images import build_image, push_image
-from tests.testbed.registry import Registry
+from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.lab.containerd import Containerd, _children, _mounts_under
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.images import build_image, push_image
+from shoal.lab.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's docker.io CLI, the daemon's own version (another `docker` may come first in PATH).
@@ -581,7 +581,7 @@ def run_bench(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     docker_ref = (
         hosts[0]
         .run(
-            sys.executable, "-m", "tests.testbed.images", docker_reg.addr, "busybox", cwd=str(REPO)
+            sys.executable, "-m", "shoal.lab.images", docker_reg.addr, "busybox", cwd=str(REPO)
         )
         .stdout.split()[0]
     )

@@ -11,7 +11,7 @@ import grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.hosts import Host, Hosts
+from shoal.lab.hosts import Host, Hosts
 
 MANAGER_PORT = 4242
 

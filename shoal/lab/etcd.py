@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.testbed.hosts import Host
+from shoal.lab.hosts import Host
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380

@@ -1,6 +1,6 @@
 """The README's demo: a 3-host Shoal cluster on this machine, a service across hosts.
 
-Hosts are network namespaces on a private bridge (tests/testbed/hosts.py);
+Hosts are network namespaces on a private bridge (shoal/lab/hosts.py);
 the manager (embedded etcd) and a local registry run on h0, worker agents on
 h1 and h2, all started by the same provisioning scripts the Vagrant VMs use.
 The demo creates an overlay network and a busybox httpd service over both
@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.testbed.containerd import Containerd
-from tests.testbed.hosts import Hosts
-from tests.testbed.registry import Registry
+from shoal.lab.containerd import Containerd
+from shoal.lab.hosts import Hosts
+from shoal.lab.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("SHOAL_VENV", REPO / ".venv"))
@@ -88,7 +88,7 @@ class Demo:
         image = h0.run(
             sys.executable,
             "-m",
-            "tests.testbed.images",
+            "shoal.lab.images",
             self.registry.addr,
             "busybox",
             cwd=str(REPO),
