@@ -26,6 +26,29 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _join_token(token: str, token_file: Path | None) -> str:
+    """The join token from --join-token or --join-token-file (the file keeps it out of argv,
+    where every local user could read it in `ps`)."""
+    if token_file is None:
+        return token
+    if token:
+        raise click.UsageError("--join-token and --join-token-file are exclusive")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        raise click.BadParameter(str(err), param_hint="--join-token-file") from None
+    if not token:
+        raise click.BadParameter(f"{token_file} is empty", param_hint="--join-token-file")
+    return token
+
+
+TOKEN_FILE = click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the join token from this file instead of argv.",
+)
+
+
 async def _run_until_signalled(daemon: Manager | Agent) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +96,7 @@ def cli(log_level: str) -> None:
 @click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
 @click.option("--join-token", default="", help="A manager join token.")
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
 @click.option(
     "--leader-lease-ttl",
@@ -92,16 +116,18 @@ def manager(
     etcd_key: Path | None,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
     leader_lease_ttl: int,
 ) -> None:
     """Run a manager."""
+    join_token = _join_token(join_token, join_token_file)
     try:
         endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
     if bool(join_addr) != bool(join_token):
-        raise click.UsageError("--join-addr and --join-token go together")
+        raise click.UsageError("--join-addr and --join-token (or --join-token-file) go together")
     if join_addr and not endpoints:
         raise click.UsageError(
             "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
@@ -138,6 +164,7 @@ def manager(
 @click.option(
     "--join-token", default="", help="A worker join token (not needed once the node has joined)."
 )
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name [default: this host's name].")
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
 @click.option("--containerd-socket", default="/run/containerd/containerd.sock", show_default=True)
@@ -158,6 +185,7 @@ def worker(
     state_dir: Path,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
     advertise_addr: str,
     containerd_socket: str,
@@ -165,6 +193,7 @@ def worker(
     runtime: str,
 ) -> None:
     """Run a worker agent."""
+    join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
         join_addr=join_addr,
