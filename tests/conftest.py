@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from shoal.manager.etcd_embedded import EmbeddedEtcd
-from shoal.manager.store import Cache, EtcdConnection, Keys, Store
-
-from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.lab.registry import Registry
+from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.store import Cache, EtcdConnection, Keys, Store
 
 PR_SET_CHILD_SUBREAPER = 36
 

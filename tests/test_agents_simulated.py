@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.lab.procs import ManagerProcess, WorkerProcess, control, free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import control_pb2 as api
@@ -24,11 +25,6 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.identity import NodeIdentity, channel_options, join_addr_for
 
 from .helpers import service_spec
-from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
-
-
-def control(m: ManagerProcess) -> api_grpc.ControlStub:
-    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))
 
 
 @pytest.fixture

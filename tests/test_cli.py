@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, free_manager_addr, swarmctl
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 
 from .helpers import make_node
-from shoal.lab.procs import ManagerProcess, free_manager_addr, swarmctl
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.worker.runtime.containerd import ContainerdRuntime
-
-from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
 from shoal.lab.containerd import Containerd
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr, wait_for
+from shoal.worker.runtime.containerd import ContainerdRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -40,20 +39,11 @@ class Cluster:
     def containers(self) -> dict[str, list[str]]:
         """Container IDs per node namespace, straight from containerd."""
 
-        async def one(node_id: str) -> list[str]:
-            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{node_id}")
-            try:
-                return await rt.list()
-            finally:
-                await rt.close()
-
-        return {w.node_id: asyncio.run(one(w.node_id)) for w in self.workers}
+        return {w.node_id: list(self.containerd.containers(w.node_id)) for w in self.workers}
 
     def wait(self, predicate, limit_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + limit_s
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not met in time"
-            time.sleep(0.2)  # test-side check of containerd, which has no watch in our API
+        # containerd has no watch in our API: a test-side poll.
+        wait_for(predicate, limit_s, "condition", every=0.2)
 
 
 @pytest.fixture

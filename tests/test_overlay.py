@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
 from shoal.lab.cluster import Cluster
 from shoal.lab.hosts import Hosts
 from shoal.lab.probe import Servers, fetch, ip_of, task_netns
+from shoal.proto import control_pb2 as api
+from shoal.proto import objects_pb2 as pb
 
 from .helpers import service_spec
 

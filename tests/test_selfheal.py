@@ -13,7 +13,6 @@ service is sampled continuously they read the control API over gRPC instead (a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -22,24 +21,22 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from shoal.proto import control_pb2 as api
-from shoal.proto import control_pb2_grpc as api_grpc
-from shoal.proto import objects_pb2 as pb
-from shoal.worker.runtime.containerd import ContainerdRuntime
 from shoal.lab.cluster import Cluster
 from shoal.lab.containerd import Containerd
 from shoal.lab.etcd import HostEtcd
 from shoal.lab.hosts import Host, Hosts
+from shoal.lab.procs import Result, swarmctl, terminate, wait_for
 from shoal.lab.registry import Registry
-
-from shoal.lab.procs import Result, swarmctl
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,17 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = ("h1", "h2")
 # PID 1 of the container: exits on SIGTERM (a plain `sleep` as PID 1 would ignore it).
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
-    """Seconds until check() held (generous timeouts: the machine is shared)."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(every)
 
 
 class Bed:
@@ -134,19 +120,7 @@ class Bed:
     def containers(self, hostname: str) -> dict[str, tuple[str, int]]:
         """The node's containers in its own containerd namespace: id -> (status, pid)."""
 
-        async def listed() -> dict[str, tuple[str, int]]:
-            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{self.nodes[hostname]}")
-            try:
-                out = {}
-                for cid in await rt.list():
-                    s = await rt.state(cid)
-                    if s is not None:
-                        out[cid] = (s.status, s.pid)
-                return out
-            finally:
-                await rt.close()
-
-        return asyncio.run(listed())
+        return self.containerd.containers(self.nodes[hostname])
 
     def running_containers(self, hostname: str) -> dict[str, int]:
         """Running containers: id -> pid of their first process."""
@@ -600,8 +574,6 @@ def test_leader_killed_during_a_scale_from_3_to_12_converges_to_exactly_12(tb: B
         if killed is m1_proc or tb.manager.poll() is not None:
             tb.c.start_manager("--etcd-endpoints", tb.etcd.endpoint)
             tb.manager = h0.procs[-1]
-        if m2_proc.poll() is None:
-            m2_proc.send_signal(signal.SIGTERM)
-            m2_proc.wait(timeout=30)
+        terminate(m2_proc, timeout=30)
         wait_for(lambda: managers().get("manager2", {}).get("status") != "ready", 30, "m2 gone")
         tb.ctl("node", "rm", "manager2")

@@ -70,14 +70,15 @@ from typing import Any, Protocol
 
 import grpc
 
+from shoal.lab.containerd import Containerd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.images import build_image, push_image
+from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.lab.registry import Registry
+from shoal.lab.sweep import children, mounts_under, processes_mentioning
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.lab.procs import ManagerProcess, WorkerProcess
-from shoal.lab.containerd import Containerd, _children, _mounts_under
-from shoal.lab.hosts import Host, Hosts
-from shoal.lab.images import build_image, push_image
-from shoal.lab.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's docker.io CLI, the daemon's own version (another `docker` may come first in PATH).
@@ -336,11 +337,11 @@ class Swarm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        leftovers = _processes_mentioning(self.root)
-        for pid in [*_children(leftovers), *leftovers]:
+        leftovers = processes_mentioning(self.root)
+        for pid in [*children(leftovers), *leftovers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for target in _mounts_under(self.root):
+        for target in mounts_under(self.root):
             subprocess.run(["umount", "-l", target], capture_output=True)
 
 
@@ -524,19 +525,6 @@ class Shoal:
             self.worker.stop()
         if self.manager is not None:
             self.manager.stop()
-
-
-def _processes_mentioning(path: Path) -> list[int]:
-    """Processes whose command line names something under `path` (dockerd's containerd,
-    its shims)."""
-    pids = []
-    needle = str(path).encode()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (d / "cmdline").read_bytes():
-                    pids.append(int(d.name))
-    return pids
 
 
 def _ts(stamp: str) -> float:
@@ -731,7 +719,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    left = [*_mounts_under(root), *map(str, _processes_mentioning(root))]
+    left = [*mounts_under(root), *map(str, processes_mentioning(root))]
     if left or root.exists():
         print(f"WARNING: left behind under {root}: {left}")
 

@@ -11,15 +11,15 @@ including the task namespaces of its agents (`shoal-<node id>-...`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shoal.lab.procs import terminate
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -62,7 +62,13 @@ class Host:
 
 
 class Hosts:
-    def __init__(self, count: int, prefix: str | None = None, mtu: int = 1500) -> None:
+    def __init__(
+        self,
+        count: int,
+        prefix: str | None = None,
+        mtu: int = 1500,
+        names: list[str] | None = None,
+    ) -> None:
         self.prefix = prefix or f"sh{uuid.uuid4().hex[:6]}"
         self.underlay = f"{self.prefix}-ul"
         # A random private /24 for the underlay; it exists only inside our namespaces.
@@ -70,6 +76,7 @@ class Hosts:
         self.hosts: list[Host] = []
         self.node_ids: list[str] = []
         self.mtu = mtu
+        self.names = names or [f"h{i}" for i in range(count)]
         try:
             self._build(count)
         except BaseException:
@@ -81,7 +88,7 @@ class Hosts:
         _ip("-n", self.underlay, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.underlay, "link", "set", "br0", "up")
         for i in range(count):
-            name = f"h{i}"
+            name = self.names[i]
             ns = f"{self.prefix}-{name}"
             addr = f"{self.subnet}.{10 + i}"
             _ip("netns", "add", ns)
@@ -114,16 +121,7 @@ class Hosts:
     def close(self) -> None:
         for host in self.hosts:
             for proc in host.procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-            for proc in host.procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                terminate(proc, group=True)
         mine = [f"shoal-{n[:10]}-" for n in self.node_ids]
         for name in sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.exists() else []:
             if name.startswith(self.prefix + "-") or any(name.startswith(m) for m in mine):
