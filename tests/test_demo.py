@@ -20,7 +20,7 @@ pytestmark = [
 def test_demo_runs_and_cleans_up() -> None:
     before = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
     out = subprocess.run(
-        [sys.executable, "-m", "shoal.lab.demo"],
+        [sys.executable, "-m", "shoal.lab", "demo"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,2 +1,3 @@
-"""Test beds shared by the tests and the demo: netns hosts, a cluster on them,
-a private containerd, a local OCI registry and a tiny busybox image."""
+"""shoal-lab: a multi-host Shoal cluster on one Linux machine. Hosts are network
+namespaces on a private underlay; each worker host has its own containerd; a local
+registry serves a tiny busybox image. The tests and benchmarks build on the same parts."""

@@ -1,39 +1,30 @@
 """The README's demo: a 3-host Shoal cluster on this machine, a service across hosts.
 
-Hosts are network namespaces on a private bridge (shoal/lab/hosts.py);
-the manager (embedded etcd) and a local registry run on h0, worker agents on
-h1 and h2, all started by the same provisioning scripts the Vagrant VMs use.
-The demo creates an overlay network and a busybox httpd service over both
-workers, shows `swarmctl node ls` and `service ps`, and fetches a page from a
-task on one worker to a task on the other over their overlay IPs.
+A lab (shoal.lab.lab): hosts are network namespaces on a private bridge; the manager
+(embedded etcd) and a local registry run on manager1, worker agents, each with its own
+containerd, on worker1 and worker2, all started with the systemd units' command lines.
+The demo creates an overlay network and a busybox httpd service over both workers,
+shows `swarmctl node ls` and `service ps`, and fetches a page from a task on one worker
+to a task on the other over their overlay IPs.
 
-    ./scripts/demo          # run it, then tear everything down
-    ./scripts/demo --keep   # leave the cluster up until Ctrl-C
+    shoal-lab demo          # run it, then tear everything down
+    shoal-lab demo --keep   # leave the cluster up until Ctrl-C
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+import uuid
 
-from shoal.lab.containerd import Containerd
-from shoal.lab.hosts import Hosts
-from shoal.lab.registry import Registry
+from shoal.lab.lab import Lab
 
-REPO = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("SHOAL_VENV", REPO / ".venv"))
-SWARMCTL = str(VENV / "bin" / "swarmctl")
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-
-
 START = time.monotonic()
 
 
@@ -43,21 +34,12 @@ def say(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.shared = root / "shared"
-        self.hosts: Hosts | None = None
-        self.containerd: Containerd | None = None
-        self.registry: Registry | None = None
-        self.pidfiles: list[Path] = []
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "manager" / "control.sock"
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
 
     def ctl(self, *args: str, check: bool = True) -> str:
         out = subprocess.run(
-            [SWARMCTL, "--socket", str(self.socket), *args],
+            [sys.executable, "-m", "shoal.swarmctl", "--socket", str(self.lab.socket), *args],
             capture_output=True,
             text=True,
             timeout=180,
@@ -66,58 +48,14 @@ class Demo:
             raise RuntimeError(f"swarmctl {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout
 
-    def provision(self, host_index: int, script: str, *args: str) -> None:
-        assert self.hosts is not None
-        host = self.hosts[host_index]
-        out = host.run(
-            str(REPO / "scripts" / "provision" / script), *args, timeout=120, check=False
-        )
-        print(out.stdout.strip())
-        if out.returncode != 0:
-            raise RuntimeError(f"{script} on {host.name} failed: {out.stderr.strip()}")
-        self.pidfiles.append(Path(f"{args[0]}.pid"))
-
     def up(self) -> str:
         say("Three hosts: network namespaces on a private underlay bridge")
-        self.hosts = Hosts(3)
-        for h in self.hosts.hosts:
-            print(f"   {h.name}: {h.netns} at {h.addr}")
-        self.containerd = Containerd().start()
-        h0 = self.hosts[0]
-        self.registry = Registry(host=h0.addr, port=5000, wrap=h0.cmd()).start()
-        image = h0.run(
-            sys.executable,
-            "-m",
-            "shoal.lab.images",
-            self.registry.addr,
-            "busybox",
-            cwd=str(REPO),
-        ).stdout.split()[0]
-        print(f"   registry on {self.registry.addr}; pushed {image} (built from busybox-static)")
-
-        say("Manager on h0 (embedded etcd), workers on h1 and h2")
-        self.provision(0, "manager.sh", str(self.root / "manager"), h0.addr, str(self.shared))
-        for i in (1, 2):
-            h = self.hosts[i]
-            self.provision(
-                i,
-                "worker.sh",
-                str(self.root / h.name),
-                h.addr,
-                str(self.shared),
-                f"worker{i}",
-                "--containerd-socket",
-                str(self.containerd.socket),
-                "--insecure-registry",
-                self.registry.addr,
-            )
-            self.hosts.node_ids.append((self.root / h.name / "node_id").read_text().strip())
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            nodes = json.loads(self.ctl("node", "ls", "--format", "json"))
-            if sum(1 for n in nodes if n["status"] == "ready" and n["role"] == "worker") == 2:
-                break
-            time.sleep(0.2)
+        say("Manager on manager1 (embedded etcd), workers on worker1 and worker2")
+        self.lab.up(workers=2)
+        for h in self.lab.record["hosts"]:
+            print(f"   {h['name']}: {h['netns']} at {h['addr']}")
+        image = str(self.lab.record["image"])
+        print(f"   registry on {self.lab.registry_addr()}; pushed {image} (from busybox-static)")
         print(self.ctl("node", "ls"))
         return image
 
@@ -190,79 +128,36 @@ class Demo:
             raise RuntimeError("cross-host fetch failed")
         print(f"   (served by container {b['id'][:12]}: its hostname)")
 
-    def show_logs(self) -> None:
-        for log in sorted(self.root.glob("*.log")):
-            print(f"--- {log.name} (last lines)")
-            print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
-
     def down(self) -> None:
         say("Tearing down")
-        if self.socket.exists():
-            self.ctl("service", "rm", "web", check=False)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.ctl("task", "ls", "-q", check=False):
-                time.sleep(0.3)
-        for pidfile in reversed(self.pidfiles):
-            if pidfile.exists():
-                pid = int(pidfile.read_text())
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    for _ in range(150):
-                        if not _alive(pid):
-                            break
-                        time.sleep(0.1)
-                    else:
-                        os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if self.registry is not None:
-            self.registry.stop()
-        if self.containerd is not None:
-            self.containerd.stop()
-        if self.hosts is not None:
-            self.hosts.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        left = self.lab.down()
+        if left:
+            raise RuntimeError("left behind: " + "; ".join(left))
         print("   done: no namespaces, processes or mounts left")
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (an exited daemon is reaped by whoever adopted it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
-    args = p.parse_args()
+def run(keep: bool) -> None:
     if os.geteuid() != 0:
         sys.exit("the demo needs root (network namespaces, containerd)")
-    demo = Demo(Path(tempfile.mkdtemp(prefix="shoal-demo-")))
+    demo = Demo(Lab(f"demo-{uuid.uuid4().hex[:6]}"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         image = demo.up()
         demo.run_service(image)
         demo.cross_host()
-        if args.keep:
+        if keep:
             say("The cluster stays up; Ctrl-C tears it down. Meanwhile, try:")
             print(
-                f"   export SWARM_SOCKET={demo.socket}\n"
-                f"   {SWARMCTL} service scale web=6\n"
-                f"   {SWARMCTL} service ps web\n"
-                f"   {SWARMCTL} service logs web"
+                f"   export SWARM_SOCKET={demo.lab.socket}\n"
+                "   swarmctl service scale web=6\n"
+                "   swarmctl service ps web\n"
+                "   swarmctl service logs web"
             )
             signal.pause()
     except KeyboardInterrupt:
         pass
     except Exception:
-        demo.show_logs()
+        print(demo.lab.log_tails())
         raise
     finally:
         demo.down()
-
-
-if __name__ == "__main__":
-    main()
