@@ -5,14 +5,16 @@ its own, and every host namespace has one veth into it. Nothing is added to
 the root namespace. Processes run in a host with `nsenter --net` (not `ip
 netns exec`), so they share the root mount namespace: task namespaces they
 bind-mount under /var/run/netns and the containerd socket stay visible.
-`Hosts.close()` kills what it started and deletes every namespace it made,
+`Hosts.close()` stops what it started and deletes every namespace it made,
 including the task namespaces of its agents (`shoal-<node id>-...`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import subprocess
 import time
 import uuid
@@ -119,9 +121,13 @@ class Hosts:
         return self.hosts[i]
 
     def close(self) -> None:
-        for host in self.hosts:
-            for proc in host.procs:
-                terminate(proc, group=True)
+        procs = [p for host in self.hosts for p in host.procs if p.poll() is None]
+        # SIGTERM to all first, so they shut down in parallel, then wait for each.
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            terminate(proc, group=True)
         mine = [f"shoal-{n[:10]}-" for n in self.node_ids]
         for name in sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.exists() else []:
             if name.startswith(self.prefix + "-") or any(name.startswith(m) for m in mine):
