@@ -19,8 +19,7 @@ import pytest
 
 from shoal.lab.containerd import containers
 from shoal.lab.lab import DATA_ROOT, STATE_ROOT
-
-pytestmark = pytest.mark.integration
+from shoal.lab.units import command_line, unit_text
 
 NETNS = Path("/var/run/netns")
 SLEEPER = "trap 'exit 0' TERM; sleep 3600 & wait"
@@ -67,6 +66,66 @@ def root_links() -> set[str]:
     return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
 
 
+def test_lab_runs_the_units_command_lines() -> None:
+    """The lab's argv is the unit's ExecStart, expanded as systemd does: ${VAR} is one
+    argument, $VAR splits; unset variables take the unit's Environment= defaults."""
+    argv = command_line(
+        "worker",
+        {
+            "SHOAL_JOIN_ADDR": "10.0.0.1:4242",
+            "SHOAL_ADVERTISE_ADDR": "10.0.0.2",
+            "SHOAL_WORKER_ARGS": "--hostname w1  --runtime simulated",
+        },
+    )
+    assert argv == [
+        sys.executable, "-m", "shoal.daemon", "worker",
+        "--state-dir", "/var/lib/shoal",
+        "--join-addr", "10.0.0.1:4242",
+        "--join-token-file", "/etc/shoal/join-token",
+        "--advertise-addr", "10.0.0.2",
+        "--hostname", "w1", "--runtime", "simulated",
+    ]  # fmt: skip
+    worker = unit_text("worker")
+    assert "Restart=on-failure" in worker
+    # Stopping the agent must leave its containers (containerd's shims) running.
+    assert "KillMode=process" in worker
+    assert "--join-token" not in worker.replace("--join-token-file", "")
+    manager = command_line("manager", {"SHOAL_ADVERTISE_ADDR": "10.0.0.1"})
+    assert manager[3:] == [
+        "manager", "--state-dir", "/var/lib/shoal", "--listen-addr", "0.0.0.0:4242",
+        "--advertise-addr", "10.0.0.1",
+    ]  # fmt: skip
+    assert "Restart=on-failure" in unit_text("manager")
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "error"),
+    [
+        ("", [], "is empty"),
+        ("SWMTKN-1-x", ["--join-token", "SWMTKN-1-y"], "exclusive"),
+        (None, [], "No such file"),
+    ],
+)
+def test_join_token_file_refused(
+    tmp_path: Path, content: str | None, extra: list[str], error: str
+) -> None:
+    token = tmp_path / "token"
+    if content is not None:
+        token.write_text(content)
+    for role in ("worker", "manager"):
+        out = subprocess.run(
+            [
+                sys.executable, "-m", "shoal.daemon", role, "--state-dir", str(tmp_path / role),
+                "--join-addr", "127.0.0.1:1", "--join-token-file", str(token), *extra,
+            ],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert error in out.stderr
+        assert not (tmp_path / role).exists()
+
+
+@pytest.mark.integration
 def test_up_swarmctl_down_leaves_nothing() -> None:
     name = f"t{uuid.uuid4().hex[:8]}"
     state, data = STATE_ROOT / name, DATA_ROOT / name
