@@ -245,7 +245,11 @@ class Lab:
             shims = [p for p in pids if b"containerd-shim" in _cmdline(p)]
             tasks = {*processes_in_netns(self._task_netns_inodes()), *shims, *children(shims)}
             _stop(sorted(tasks), grace_s=0)
-            _stop([p for p in pids if p not in tasks])
+            # swarmd before what it uses (etcd, containerd): a manager whose etcd went
+            # first waits out its etcd timeouts before it exits.
+            daemons = [p for p in pids if p not in tasks and b"shoal.daemon" in _cmdline(p)]
+            _stop(daemons)
+            _stop([p for p in pids if p not in tasks and p not in daemons])
         for target in self.leftover_mounts():
             subprocess.run(["umount", "-l", target], capture_output=True)
         for ns in self.leftover_namespaces():
@@ -283,10 +287,12 @@ def _stop(pids: list[int], grace_s: float = 20) -> None:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    slow = [p for p in pids if alive(p)]
+    for pid in slow:
+        if grace_s:
+                print(f"shoal-lab: {pid} ({_cmdline(pid)[:80]!r}) ignored SIGTERM", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not any(alive(p) for p in pids), 10, "killed processes gone")
 
 
