@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from shoal.lab.procs import terminate
+from shoal.lab.procs import spawn, terminate
 from shoal.lab.sweep import children, mounts_under, processes_mentioning
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
@@ -57,20 +57,13 @@ class Containerd:
             f'  address = "{self.run / "debug.sock"}"\n'
             '  level = "warn"\n'
         )
-        with open(self.run / "containerd.log", "wb") as log:
-            # Its own session: a lab's containerd outlives the `shoal-lab up` that started it.
-            self.proc = subprocess.Popen(
-                [*self.wrap, BINARY, "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-            )
+        log = self.run / "containerd.log"
+        self.proc = spawn([*self.wrap, BINARY, "--config", str(config)], log)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    "containerd did not start: " + (self.run / "containerd.log").read_text()[-2000:]
+                    "containerd did not start: " + log.read_text()[-2000:]
                 )
             time.sleep(0.05)
         return self

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.lab.procs import terminate
+from shoal.lab.procs import spawn, terminate
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -50,15 +50,7 @@ class Host:
     def spawn(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                self.cmd(*argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        proc = spawn(self.cmd(*argv), log, env)
         self.procs.append(proc)
         return proc
 

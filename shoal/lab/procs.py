@@ -70,6 +70,22 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 20, group: bool = 
     return proc.returncode
 
 
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A daemon with its output appended to `log`, in a session of its own: it outlives
+    the command that started it (`shoal-lab up`) and a terminal's signals."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie (a detached daemon is reaped by whoever adopted it)."""
     try:

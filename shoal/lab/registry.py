@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shoal.lab.procs import terminate
+from shoal.lab.procs import spawn, terminate
 from shoal.manager.etcd_embedded import free_port
 
 BINARY = "/usr/bin/docker-registry"
@@ -46,14 +46,7 @@ class Registry:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.addr}\n"
         )
-        with open(self.dir / "registry.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [*self.wrap, BINARY, "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-            )
+        self.proc = spawn([*self.wrap, BINARY, "serve", str(config)], self.dir / "registry.log")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
