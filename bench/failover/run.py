@@ -118,7 +118,7 @@ class TwoManagers:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.etcd = HostEtcd(hosts[0], root / "etcd").start()
-        # m1 is the testbed cluster's manager (state dir, port); the agents join through it.
+        # m1 is the lab cluster's manager (state dir, port); the agents join through it.
         self.cluster = Cluster(hosts, root)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start("m1", 4242)

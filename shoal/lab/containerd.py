@@ -1,4 +1,4 @@
-"""A private containerd for tests and the demo: its own root, state and socket.
+"""A private containerd per lab host (and for tests): its own root, state and socket.
 
 Tests never touch a system containerd. `stop()` kills the shims it started
 (found by their -address argument), unmounts whatever is left under its

@@ -145,6 +145,8 @@ def build_image(
                 "WorkingDir": "/",
             },
             "rootfs": {"type": "layers", "diff_ids": [_sha(layer_tar)]},
+            # Kept as it was when this file lived in tests/testbed: the busybox image's
+            # digest stays the same (benchmark results cite it).
             "history": [{"created_by": "shoal tests/testbed/images.py"}],
         }
     ).encode()
