@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.lab.cluster import wait_running
 from shoal.lab.procs import ManagerProcess, WorkerProcess, control, free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import ca_pb2, ca_pb2_grpc
@@ -77,17 +78,7 @@ def wait_service(
 ) -> None:
     """Blocks on the WatchService stream until `running` tasks run (and the rolling update
     reached `update_state`, if given)."""
-    stream = control(m).WatchService(api.WatchServiceRequest(ref=name), timeout=timeout)
-    for progress in stream:
-        info = progress.service
-        if (
-            info.running == running
-            and info.desired == running
-            and (update_state is None or info.service.update_status.state == update_state)
-        ):
-            stream.cancel()
-            return
-    raise AssertionError("watch ended")
+    wait_running(control(m), name, running, timeout, update_state)
 
 
 def test_join_run_scale_remove(

@@ -71,7 +71,10 @@ def ls() -> None:
 def down(name: str) -> None:
     """Remove everything a lab made: processes, namespaces, mounts, state."""
     _root()
-    left = Lab(name).down()
+    lab = Lab(name)
+    if not lab.exists():
+        raise LabError(f"no lab named {name}: nothing to remove (see `shoal-lab ls`)")
+    left = lab.down()
     if left:
         raise click.ClickException("could not remove: " + "; ".join(left))
     click.echo(f"lab {name} removed")

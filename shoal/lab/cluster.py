@@ -118,15 +118,26 @@ class Cluster:
 
 
 def wait_running(
-    stub: api_grpc.ControlStub, service: str, count: int, timeout: float = 60
+    stub: api_grpc.ControlStub,
+    service: str,
+    count: int,
+    timeout: float = 60,
+    update_state: int | None = None,
 ) -> list[pb.Task]:
-    """Blocks on WatchService until `count` tasks of the service run; returns them."""
+    """Blocks on WatchService until `count` tasks of the service run (and its rolling
+    update reached `update_state`, if given); returns the running tasks."""
     stream = stub.WatchService(api.WatchServiceRequest(ref=service), timeout=timeout)
     try:
         for progress in stream:
             info = progress.service
-            if info.running == count and info.desired == count:
+            if (
+                info.running == count
+                and info.desired == count
+                and (update_state is None or info.service.update_status.state == update_state)
+            ):
                 break
+        else:
+            raise AssertionError(f"watch of {service} ended before {count} tasks ran")
     finally:
         stream.cancel()
     tasks = stub.ListTasks(api.ListTasksRequest(service_ref=service)).tasks

@@ -231,6 +231,15 @@ class Lab:
         mine = {os.getpid(), os.getppid()}
         return sorted(p for p in found if p not in mine and alive(p))
 
+    def exists(self) -> bool:
+        """Anything of this lab is there: its directories, namespaces or processes."""
+        return bool(
+            self.state.exists()
+            or self.data.exists()
+            or self.leftover_namespaces()
+            or self.leftover_processes()
+        )
+
     def leftover_mounts(self) -> list[str]:
         return mounts_under(self.state, self.data)
 
