@@ -1,5 +1,6 @@
 """`shoal-lab`: a multi-host Shoal cluster on one Linux machine (network namespaces).
 
+\b
     shoal-lab up [--workers N] [--managers M] [--name NAME]
     shoal-lab ls
     shoal-lab exec [--name NAME] HOST -- CMD...
