@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.containerd import Containerd
+from shoal.lab.images import push_image
+from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.lab.registry import Registry
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
-
-from .procs import ManagerProcess, WorkerProcess
-from .testbed.containerd import Containerd
-from .testbed.images import push_image
-from .testbed.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
 # Fixtures that start a daemon (or need root): a test using one is `integration`.

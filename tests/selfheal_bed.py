@@ -6,45 +6,30 @@ containerd. One Bed serves the module; `tb` heals it before and after each test.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.containerd import Containerd
+from shoal.lab.etcd import HostEtcd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.procs import Result, swarmctl, wait_for
+from shoal.lab.registry import Registry
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.cluster import Cluster
-from tests.testbed.containerd import Containerd
-from tests.testbed.etcd import HostEtcd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.registry import Registry
-
-from .procs import Result, swarmctl
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = ("h1", "h2")
 # PID 1 of the container: exits on SIGTERM (a plain `sleep` as PID 1 would ignore it).
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
-    """Seconds until check() held (generous timeouts: the machine is shared)."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(every)
 
 
 class Bed:
@@ -118,19 +103,7 @@ class Bed:
     def containers(self, hostname: str) -> dict[str, tuple[str, int]]:
         """The node's containers in its own containerd namespace: id -> (status, pid)."""
 
-        async def listed() -> dict[str, tuple[str, int]]:
-            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{self.nodes[hostname]}")
-            try:
-                out = {}
-                for cid in await rt.list():
-                    s = await rt.state(cid)
-                    if s is not None:
-                        out[cid] = (s.status, s.pid)
-                return out
-            finally:
-                await rt.close()
-
-        return asyncio.run(listed())
+        return self.containerd.containers(self.nodes[hostname])
 
     def running_containers(self, hostname: str) -> dict[str, int]:
         """Running containers: id -> pid of their first process."""
@@ -184,9 +157,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) ->
             c = Cluster(hosts, root)
             c.start_manager("--etcd-endpoints", etcd.endpoint)
             tb = Bed(c, etcd, containerd, registry)
-            push = h0.run(
-                sys.executable, "-m", "tests.testbed.images", registry.addr, cwd=str(REPO)
-            )
+            push = h0.run(sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO))
             tb.image = push.stdout.split()[0]
             for h in hosts.hosts[1:]:
                 tb.start_agent(h)

@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.lab.cluster import wait_running
+from shoal.lab.procs import ManagerProcess, WorkerProcess, control, free_manager_addr
 from shoal.pki.identity import NodeIdentity, channel_options
 from shoal.pki.join import join_addr_for
 from shoal.proto import ca_pb2, ca_pb2_grpc
@@ -21,13 +23,8 @@ from shoal.proto import objects_pb2 as pb
 
 from .conftest import Bounds
 from .helpers import service_spec, wait_idle
-from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 
 pytestmark = pytest.mark.integration
-
-
-def control(m: ManagerProcess) -> api_grpc.ControlStub:
-    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))
 
 
 @pytest.fixture
@@ -80,17 +77,7 @@ def wait_service(
 ) -> None:
     """Blocks on the WatchService stream until `running` tasks run (and the rolling update
     reached `update_state`, if given)."""
-    stream = control(m).WatchService(api.WatchServiceRequest(ref=name), timeout=timeout)
-    for progress in stream:
-        info = progress.service
-        if (
-            info.running == running
-            and info.desired == running
-            and (update_state is None or info.service.update_status.state == update_state)
-        ):
-            stream.cancel()
-            return
-    raise AssertionError("watch ended")
+    wait_running(control(m), name, running, timeout, update_state)
 
 
 def test_join_run_scale_remove(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -11,13 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.lab.containerd import Containerd
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr, wait_for
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
-from shoal.worker.runtime.containerd import ContainerdRuntime
 
 from .helpers import wait_idle
-from .procs import ManagerProcess, WorkerProcess, free_manager_addr
-from .testbed.containerd import Containerd
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +42,11 @@ class Cluster:
     def containers(self) -> dict[str, list[str]]:
         """Container IDs per node namespace, straight from containerd."""
 
-        async def one(node_id: str) -> list[str]:
-            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{node_id}")
-            try:
-                return await rt.list()
-            finally:
-                await rt.close()
-
-        return {w.node_id: asyncio.run(one(w.node_id)) for w in self.workers}
+        return {w.node_id: list(self.containerd.containers(w.node_id)) for w in self.workers}
 
     def wait(self, predicate, limit_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + limit_s
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not met in time"
-            time.sleep(0.2)  # test-side check of containerd, which has no watch in our API
+        # containerd has no watch in our API: a test-side poll.
+        wait_for(predicate, limit_s, "condition", every=0.2)
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import urllib.request
 
 import pytest
 
+from shoal.lab.images import build_image
+from shoal.lab.registry import Registry
 from shoal.registry import ImagePullError, RegistryClient
 
 from . import test_containers
 from .test_containers import Cluster
-from .testbed.images import build_image
-from .testbed.registry import Registry
 
 pytestmark = pytest.mark.integration
 cluster = test_containers.cluster  # the fixture, shared

@@ -7,25 +7,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from aetcd import rpc
 
+from shoal.lab.procs import ManagerProcess, control
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, Create, EtcdConnection, Kind, Store
 from shoal.proto import control_pb2 as api
-from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 from .conftest import Bounds
 from .helpers import live, make_node, service_spec, until
-from .procs import ManagerProcess
 
 pytestmark = pytest.mark.integration
-
-
-def control(m: ManagerProcess) -> api_grpc.ControlStub:
-    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))
 
 
 @pytest.fixture

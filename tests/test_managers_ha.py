@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, WorkerProcess, wait_for
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
 from .helpers import wait_idle
-from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import (
     control,
     start_workers,
@@ -34,16 +34,6 @@ def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:
     r = m.ctl("node", "ls", "--format", "json")
     assert r.code == 0, r.err
     return {n["hostname"]: n for n in json.loads(r.out)}
-
-
-def wait_for(check: Any, timeout: float, what: str) -> float:
-    """Polls a condition of the CLI's view (the API has no node watch); returns seconds taken."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def two_managers(

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Hosts
+from shoal.lab.probe import FetchError, Servers, fetch, ip_of, task_netns
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.hosts import Hosts
-from tests.testbed.probe import FetchError, Servers, fetch, ip_of, task_netns
 
 from .conftest import Bounds
 from .helpers import service_spec, wait_idle
@@ -178,9 +178,7 @@ def test_cross_host_reachability_isolation_and_cleanup(cluster: Cluster, servers
         raise AssertionError("overlay devices remain after the last task left")
 
 
-def test_convergence_and_agent_restart(
-    cluster: Cluster, servers: Servers, bounds: Bounds
-) -> None:
+def test_convergence_and_agent_restart(cluster: Cluster, servers: Servers, bounds: Bounds) -> None:
     c = cluster
     front = network(c, "front")
     c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 2, "front")))

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
-from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import cluster, control, start_workers
 from .timeline import Timeline, now_ms
 

@@ -26,30 +26,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.etcd import HostEtcd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.probe import FetchError, Servers, fetch
+from shoal.lab.procs import answers, control, wait_for
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.etcd import HostEtcd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.probe import FetchError, Servers, fetch
 
 SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise RuntimeError(f"not within {timeout}s: {what}")
 
 
 def reaches(client: pb.Task, server: pb.Task) -> bool:
@@ -134,7 +125,7 @@ class TwoManagers:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.etcd = HostEtcd(hosts[0], root / "etcd").start()
-        # m1 is the testbed cluster's manager (state dir, port); the agents join through it.
+        # m1 is the lab cluster's manager (state dir, port); the agents join through it.
         self.cluster = Cluster(hosts, root)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start("m1", 4242)
@@ -170,18 +161,10 @@ class TwoManagers:
             ],
             self.root / f"{name}.log",
         )
-        wait_for(lambda: self._answers(name), 60, f"manager {name} up")
+        wait_for(lambda: answers(self.state_dir(name) / "control.sock"), 60, f"manager {name} up")
 
     def ctl(self, name: str) -> api_grpc.ControlStub:
-        sock = self.state_dir(name) / "control.sock"
-        return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
-
-    def _answers(self, name: str) -> bool:
-        try:
-            self.ctl(name).GetCluster(api.GetClusterRequest(), timeout=1)
-            return True
-        except grpc.RpcError:
-            return False
+        return control(self.state_dir(name) / "control.sock")
 
     def leader(self, via: str) -> str:
         try:

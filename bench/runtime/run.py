@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from shoal.lab.containerd import Containerd
+from shoal.lab.images import push_image
+from shoal.lab.registry import Registry
 from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.containerd import Containerd
-from tests.testbed.images import push_image
-from tests.testbed.registry import Registry
 
 
 async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> list[float]:

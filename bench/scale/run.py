@@ -32,11 +32,11 @@ from typing import Any
 
 import grpc
 
+from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.procs import free_manager_addr
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -1,16 +1,20 @@
-"""Real daemon processes for tests: `swarmd manager` and `swarmctl` runs."""
+"""Real daemon processes (`swarmd manager`, `swarmd worker`, `swarmctl` runs) and the
+helpers every user of the lab shares: a control client, polling waits, and stopping a
+process SIGTERM-then-SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -19,6 +23,88 @@ from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 START_TIMEOUT_S = 30.0
+
+
+class HasSocket(Protocol):
+    @property
+    def socket(self) -> Path: ...
+
+
+def control(target: Path | HasSocket) -> api_grpc.ControlStub:
+    """A Control API client on a manager's unix socket (a path, or anything with .socket)."""
+    sock = target if isinstance(target, Path) else target.socket
+    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
+
+
+def wait_for(
+    check: Callable[[], object], timeout: float, what: str, every: float = 0.05
+) -> float:
+    """Polls check() until it is true; returns the seconds it took. For conditions the
+    API has no watch for (node state, containerd, files)."""
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(every)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20, group: bool = False) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; returns the exit code.
+    group: signal the process group (a process started with start_new_session)."""
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A daemon with its output appended to `log`, in a session of its own: it outlives
+    the command that started it (`shoal-lab up`) and a terminal's signals."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a detached daemon is reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def terminate_pid(pid: int, timeout: float = 20) -> None:
+    """terminate() for a process that is not our child (a detached lab daemon)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -43,16 +129,7 @@ class DaemonProcess:
             self.proc.wait()
 
     def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return 0 if self.proc is None else terminate(self.proc)
 
 
 class ManagerProcess(DaemonProcess):
@@ -106,13 +183,8 @@ class ManagerProcess(DaemonProcess):
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"manager exited {self.proc.returncode}:\n{self.log_tail()}")
-            if self.socket.exists():
-                try:
-                    with grpc.insecure_channel(f"unix://{self.socket}") as ch:
-                        api_grpc.ControlStub(ch).GetCluster(api.GetClusterRequest(), timeout=2)
-                    return
-                except grpc.RpcError:
-                    pass
+            if answers(self.socket):
+                return
             time.sleep(0.05)  # start-up only: nothing to watch before the socket exists
         raise RuntimeError(f"manager not ready in {START_TIMEOUT_S}s:\n{self.log_tail()}")
 
@@ -121,6 +193,21 @@ class ManagerProcess(DaemonProcess):
 
     def ctl(self, *args: str, timeout: float = 60) -> Result:
         return swarmctl(self.socket, *args, timeout=timeout)
+
+    def control(self) -> api_grpc.ControlStub:
+        return control(self.socket)
+
+
+def answers(socket: Path) -> bool:
+    """The manager on this control socket is up and answers GetCluster."""
+    if not socket.exists():
+        return False
+    try:
+        with grpc.insecure_channel(f"unix://{socket}") as ch:
+            api_grpc.ControlStub(ch).GetCluster(api.GetClusterRequest(), timeout=2)
+        return True
+    except grpc.RpcError:
+        return False
 
 
 def swarmctl(socket: Path, *args: str, timeout: float = 60) -> Result:
@@ -133,14 +220,6 @@ def swarmctl(socket: Path, *args: str, timeout: float = 60) -> Result:
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_manager_addr() -> str:
