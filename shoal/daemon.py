@@ -28,6 +28,29 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _join_token(token: str, token_file: Path | None) -> str:
+    """The join token from --join-token or --join-token-file (the file keeps it out of argv,
+    where every local user could read it in `ps`)."""
+    if token_file is None:
+        return token
+    if token:
+        raise click.UsageError("--join-token and --join-token-file are exclusive")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        raise click.BadParameter(str(err), param_hint="--join-token-file") from None
+    if not token:
+        raise click.BadParameter(f"{token_file} is empty", param_hint="--join-token-file")
+    return token
+
+
+TOKEN_FILE = click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the join token from this file instead of argv.",
+)
+
+
 async def _run_until_signalled(daemon: Manager | Agent) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,7 +131,14 @@ def _size(text: str, flag: str) -> int:
     envvar="SWARM_JOIN_TOKEN",
     help="A manager join token [env SWARM_JOIN_TOKEN: kept out of `ps`].",
 )
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
+@click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A registry reached over plain HTTP to pin image tags (give the workers' list).",
+)
 @click.option(
     "--leader-lease-ttl",
     default=5,
@@ -136,12 +166,15 @@ def manager(
     etcd_password_file: Path | None,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
+    insecure_registry: tuple[str, ...],
     leader_lease_ttl: int,
     http_addr: str,
 ) -> None:
     """Run a manager."""
     _check_http_addr(http_addr)
+    join_token = _join_token(join_token, join_token_file)
     endpoints: list[str] = []
     tls: EtcdTLS | None = None
     auth: EtcdAuth | None = None
@@ -157,7 +190,7 @@ def manager(
             "--etcd-cacert/--etcd-cert/--etcd-key/--etcd-user need --etcd-endpoints"
         )
     if bool(join_addr) != bool(join_token):
-        raise click.UsageError("--join-addr and --join-token go together")
+        raise click.UsageError("--join-addr and --join-token (or --join-token-file) go together")
     if join_addr and not endpoints:
         raise click.UsageError(
             "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
@@ -176,6 +209,7 @@ def manager(
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
         http_addr=http_addr,
+        insecure_registries=set(insecure_registry),
     )
     try:
         asyncio.run(_run_until_signalled(Manager(config)))
@@ -199,6 +233,7 @@ def manager(
     help="A worker join token, not needed once the node has joined "
     "[env SWARM_JOIN_TOKEN: kept out of `ps`].",
 )
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name [default: this host's name].")
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
 @click.option("--containerd-socket", default="/run/containerd/containerd.sock", show_default=True)
@@ -246,6 +281,7 @@ def worker(
     state_dir: Path,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
     advertise_addr: str,
     containerd_socket: str,
@@ -258,6 +294,7 @@ def worker(
 ) -> None:
     """Run a worker agent."""
     _check_http_addr(http_addr)
+    join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
         join_addr=join_addr,

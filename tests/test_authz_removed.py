@@ -7,12 +7,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal.lab.procs import ManagerProcess
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 
-from .procs import ManagerProcess
 from .test_managers_ha import nodes_json, two_managers, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, free_manager_addr, swarmctl
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 
 from .helpers import make_node
-from .procs import ManagerProcess, free_manager_addr, swarmctl
 from .swarmctl_samples import CLUSTER_KEYS, NETWORK_KEYS, NODE_KEYS, SERVICE_KEYS, TASK_KEYS
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

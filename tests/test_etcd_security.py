@@ -16,11 +16,10 @@ import grpc
 import pytest
 from aetcd import rpc
 
+from shoal.lab.procs import ManagerProcess
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdAuth, EtcdConnection, Store, client_config
 from shoal.manager.store.etcd import PASSWORD_ENV
-
-from .procs import ManagerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from aetcd import rpc
 
 from shoal.manager.etcd_tls import EtcdCredentials
 
-from .procs import ManagerProcess, WorkerProcess
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

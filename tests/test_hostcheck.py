@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .testbed.containerd import Containerd
+from shoal.lab.containerd import Containerd
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
 from shoal.manager.admission import PENALTY_BASE_S, JoinAdmission, source_of
 from shoal.pki import join as ident_mod
-
-from .procs import ManagerProcess, WorkerProcess, free_manager_addr
 
 
 def test_source_of_peer_strings() -> None:

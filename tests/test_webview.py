@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from .procs import ManagerProcess, WorkerProcess, free_port
-from .testbed.cluster import Cluster
-from .testbed.hosts import Hosts
+from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.manager.etcd_embedded import free_port
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Hosts
 
 pytestmark = pytest.mark.integration
 

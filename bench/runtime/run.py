@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
+from shoal.lab.containerd import Containerd
+from shoal.lab.images import push_image
+from shoal.lab.registry import Registry
 from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.containerd import Containerd
-from tests.testbed.images import push_image
-from tests.testbed.registry import Registry
 
 
 async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> list[float]:
@@ -75,6 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
     args = p.parse_args()
+    exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))

@@ -75,19 +75,6 @@ class System(Protocol):
     def timeline(self, service: str) -> dict[str, float]: ...
 
 
-def processes_mentioning(path: Path) -> list[int]:
-    """Processes whose command line names something under `path` (dockerd's containerd,
-    its shims)."""
-    pids = []
-    needle = str(path).encode()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (d / "cmdline").read_bytes():
-                    pids.append(int(d.name))
-    return pids
-
-
 def parse_rfc3339(stamp: str) -> float:
     """RFC 3339 with up to nanoseconds (Docker's) -> seconds since the epoch."""
     m = re.match(r"(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", stamp.strip())

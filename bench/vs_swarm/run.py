@@ -5,15 +5,15 @@
 Docker side: Debian's docker.io (installed with apt-get if missing; its system
 service is neither started nor used), a dockerd of our own: own data root, exec
 root, socket, pidfile and config file, no iptables, no bridge, no ip forwarding.
-It runs in a network namespace of its own (tests/testbed/hosts.py), because
+It runs in a network namespace of its own (shoal/lab/hosts.py), because
 `docker swarm init` adds docker_gwbridge, with an address and a route, to the
 namespace dockerd runs in. A local registry runs in that namespace too, and
 the swarm is `docker swarm init --advertise-addr 127.0.0.1`.
 
 Shoal side: a manager (embedded etcd) and one worker agent on a private
-containerd (tests/testbed), a local registry, all on loopback.
+containerd (shoal/lab), a local registry, all on loopback.
 
-Both registries serve the busybox image tests/testbed/images.py builds (same
+Both registries serve the busybox image shoal/lab/images.py builds (same
 bytes, same digest; checked). Each system first runs a one-replica warm-up
 service (pulls the image), then each round runs both systems, alternating
 which goes first, through their own CLIs:
@@ -73,17 +73,17 @@ from bench.vs_swarm.common import (
     System,
     ensure_docker,
     ignore_signals,
-    processes_mentioning,
     raise_exit,
     remove_new,
     sh,
 )
 from bench.vs_swarm.shoal_side import Shoal
 from bench.vs_swarm.swarm import Swarm
-from tests.testbed.containerd import Containerd, _mounts_under
-from tests.testbed.hosts import Hosts
-from tests.testbed.images import build_image, push_image
-from tests.testbed.registry import Registry
+from shoal.lab.containerd import Containerd
+from shoal.lab.hosts import Hosts
+from shoal.lab.images import build_image, push_image
+from shoal.lab.registry import Registry
+from shoal.lab.sweep import mounts_under, processes_mentioning
 
 
 def run_rounds(
@@ -128,9 +128,7 @@ def run_bench(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     swarm.start(docker_reg.addr)
     docker_ref = (
         hosts[0]
-        .run(
-            sys.executable, "-m", "tests.testbed.images", docker_reg.addr, "busybox", cwd=str(REPO)
-        )
+        .run(sys.executable, "-m", "shoal.lab.images", docker_reg.addr, "busybox", cwd=str(REPO))
         .stdout.split()[0]
     )
 
@@ -259,7 +257,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    left = [*_mounts_under(root), *map(str, processes_mentioning(root))]
+    left = [*mounts_under(root), *map(str, processes_mentioning(root))]
     if left or root.exists():
         print(f"WARNING: left behind under {root}: {left}")
 

@@ -20,11 +20,11 @@ from bench.vs_swarm.common import (
     sh,
     until,
 )
+from shoal.lab.containerd import Containerd
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.procs import ManagerProcess, WorkerProcess
-from tests.testbed.containerd import Containerd
 
 
 class Shoal:

@@ -15,12 +15,11 @@ from bench.vs_swarm.common import (
     DOCKER,
     DOCKERD,
     parse_rfc3339,
-    processes_mentioning,
     sh,
     until,
 )
-from tests.testbed.containerd import _children, _mounts_under
-from tests.testbed.hosts import Host
+from shoal.lab.hosts import Host
+from shoal.lab.sweep import children, mounts_under, processes_mentioning
 
 
 class Swarm:
@@ -227,8 +226,8 @@ class Swarm:
                 self.proc.kill()
                 self.proc.wait()
         leftovers = processes_mentioning(self.root)
-        for pid in [*_children(leftovers), *leftovers]:
+        for pid in [*children(leftovers), *leftovers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for target in _mounts_under(self.root):
+        for target in mounts_under(self.root):
             subprocess.run(["umount", "-l", target], capture_output=True)

@@ -13,6 +13,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from shoal.manager.hostprobe import peer_addr
+
 # Signing and the node's first write take a few ms each; more in flight only
 # makes every one of them slower.
 CONCURRENT_JOINS = 16
@@ -24,13 +26,9 @@ MAX_SOURCES = 10_000
 
 
 def source_of(peer: str) -> str:
-    """gRPC's peer string (`ipv4:10.0.0.5:41234`, `ipv6:[::1]:5`) -> the address."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    return peer
+    """gRPC's peer string -> the caller's address (the whole string if not IP)."""
+    addr = peer_addr(peer)
+    return addr[0] if addr is not None else peer
 
 
 class JoinAdmission:

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait, first_completed
+from shoal.aiotasks import cancel_and_wait, first_completed, supervised
 from shoal.clock import utcnow
 from shoal.httpd import parse_http_addr
 from shoal.manager.authz import RoleAuthorizer
@@ -28,6 +28,7 @@ from shoal.manager.liveness import NodeLiveness
 from shoal.manager.metrics import ManagerMetrics
 from shoal.manager.nodeca import NodeCA, new_node
 from shoal.manager.observe import ManagerHttp
+from shoal.manager.pinning import ImagePinner
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
@@ -69,6 +70,9 @@ class ManagerConfig:
     leader_ttl_s: int = 5
     # /metrics, /healthz and the web view ("" = off).
     http_addr: str = ""
+
+    # Registries the manager reaches over plain HTTP to pin image tags (as the workers').
+    insecure_registries: set[str] = field(default_factory=set)
 
     @property
     def socket_path(self) -> Path:
@@ -158,6 +162,9 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
 
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# A reconcile pass normally takes milliseconds; one this old is hung.
+RECONCILE_STUCK_S = 120.0
+WATCHDOG_EVERY_S = 5.0
 # Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
 # dead peer whose host vanished without closing the connection in 1-2.5 s; with
 # the 1 s grace after a lost session its tasks move in under 4 s.
@@ -233,10 +240,22 @@ class Manager:
             self.metrics.became_leader()
             self.reconciler.on_pass = self.metrics.on_pass
         try:
-            await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
+            await first_completed(
+                self.reconciler.run(fence), self.liveness.run(fence), self._watchdog()
+            )
         finally:
             if self.metrics is not None:
                 self.metrics.lost_leadership()
+
+    async def _watchdog(self) -> None:
+        """A leader whose reconcile pass hangs gives leadership up (the election then
+        revokes its lease) rather than keep the lease doing nothing."""
+        assert self.reconciler is not None
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            stuck = self.reconciler.stuck_for_s()
+            if stuck > RECONCILE_STUCK_S:
+                raise ReconcilerStuck(f"a reconcile pass has run for {stuck:.0f}s")
 
     def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this manager's certificate, re-issued at half its life (no restart)."""
@@ -332,6 +351,7 @@ class Manager:
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
         background: list[asyncio.Task[None]] = []
+        pinner: ImagePinner | None = None
         try:
             endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
@@ -349,7 +369,7 @@ class Manager:
             self.cache = Cache(self.store)
             await self.cache.start()
             self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
-            presence = asyncio.create_task(self.presence.run(), name="presence")
+            presence = supervised("presence", self.presence.run)
             cache = self.cache
 
             def managers() -> list[str]:
@@ -359,7 +379,14 @@ class Manager:
 
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
-            control = ControlAPI(self.store, self.cache, self.dispatcher)
+            pinner = ImagePinner(cfg.insecure_registries)
+            control = ControlAPI(
+                self.store,
+                self.cache,
+                self.dispatcher,
+                pinner,
+                reconciler_idle=lambda: self.reconciler is not None and self.reconciler.idle(),
+            )
             self.journal = control.journal = Journal(self.cache)
             background.append(asyncio.create_task(self.journal.run(), name="events"))
 
@@ -387,6 +414,8 @@ class Manager:
                 await self.presence.resign()
             for srv in servers:
                 await srv.stop(grace=2)
+            if pinner is not None:
+                await pinner.close()
             if server is not None:
                 cfg.socket_path.unlink(missing_ok=True)
             if self.cache is not None:
@@ -396,6 +425,10 @@ class Manager:
             if self.etcd is not None:
                 await self.etcd.stop()
             os.close(lock_fd)
+
+
+class ReconcilerStuck(RuntimeError):
+    pass
 
 
 class ServerIdentity:

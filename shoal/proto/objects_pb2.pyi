@@ -941,11 +941,19 @@ class Service(_message.Message):
     PREVIOUS_SPEC_FIELD_NUMBER: _builtins.int
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    PINNED_IMAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PINNED_IMAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Bumped on every spec change; tasks carry the spec_version they were
     created from, so the orchestrator can tell outdated tasks.
     """
+    pinned_image: _builtins.str
+    """The image tasks run: spec.task.container.image pinned to the digest the manager
+    resolved it to (REF@sha256:...); empty when the registry could not be reached
+    (agents then resolve the tag themselves).
+    """
+    previous_pinned_image: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -963,10 +971,12 @@ class Service(_message.Message):
         previous_spec: Global___ServiceSpec | None = ...,
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
+        pinned_image: _builtins.str = ...,
+        previous_pinned_image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "pinned_image", b"pinned_image", "previous_pinned_image", b"previous_pinned_image", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

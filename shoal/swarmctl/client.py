@@ -78,9 +78,16 @@ class Client:
         return resp.service
 
     def update_service(
-        self, ref: str, version: int, spec: pb.ServiceSpec | None = None, rollback: bool = False
+        self,
+        ref: str,
+        version: int,
+        spec: pb.ServiceSpec | None = None,
+        rollback: bool = False,
+        force: bool = False,
     ) -> api.ServiceInfo:
-        req = api.UpdateServiceRequest(ref=ref, version=version, spec=spec, rollback=rollback)
+        req = api.UpdateServiceRequest(
+            ref=ref, version=version, spec=spec, rollback=rollback, force=force
+        )
         resp: api.UpdateServiceResponse = self._call(self._stub.UpdateService, req)
         return resp.service
 

@@ -66,8 +66,8 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
 
         state = config.state_dir / "simulated-containers"
         return SimulatedRuntime(state_dir=state if config.simulated_state_on_disk else None)
+    from shoal.registry import RegistryClient
     from shoal.worker.runtime.containerd import ContainerdRuntime
-    from shoal.worker.runtime.registry import RegistryClient
 
     # Each node has its own containerd namespace: several nodes can share one containerd.
     return ContainerdRuntime(

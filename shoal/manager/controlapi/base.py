@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.pinning import ImagePinner
 from shoal.manager.store import AlreadyExists, Cache, Conflict, Kind, NotFound, Store, Unavailable
 from shoal.manager.validation import InvalidSpec
 from shoal.proto import objects_pb2 as pb
@@ -70,10 +71,19 @@ _KIND_WORD = {
 class ControlBase:
     """State and lookups of the control API; each group of RPCs is a subclass."""
 
-    def __init__(self, store: Store, cache: Cache, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        dispatcher: Dispatcher | None = None,
+        pinner: ImagePinner | None = None,
+        reconciler_idle: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.dispatcher = dispatcher
+        self.pinner = pinner or ImagePinner()
+        self.reconciler_idle = reconciler_idle
 
     def resolve(self, kind: Kind, ref: str) -> Any:
         """An object by exact ID, by name (hostname for nodes), or by unique ID prefix."""

@@ -12,13 +12,24 @@ from shoal.pki import ca
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
+# Trailing metadata key of GetCluster: "idle" or "busy" (see GetCluster).
+RECONCILER_KEY = "shoal-reconciler"
+
 
 class ClusterRPCs(ControlBase):
     @rpc
     async def GetCluster(
         self, request: api.GetClusterRequest, context: Any
     ) -> api.GetClusterResponse:
+        # Reports written before the sync are in the cache after it.
+        flushed = self.dispatcher is None or self.dispatcher.flushed()
         await self.cache.sync()
+        # Debug state in trailing metadata (not part of the API's messages): "idle"
+        # means this manager leads, has written the agents' reports it holds and acted
+        # on every change up to now. Tests wait for it instead of sleeping before they
+        # check that nothing more changed.
+        idle = flushed and self.reconciler_idle is not None and self.reconciler_idle()
+        context.set_trailing_metadata(((RECONCILER_KEY, "idle" if idle else "busy"),))
         return api.GetClusterResponse(cluster=public_cluster(self.cluster()))
 
     @rpc

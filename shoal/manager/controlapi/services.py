@@ -60,9 +60,11 @@ class ServiceRPCs(ControlBase):
         spec = self._prepare_spec(request.spec)
         if self.cache.id_by_name(Kind.SERVICE, spec.annotations.name):
             raise AlreadyExists(f"service {spec.annotations.name!r} already exists")
-        service = pb.Service(id=new_id(), spec=spec, spec_version=1)
+        pinned, warning = await self.pinner.pin(spec.task.container.image)
+        service = pb.Service(id=new_id(), spec=spec, spec_version=1, pinned_image=pinned)
         await self.store.create(service)
-        return api.CreateServiceResponse(service=api.ServiceInfo(service=service))
+        info = api.ServiceInfo(service=service, warnings=[warning] if warning else [])
+        return api.CreateServiceResponse(service=info)
 
     @rpc
     async def UpdateService(
@@ -92,8 +94,19 @@ class ServiceRPCs(ControlBase):
         updated.CopyFrom(current)
         updated.spec.CopyFrom(spec)
         updated.previous_spec.CopyFrom(current.spec)
-        # Only a new task spec means new tasks; a replica count change does not.
-        if spec.task != current.spec.task:
+        updated.previous_pinned_image = current.pinned_image
+        warning = ""
+        if request.rollback:
+            updated.pinned_image = current.previous_pinned_image  # the very same bytes
+        elif request.force or spec.task.container.image != current.spec.task.container.image:
+            updated.pinned_image, warning = await self.pinner.pin(spec.task.container.image)
+        # Only a new task spec (or image digest, or --force) means new tasks; a replica
+        # count change does not.
+        if (
+            spec.task != current.spec.task
+            or updated.pinned_image != current.pinned_image
+            or request.force
+        ):
             updated.spec_version = current.spec_version + 1
             updated.update_status.CopyFrom(
                 pb.UpdateStatus(
@@ -105,7 +118,10 @@ class ServiceRPCs(ControlBase):
             )
         await self.store.update(updated)
         await self.cache.wait_for(updated.meta.version)
-        return api.UpdateServiceResponse(service=self.service_info(updated))
+        info = self.service_info(updated)
+        if warning:
+            info.warnings.append(warning)
+        return api.UpdateServiceResponse(service=info)
 
     @rpc
     async def RemoveService(

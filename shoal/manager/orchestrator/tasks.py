@@ -23,7 +23,7 @@ def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
         desired_state=pb.RUNNING,
         spec_version=service.spec_version,
     )
-    t.spec.CopyFrom(service.spec.task)
+    t.spec.CopyFrom(task_spec_of(service))
     t.status.timestamp_ms = now_ms()
     if t.spec.networks:
         t.status.state = pb.NEW
@@ -37,10 +37,20 @@ def new_task(service: pb.Service, slot: int, node_id: str = "") -> pb.Task:
     return t
 
 
+def task_spec_of(service: pb.Service) -> pb.TaskSpec:
+    """What a new task of the service runs: its task spec, the image pinned."""
+    if not service.pinned_image:
+        return service.spec.task
+    spec = pb.TaskSpec()
+    spec.CopyFrom(service.spec.task)
+    spec.container.image = service.pinned_image
+    return spec
+
+
 def is_current(t: pb.Task, service: pb.Service) -> bool:
     """True if the task runs the service's current task spec. A rollback makes a new
     spec_version whose spec equals an older one; tasks of that older spec stay."""
-    return t.spec_version == service.spec_version or t.spec == service.spec.task
+    return t.spec_version == service.spec_version or t.spec == task_spec_of(service)
 
 
 def ready_for_update(t: pb.Task) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import cancel_and_wait, supervised
 from shoal.manager.store.errors import Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
@@ -119,8 +119,13 @@ class Cache:
         objects, revision = await self.store.list_all()
         self._load(objects, revision)
         self._load_live(await self.store.list_live(revision))
-        self._watcher = ObjectWatcher(self.store, revision + 1)
-        self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
+        self._task = supervised("store cache watch", self._watch)
+
+    async def _watch(self) -> None:
+        """Follows etcd from what the cache has seen (also after a failure: resumed,
+        not lost)."""
+        self._watcher = ObjectWatcher(self.store, self.revision + 1)
+        await self._run(self._watcher)
 
     async def stop(self) -> None:
         await cancel_and_wait([self._task])

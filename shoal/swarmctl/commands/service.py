@@ -76,7 +76,9 @@ def create(
     if mode == "global" and replicas is not None:
         raise click.UsageError("--replicas cannot be used with --mode global")
     spec = specs.new_service_spec(name, image, replicas, mode, command, specs.SpecFlags.take(flags))
-    created = client().create_service(spec).service
+    info = client().create_service(spec)
+    warn(info)
+    created = info.service
     if not detach:
         wait_converged(created.id, name, timeout_ms)
     click.echo(created.id)
@@ -87,6 +89,7 @@ def create(
 @click.option("--image", help="New image reference.")
 @click.option("--replicas", type=int, help="New number of tasks (replicated mode).")
 @click.option("--rollback", is_flag=True, help="Go back to the previous spec.")
+@click.option("--force", is_flag=True, help="Replace every task, resolving the image tag again.")
 @specs.spec_options
 @specs.remove_options
 @wait_options
@@ -95,6 +98,7 @@ def update(
     image: str | None,
     replicas: int | None,
     rollback: bool,
+    force: bool,
     detach: bool,
     timeout: str,
     **flags: Any,
@@ -103,7 +107,7 @@ def update(
     timeout_ms = parse.duration_ms(timeout)
     spec_flags, rm_flags = specs.SpecFlags.take(flags), specs.RemoveFlags.take(flags)
     changes = image is not None or replicas is not None
-    if rollback and (changes or spec_flags.any_given() or rm_flags.any_given()):
+    if rollback and (changes or force or spec_flags.any_given() or rm_flags.any_given()):
         raise click.UsageError("--rollback cannot be combined with other changes")
     if replicas is not None:
         specs.check_replicas(replicas)
@@ -122,13 +126,20 @@ def update(
         spec = specs.updated_service_spec(
             current.spec, image, replicas, spec_flags, rm_flags, network_id
         )
-        return client().update_service(current.id, current.meta.version, spec)
+        return client().update_service(current.id, current.meta.version, spec, force=force)
 
-    updated = retry_conflicts(attempt).service
+    info = retry_conflicts(attempt)
+    warn(info)
+    updated = info.service
     name = updated.spec.annotations.name
     if not detach:
         wait_converged(updated.id, name, timeout_ms, rollback_asked=rollback)
     click.echo(name)
+
+
+def warn(info: api.ServiceInfo) -> None:
+    for warning in info.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _scale_one(name: str, count: int) -> str:

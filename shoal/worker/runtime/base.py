@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# The runtime's errors include the registry's.
+from shoal.registry import ImagePullError as ImagePullError
+
 
 class RuntimeFailure(Exception):
     """A runtime operation failed; the message is shown to users in `service ps`."""
-
-
-class ImagePullError(RuntimeFailure):
-    """The image could not be pulled (not found, registry unreachable, denied...)."""
 
 
 class ContainerNotFound(RuntimeFailure):

@@ -25,6 +25,7 @@ from shoal.proto.containerd import containers_pb2 as containers
 from shoal.proto.containerd import snapshots_pb2 as snapshots
 from shoal.proto.containerd import task_pb2
 from shoal.proto.containerd import tasks_pb2 as tasks
+from shoal.registry import RegistryClient
 from shoal.worker.runtime import ocispec
 from shoal.worker.runtime.base import (
     ContainerConfig,
@@ -35,7 +36,6 @@ from shoal.worker.runtime.base import (
 )
 from shoal.worker.runtime.connection import Containerd
 from shoal.worker.runtime.images import ImageStore, PullStats
-from shoal.worker.runtime.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,7 @@ from shoal.proto.containerd import descriptor_pb2 as descriptor
 from shoal.proto.containerd import diff_pb2 as diff
 from shoal.proto.containerd import images_pb2 as images
 from shoal.proto.containerd import snapshots_pb2 as snapshots
-from shoal.worker.runtime.base import ContainerNotFound, ImagePullError, RuntimeFailure
-from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
-from shoal.worker.runtime.registry import (
+from shoal.registry import (
     INDEX_TYPES,
     Descriptor,
     RegistryClient,
@@ -38,6 +36,8 @@ from shoal.worker.runtime.registry import (
     parse_reference,
     this_platform,
 )
+from shoal.worker.runtime.base import ContainerNotFound, ImagePullError, RuntimeFailure
+from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
 
 log = logging.getLogger(__name__)
 

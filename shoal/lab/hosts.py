@@ -5,7 +5,7 @@ its own, and every host namespace has one veth into it. Nothing is added to
 the root namespace. Processes run in a host with `nsenter --net` (not `ip
 netns exec`), so they share the root mount namespace: task namespaces they
 bind-mount under /var/run/netns and the containerd socket stay visible.
-`Hosts.close()` kills what it started and deletes every namespace it made,
+`Hosts.close()` stops what it started and deletes every namespace it made,
 including the task namespaces of its agents (`shoal-<node id>-...`).
 """
 
@@ -20,6 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shoal.lab.procs import spawn, terminate
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -48,21 +50,19 @@ class Host:
     def spawn(
         self, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                self.cmd(*argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        proc = spawn(self.cmd(*argv), log, env)
         self.procs.append(proc)
         return proc
 
 
 class Hosts:
-    def __init__(self, count: int, prefix: str | None = None, mtu: int = 1500) -> None:
+    def __init__(
+        self,
+        count: int,
+        prefix: str | None = None,
+        mtu: int = 1500,
+        names: list[str] | None = None,
+    ) -> None:
         self.prefix = prefix or f"sh{uuid.uuid4().hex[:6]}"
         self.underlay = f"{self.prefix}-ul"
         # A random private /24 for the underlay; it exists only inside our namespaces.
@@ -70,6 +70,7 @@ class Hosts:
         self.hosts: list[Host] = []
         self.node_ids: list[str] = []
         self.mtu = mtu
+        self.names = names or [f"h{i}" for i in range(count)]
         try:
             self._build(count)
         except BaseException:
@@ -81,7 +82,7 @@ class Hosts:
         _ip("-n", self.underlay, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.underlay, "link", "set", "br0", "up")
         for i in range(count):
-            name = f"h{i}"
+            name = self.names[i]
             ns = f"{self.prefix}-{name}"
             addr = f"{self.subnet}.{10 + i}"
             _ip("netns", "add", ns)
@@ -112,18 +113,13 @@ class Hosts:
         return self.hosts[i]
 
     def close(self) -> None:
-        for host in self.hosts:
-            for proc in host.procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-            for proc in host.procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        procs = [p for host in self.hosts for p in host.procs if p.poll() is None]
+        # SIGTERM to all first, so they shut down in parallel, then wait for each.
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            terminate(proc, group=True)
         mine = [f"shoal-{n[:10]}-" for n in self.node_ids]
         for name in sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.exists() else []:
             if name.startswith(self.prefix + "-") or any(name.startswith(m) for m in mine):

@@ -55,24 +55,23 @@ class Servers:
             p.wait()
 
 
+class FetchError(Exception):
+    """A GET that got no page, with why: no answer in time, or wget's / nsenter's words."""
+
+
 def fetch(client: pb.Task, server: pb.Task, timeout_s: float = 2) -> str:
-    """GET from inside the client's namespace ("" on failure). (busybox wget -T crashes.)"""
+    """GET from inside the client's namespace: the page, or FetchError saying why not.
+    (busybox wget -T crashes: the timeout is the subprocess's.)"""
+    url = f"http://{ip_of(server)}:8080/"
     try:
         out = subprocess.run(
-            [
-                "nsenter",
-                f"--net={task_netns(client)}",
-                BUSYBOX,
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                f"http://{ip_of(server)}:8080/",
-            ],
+            ["nsenter", f"--net={task_netns(client)}", BUSYBOX, "wget", "-q", "-O", "-", url],
             capture_output=True,
             text=True,
             timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
-        return ""
+        raise FetchError(f"{url}: no answer within {timeout_s}s") from None
+    if out.returncode != 0:
+        raise FetchError(f"{url}: exit {out.returncode}: {out.stderr.strip()}")
     return out.stdout.strip()

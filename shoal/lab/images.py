@@ -1,8 +1,10 @@
-"""A tiny OCI image built from Debian's busybox-static, pushed to a registry over HTTP.
+"""OCI images without Docker: the tiny busybox image the tests use, or any directory as a
+one-layer image; written as an OCI image layout or pushed to a registry over HTTP.
 
-One gzip layer: /bin/busybox with symlinks for the applets the tests use,
-/etc/passwd and /etc/group (root, an `app` user 1000, nobody), /tmp, and a
-/var/www/index.html. No Docker anywhere.
+The busybox image is one gzip layer: /bin/busybox (Debian's busybox-static) with
+symlinks for the applets the tests use, /etc/passwd and /etc/group (root, an `app`
+user 1000, nobody), /tmp, and a /var/www/index.html. Layers are deterministic: the
+same input gives the same digests.
 """
 
 from __future__ import annotations
@@ -111,9 +113,27 @@ def build_layer() -> bytes:
     return buf.getvalue()
 
 
-def build_image() -> dict[str, bytes]:
-    """Blobs by digest, plus "manifest" and "manifest_digest"."""
-    layer_tar = build_layer()
+def dir_layer(root: Path) -> bytes:
+    """A directory as an uncompressed layer tar: owned by root, mtimes zeroed, sorted."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+
+            def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mtime = 0
+                return info
+
+            tar.add(path, arcname=str(path.relative_to(root)), recursive=False, filter=normalise)
+    return buf.getvalue()
+
+
+def build_image(
+    layer_tar: bytes | None = None, cmd: list[str] | None = None
+) -> dict[str, bytes]:
+    """Blobs by digest, plus "manifest" and "manifest_digest". Default: the busybox image."""
+    layer_tar = build_layer() if layer_tar is None else layer_tar
     layer_gz = gzip.compress(layer_tar, mtime=0)
     config = json.dumps(
         {
@@ -121,10 +141,12 @@ def build_image() -> dict[str, bytes]:
             "os": "linux",
             "config": {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["sh"],
+                "Cmd": cmd or ["sh"],
                 "WorkingDir": "/",
             },
             "rootfs": {"type": "layers", "diff_ids": [_sha(layer_tar)]},
+            # Kept as it was when this file lived in tests/testbed: the busybox image's
+            # digest stays the same (benchmark results cite it).
             "history": [{"created_by": "shoal tests/testbed/images.py"}],
         }
     ).encode()
@@ -154,9 +176,37 @@ def build_image() -> dict[str, bytes]:
     }
 
 
-def push_image(registry: str, repo: str, tag: str = "latest") -> str:
-    """Pushes the image to http://registry (monolithic blob uploads); returns its reference."""
-    blobs = build_image()
+def write_layout(blobs: dict[str, bytes], out: Path, ref: str = "latest") -> Path:
+    """Writes the image as an OCI image layout directory (what `ctr import`, skopeo and
+    other tools read); returns out."""
+    (out / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (out / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    for digest, data in blobs.items():
+        if digest.startswith("sha256:"):
+            (out / "blobs" / "sha256" / digest[7:]).write_bytes(data)
+    manifest = blobs["manifest"]
+    (out / "blobs" / "sha256" / _sha(manifest)[7:]).write_bytes(manifest)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": _sha(manifest),
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": ref},
+            }
+        ],
+    }
+    (out / "index.json").write_text(json.dumps(index))
+    return out
+
+
+def push_image(
+    registry: str, repo: str, tag: str = "latest", blobs: dict[str, bytes] | None = None
+) -> str:
+    """Pushes the image (default: busybox) to http://registry (monolithic blob uploads);
+    returns its reference."""
+    blobs = blobs or build_image()
     base = f"http://{registry}/v2/{repo}"
     for digest, data in blobs.items():
         if not digest.startswith("sha256:"):
@@ -184,11 +234,23 @@ def push_image(registry: str, repo: str, tag: str = "latest") -> str:
     return f"{registry}/{repo}:{tag}"
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """`python -m shoal.lab.images REGISTRY [REPO [TAG]] [--dir DIR [--cmd ARG...]]`: the
+    push half of `shoal-lab image push`, run inside the registry host's namespace."""
+    import argparse
 
-    t = time.monotonic()
-    print(
-        push_image(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "busybox"),
-        f"({time.monotonic() - t:.2f}s)",
-    )
+    p = argparse.ArgumentParser(prog="python -m shoal.lab.images")
+    p.add_argument("registry")
+    p.add_argument("repo", nargs="?", default="busybox")
+    p.add_argument("tag", nargs="?", default="latest")
+    p.add_argument("--dir", type=Path, help="a directory to push as a one-layer image")
+    p.add_argument("--cmd", nargs="+", help="the image's default command")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    blobs = build_image(dir_layer(args.dir) if args.dir else None, args.cmd)
+    ref = push_image(args.registry, args.repo, args.tag, blobs)
+    print(ref, f"({time.monotonic() - started:.2f}s)")
+
+
+if __name__ == "__main__":
+    main()

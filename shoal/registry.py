@@ -2,8 +2,9 @@
 
 Resolves a reference, fetches the manifest (an index/manifest list is narrowed
 to this machine's platform), then the config and layer blobs, checking every
-digest. Plain HTTP for loopback registries and those named insecure; HTTPS with
-Bearer token auth otherwise.
+digest, the top-level manifest's too (never the registry's header alone). Plain
+HTTP for loopback registries and those named insecure; HTTPS with Bearer token
+auth otherwise. Shared: agents pull with it, managers pin tags to digests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 import httpx
 
-from shoal.worker.runtime.base import ImagePullError
+
+class ImagePullError(Exception):
+    """The image could not be resolved or pulled; the message is the registry's reason."""
+
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -165,7 +169,12 @@ class RegistryClient:
         media = resp.headers.get("content-type", "").split(";")[0] or json.loads(body).get(
             "mediaType", OCI_MANIFEST
         )
-        digest = resp.headers.get("docker-content-digest") or _sha256(body)
+        digest = _sha256(body)
+        claimed = ref.digest or resp.headers.get("docker-content-digest")
+        if claimed and claimed != digest:
+            raise ImagePullError(
+                f"pull {ref.name}: the manifest's digest is {digest}, not {claimed}"
+            )
         top = Descriptor(media, digest, len(body))
         index_body = None
         if media in INDEX_TYPES:
@@ -246,3 +255,8 @@ def _registry_error(resp: httpx.Response) -> str:
         ]
         return f"{'; '.join(parts)} (HTTP {resp.status_code})"
     return f"HTTP {resp.status_code} {resp.reason_phrase}"
+
+
+def pinned_reference(image: str, digest: str) -> str:
+    """`app:1` + `sha256:...` -> `app:1@sha256:...` (the tag stays, for people)."""
+    return f"{image.partition('@')[0]}@{digest}"

@@ -8,21 +8,23 @@ etcd outage a test controls. `Hosts.close()` kills it with the host's other proc
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.testbed.hosts import Host
+from shoal.lab.hosts import Host
+from shoal.lab.procs import terminate
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
 
 
 class HostEtcd:
-    def __init__(self, host: Host, data_dir: Path) -> None:
+    def __init__(self, host: Host, data_dir: Path, addr: str = "127.0.0.1") -> None:
         self.host = host
+        # The host's loopback by default; its underlay address for managers on other hosts.
+        self.addr = addr
         self.dir = data_dir
         self.binary = shutil.which("etcd") or "/usr/bin/etcd"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -30,11 +32,11 @@ class HostEtcd:
     @property
     def endpoint(self) -> str:
         """As the host's processes reach it (`--etcd-endpoints`)."""
-        return f"http://127.0.0.1:{CLIENT_PORT}"
+        return f"http://{self.addr}:{CLIENT_PORT}"
 
     def start(self, timeout: float = 30) -> HostEtcd:
         self.dir.mkdir(parents=True, exist_ok=True)
-        client, peer = self.endpoint, f"http://127.0.0.1:{PEER_PORT}"
+        client, peer = self.endpoint, f"http://{self.addr}:{PEER_PORT}"
         # nsenter execs etcd: the process is etcd itself, so a signal reaches it directly.
         self.proc = self.host.spawn(
             [
@@ -49,7 +51,7 @@ class HostEtcd:
             ],
             self.dir / "etcd.log",
         )  # fmt: skip
-        probe = f"import socket; socket.create_connection(('127.0.0.1', {CLIENT_PORT}), 1)"
+        probe = f"import socket; socket.create_connection(('{self.addr}', {CLIENT_PORT}), 1)"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,14 +63,8 @@ class HostEtcd:
 
     def stop(self) -> None:
         """SIGTERM (etcd's clean shutdown), SIGKILL if it does not go."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, timeout=15)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

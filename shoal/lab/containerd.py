@@ -1,4 +1,4 @@
-"""A private containerd for tests and the demo: its own root, state and socket.
+"""A private containerd per lab host (and for tests): its own root, state and socket.
 
 Tests never touch a system containerd. `stop()` kills the shims it started
 (found by their -address argument), unmounts whatever is left under its
@@ -7,6 +7,7 @@ directories, and removes them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,35 +17,27 @@ import time
 import uuid
 from pathlib import Path
 
+from shoal.lab.procs import spawn, terminate
+from shoal.lab.sweep import children, mounts_under, processes_mentioning
+from shoal.worker.runtime.containerd import ContainerdRuntime
+
 BINARY = "/usr/bin/containerd"
 
 
-def _mounts_under(*roots: Path) -> list[str]:
-    out = []
-    for line in Path("/proc/mounts").read_text().splitlines():
-        target = line.split()[1].replace("\\040", " ")
-        if any(target.startswith(str(r)) for r in roots):
-            out.append(target)
-    return sorted(out, key=len, reverse=True)
-
-
-def _children(parents: list[int]) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid in parents:
-                    out.append(int(d.name))
-    return out
-
-
 class Containerd:
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(
+        self,
+        base: Path | None = None,
+        run: Path | None = None,
+        root: Path | None = None,
+        wrap: list[str] | None = None,
+    ) -> None:
         # Short paths: unix sockets and shim state live here (108-byte socket path limit).
-        self.run = Path(f"/run/shoal-ctd-{uuid.uuid4().hex[:8]}")
-        self.root = (base or Path("/var/lib")) / f"shoal-ctd-root-{self.run.name[-8:]}"
+        self.run = run or Path(f"/run/shoal-ctd-{uuid.uuid4().hex[:8]}")
+        self.root = root or (base or Path("/var/lib")) / f"shoal-ctd-root-{self.run.name[-8:]}"
         self.socket = self.run / "containerd.sock"
+        # wrap: a command prefix, e.g. nsenter into a host's network namespace.
+        self.wrap = wrap or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Containerd:
@@ -76,50 +69,62 @@ class Containerd:
             f'  address = "{self.run / "debug.sock"}"\n'
             '  level = "warn"\n'
         )
-        self.proc = subprocess.Popen(
-            [BINARY, "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.run / "containerd.log", "ab"),
-        )
+        log = self.run / "containerd.log"
+        self.proc = spawn([*self.wrap, BINARY, "--config", str(config)], log)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    "containerd did not start: " + (self.run / "containerd.log").read_text()[-2000:]
+                    "containerd did not start: " + log.read_text()[-2000:]
                 )
             time.sleep(0.05)
 
     def shims(self) -> list[int]:
+        """The shims of this containerd: their -address argument is its socket."""
         pids = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
+        for pid in processes_mentioning(str(self.socket)):
             with contextlib.suppress(OSError):
-                cmd = (d / "cmdline").read_bytes()
-                if b"containerd-shim" in cmd and str(self.socket).encode() in cmd:
-                    pids.append(int(d.name))
+                if b"containerd-shim" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
         return pids
 
     def stop(self) -> None:
         shims = self.shims()
         # Container processes first (children of the shims), then the shims.
-        for pid in [*_children(shims), *shims]:
+        for pid in [*children(shims), *shims]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for target in _mounts_under(self.run, self.root):
+        if self.proc is not None:
+            terminate(self.proc, timeout=15)
+        for target in mounts_under(self.run, self.root):
             subprocess.run(["umount", "-l", target], capture_output=True)
         shutil.rmtree(self.run, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def containers(self, node_id: str) -> dict[str, tuple[str, int]]:
+        return containers(self.socket, node_id)
 
     def __enter__(self) -> Containerd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def containers(socket: Path, node_id: str) -> dict[str, tuple[str, int]]:
+    """A node's containers in its containerd namespace: id -> (status, pid of PID 1),
+    straight from containerd."""
+
+    async def listed() -> dict[str, tuple[str, int]]:
+        rt = ContainerdRuntime(str(socket), f"shoal-{node_id}")
+        try:
+            out = {}
+            for cid in await rt.list():
+                state = await rt.state(cid)
+                if state is not None:
+                    out[cid] = (state.status, state.pid)
+            return out
+        finally:
+            await rt.close()
+
+    return asyncio.run(listed())

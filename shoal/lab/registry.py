@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from shoal.lab.procs import spawn, terminate
 from shoal.manager.etcd_embedded import free_port
 
 BINARY = "/usr/bin/docker-registry"
@@ -17,13 +18,19 @@ BINARY = "/usr/bin/docker-registry"
 
 class Registry:
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, wrap: list[str] | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        wrap: list[str] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
         # wrap: a command prefix, e.g. nsenter into a host namespace.
         self.wrap = wrap or []
-        self.dir = Path(tempfile.mkdtemp(prefix="shoal-registry-"))
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="shoal-registry-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,11 +46,7 @@ class Registry:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.addr}\n"
         )
-        self.proc = subprocess.Popen(
-            [*self.wrap, BINARY, "serve", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "registry.log", "wb"),
-        )
+        self.proc = spawn([*self.wrap, BINARY, "serve", str(config)], self.dir / "registry.log")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,13 +68,8 @@ class Registry:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Registry:
