@@ -18,9 +18,8 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from shoal.manager.etcd_tls import EtcdCredentials
-
 from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.manager.etcd_tls import EtcdCredentials
 
 pytestmark = pytest.mark.integration
 

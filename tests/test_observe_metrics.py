@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.lab.containerd import Containerd
 from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.manager.etcd_embedded import free_port
-from shoal.lab.containerd import Containerd
 
 pytestmark = pytest.mark.integration
 

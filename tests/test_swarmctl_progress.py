@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.progress import bar, progress_line, update_batch
-
-from shoal.lab.procs import ManagerProcess, WorkerProcess
 
 
 def info(running: int, updated: int, state: int = 0, parallelism: int = 0) -> api.ServiceInfo:

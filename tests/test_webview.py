@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shoal.lab.procs import ManagerProcess, WorkerProcess
-from shoal.manager.etcd_embedded import free_port
 from shoal.lab.cluster import Cluster
 from shoal.lab.hosts import Hosts
+from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.manager.etcd_embedded import free_port
 
 pytestmark = pytest.mark.integration
 

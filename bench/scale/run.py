@@ -33,8 +33,8 @@ from typing import Any
 import grpc
 
 from bench.guard import exit_cleanly_on_signals
-from shoal.lab.procs import free_manager_addr
 from bench.scale.observe import EventLag, PageWatch, observe_figures
+from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
