@@ -3,6 +3,8 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.lab.containerd import Containerd
+from shoal.lab.images import build_image, dir_layer, push_image
 from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.lab.registry import Registry
 from shoal.manager.etcd_embedded import free_port
+from shoal.worker.runtime.containerd import ContainerdRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +162,31 @@ def test_health_says_why_an_agent_is_unhealthy(
     m.stop()
     wait_for(lambda: health(wport) == 503)
     assert "no manager session" in httpx.get(f"http://127.0.0.1:{wport}/healthz").text
+
+
+async def test_a_pull_reports_its_progress_and_totals(
+    tmp_path: Path, containerd: Containerd, registry: Registry
+) -> None:
+    """The layer bytes fetched so far, while an image is pulled (agents report them as
+    the task's message, swarmctl shows them): seen part-way, gone when done, counted."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "blob").write_bytes(os.urandom(24 << 20))  # gzip cannot shrink it
+    image = push_image(registry.addr, "pullprogress", "1", build_image(dir_layer(tmp_path / "img")))
+    rt = ContainerdRuntime(str(containerd.socket), f"shoal-pull-{os.getpid()}", tmp_path / "rt")
+    try:
+        pull = asyncio.ensure_future(rt.pull(image))
+        seen: list[tuple[int, int]] = []
+        while not pull.done():
+            got = rt.pull_progress(image)
+            if got is not None:
+                seen.append(got)
+            await asyncio.sleep(0.002)
+        await pull
+        assert rt.pull_progress(image) is None
+        total = seen[-1][1]
+        assert total > 24 << 20 and all(t == total for _, t in seen)
+        assert any(0 < done < total for done, _ in seen), seen[:5]
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        assert rt.pull_stats.pulls == 1 and rt.pull_stats.bytes >= total
+    finally:
+        await rt.close()

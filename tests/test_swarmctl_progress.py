@@ -39,6 +39,13 @@ def test_line_without_update() -> None:
     assert progress_line("web", info(3, 3), 6, 10) == line[:10]
 
 
+def test_pulls_the_agents_report() -> None:
+    pulls = ["pulling r/img:1: 3.1 of 57.0 MB", "pulling r/img:1: 9.0 of 57.0 MB"]
+    line = progress_line("web", info(0, 0), 6, 200, pulls)
+    assert line.endswith("0/6 running; pulling r/img:1: 3.1 of 57.0 MB (+1 more)")
+    assert progress_line("web", info(0, 0), 6, 200, pulls[:1]).endswith("57.0 MB")
+
+
 def test_update_batches() -> None:
     updating = pb.UpdateStatus.UPDATING
     assert update_batch(info(6, 0, updating, 2), 6) == (1, 3)

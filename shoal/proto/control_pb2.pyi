@@ -295,6 +295,7 @@ class WatchServiceResponse(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     TASK_ERRORS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    TASK_PROGRESS_FIELD_NUMBER: _builtins.int
     removed: _builtins.bool
     @_builtins.property
     def service(self) -> Global___ServiceInfo: ...
@@ -302,16 +303,21 @@ class WatchServiceResponse(_message.Message):
     def task_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Errors of tasks that are pending, rejected or failed (most recent first)."""
 
+    @_builtins.property
+    def task_progress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Image pulls the agents report for tasks still preparing ("pulling IMAGE: 3.1 of 57.0 MB")."""
+
     def __init__(
         self,
         *,
         service: Global___ServiceInfo | None = ...,
         task_errors: _abc.Iterable[_builtins.str] | None = ...,
         removed: _builtins.bool = ...,
+        task_progress: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "service", b"service", "task_errors", b"task_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "service", b"service", "task_errors", b"task_errors", "task_progress", b"task_progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

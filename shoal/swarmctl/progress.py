@@ -3,6 +3,8 @@ tasks running of those wanted, and during a rolling update which batch it is at.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
@@ -26,8 +28,11 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def progress_line(name: str, info: api.ServiceInfo, want: int, width: int) -> str:
-    """`web [##########------] 3/5 running, update batch 2 of 3`, cut to `width`."""
+def progress_line(
+    name: str, info: api.ServiceInfo, want: int, width: int, pulls: Sequence[str] = ()
+) -> str:
+    """`web [##########------] 3/5 running, update batch 2 of 3`, and the image pulls
+    the agents report, cut to `width`."""
     running = min(int(info.running), want) if want else int(info.running)
     line = f"{name} {bar(running, want)} {int(info.running)}/{want} running"
     batch = update_batch(info, want)
@@ -35,4 +40,6 @@ def progress_line(name: str, info: api.ServiceInfo, want: int, width: int) -> st
         updating = info.service.update_status.state == pb.UpdateStatus.UPDATING
         verb = "update" if updating else "rollback"
         line += f", {verb} batch {batch[0]} of {batch[1]}"
+    if pulls:
+        line += "; " + pulls[0] + (f" (+{len(pulls) - 1} more)" if len(pulls) > 1 else "")
     return line[:width]

@@ -58,10 +58,11 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
     return line
 
 
-def _show(name: str, info: api.ServiceInfo) -> None:
+def _show(name: str, progress: api.WatchServiceResponse) -> None:
     """One progress bar line per service, rewritten in place."""
     width = shutil.get_terminal_size().columns - 1
-    line = progress_line(name, info, output.want(info), width)
+    info = progress.service
+    line = progress_line(name, info, output.want(info), width, progress.task_progress)
     sys.stderr.write(f"\r{line}\x1b[K")
     sys.stderr.flush()
 
@@ -94,7 +95,7 @@ def wait_converged(
                 raise CLIError(f"service {name} was removed while waiting for it to converge")
             last = progress
             if tty:
-                _show(name, progress.service)
+                _show(name, progress)
             update = progress.service.service.update_status
             if _stopped(update, started_ms, rollback_asked):
                 # The manager stopped or reverted this update: say so, and why.

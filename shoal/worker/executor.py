@@ -86,6 +86,8 @@ RUNTIME_RETRY_MAX_S = 5.0
 DEFAULT_HEALTH_INTERVAL_MS = 5_000
 DEFAULT_HEALTH_TIMEOUT_MS = 10_000
 DEFAULT_HEALTH_RETRIES = 3
+# A pull that takes longer reports its progress this often (one status write each).
+PULL_REPORT_S = 2.0
 
 
 class NetworkError(Exception):
@@ -187,6 +189,20 @@ class TaskRunner:
         out.CopyFrom(status)
         self.report(self.task.id, out)
 
+    async def _pull(self, image: str) -> None:
+        """Pulls the image; a long pull reports how far it is (swarmctl shows it)."""
+        pull = asyncio.ensure_future(self.runtime.pull(image))
+        progress = getattr(self.runtime, "pull_progress", None)
+        try:
+            while not (await asyncio.wait({pull}, timeout=PULL_REPORT_S))[0]:
+                got = progress(image) if progress is not None else None
+                if got is not None and got[1]:
+                    mb = f"{got[0] / 1e6:.1f} of {got[1] / 1e6:.1f} MB"
+                    self._set(pb.PREPARING, f"pulling {image}: {mb}")
+            pull.result()
+        finally:
+            pull.cancel()
+
     async def _attach(self) -> str | None:
         """The task's network namespace, wired into its overlay networks (None: no networks)."""
         if not self.task.networks:
@@ -262,7 +278,7 @@ class TaskRunner:
             self._set(pb.ACCEPTED, "accepted")
         self._set(pb.PREPARING, "preparing")
         try:
-            await self.runtime.pull(self.task.spec.container.image)
+            await self._pull(self.task.spec.container.image)
             if self._wants_stop():
                 self._set(pb.SHUTDOWN, "shutdown before start")
                 return

@@ -186,6 +186,14 @@ class ServiceRPCs(ControlBase):
             reverse=True,
         )
         errors: list[str] = []
+        # One pull per image and node: tasks waiting on the same one say the same thing.
+        pulls = list(
+            dict.fromkeys(
+                t.status.message
+                for t in tasks
+                if t.status.state == pb.PREPARING and t.status.message.startswith("pulling ")
+            )
+        )[:MAX_TASK_ERRORS]
         for t in tasks:
             failed = t.status.state in (pb.FAILED, pb.REJECTED)
             if t.status.err and (t.desired_state == pb.RUNNING or failed):
@@ -194,7 +202,9 @@ class ServiceRPCs(ControlBase):
                     errors.append(err)
             if len(errors) >= MAX_TASK_ERRORS:
                 break
-        return api.WatchServiceResponse(service=self.service_info(service), task_errors=errors)
+        return api.WatchServiceResponse(
+            service=self.service_info(service), task_errors=errors, task_progress=pulls
+        )
 
     async def ServiceLogs(
         self, request: api.ServiceLogsRequest, context: Any

@@ -73,6 +73,11 @@ class ContainerdRuntime:
     def pull_stats(self) -> PullStats:
         return self.images.stats
 
+    def pull_progress(self, image: str) -> tuple[int, int] | None:
+        """(bytes fetched, bytes in all) of the image's layers while it is being pulled."""
+        got = self.images.progress.get(image)
+        return (got[0], got[1]) if got else None
+
     def cgroup_path(self, container_id: str) -> str:
         """The container's cgroup, relative to the cgroup root (per controller on v1)."""
         return f"/shoal/{self.namespace}/{container_id}"

@@ -90,6 +90,8 @@ class ImageStore:
         self._images: dict[str, ImageInfo] = {}
         self._pulls: dict[str, asyncio.Future[ImageInfo]] = {}
         self.stats = PullStats()
+        # image -> [layer bytes fetched, layer bytes in all], while it is being pulled.
+        self.progress: dict[str, list[int]] = {}
 
     async def get(self, image: str) -> ImageInfo:
         """The image's info, pulling it first if containerd does not have it."""
@@ -161,6 +163,7 @@ class ImageStore:
         try:
             return await self._pull_image(image)
         finally:
+            self.progress.pop(image, None)
             self.stats.pulls += 1
             self.stats.seconds += time.monotonic() - started
 
@@ -172,8 +175,10 @@ class ImageStore:
             diff_ids = config.get("rootfs", {}).get("diff_ids", [])
             if len(diff_ids) != len(resolved.layers):
                 raise ImagePullError(f"pull {image}: config and manifest disagree on layers")
+            progress = self.progress[image] = [0, sum(layer.size for layer in resolved.layers)]
             for layer, diff_id in zip(resolved.layers, diff_ids, strict=True):
-                await self._fetch(resolved, layer, lease, {"containerd.io/uncompressed": diff_id})
+                labels = {"containerd.io/uncompressed": diff_id}
+                await self._fetch(resolved, layer, lease, labels, progress)
             chains = chain_ids(diff_ids)
             await self._unpack(resolved, chains, lease)
             await self._write(
@@ -219,11 +224,23 @@ class ImageStore:
             return False
 
     async def _fetch(
-        self, resolved: ResolvedImage, desc: Descriptor, lease: str, labels: dict[str, str]
+        self,
+        resolved: ResolvedImage,
+        desc: Descriptor,
+        lease: str,
+        labels: dict[str, str],
+        progress: list[int],
     ) -> None:
         if await self._exists(desc.digest):
+            progress[0] += desc.size
             return
-        await self._write_stream(self.registry.blob_stream(resolved.ref, desc), desc, lease, labels)
+
+        async def counted() -> AsyncIterator[bytes]:
+            async for chunk in self.registry.blob_stream(resolved.ref, desc):
+                progress[0] += len(chunk)
+                yield chunk
+
+        await self._write_stream(counted(), desc, lease, labels)
         self.stats.bytes += desc.size
 
     async def _write(
