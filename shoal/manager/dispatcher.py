@@ -190,6 +190,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
+                self.usage.pop(node_id, None)
                 timer = self._timers.pop(node_id, None)
                 if timer is not None:
                     timer.cancel()
