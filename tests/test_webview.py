@@ -92,6 +92,12 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
         "document.querySelectorAll('.card').length === 2", timeout=20_000
     )
 
+    # CPU and memory bars from the agents' heartbeats, on both workers' columns.
+    page.wait_for_function(
+        "document.querySelectorAll('.col .bar.cpu').length >= 2", timeout=30_000
+    )
+    assert page.locator(".col .bar.mem").count() >= 2
+
     # A card opens the task: its state and node.
     page.locator(".card").first.click()
     page.wait_for_selector("#detail:not([hidden]) dd")

@@ -105,7 +105,7 @@ function columnHtml(n, x) {
   return `<div class="col ${esc(n.status)}" data-node="${esc(n.id)}" style="left:${x}px">` +
     `<h3 title="${esc(n.id)}">${esc(n.hostname)}</h3>` +
     `<div class="meta">${esc(n.role)}${leader} ${esc(n.status)} ${esc(n.availability)}</div>` +
-    (n.id ? bars : "") + cards.join("") + `</div>`;
+    (n.id && n.role !== "manager" ? bars : "") + cards.join("") + `</div>`;
 }
 
 function renderNodes() {
