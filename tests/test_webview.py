@@ -92,6 +92,19 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
         "document.querySelectorAll('.card').length === 2", timeout=20_000
     )
 
+    # A rolling update shows its progress, batch by batch, then its end.
+    r = m.ctl("service", "update", "-d", "--image", "busybox:2", "--update-parallelism", "1",
+              "--update-delay", "2s", "web")  # fmt: skip
+    assert r.code == 0, r.err
+    page.wait_for_function(
+        "document.querySelector('tr[data-service=web]').textContent.includes('batch 2 of 2')",
+        timeout=30_000,
+    )
+    page.wait_for_function(
+        "document.querySelector('tr[data-service=web]').textContent.includes('completed')",
+        timeout=30_000,
+    )
+
     # CPU and memory bars from the agents' heartbeats, on both workers' columns.
     page.wait_for_function(
         "document.querySelectorAll('.col .bar.cpu').length >= 2", timeout=30_000
