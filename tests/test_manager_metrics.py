@@ -7,6 +7,7 @@ import asyncio
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.manager.admission import JoinAdmission
 from shoal.manager.events import Journal
 from shoal.manager.ids import new_id
 from shoal.manager.metrics import ManagerMetrics, run_observer
@@ -100,3 +101,24 @@ async def test_journal_replays_and_follows(store: Store, cache: Cache) -> None:
         await stream.aclose()
     finally:
         runner.cancel()
+
+
+async def test_join_counters(cache: Cache) -> None:
+    admission = JoinAdmission(concurrency=1)
+    metrics = ManagerMetrics()
+    metrics.watch_joins(admission, cache)
+    async def join(source: str) -> None:
+        async with admission.admit(source):
+            pass
+
+    async with admission.admit("10.0.0.1"):
+        second = asyncio.create_task(join("10.0.0.2"))
+        await asyncio.sleep(0.05)
+        assert samples(metrics)[("shoal_joins_waiting", ())] == 1  # behind the first
+    await second
+    admission.failed("10.0.0.2")
+    got = samples(metrics)
+    assert got[("shoal_joins_total", (("result", "admitted"),))] == 2
+    assert got[("shoal_joins_total", (("result", "refused"),))] == 1
+    assert got[("shoal_joins_waiting", ())] == 0
+    assert got[("shoal_watch_resyncs_total", ())] == 0

@@ -131,6 +131,11 @@ def test_metrics_follow_a_scale_and_show_task_memory(
     assert (value(samples, "shoal_reconcile_seconds_count") or 0) > 0
     assert value(samples, "shoal_leader_changes_total") == 1
     assert value(samples, "process_resident_memory_bytes")
+    # The worker's join went through the admission queue; the watch never re-listed.
+    assert value(samples, "shoal_joins_total", result="admitted") == 1
+    assert value(samples, "shoal_joins_total", result="refused") == 0
+    assert value(samples, "shoal_joins_waiting") == 0
+    assert value(samples, "shoal_watch_resyncs_total") == 0
 
     assert m.ctl("service", "scale", "web=3").code == 0
     wait_for(lambda: replicas("running") == 3)

@@ -207,6 +207,7 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.presence: Presence | None = None
         self.liveness: NodeLiveness | None = None
+        self.nodeca: NodeCA | None = None
         self.metrics: ManagerMetrics | None = None
         self.http: ManagerHttp | None = None
         self.journal: Journal | None = None
@@ -280,7 +281,7 @@ class Manager:
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
-        nodeca = NodeCA(self.store, self.cache)
+        nodeca = self.nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
         remote = grpc.aio.server(
             interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
@@ -333,6 +334,8 @@ class Manager:
         if self.metrics is None:
             return
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
+        if self.nodeca is not None:
+            self.metrics.watch_joins(self.nodeca.admission, self.cache)
         self.http = ManagerHttp(
             parse_http_addr(self.config.http_addr),
             self.metrics,

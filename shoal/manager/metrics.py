@@ -25,9 +25,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shoal.manager.admission import JoinAdmission
 from shoal.manager.store import Cache, Change, Kind
 from shoal.proto import objects_pb2 as pb
 
@@ -149,6 +150,28 @@ class ClusterCollector(Collector):
             nodes.add_metric(list(labels), count)
 
 
+class JoinsCollector(Collector):
+    """This manager's join queue and its cache's re-lists (the hardening's counters)."""
+
+    def __init__(self, admission: JoinAdmission, cache: Cache) -> None:
+        self.admission = admission
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily("shoal_joins_waiting", "Joins queued for a slot")
+        waiting.add_metric([], self.admission.waiting)
+        joins = CounterMetricFamily(
+            "shoal_joins", "Join requests admitted, and refused (bad tokens)", labels=["result"]
+        )
+        joins.add_metric(["admitted"], self.admission.admitted)
+        joins.add_metric(["refused"], self.admission.refused)
+        resyncs = CounterMetricFamily(
+            "shoal_watch_resyncs", "Times the cache's watch fell behind etcd's compaction"
+        )
+        resyncs.add_metric([], self.cache.resyncs)
+        yield from (waiting, joins, resyncs)
+
+
 class ManagerMetrics:
     """The registry one manager serves at /metrics, and what feeds it."""
 
@@ -204,6 +227,9 @@ class ManagerMetrics:
     def attach(self, cache: Cache) -> None:
         """Once the cache exists: the cluster gauges."""
         self.registry.register(ClusterCollector(cache, lambda: self.leading))
+
+    def watch_joins(self, admission: JoinAdmission, cache: Cache) -> None:
+        self.registry.register(JoinsCollector(admission, cache))
 
     def became_leader(self) -> None:
         self.leading = True
