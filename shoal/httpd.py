@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # (ok, reason): what /healthz answers.
 HealthCheck = Callable[[], Awaitable[tuple[bool, str]]]
+SHUTDOWN_S = 2.0
 
 
 class BadHttpAddr(ValueError):
@@ -124,7 +125,12 @@ class HttpServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.addr.host, self.addr.port, ssl_context=self.ssl_context
+            self._runner,
+            self.addr.host,
+            self.addr.port,
+            ssl_context=self.ssl_context,
+            # A scrape or a log fetch in flight gets this long when the daemon stops.
+            shutdown_timeout=SHUTDOWN_S,
         )
         await site.start()
         # Port 0 picks a free port: tests read which one.

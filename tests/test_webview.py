@@ -4,6 +4,7 @@ playwright): services, nodes and task states, live updates without a reload."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+    # The page's open event stream does not hold the manager up when it stops.
+    started = time.monotonic()
+    assert m.stop() == 0
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")

@@ -78,5 +78,6 @@ class ManagerHttp:
         await self.server.start()
 
     async def stop(self) -> None:
+        await self.webview.stop()
         await self.server.stop()
         await cancel_and_wait(self._tasks)

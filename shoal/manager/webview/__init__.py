@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.aiotasks import cancel_and_wait
 from shoal.manager.store import Cache, Kind
 from shoal.manager.webview.views import node_view, service_view, task_view
 from shoal.proto import dispatcher_pb2 as dpb
@@ -44,6 +45,11 @@ class WebView:
         self.usage = usage or dict
         # The dispatcher's logs(node_id, task_ids, follow, tail), if this manager has one.
         self.logs = logs
+        # Open event streams: they never end on their own, so stop() ends them.
+        self._streams: set[asyncio.Task[Any]] = set()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(list(self._streams))
 
     def mount(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
@@ -121,6 +127,16 @@ class WebView:
             }
         )
         await resp.prepare(request)
+        me = asyncio.current_task()
+        assert me is not None  # a request handler runs in a task
+        self._streams.add(me)
+        try:
+            await self._stream(resp)
+        finally:
+            self._streams.discard(me)
+        return resp
+
+    async def _stream(self, resp: web.StreamResponse) -> None:
         with self.cache.subscribe() as sub:
             await _send(resp, "snapshot", self.snapshot())
             loop = asyncio.get_running_loop()
