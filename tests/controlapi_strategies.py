@@ -290,3 +290,57 @@ def cluster_specs(draw: st.DrawFn, current: pb.ClusterSpec) -> pb.ClusterSpec:
     if draw(st.integers(0, 9)) == 0:
         spec.annotations.name = draw(WILD_TEXT)
     return spec
+
+
+# ---- what an accepted object must look like, stated apart from the validator
+
+
+def _clean(text: str) -> bool:
+    return not any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text)
+
+
+def _duration_ok(ms: int) -> bool:
+    return 0 <= ms <= 365 * 24 * 3600 * 1000
+
+
+def assert_sane_service(spec: pb.ServiceSpec) -> None:
+    """An accepted service spec: bounded, enums known, no negative or absurd durations,
+    no control characters where they would reach a terminal, nothing the kernel refuses."""
+    c, t, u = spec.task.container, spec.task, spec.update
+    assert spec.ByteSize() <= 256 * 1024
+    assert len(c.env) <= 1000 and len(c.args) + len(c.command) <= 1000
+    assert len(c.mounts) <= 100 and len(spec.annotations.labels) <= 256
+    for labels in (spec.annotations.labels, c.labels):
+        assert all(_clean(k) and _clean(v) for k, v in labels.items()), labels
+    for env in c.env:
+        key, sep, value = env.partition("=")
+        assert sep and key and _clean(key) and " " not in key and "\x00" not in value, env
+    assert all("\x00" not in a for a in (*c.command, *c.args))
+    assert all(m.type in pb.Mount.Type.values() and _clean(m.target) for m in c.mounts)
+    assert all(m.source != "/" for m in c.mounts if m.type == pb.Mount.BIND)
+    hc = c.healthcheck
+    assert hc.interval_ms == 0 or 100 <= hc.interval_ms, hc
+    assert _duration_ok(hc.interval_ms) and _duration_ok(hc.timeout_ms) and hc.retries >= 0
+    assert _duration_ok(c.stop_grace_period_ms)
+    assert t.limits.nano_cpus == 0 or t.limits.nano_cpus >= 10_000_000
+    assert t.restart.condition in pb.RestartPolicy.Condition.values()
+    assert _duration_ok(t.restart.delay_ms) and _duration_ok(t.restart.window_ms)
+    assert all(_clean(x) for x in t.placement.constraints)
+    assert u.failure_action in pb.UpdateConfig.FailureAction.values()
+    assert u.order in pb.UpdateConfig.Order.values()
+    assert _duration_ok(u.delay_ms) and _duration_ok(u.monitor_ms)
+    assert all(p.protocol in pb.PortConfig.Protocol.values() for p in spec.ports)
+
+
+def assert_sane_node(node: pb.Node) -> None:
+    assert node.spec.availability in pb.NodeAvailability.values()
+    assert node.spec.desired_role in pb.NodeRole.values()
+    assert all(_clean(k) and _clean(v) for k, v in node.spec.labels.items())
+
+
+def assert_sane_cluster(spec: pb.ClusterSpec) -> None:
+    assert 100 <= spec.dispatcher.heartbeat_period_ms <= 3600 * 1000
+    assert 1 <= spec.dispatcher.heartbeat_misses <= 100
+    # A certificate must be issuable: now + expiry within X.509's (and datetime's) range.
+    assert 10_000 <= spec.ca.node_cert_expiry_ms <= 10 * 365 * 24 * 3600 * 1000
+    assert all(_clean(k) and _clean(v) for k, v in spec.annotations.labels.items())
