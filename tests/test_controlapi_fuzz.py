@@ -322,27 +322,57 @@ def test_known_bad_requests_refused_and_nothing_written(
         return api.UpdateClusterRequest(spec=spec)
 
     cases: list[tuple[Callable[..., Any], Any, str]] = [
-        (control.CreateService, service(lambda s: s.task.container.healthcheck.__setattr__(
-            "interval_ms", -1000)), "health check interval cannot be negative"),
-        (control.CreateService, service(lambda s: s.task.limits.__setattr__(
-            "nano_cpus", 1_000_000)), "at least 0.01 CPU"),
-        (control.CreateService, service(lambda s: s.task.container.__setattr__(
-            "stop_grace_period_ms", -1)), "stop grace period cannot be negative"),
-        (control.CreateService, service(lambda s: s.task.restart.__setattr__(
-            "condition", 42)), "unknown restart condition 42"),
-        (control.CreateService, service(lambda s: s.task.container.env.extend(
-            f"K{i}=" + "v" * 1000 for i in range(300))), "service spec is too large"),
-        (control.CreateService, service(lambda s: s.task.container.env.append(
-            "K\x1b[2J=1")), "invalid env"),
-        (control.CreateNetwork, api.CreateNetworkRequest(spec=pb.NetworkSpec(
-            annotations=pb.Annotations(name="lo"), subnet="127.0.0.0/16")), "reserved"),
-        (control.CreateNetwork, api.CreateNetworkRequest(spec=pb.NetworkSpec(
-            annotations=pb.Annotations(name="all"), subnet="0.0.0.0/0")), "reserved"),
+        (
+            control.CreateService,
+            service(lambda s: s.task.container.healthcheck.__setattr__("interval_ms", -1000)),
+            "health check interval cannot be negative",
+        ),
+        (
+            control.CreateService,
+            service(lambda s: s.task.limits.__setattr__("nano_cpus", 1_000_000)),
+            "at least 0.01 CPU",
+        ),
+        (
+            control.CreateService,
+            service(lambda s: s.task.container.__setattr__("stop_grace_period_ms", -1)),
+            "stop grace period cannot be negative",
+        ),
+        (
+            control.CreateService,
+            service(lambda s: s.task.restart.__setattr__("condition", 42)),
+            "unknown restart condition 42",
+        ),
+        (
+            control.CreateService,
+            service(
+                lambda s: s.task.container.env.extend(f"K{i}=" + "v" * 1000 for i in range(300))
+            ),
+            "service spec is too large",
+        ),
+        (
+            control.CreateService,
+            service(lambda s: s.task.container.env.append("K\x1b[2J=1")),
+            "invalid env",
+        ),
+        (
+            control.CreateNetwork,
+            api.CreateNetworkRequest(
+                spec=pb.NetworkSpec(annotations=pb.Annotations(name="lo"), subnet="127.0.0.0/16")
+            ),
+            "reserved",
+        ),
+        (
+            control.CreateNetwork,
+            api.CreateNetworkRequest(
+                spec=pb.NetworkSpec(annotations=pb.Annotations(name="all"), subnet="0.0.0.0/0")
+            ),
+            "reserved",
+        ),
         (control.UpdateNode, node_spec(availability=7), "unknown availability 7"),
         (control.UpdateNode, node_spec(desired_role=pb.ROLE_MANAGER), "role"),
         (control.UpdateCluster, cluster_spec(-5), "heartbeat period"),
         (control.RotateJoinToken, api.RotateJoinTokenRequest(role=5), "unknown node role 5"),
-    ]  # fmt: skip
+    ]
     for method, request, message in cases:
         before = harness.revision()
         with pytest.raises(grpc.RpcError) as err:

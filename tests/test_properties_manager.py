@@ -84,9 +84,12 @@ def test_not_equal_is_the_negation_of_equal(node: pb.Node, c: constraints.Constr
     load=st.integers(0, 3),
 )
 def test_scheduler_filter_keeps_exactly_the_fitting_nodes(
-    nodes: list[pb.Node], wanted: list[constraints.Constraint], per_node: int, reserve: int,
+    nodes: list[pb.Node],
+    wanted: list[constraints.Constraint],
+    per_node: int,
+    reserve: int,
     load: int,
-) -> None:  # fmt: skip
+) -> None:
     spec = pb.TaskSpec()
     spec.placement.constraints.extend(str(c) for c in wanted)
     spec.placement.max_replicas_per_node = per_node
@@ -124,8 +127,10 @@ def network(name: str, subnet: str, vni: int) -> pb.Network:
 
 SUBNETS = st.builds(
     lambda a, b, p: str(ipaddress.IPv4Network(f"10.{a}.{b}.0/{p}", strict=False)),
-    st.integers(0, 255), st.integers(0, 255), st.integers(16, 29),
-)  # fmt: skip
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(16, 29),
+)
 
 
 @given(existing=st.lists(SUBNETS, max_size=5), requested=st.one_of(st.none(), SUBNETS))

@@ -72,6 +72,16 @@ def test_bad_service_values_refused_in_one_line(edit: Edit, message: str) -> Non
     assert message in text and "\n" not in text and len(text) < 400, text
 
 
+def test_image_names_the_puller_could_not_parse_are_refused() -> None:
+    """Found by the property test: `A/0` matched the reference grammar (an upper-case
+    "domain"), but with no '.' or ':' it is a repository component to the puller."""
+    for image in ("A/0", "Foo/bar:1", "MyReg/app"):
+        with pytest.raises(v.InvalidSpec, match="invalid image reference"):
+            v.check_image(image)
+    for image in ("localhost/app", "Reg.example:5000/app", "a/b/c:1", "127.0.0.1:9/x"):
+        v.check_image(image)
+
+
 def test_what_shoal_uses_stays_accepted() -> None:
     spec = good()
     # Issue 10's big spec: 300 env vars of 250 bytes (~77 KB).

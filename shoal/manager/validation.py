@@ -103,7 +103,12 @@ def check_hostname(hostname: str) -> None:
 def check_image(image: str) -> None:
     if not image:
         raise InvalidSpec("image is required")
-    if len(image) > 255 or not _IMAGE.match(image):
+    first, slash, _ = image.partition("@")[0].partition("/")
+    # Docker's rule, as the puller applies it: a first component without '.' or ':' (and
+    # not `localhost`) is part of the repository, so it must be lower-case like the rest.
+    registry = slash and ("." in first or ":" in first or first == "localhost")
+    path_ok = registry or not slash or re.fullmatch(_PATH_PART, first)
+    if len(image) > 255 or not _IMAGE.match(image) or not path_ok:
         raise InvalidSpec(
             f"invalid image reference {image[:300]!r}: expected "
             "[registry/]name[:tag][@sha256:digest] with a lower-case name"
