@@ -175,6 +175,8 @@ def test_create_service(harness: Harness, control: api_grpc.ControlStub, spec: A
     )
     if got is not None:
         assert_sane_service(got.service.service.spec)
+        stored = control.GetService(api.GetServiceRequest(ref=got.service.service.id))
+        assert stored.service.service.spec == got.service.service.spec
 
 
 @FUZZ
