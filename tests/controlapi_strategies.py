@@ -323,6 +323,7 @@ def assert_sane_service(spec: pb.ServiceSpec) -> None:
     assert _duration_ok(hc.interval_ms) and _duration_ok(hc.timeout_ms) and hc.retries >= 0
     assert _duration_ok(c.stop_grace_period_ms)
     assert t.limits.nano_cpus == 0 or t.limits.nano_cpus >= 10_000_000
+    assert -1 <= c.pids_limit <= 4 * 1024 * 1024  # what the kernel's pids.max takes
     assert t.restart.condition in pb.RestartPolicy.Condition.values()
     assert _duration_ok(t.restart.delay_ms) and _duration_ok(t.restart.window_ms)
     assert all(_clean(x) for x in t.placement.constraints)

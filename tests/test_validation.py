@@ -58,6 +58,7 @@ BAD_SERVICES: list[tuple[Edit, str]] = [
     (lambda s: s.task.placement.constraints.append("node.labels.a==\x1b[1m"), "control char"),
     (lambda s: s.task.container.__setattr__("dir", "/a\nb"), "control character"),
     (lambda s: s.task.container.__setattr__("user", "u" * 300), "invalid user"),
+    (lambda s: s.task.container.__setattr__("pids_limit", 2**40), "pids limit must be at most"),
     (lambda s: s.task.networks.extend(pb.NetworkAttachmentConfig() for _ in range(33)), "many"),
 ]
 
