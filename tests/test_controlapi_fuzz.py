@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -61,8 +62,9 @@ REFUSALS = {
 NETWORKS = ("front", "back")
 # This network, loopback, link-local, multicast, reserved: never an overlay's subnet.
 SPECIAL = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+# CI runs a bounded number of examples; SHOAL_FUZZ_EXAMPLES=2000 for a long run on demand.
 FUZZ = settings(
-    max_examples=80,
+    max_examples=int(os.environ.get("SHOAL_FUZZ_EXAMPLES", "80")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

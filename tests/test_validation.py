@@ -186,3 +186,40 @@ def test_agent_reports_are_cleaned() -> None:
     out = v.clean_description(desc, joined_as="w1")
     assert (out.hostname, out.os, out.arch) == ("w1", "linux[0m", "x86_64")
     assert v.clean_description(pb.NodeDescription(hostname="w2"), "w1").hostname == "w2"
+
+
+def accepted(check: Callable[[str], object], text: str) -> bool:
+    try:
+        check(text)
+    except v.InvalidSpec:
+        return False
+    return True
+
+
+NAMED_CHECKS: list[Callable[[str], object]] = [
+    lambda t: v.check_name("service", t),
+    v.check_hostname,
+    v.check_image,
+    lambda t: v.check_labels("node", {t: "v"}),
+    lambda t: v.check_labels("node", {"k": t}),
+    lambda t: v.check_service_spec(with_env(t + "=1")),
+]
+
+
+def with_env(entry: str) -> pb.ServiceSpec:
+    spec = good()
+    spec.task.container.env.append(entry)
+    return spec
+
+
+@given(
+    st.sampled_from(range(len(NAMED_CHECKS))),
+    st.text(st.characters(codec="ascii"), max_size=12).map(lambda t: t or "a"),
+    st.sampled_from(["", "\n", "\r\n", "\x00", "\x1b"]),
+)
+def test_accepted_names_have_no_control_characters(i: int, text: str, tail: str) -> None:
+    """Names, labels and env keys that pass show as themselves in a terminal (a regex's
+    `$` also matches before a final newline: `web\\n` passed as a service name)."""
+    value = text + tail
+    if accepted(NAMED_CHECKS[i], value):
+        assert value.isprintable(), repr(value)

@@ -33,6 +33,7 @@ _IMAGE = re.compile(
     r"(?:@sha256:[a-f0-9]{64})?$"
 )
 # Control characters (C0, DEL, C1): terminal escapes in `ls`, NULs that exec refuses.
+# Patterns are used with fullmatch: `$` would also match before a final newline.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ENV_KEY = re.compile(r"^[^=\s\x00-\x1f\x7f-\x9f]+$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
@@ -84,7 +85,7 @@ MAX_TASK_HISTORY = 1000
 def check_name(what: str, name: str) -> None:
     if not name:
         raise InvalidSpec(f"{what} name is required")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidSpec(
             f"invalid {what} name {name!r}: use 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
@@ -93,7 +94,7 @@ def check_name(what: str, name: str) -> None:
 
 def check_hostname(hostname: str) -> None:
     """A node's name as it shows in `node ls` and placement constraints."""
-    if not _HOSTNAME.match(hostname):
+    if not _HOSTNAME.fullmatch(hostname):
         raise InvalidSpec(
             f"invalid hostname {hostname[:80]!r}: use 1-253 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
@@ -108,7 +109,7 @@ def check_image(image: str) -> None:
     # not `localhost`) is part of the repository, so it must be lower-case like the rest.
     registry = slash and ("." in first or ":" in first or first == "localhost")
     path_ok = registry or not slash or re.fullmatch(_PATH_PART, first)
-    if len(image) > 255 or not _IMAGE.match(image) or not path_ok:
+    if len(image) > 255 or not _IMAGE.fullmatch(image) or not path_ok:
         raise InvalidSpec(
             f"invalid image reference {image[:300]!r}: expected "
             "[registry/]name[:tag][@sha256:digest] with a lower-case name"
@@ -127,13 +128,13 @@ def check_count(what: str, items: Iterable[object], limit: int) -> None:
         raise InvalidSpec(f"too many {what}: {n}, at most {limit}")
 
 
-def check_text(what: str, text: str, limit: int, control_ok: str = "") -> None:
-    """A free-form string: bounded, and without control characters (but `control_ok`)."""
+def check_text(what: str, text: str, limit: int) -> None:
+    """A free-form string: bounded, and without control characters."""
     if len(text) > limit:
         raise InvalidSpec(f"{what} is too long: {len(text)} characters, at most {limit}")
-    bad = next((ch for ch in _CONTROL.findall(text) if ch not in control_ok), None)
+    bad = _CONTROL.search(text)
     if bad is not None:
-        raise InvalidSpec(f"{what} {text[:80]!r} contains a control character ({bad!r})")
+        raise InvalidSpec(f"{what} {text[:80]!r} contains a control character ({bad[0]!r})")
 
 
 def check_enum(what: str, value: int, enum: Iterable[int]) -> None:
@@ -155,7 +156,7 @@ def check_duration(what: str, ms: int, *, minimum: int = 0) -> None:
 def check_labels(what: str, labels: Mapping[str, str]) -> None:
     check_count(f"{what} labels", labels, MAX_LABELS)
     for key, value in labels.items():
-        if len(key) > MAX_LABEL_KEY or not _LABEL_KEY.match(key):
+        if len(key) > MAX_LABEL_KEY or not _LABEL_KEY.fullmatch(key):
             raise InvalidSpec(
                 f"invalid {what} label key {key[:80]!r}: use letters, digits, '_', '.', '/' "
                 f"or '-' (at most {MAX_LABEL_KEY}), starting with a letter or digit"
@@ -223,14 +224,14 @@ def check_container(c: pb.ContainerSpec) -> None:
     check_count("env entries", c.env, MAX_ENV)
     for env in c.env:
         key, sep, value = env.partition("=")
-        if not sep or not _ENV_KEY.match(key):
+        if not sep or not _ENV_KEY.fullmatch(key):
             raise InvalidSpec(
                 f"invalid env {env[:80]!r}: expected KEY=VALUE, with no whitespace or "
                 "control characters in KEY"
             )
         if "\x00" in value:
             raise InvalidSpec(f"env {key} may not contain NUL characters")
-    if c.user and (len(c.user) > MAX_USER or not _USER.match(c.user)):
+    if c.user and (len(c.user) > MAX_USER or not _USER.fullmatch(c.user)):
         raise InvalidSpec(f"invalid user {c.user[:80]!r}: expected USER[:GROUP] or UID[:GID]")
     if c.dir:
         check_text("working directory", c.dir, MAX_PATH)
@@ -261,7 +262,7 @@ def check_mounts(mounts: Iterable[pb.Mount]) -> None:
         targets.add(m.target.rstrip("/"))
         if m.type == pb.Mount.BIND and not m.source.startswith("/"):
             raise InvalidSpec(f"invalid bind mount source {m.source!r}: must be an absolute path")
-        if m.type == pb.Mount.VOLUME and not _VOLUME.match(m.source):
+        if m.type == pb.Mount.VOLUME and not _VOLUME.fullmatch(m.source):
             raise InvalidSpec(f"invalid volume name {m.source!r}")
 
 
@@ -369,7 +370,7 @@ def clean_description(desc: pb.NodeDescription, joined_as: str) -> pb.NodeDescri
     characters and are cut to 64 characters."""
     out = pb.NodeDescription()
     out.CopyFrom(desc)
-    if not _HOSTNAME.match(out.hostname):
+    if not _HOSTNAME.fullmatch(out.hostname):
         out.hostname = joined_as
     for field in ("os", "arch", "runtime"):
         setattr(out, field, _CONTROL.sub("", getattr(out, field))[:64])
