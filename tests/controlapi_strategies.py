@@ -18,7 +18,9 @@ UINT64 = st.integers(0, 2**64 - 1)
 # Edges first: hypothesis finds them anyway, this finds them in few examples.
 WILD_INT64 = st.one_of(st.sampled_from([-1, 0, 1, 99, 2**31, 2**62, 2**63 - 1, -(2**63)]), INT64)
 TEXT = st.text(max_size=40)
-NASTY = st.sampled_from(["", " ", "\x1b[31mred", "a\x00b", "a\nb", "web\n", "../..", "x" * 5000, "é"])
+NASTY = st.sampled_from(
+    ["", " ", "\x1b[31mred", "a\x00b", "a\nb", "web\n", "../..", "x" * 5000, "é"]
+)
 WILD_TEXT = st.one_of(NASTY, TEXT)
 
 # The only registry a request may name that passes validation: nothing listens there, so
