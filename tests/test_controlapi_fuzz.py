@@ -264,11 +264,18 @@ def test_mutated_bytes(harness: Harness, control: api_grpc.ControlStub, data: An
     """Valid requests with bytes flipped, dropped or inserted: whatever still parses as
     the request message (odd enums, unknown fields, cut strings) must be refused or
     accepted cleanly."""
-    kind = data.draw(st.sampled_from(["service", "network"]))
+    kind = data.draw(st.sampled_from(["service", "network", "node", "cluster"]))
+    sent: Any
     if kind == "service":
-        sent: Any = api.CreateServiceRequest(spec=data.draw(service_specs(NETWORKS)))
-    else:
+        sent = api.CreateServiceRequest(spec=data.draw(service_specs(NETWORKS)))
+    elif kind == "network":
         sent = api.CreateNetworkRequest(spec=data.draw(network_specs()))
+    elif kind == "node":
+        node = control.ListNodes(api.ListNodesRequest()).nodes[0]
+        sent = api.UpdateNodeRequest(ref=node.id, spec=node.spec)
+    else:
+        current = control.GetCluster(api.GetClusterRequest()).cluster
+        sent = api.UpdateClusterRequest(spec=current.spec)
     raw = mutate_bytes(sent.SerializeToString(), data.draw)
     request = type(sent)()
     try:
@@ -277,9 +284,17 @@ def test_mutated_bytes(harness: Harness, control: api_grpc.ControlStub, data: An
         return
     if kind == "service":
         request.spec.task.container.image = safe_image(request.spec.task.container.image)
-        call(harness, control, lambda: control.CreateService(request, timeout=30))
-    else:
-        call(harness, control, lambda: control.CreateNetwork(request, timeout=30))
+    method = {
+        "service": control.CreateService,
+        "network": control.CreateNetwork,
+        "node": control.UpdateNode,
+        "cluster": control.UpdateCluster,
+    }[kind]
+    got = call(harness, control, lambda: method(request, timeout=30))
+    if got is not None and kind == "node":
+        assert_sane_node(got.node)
+    elif got is not None and kind == "cluster":
+        assert_sane_cluster(got.cluster.spec)
 
 
 def test_unknown_refs_refused(harness: Harness, control: api_grpc.ControlStub) -> None:
