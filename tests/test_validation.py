@@ -202,7 +202,7 @@ NAMED_CHECKS: list[Callable[[str], object]] = [
     v.check_image,
     lambda t: v.check_labels("node", {t: "v"}),
     lambda t: v.check_labels("node", {"k": t}),
-    lambda t: v.check_service_spec(with_env(t + "=1")),
+    lambda t: v.check_service_spec(with_env(t.replace("=", "") + "=1")),  # t is the key
 ]
 
 
