@@ -314,18 +314,73 @@ def test_unknown_refs_refused(harness: Harness, control: api_grpc.ControlStub) -
             assert call(harness, control, lambda m=method, q=request: m(q, timeout=10)) is None
 
 
-def test_known_bad_requests_refused_and_nothing_written(
+Case = tuple[Callable[..., Any], Any, str]
+
+
+def assert_refused(harness: Harness, cases: list[Case]) -> None:
+    for method, request, message in cases:
+        before = harness.revision()
+        with pytest.raises(grpc.RpcError) as err:
+            method(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert message in (err.value.details() or ""), err.value.details()
+        assert harness.revision() == before, f"{message}: etcd changed"
+
+
+def bad_service(edit: Callable[[pb.ServiceSpec], object]) -> api.CreateServiceRequest:
+    spec = pb.ServiceSpec(annotations=pb.Annotations(name="bad"))
+    spec.task.container.image = "127.0.0.1:9/app"
+    edit(spec)
+    return api.CreateServiceRequest(spec=spec)
+
+
+def test_known_bad_services_refused_and_nothing_written(
     harness: Harness, control: api_grpc.ControlStub
 ) -> None:
     """The values the issue measured or named, one by one through the real API."""
+    c = control.CreateService
+    assert_refused(
+        harness,
+        [
+            (
+                c,
+                bad_service(
+                    lambda s: s.task.container.healthcheck.__setattr__("interval_ms", -1000)
+                ),
+                "health check interval cannot be negative",
+            ),
+            (
+                c,
+                bad_service(lambda s: s.task.limits.__setattr__("nano_cpus", 1_000_000)),
+                "at least 0.01 CPU",
+            ),
+            (
+                c,
+                bad_service(lambda s: s.task.container.__setattr__("stop_grace_period_ms", -1)),
+                "stop grace period cannot be negative",
+            ),
+            (
+                c,
+                bad_service(lambda s: s.task.restart.__setattr__("condition", 42)),
+                "unknown restart condition 42",
+            ),
+            (
+                c,
+                bad_service(
+                    lambda s: s.task.container.env.extend(f"K{i}=" + "v" * 1000 for i in range(300))
+                ),
+                "service spec is too large",
+            ),
+            (c, bad_service(lambda s: s.task.container.env.append("K\x1b[2J=1")), "invalid env"),
+        ],
+    )
+
+
+def test_known_bad_networks_nodes_cluster_refused_and_nothing_written(
+    harness: Harness, control: api_grpc.ControlStub
+) -> None:
     node = control.ListNodes(api.ListNodesRequest()).nodes[0]
     cluster = control.GetCluster(api.GetClusterRequest()).cluster
-
-    def service(edit: Callable[[pb.ServiceSpec], object]) -> api.CreateServiceRequest:
-        spec = pb.ServiceSpec(annotations=pb.Annotations(name="bad"))
-        spec.task.container.image = "127.0.0.1:9/app"
-        edit(spec)
-        return api.CreateServiceRequest(spec=spec)
 
     def node_spec(**fields: int) -> api.UpdateNodeRequest:
         spec = pb.NodeSpec()
@@ -340,62 +395,19 @@ def test_known_bad_requests_refused_and_nothing_written(
         spec.dispatcher.heartbeat_period_ms = heartbeat
         return api.UpdateClusterRequest(spec=spec)
 
-    cases: list[tuple[Callable[..., Any], Any, str]] = [
-        (
-            control.CreateService,
-            service(lambda s: s.task.container.healthcheck.__setattr__("interval_ms", -1000)),
-            "health check interval cannot be negative",
-        ),
-        (
-            control.CreateService,
-            service(lambda s: s.task.limits.__setattr__("nano_cpus", 1_000_000)),
-            "at least 0.01 CPU",
-        ),
-        (
-            control.CreateService,
-            service(lambda s: s.task.container.__setattr__("stop_grace_period_ms", -1)),
-            "stop grace period cannot be negative",
-        ),
-        (
-            control.CreateService,
-            service(lambda s: s.task.restart.__setattr__("condition", 42)),
-            "unknown restart condition 42",
-        ),
-        (
-            control.CreateService,
-            service(
-                lambda s: s.task.container.env.extend(f"K{i}=" + "v" * 1000 for i in range(300))
-            ),
-            "service spec is too large",
-        ),
-        (
-            control.CreateService,
-            service(lambda s: s.task.container.env.append("K\x1b[2J=1")),
-            "invalid env",
-        ),
-        (
-            control.CreateNetwork,
-            api.CreateNetworkRequest(
-                spec=pb.NetworkSpec(annotations=pb.Annotations(name="lo"), subnet="127.0.0.0/16")
-            ),
-            "reserved",
-        ),
-        (
-            control.CreateNetwork,
-            api.CreateNetworkRequest(
-                spec=pb.NetworkSpec(annotations=pb.Annotations(name="all"), subnet="0.0.0.0/0")
-            ),
-            "reserved",
-        ),
-        (control.UpdateNode, node_spec(availability=7), "unknown availability 7"),
-        (control.UpdateNode, node_spec(desired_role=pb.ROLE_MANAGER), "role"),
-        (control.UpdateCluster, cluster_spec(-5), "heartbeat period"),
-        (control.RotateJoinToken, api.RotateJoinTokenRequest(role=5), "unknown node role 5"),
-    ]
-    for method, request, message in cases:
-        before = harness.revision()
-        with pytest.raises(grpc.RpcError) as err:
-            method(request, timeout=10)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-        assert message in (err.value.details() or ""), err.value.details()
-        assert harness.revision() == before, f"{message}: etcd changed"
+    def network(name: str, subnet: str) -> api.CreateNetworkRequest:
+        return api.CreateNetworkRequest(
+            spec=pb.NetworkSpec(annotations=pb.Annotations(name=name), subnet=subnet)
+        )
+
+    assert_refused(
+        harness,
+        [
+            (control.CreateNetwork, network("lo", "127.0.0.0/16"), "reserved"),
+            (control.CreateNetwork, network("all", "0.0.0.0/0"), "reserved"),
+            (control.UpdateNode, node_spec(availability=7), "unknown availability 7"),
+            (control.UpdateNode, node_spec(desired_role=pb.ROLE_MANAGER), "role"),
+            (control.UpdateCluster, cluster_spec(-5), "heartbeat period"),
+            (control.RotateJoinToken, api.RotateJoinTokenRequest(role=5), "unknown node role 5"),
+        ],
+    )
