@@ -180,30 +180,29 @@ class ServiceRPCs(ControlBase):
         service = self.cache.get(Kind.SERVICE, service_id)
         if service is None:
             return api.WatchServiceResponse(removed=True)
-        tasks = sorted(
-            self.cache.tasks_of_service(service_id),
-            key=lambda t: t.status.timestamp_ms,
-            reverse=True,
-        )
+        # Only tasks with an error are sorted: this runs at every change of a
+        # watched service, and a big service has thousands of healthy tasks.
+        errored: list[pb.Task] = []
+        pulls: dict[str, None] = {}
+        for t in self.cache.tasks_of_service(service_id):
+            if t.status.err and (
+                t.desired_state == pb.RUNNING or t.status.state in (pb.FAILED, pb.REJECTED)
+            ):
+                errored.append(t)
+            elif t.status.state == pb.PREPARING and t.status.message.startswith("pulling "):
+                # One pull per image and node: the tasks waiting on it say the same.
+                pulls[t.status.message] = None
+        errored.sort(key=lambda t: t.status.timestamp_ms, reverse=True)
         errors: list[str] = []
-        # One pull per image and node: tasks waiting on the same one say the same thing.
-        pulls = list(
-            dict.fromkeys(
-                t.status.message
-                for t in tasks
-                if t.status.state == pb.PREPARING and t.status.message.startswith("pulling ")
-            )
-        )[:MAX_TASK_ERRORS]
-        for t in tasks:
-            failed = t.status.state in (pb.FAILED, pb.REJECTED)
-            if t.status.err and (t.desired_state == pb.RUNNING or failed):
-                err = t.status.err
-                if err not in errors:
-                    errors.append(err)
+        for t in errored:
+            if t.status.err not in errors:
+                errors.append(t.status.err)
             if len(errors) >= MAX_TASK_ERRORS:
                 break
         return api.WatchServiceResponse(
-            service=self.service_info(service), task_errors=errors, task_progress=pulls
+            service=self.service_info(service),
+            task_errors=errors,
+            task_progress=list(pulls)[:MAX_TASK_ERRORS],
         )
 
     async def ServiceLogs(
