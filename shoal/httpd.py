@@ -122,15 +122,16 @@ class HttpServer:
 
     async def start(self) -> None:
         # No access log: Prometheus scrapes every few seconds.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # A scrape or a log fetch in flight gets SHUTDOWN_S when the daemon stops.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
             self.addr.host,
             self.addr.port,
             ssl_context=self.ssl_context,
-            # A scrape or a log fetch in flight gets this long when the daemon stops.
-            shutdown_timeout=SHUTDOWN_S,
         )
         await site.start()
         # Port 0 picks a free port: tests read which one.
