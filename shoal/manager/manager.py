@@ -363,9 +363,10 @@ class Manager:
             )
 
             await self._serve_remote(cluster, control, servers)
-            server = await self._serve_local(control, servers)
+            # The reads' socket first: whoever sees the control socket answer can read.
             rest = RestAPI(control, cfg.rest_socket_path)
             await rest.start()
+            server = await self._serve_local(control, servers)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)

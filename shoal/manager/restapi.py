@@ -164,14 +164,15 @@ class RestAPI:
 
     async def _route(self, target: str) -> Any:
         url = urllib.parse.urlsplit(target)
-        parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
+        # "/nodes/" is an empty REF (refused as the gRPC API refuses it), not the list.
+        parts = [urllib.parse.unquote(p) for p in url.path[1:].split("/")]
         query = _query(url.query)
         handlers = self._routes.get(parts[0])
         if handlers is not None and len(parts) <= 2:
             collection, one = handlers
             if len(parts) == 1:
                 return await collection(parts[1:], query)
-            if one is not None and parts[1]:
+            if one is not None:
                 _no_query(query)
                 return await one(parts[1:], query)
         raise HTTPError(404, f"no such path: {url.path}")

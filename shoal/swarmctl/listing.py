@@ -7,15 +7,14 @@
 Reads go over the manager's HTTP socket (session.rest), which answers with the
 views themselves (shoal/views.py): nothing here loads gRPC or protobuf. A command
 group describes its objects once as a `Kind` and gets its `ls` and `inspect` from
-`add_ls` / `add_inspect` (or calls `print_list` when its list takes filters, like
-`task ls` and `service ps`).
+`ls_command` / `inspect_command` (or calls `print_list` when its list takes
+filters, like `task ls` and `service ps`); they live in commands/reads.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -36,8 +35,7 @@ format_option = click.option(
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print IDs only.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     """How one kind of object is read and listed."""
 
     # Its collection on the manager's HTTP socket: /services, /services/REF.
