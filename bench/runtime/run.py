@@ -1,12 +1,15 @@
 """Container start cost: Shoal's containerd runtime against `ctr run -d`, same containerd.
 
-    python -m bench.runtime.run [--count 10]
+    python -m bench.runtime.run [--count 10] [--first-rounds 5]
 
 A private containerd and a local registry with the tiny busybox image; the
 image is pulled once by each side first. Then, serially, N containers created
 and started by Shoal's runtime (gRPC, the product path) and N by `ctr run -d`
 (containerd's own CLI, the ANCHORS figure: ~180 ms each). Reports the median
-per container and the ratio. Everything is removed at the end.
+per container and the ratio. Then, on the same containerd, the whole system
+(bench/runtime/first.py): create -> first container running, for a one-replica
+service and for the first of 20, set against the runtime's own create + start.
+Everything is removed at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.guard import exit_cleanly_on_signals
+from bench.runtime.first import first_container
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
 from shoal.lab.registry import Registry
@@ -75,6 +79,7 @@ def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
+    p.add_argument("--first-rounds", type=int, default=5, help="0: skip the whole-system part")
     args = p.parse_args()
     exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
@@ -82,11 +87,26 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
         shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
         ctr = ctr_side(ctd, image, args.count)
+        first = first_container(ctd, image, args.first_rounds) if args.first_rounds else None
     s, c = statistics.median(shoal) * 1000, statistics.median(ctr) * 1000
     print("| what | median per container |\n|---|---|")
     print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
     print(f"| `ctr run -d` | {c:.0f} ms |")
     print(f"\nShoal / ctr: {s / c:.2f}x")
+    if first is None:
+        return
+    one, twenty = first["first_of_1_s"] * 1000, first["first_of_20_s"] * 1000
+    print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
+    print("| service | create RPC returned -> first task RUNNING | vs runtime create + start |")
+    print("|---|---|---|")
+    print(f"| 1 replica | {one:.0f} ms | {one / s:.2f}x |")
+    print(f"| 20 replicas (the first) | {twenty:.0f} ms | {twenty / s:.2f}x |")
+    last = first["last_of_20_s"] * 1000
+    print(f"| 20 replicas (the last) | {last:.0f} ms | {last / s:.2f}x |")
+    print(
+        f"\nrounds (ms): 1: {[round(x * 1000) for x in first['rounds_1']]}, "
+        f"20: {[round(x * 1000) for x in first['rounds_20']]}"
+    )
 
 
 if __name__ == "__main__":

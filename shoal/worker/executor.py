@@ -101,9 +101,12 @@ class TaskRunner:
         report: Reporter,
         logs_dir: Path,
         networks: NetworkProvider | None = None,
+        starts: asyncio.Semaphore | None = None,
     ) -> None:
         self.task = task
         self.networks = networks
+        # Shared by the node's runners: how many containers are made and started at once.
+        self.starts = starts or asyncio.Semaphore(1)
         self.runtime = runtime
         self.db = db
         self.report = report
@@ -241,7 +244,10 @@ class TaskRunner:
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
             return  # finished: nothing to run, the container (if any) waits for removal
-        existing = await self.runtime.state(self.task.id)
+        # A task this agent never took up (state before ACCEPTED) has at most a created
+        # container (the record of a start is written before it): the steps below
+        # handle that, so only tasks it took up ask the runtime first.
+        existing = await self.runtime.state(self.task.id) if self.state >= pb.ACCEPTED else None
         if existing is not None and existing.status == "running":
             # Reattach: the container outlived an agent restart.
             if self.state < pb.RUNNING:
@@ -262,38 +268,68 @@ class TaskRunner:
             self._set(pb.ACCEPTED, "accepted")
         self._set(pb.PREPARING, "preparing")
         try:
+            # Outside the start slots: a long pull holds back no task of another image.
             await self.runtime.pull(self.task.spec.container.image)
-            if self._wants_stop():
-                self._set(pb.SHUTDOWN, "shutdown before start")
+        except ImagePullError as err:
+            self._set(pb.REJECTED, "rejected", str(err))
+            return
+        # A few containers at a time, each from create through start, in arrival order:
+        # twenty at once would share the cores twenty ways and all start late, while
+        # one after another the first runs in a container's own time and the last
+        # no later (the cores are just as busy).
+        await self.starts.acquire()
+        held = True
+        try:
+            if not await self._create():
                 return
+            # desired READY holds a prepared task back (restart delay, start-first
+            # updates): it waits without its slot.
+            while self.task.desired_state < pb.RUNNING and not self._wants_stop():
+                if held:
+                    self.starts.release()
+                    held = False
+                self._changed.clear()
+                await self._changed.wait()
+            if self._wants_stop():
+                await self._stop_and_report()
+                return
+            if not held:
+                await self.starts.acquire()
+                held = True
+            started = await self._start()
+        finally:
+            if held:
+                self.starts.release()
+        if started:
+            await self._supervise()
+
+    async def _create(self) -> bool:
+        """The task's container, made (READY); False when the task ended instead."""
+        if self._wants_stop():
+            self._set(pb.SHUTDOWN, "shutdown before start")
+            return False
+        try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
             await self.runtime.create(container_config(self.task, self.log_path, netns))
         except NetworkError as err:
             self._set(pb.REJECTED, "rejected", str(err))
-            return
-        except ImagePullError as err:
-            self._set(pb.REJECTED, "rejected", str(err))
-            return
+            return False
         except RuntimeFailure as err:
             self._set(pb.REJECTED, "rejected", f"create container: {err}")
-            return
+            return False
         self._set(pb.READY, "ready")
-        # desired READY holds a prepared task back (restart delay, start-first updates).
-        while self.task.desired_state < pb.RUNNING and not self._wants_stop():
-            self._changed.clear()
-            await self._changed.wait()
-        if self._wants_stop():
-            await self._stop_and_report()
-            return
+        return True
+
+    async def _start(self) -> bool:
         self._set(pb.STARTING, "starting")
         try:
             pid = await self.runtime.start(self.task.id)
         except RuntimeFailure as err:
             self._set(pb.FAILED, "failed", f"start container: {err}")
-            return
+            return False
         self._set(pb.RUNNING, "started", pid=pid)
-        await self._supervise()
+        return True
 
     async def _supervise(self) -> None:
         """Waits for the container to exit, or for the manager to want it stopped."""
