@@ -101,12 +101,9 @@ class TaskRunner:
         report: Reporter,
         logs_dir: Path,
         networks: NetworkProvider | None = None,
-        starts: asyncio.Semaphore | None = None,
     ) -> None:
         self.task = task
         self.networks = networks
-        # Shared by the node's runners: how many containers are made and started at once.
-        self.starts = starts or asyncio.Semaphore(1)
         self.runtime = runtime
         self.db = db
         self.report = report
@@ -268,68 +265,38 @@ class TaskRunner:
             self._set(pb.ACCEPTED, "accepted")
         self._set(pb.PREPARING, "preparing")
         try:
-            # Outside the start slots: a long pull holds back no task of another image.
             await self.runtime.pull(self.task.spec.container.image)
-        except ImagePullError as err:
-            self._set(pb.REJECTED, "rejected", str(err))
-            return
-        # A few containers at a time, each from create through start, in arrival order:
-        # twenty at once would share the cores twenty ways and all start late, while
-        # one after another the first runs in a container's own time and the last
-        # no later (the cores are just as busy).
-        await self.starts.acquire()
-        held = True
-        try:
-            if not await self._create():
-                return
-            # desired READY holds a prepared task back (restart delay, start-first
-            # updates): it waits without its slot.
-            while self.task.desired_state < pb.RUNNING and not self._wants_stop():
-                if held:
-                    self.starts.release()
-                    held = False
-                self._changed.clear()
-                await self._changed.wait()
             if self._wants_stop():
-                await self._stop_and_report()
+                self._set(pb.SHUTDOWN, "shutdown before start")
                 return
-            if not held:
-                await self.starts.acquire()
-                held = True
-            started = await self._start()
-        finally:
-            if held:
-                self.starts.release()
-        if started:
-            await self._supervise()
-
-    async def _create(self) -> bool:
-        """The task's container, made (READY); False when the task ended instead."""
-        if self._wants_stop():
-            self._set(pb.SHUTDOWN, "shutdown before start")
-            return False
-        try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
             await self.runtime.create(container_config(self.task, self.log_path, netns))
         except NetworkError as err:
             self._set(pb.REJECTED, "rejected", str(err))
-            return False
+            return
+        except ImagePullError as err:
+            self._set(pb.REJECTED, "rejected", str(err))
+            return
         except RuntimeFailure as err:
             self._set(pb.REJECTED, "rejected", f"create container: {err}")
-            return False
+            return
         self._set(pb.READY, "ready")
-        return True
-
-    async def _start(self) -> bool:
+        # desired READY holds a prepared task back (restart delay, start-first updates).
+        while self.task.desired_state < pb.RUNNING and not self._wants_stop():
+            self._changed.clear()
+            await self._changed.wait()
+        if self._wants_stop():
+            await self._stop_and_report()
+            return
         self._set(pb.STARTING, "starting")
         try:
             pid = await self.runtime.start(self.task.id)
         except RuntimeFailure as err:
             self._set(pb.FAILED, "failed", f"start container: {err}")
-            return False
+            return
         self._set(pb.RUNNING, "started", pid=pid)
-        return True
+        await self._supervise()
 
     async def _supervise(self) -> None:
         """Waits for the container to exit, or for the manager to want it stopped."""

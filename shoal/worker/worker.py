@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,14 +16,6 @@ from shoal.worker.runtime.base import Runtime
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
-
-
-# Containers made and started at once (each from create through start; see
-# TaskRunner._drive): one a core, at least two, so that containerd and the shims
-# stay busy while one start waits on the other. More only share the same cores
-# further and delay every container's start (bench/README.md: 20 at once on two
-# cores ran the first after 0.81 s, two at a time after 0.22 s, the last no later).
-STARTS_AT_ONCE = max(2, os.cpu_count() or 1)
 
 
 class Worker:
@@ -47,7 +38,6 @@ class Worker:
         self.runners: dict[str, TaskRunner] = {}
         self._log_streams: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
-        self.starts = asyncio.Semaphore(STARTS_AT_ONCE)
 
     async def start(self) -> None:
         """Picks up the tasks of a previous run: their containers may still be running."""
@@ -130,9 +120,7 @@ class Worker:
         copy = pb.Task()
         copy.CopyFrom(task)
         # Its record is written once it matters to a restart (see TaskRunner._set).
-        runner = TaskRunner(
-            copy, self.runtime, self.db, self.report, self.logs_dir, self, self.starts
-        )
+        runner = TaskRunner(copy, self.runtime, self.db, self.report, self.logs_dir, self)
         self.runners[task.id] = runner
         runner.start()
 
