@@ -7,10 +7,16 @@ machine): schedule, dispatch, the agent's steps, containerd's create and start.
 Two shapes: a one-replica service, and the first of 20 replicas (the 19 others
 compete for the same two cores meanwhile). The image is on the node already (a
 warm-up service pulled it), as for every service after a node's first.
+
+`--baseline DIR` runs a second manager and worker, from another checkout of Shoal
+(say, main before a change), on the same containerd; the rounds alternate between
+the two, so both see the same machine load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -40,30 +46,49 @@ def _spec(name: str, image: str, replicas: int) -> pb.ServiceSpec:
 
 
 class FirstContainer:
-    def __init__(self, root: Path, ctd: Containerd, image: str) -> None:
-        self.root, self.ctd, self.image = root, ctd, image
+    """A manager and a worker, from this checkout or from the one at `code`."""
+
+    def __init__(self, root: Path, ctd: Containerd, image: str, code: Path | None) -> None:
+        self.root, self.ctd, self.image, self.code = root, ctd, image, code
         self.manager = ManagerProcess(root / "m1")
         self.worker: WorkerProcess | None = None
         self.channel: grpc.Channel | None = None
 
     def __enter__(self) -> FirstContainer:
-        self.manager.start()
-        token = swarmctl(self.manager.socket, "cluster", "join-token", "worker", "-q").out.strip()
-        self.worker = WorkerProcess(
-            self.root / "w1",
-            self.manager.addr,
-            token,
-            "--hostname",
-            "w1",
-            "--containerd-socket",
-            str(self.ctd.socket),
-        ).start()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        saved = os.environ.get("PYTHONPATH")
+        if self.code is not None:
+            os.environ["PYTHONPATH"] = str(self.code)  # the daemons' code, not the bench's
+        try:
+            self.manager.start()
+            socket = self.manager.socket
+            token = swarmctl(socket, "cluster", "join-token", "worker", "-q").out.strip()
+            self.worker = WorkerProcess(
+                self.root / "w1",
+                self.manager.addr,
+                token,
+                "--hostname",
+                "w1",
+                "--containerd-socket",
+                str(self.ctd.socket),
+            ).start()
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         self.channel = grpc.insecure_channel(f"unix://{self.manager.socket}")
         self.stub = api_grpc.ControlStub(self.channel)
         self.run("warmup", 1)  # the node pulls the image once
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:  # also after a failed start
         if self.channel is not None:
             self.channel.close()
         if self.worker is not None:
@@ -98,22 +123,36 @@ class FirstContainer:
         return subprocess.run(ctr, check=True, capture_output=True, text=True).stdout.split()
 
 
-def first_container(ctd: Containerd, image: str, rounds: int) -> dict[str, Any]:
-    """Medians over `rounds` of create -> first running, for 1 and for 20 replicas (and
-    the last of the 20)."""
+def first_container(
+    ctd: Containerd, image: str, rounds: int, baseline: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per bed ("this checkout", and "baseline" if given): medians over `rounds` of
+    create -> first running, for 1 and for 20 replicas (and the last of the 20)."""
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-first-"))
-    one, twenty = [], []
+    codes: dict[str, Path | None] = {"this checkout": None}
+    if baseline is not None:
+        codes["baseline"] = baseline
+    one: dict[str, list[float]] = {name: [] for name in codes}
+    twenty: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
     try:
-        with FirstContainer(root, ctd, image) as bed:
+        with contextlib.ExitStack() as stack:
+            beds = {
+                name: stack.enter_context(FirstContainer(root / str(i), ctd, image, code))
+                for i, (name, code) in enumerate(codes.items())
+            }
             for i in range(rounds):
-                one.append(bed.run(f"one{i}", 1)[0])
-                twenty.append(bed.run(f"twenty{i}", 20))
+                for name, bed in beds.items():
+                    one[name].append(bed.run(f"one{i}", 1)[0])
+                    twenty[name].append(bed.run(f"twenty{i}", 20))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
-        "first_of_1_s": statistics.median(one),
-        "first_of_20_s": statistics.median(t[0] for t in twenty),
-        "last_of_20_s": statistics.median(t[1] for t in twenty),
-        "rounds_1": one,
-        "rounds_20": [t[0] for t in twenty],
+        name: {
+            "first_of_1_s": statistics.median(one[name]),
+            "first_of_20_s": statistics.median(t[0] for t in twenty[name]),
+            "last_of_20_s": statistics.median(t[1] for t in twenty[name]),
+            "rounds_1": one[name],
+            "rounds_20": [t[0] for t in twenty[name]],
+        }
+        for name in codes
     }

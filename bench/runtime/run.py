@@ -1,6 +1,6 @@
 """Container start cost: Shoal's containerd runtime against `ctr run -d`, same containerd.
 
-    python -m bench.runtime.run [--count 10] [--first-rounds 5]
+    python -m bench.runtime.run [--count 10] [--first-rounds 5] [--baseline DIR]
 
 A private containerd and a local registry with the tiny busybox image; the
 image is pulled once by each side first. Then, serially, N containers created
@@ -80,6 +80,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--first-rounds", type=int, default=5, help="0: skip the whole-system part")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="Another checkout of Shoal to run the whole-system part from too (before/after).",
+    )
     args = p.parse_args()
     exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
@@ -87,7 +93,11 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
         shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
         ctr = ctr_side(ctd, image, args.count)
-        first = first_container(ctd, image, args.first_rounds) if args.first_rounds else None
+        first = (
+            first_container(ctd, image, args.first_rounds, args.baseline)
+            if args.first_rounds
+            else None
+        )
     s, c = statistics.median(shoal) * 1000, statistics.median(ctr) * 1000
     print("| what | median per container |\n|---|---|")
     print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
@@ -95,19 +105,26 @@ def main() -> None:
     print(f"\nShoal / ctr: {s / c:.2f}x")
     if first is None:
         return
-    one, twenty = first["first_of_1_s"] * 1000, first["first_of_20_s"] * 1000
     print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
-    print("| service | create RPC returned -> first task RUNNING | vs runtime create + start |")
-    print("|---|---|---|")
-    print(f"| 1 replica | {one:.0f} ms | {one / s:.2f}x |")
-    print(f"| 20 replicas (the first) | {twenty:.0f} ms | {twenty / s:.2f}x |")
-    last = first["last_of_20_s"] * 1000
-    print(f"| 20 replicas (the last) | {last:.0f} ms | {last / s:.2f}x |")
-    print(
-        f"\nrounds (ms): 1: {[round(x * 1000) for x in first['rounds_1']]}, "
-        f"20: {[round(x * 1000) for x in first['rounds_20']]}"
-    )
-
+    print("| code | service | create RPC returned -> task RUNNING | vs runtime create + start |")
+    print("|---|---|---|---|")
+    for code, r in first.items():
+        for what, key in (
+            ("1 replica", "first_of_1_s"),
+            ("20 replicas, the first", "first_of_20_s"),
+            ("20 replicas, the last", "last_of_20_s"),
+        ):
+            ms = r[key] * 1000
+            print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
+    for code, r in first.items():
+        print(
+            f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
+            f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
+        )
+    if "baseline" in first:
+        for key in ("first_of_1_s", "first_of_20_s", "last_of_20_s"):
+            ratio = first["this checkout"][key] / first["baseline"][key]
+            print(f"{key}: this checkout / baseline {ratio:.2f}x")
 
 if __name__ == "__main__":
     main()
