@@ -1,6 +1,6 @@
 """swarmctl's start-up: `swarmctl service ls` against a running manager.
 
-    python -m bench.cli.run [--rounds 20] [--services 10]
+    python -m bench.cli.run [--rounds 20] [--services 10] [--baseline DIR]
 
 Starts a manager (embedded etcd, no workers) with N services, then times, round
 by round so every command sees the same machine load, the wall time of:
@@ -9,7 +9,9 @@ by round so every command sees the same machine load, the wall time of:
 - `swarmctl service ls`: the read over the manager's HTTP socket (today's path);
 - the same listing over gRPC, as swarmctl did it before (click, the gRPC client,
   protobuf views, the table): the "before" of the same run;
-- `swarmctl --help`, and `curl --unix-socket` on the same endpoint if curl exists.
+- `swarmctl --help`, and `curl --unix-socket` on the same endpoint if curl exists;
+- with `--baseline DIR`, `swarmctl service ls` from another checkout of Shoal (say,
+  main before the HTTP socket; it reads over gRPC, which this manager serves too).
 
 Medians of the rounds; also each command's import time (`python -X importtime`,
 the sum of the top-level imports' cumulative times, least of 5 runs) and whether gRPC or protobuf
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -47,7 +50,7 @@ output.print_table(output.SERVICE_HEADERS, output.service_rows(vs))
 """
 
 
-def commands(socket: Path) -> dict[str, list[str]]:
+def commands(socket: Path, baseline: Path | None) -> dict[str, list[str]]:
     rest = str(socket).removesuffix(".sock") + ".http.sock"
     cmds = {
         "python -c pass": [sys.executable, "-c", "pass"],
@@ -55,6 +58,17 @@ def commands(socket: Path) -> dict[str, list[str]]:
         "service ls over gRPC (before)": [sys.executable, "-c", GRPC_LS, str(socket)],
         "swarmctl --help": [SWARMCTL, "--help"],
     }
+    if baseline is not None:
+        # The entry point's code comes from PYTHONPATH: the baseline's swarmctl.
+        cmds["swarmctl service ls, baseline checkout"] = [
+            "env",
+            f"PYTHONPATH={baseline}",
+            SWARMCTL,
+            "--socket",
+            str(socket),
+            "service",
+            "ls",
+        ]
     if shutil.which("curl"):
         cmds["curl --unix-socket .../services"] = [
             "curl",
@@ -86,12 +100,16 @@ def import_profile(cmd: list[str], runs: int = 5) -> tuple[float, bool]:
 
 
 def _imports(cmd: list[str]) -> tuple[float, bool]:
+    env = None
+    if cmd[0] == "env":
+        env = {**os.environ, "PYTHONPATH": cmd[1].split("=", 1)[1]}
+        cmd = cmd[2:]
     if cmd[0] == SWARMCTL:
         cmd = [sys.executable, SWARMCTL, *cmd[1:]]
     if not cmd[0].endswith(("python", "python3")) and cmd[0] != sys.executable:
         return 0.0, False
     err = subprocess.run(
-        [cmd[0], "-X", "importtime", *cmd[1:]], check=True, capture_output=True, text=True
+        [cmd[0], "-X", "importtime", *cmd[1:]], check=True, capture_output=True, text=True, env=env
     ).stderr
     total, heavy = 0, False
     for line in err.splitlines():
@@ -108,6 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--services", type=int, default=10)
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="Another checkout of Shoal.")
     args = p.parse_args()
     exit_cleanly_on_signals(limit_s=1800)
     state = Path(tempfile.mkdtemp(prefix="shoal-bench-cli-"))
@@ -115,7 +134,7 @@ def main() -> None:
     try:
         for i in range(args.services):
             manager.ctl("service", "create", "-d", "--name", f"s{i}", "--image", "busybox")
-        cmds = commands(manager.socket)
+        cmds = commands(manager.socket, args.baseline)
         for cmd in cmds.values():  # warm the page cache
             wall(cmd)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
