@@ -144,6 +144,8 @@ async def test_socket_is_root_only_and_beside_the_control_socket(manager: Manage
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
     assert stat.S_IMODE(os.stat(manager.socket).st_mode) == 0o600
+    assert manager.stop() == 0  # SIGTERM: a clean exit takes both sockets away
+    assert not path.exists() and not manager.socket.exists()
 
 
 async def test_bad_requests(manager: ManagerProcess) -> None:
