@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -91,7 +92,10 @@ def main() -> None:
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
-        shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
+        try:
+            shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)  # the containers' logs
         ctr = ctr_side(ctd, image, args.count)
         first = (
             first_container(ctd, image, args.first_rounds, args.baseline)
