@@ -17,10 +17,10 @@ import click
 
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import output
 from shoal.swarmctl.errors import CLIError
 from shoal.swarmctl.progress import progress_line
 from shoal.swarmctl.session import client
+from shoal.views import want
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,7 +42,7 @@ def wait_options(fn: F) -> F:
 
 def converged(info: api.ServiceInfo) -> bool:
     """Every task the service wants runs, made from its current spec."""
-    n = output.want(info)
+    n = want(info)
     if n == 0 and info.service.spec.WhichOneof("mode") == "global":
         return False  # the orchestrator has not placed the global tasks yet
     return info.desired == n and info.running == n and info.running_updated == n
@@ -52,7 +52,7 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
     if progress is None or not progress.HasField("service"):
         return ""
     info = progress.service
-    line = f"{info.running}/{output.want(info)} running"
+    line = f"{info.running}/{want(info)} running"
     if progress.task_errors:
         line += f"; {progress.task_errors[0]}"
     return line
@@ -62,7 +62,7 @@ def _show(name: str, progress: api.WatchServiceResponse) -> None:
     """One progress bar line per service, rewritten in place."""
     width = shutil.get_terminal_size().columns - 1
     info = progress.service
-    line = progress_line(name, info, output.want(info), width, progress.task_progress)
+    line = progress_line(name, info, want(info), width, progress.task_progress)
     sys.stderr.write(f"\r{line}\x1b[K")
     sys.stderr.flush()
 
