@@ -42,14 +42,18 @@ REPO = Path(__file__).resolve().parents[2]
 LIMIT_S = 300
 
 
+def run(argv: list[str]) -> None:
+    got = subprocess.run(argv, capture_output=True, text=True, timeout=LIMIT_S)
+    if got.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[3:6])}: {got.stderr.strip()[-1000:]}")
+
+
 def ctr_round(image: str) -> float:
     with Containerd() as ctd:
         ctr = ["ctr", "-a", str(ctd.socket), "-n", "bench"]
         t = time.perf_counter()
-        subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True,
-                       capture_output=True, timeout=LIMIT_S)  # fmt: skip
-        subprocess.run([*ctr, "run", "-d", image, "c1"], check=True, capture_output=True,
-                       timeout=LIMIT_S)  # fmt: skip
+        run([*ctr, "images", "pull", "--plain-http", image])
+        run([*ctr, "run", "-d", image, "c1"])
         took = time.perf_counter() - t
         tasks = subprocess.run([*ctr, "task", "ls"], check=True, capture_output=True, text=True)
         assert "RUNNING" in tasks.stdout, tasks.stdout
