@@ -72,6 +72,11 @@ async def test_a_three_layer_image_pulls_unpacks_in_order_and_runs(
                 rt.ctrd.content.Info, content.InfoRequest(digest=layer["digest"])
             )
             assert got.info.labels["containerd.io/uncompressed"] == diff_id
+        # ... and nothing else: the plain tars inflated for the unpacking are gone.
+        listed = rt.ctrd.content.List(content.ListContentRequest(), metadata=rt.ctrd.md())
+        stored = {i.digest async for resp in listed for i in resp.info}
+        want = {x["digest"] for x in layers} | {manifest["config"]["digest"]}
+        assert stored == want | {blobs["manifest_digest"].decode()}
         await rt.remove("c")
     finally:
         await rt.close()
