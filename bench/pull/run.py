@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,15 +50,25 @@ def run(argv: list[str]) -> None:
 
 
 def ctr_round(image: str) -> float:
+    ns = f"bench-pull-{uuid.uuid4().hex[:8]}"
     with Containerd() as ctd:
-        ctr = ["ctr", "-a", str(ctd.socket), "-n", "bench"]
+        ctr = ["ctr", "-a", str(ctd.socket), "-n", ns]
         t = time.perf_counter()
         run([*ctr, "images", "pull", "--plain-http", image])
         run([*ctr, "run", "-d", image, "c1"])
         took = time.perf_counter() - t
         tasks = subprocess.run([*ctr, "task", "ls"], check=True, capture_output=True, text=True)
         assert "RUNNING" in tasks.stdout, tasks.stdout
-        return took
+        # Through runc, so its state (kept outside containerd's dirs) goes too.
+        run([*ctr, "task", "kill", "-s", "KILL", "c1"])
+        for _ in range(50):
+            if subprocess.run([*ctr, "task", "rm", "-f", "c1"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        run([*ctr, "containers", "rm", "c1"])
+    with contextlib.suppress(OSError):
+        Path(f"/run/containerd/runc/{ns}").rmdir()  # runc's, outside containerd's dirs
+    return took
 
 
 @contextlib.contextmanager
@@ -103,9 +114,12 @@ def shoal_round(image: str, tree: Path | None, profile: Path | None = None) -> f
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
+            node = worker.node_id
             worker.stop()
             manager.stop()
-            return took
+        # runc's state of the node's (killed) container, kept outside containerd's dirs.
+        shutil.rmtree(f"/run/containerd/runc/shoal-{node}", ignore_errors=True)
+        return took
     finally:
         for proc in (spy, worker.proc if worker else None, manager.proc if manager else None):
             if proc is not None:
