@@ -62,7 +62,8 @@ def ctr_round(image: str) -> float:
         # Through runc, so its state (kept outside containerd's dirs) goes too.
         run([*ctr, "task", "kill", "-s", "KILL", "c1"])
         for _ in range(50):
-            if subprocess.run([*ctr, "task", "rm", "-f", "c1"], capture_output=True).returncode == 0:
+            gone = subprocess.run([*ctr, "task", "rm", "-f", "c1"], capture_output=True)
+            if gone.returncode == 0:
                 break
             time.sleep(0.1)
         run([*ctr, "containers", "rm", "c1"])
