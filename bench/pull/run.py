@@ -1,7 +1,7 @@
 """Cold pull of a realistic image: Shoal's `service create` -> running against containerd's
 own client (`ctr image pull` + `ctr run -d`), each on a fresh containerd.
 
-    python -m bench.pull.run [--rounds 5] [--before GIT_REF] [--profile DIR] [--json PATH]
+    python -m bench.pull.run [--rounds 5] [--before GIT_REF...] [--profile DIR] [--json PATH]
 
 The image (bench/pull/image.py): 7 gzip layers, ~57 MB compressed, built from the
 host's own files, pushed to a loopback docker-registry. Every round starts each side
@@ -11,7 +11,8 @@ which goes first:
   shoal  a manager + one agent on the fresh containerd; `swarmctl service create
          --image REF` (it returns once the task runs), timed from the command's start
   before the same Shoal side with the agent run from GIT_REF's code (`git archive` of
-         the repository into a temp dir): the before/after in the same run
+         the repository into a temp dir): the before/after in the same run; more refs
+         after the first are sides of their own, named by the ref
 --profile DIR runs py-spy on the agent during one Shoal round and writes its flame
 graph and top functions there. Medians and the Shoal/ctr ratios are printed (and
 written to --json). Everything started is removed.
@@ -140,7 +141,8 @@ def archive(ref: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--before", metavar="GIT_REF", help="also time the agent of this commit")
+    p.add_argument("--before", metavar="GIT_REF", nargs="+", default=[],
+                   help="also time the agent of these commits (side `before` for the first)")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the agent in round 1")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "pull" / "results.json")
     args = p.parse_args()
@@ -149,8 +151,8 @@ def main() -> None:
     size = sum(x["size"] for x in layers)
     print(f"image: {len(layers)} layers, {size / 1e6:.1f} MB compressed, from {', '.join(used)}",
           flush=True)  # fmt: skip
-    before = archive(args.before) if args.before else None
-    sides = ["ctr", "shoal", *(["before"] if before else [])]
+    trees = {("before" if i == 0 else ref): archive(ref) for i, ref in enumerate(args.before)}
+    sides = ["ctr", "shoal", *trees]
     times: dict[str, list[float]] = {s: [] for s in sides}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -164,12 +166,12 @@ def main() -> None:
                         took = ctr_round(image)
                     else:
                         prof = args.profile if args.profile and r == 0 and side == "shoal" else None
-                        took = shoal_round(image, before if side == "before" else None, prof)
+                        took = shoal_round(image, trees.get(side), prof)
                     times[side].append(took)
                     print(f"round {r + 1} {side}: {took:.2f} s", flush=True)
     finally:
-        if before is not None:
-            shutil.rmtree(before, ignore_errors=True)
+        for tree in trees.values():
+            shutil.rmtree(tree, ignore_errors=True)
     report(times, size, len(layers), args)
 
 
