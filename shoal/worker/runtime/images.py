@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +42,12 @@ from shoal.worker.runtime.base import (
     RuntimeUnavailable,
 )
 from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
-from shoal.worker.runtime.layers import GZIP_LAYERS, TAR_LAYER, Inflater, Turns
 
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 1 << 20
-# Layers downloading at once (as `ctr image pull`); the lowest has priority (Turns).
+# Layers downloading at once (as `ctr image pull`: more only slow the lowest layers,
+# which the unpacking waits for, when the download is CPU-bound as on loopback).
 FETCHES = 3
 
 
@@ -69,22 +69,6 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
         else:
             out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
     return out
-
-
-async def _both(a: Awaitable[int], b: Awaitable[int]) -> tuple[int, int]:
-    """Both results; the first failure cancels the other and is raised."""
-    tasks = [asyncio.ensure_future(a), asyncio.ensure_future(b)]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in tasks:
-            err = t.exception() if t.done() else None
-            if err is not None:
-                raise err
-        return tasks[0].result(), tasks[1].result()
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _desc_pb(d: Descriptor) -> descriptor.Descriptor:
@@ -178,19 +162,17 @@ class ImageStore:
             if len(diff_ids) != len(resolved.layers):
                 raise ImagePullError(f"pull {image}: config and manifest disagree on layers")
             chains = chain_ids(diff_ids)
-            have = await asyncio.gather(*(self._has_snapshot(c) for c in chains))
             # Every layer downloads at once (FETCHES at a time, in order) straight into
-            # the content store, inflated on the way unless its snapshot is there; layer
-            # N unpacks as soon as it and layer N-1 are in.
-            slots, turns = asyncio.Semaphore(FETCHES), Turns()
+            # the content store; layer N unpacks as soon as it and layer N-1 are in.
+            slots = asyncio.Semaphore(FETCHES)
             fetches = [
                 asyncio.ensure_future(
-                    self._fetch(resolved, i, d, lease, (slots, turns), not present)
+                    self._fetch(resolved, layer, lease, {"containerd.io/uncompressed": d}, slots)
                 )
-                for i, (d, present) in enumerate(zip(diff_ids, have, strict=True))
+                for layer, d in zip(resolved.layers, diff_ids, strict=True)
             ]
             try:
-                await self._unpack(resolved, chains, have, lease, fetches)
+                await self._unpack(resolved, chains, lease, fetches)
                 await asyncio.gather(*fetches)
             finally:
                 for f in fetches:
@@ -244,51 +226,20 @@ class ImageStore:
         except ContainerNotFound:
             return False
 
-    async def _has_snapshot(self, chain: str) -> bool:
-        try:
-            await self.ctrd.call(
-                self.ctrd.snapshots.Stat,
-                snapshots.StatSnapshotRequest(snapshotter=self.snapshotter, key=chain),
-            )
-            return True
-        except ContainerNotFound:
-            return False
-
     async def _fetch(
         self,
         resolved: ResolvedImage,
-        index: int,
-        diff_id: str,
+        desc: Descriptor,
         lease: str,
-        limits: tuple[asyncio.Semaphore, Turns],
-        unpack: bool,
-    ) -> tuple[Descriptor, bool]:
-        """Layer `index`'s blob into the content store; returns what to apply and
-        whether that is a plain tar made for the unpacking alone (to delete after)."""
-        desc = resolved.layers[index]
-        labels = {"containerd.io/uncompressed": diff_id}
-        slots, turns = limits
+        labels: dict[str, str],
+        slots: asyncio.Semaphore,
+    ) -> None:
         async with slots:
-            have_blob = await self._exists(desc.digest)
-            tar = Descriptor(TAR_LAYER, diff_id, 0)
-            if not unpack or desc.media_type not in GZIP_LAYERS or have_blob:
-                if not have_blob:
-                    await self._write_stream(
-                        self.registry.blob_stream(resolved.ref, desc), desc, lease, labels
-                    )
-                return desc, False
-            if await self._exists(diff_id):  # the plain tar is here (another image's)
-                await self._write_stream(
-                    self.registry.blob_stream(resolved.ref, desc), desc, lease, labels
-                )
-                return tar, False
-            inflater = Inflater(turns, index)
-            source = inflater.tee(self.registry.blob_stream(resolved.ref, desc))
-            _, size = await _both(
-                self._write_stream(source, desc, lease, labels),
-                self._write_stream(inflater.inflated(), tar, lease, {}),
+            if await self._exists(desc.digest):
+                return
+            await self._write_stream(
+                self.registry.blob_stream(resolved.ref, desc), desc, lease, labels
             )
-            return Descriptor(TAR_LAYER, diff_id, max(size, 0)), size >= 0
 
     async def _write(
         self, data: bytes, desc: Descriptor, lease: str, labels: dict[str, str]
@@ -312,16 +263,14 @@ class ImageStore:
 
     async def _write_stream(
         self, chunks: AsyncIterator[bytes], desc: Descriptor, lease: str, labels: dict[str, str]
-    ) -> int:
+    ) -> None:
         """The chunks into the content store as they come; committed (with the labels)
         only once the source has checked its digest: a bad blob is never committed and
-        its ingest is aborted. Returns the bytes written, -1 if it was there already."""
+        its ingest is aborted."""
         ref = f"shoal-{desc.digest}"
         failed: list[ImagePullError] = []
-        written = 0
 
         async def requests() -> AsyncIterator[content.WriteContentRequest]:
-            nonlocal written
             offset = 0
             try:
                 async for chunk in chunks:
@@ -337,7 +286,6 @@ class ImageStore:
             except ImagePullError as err:
                 failed.append(err)  # ends the stream without the commit
                 return
-            written = offset
             yield content.WriteContentRequest(
                 action=content.COMMIT,
                 ref=ref,
@@ -353,7 +301,7 @@ class ImageStore:
                 pass
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.ALREADY_EXISTS:
-                return -1
+                return
             await self._abort(ref)
             why = ImagePullError(f"storing {desc.digest}: {err.details()}")
             raise (failed or [why])[0] from None
@@ -364,7 +312,6 @@ class ImageStore:
         if failed:
             await self._abort(ref)
             raise failed[0]
-        return written
 
     async def _abort(self, ref: str) -> None:
         with contextlib.suppress(ContainerNotFound, RuntimeFailure, RuntimeUnavailable):
@@ -374,21 +321,22 @@ class ImageStore:
         self,
         resolved: ResolvedImage,
         chains: list[str],
-        have: Sequence[bool],
         lease: str,
-        fetches: Sequence[asyncio.Future[tuple[Descriptor, bool]]],
+        fetches: Sequence[asyncio.Future[None]],
     ) -> None:
         parent = ""
-        for chain, present, fetched in zip(chains, have, fetches, strict=True):
-            if not present:
-                layer, made = await fetched
-                await self._apply(resolved, layer, chain, parent, lease)
-                if made:
-                    with contextlib.suppress(ContainerNotFound, RuntimeFailure):
-                        await self.ctrd.call(
-                            self.ctrd.content.Delete,
-                            content.DeleteContentRequest(digest=layer.digest),
-                        )
+        for layer, chain, fetched in zip(resolved.layers, chains, fetches, strict=True):
+            try:
+                await self.ctrd.call(
+                    self.ctrd.snapshots.Stat,
+                    snapshots.StatSnapshotRequest(snapshotter=self.snapshotter, key=chain),
+                )
+                parent = chain
+                continue
+            except ContainerNotFound:
+                pass
+            await fetched
+            await self._apply(resolved, layer, chain, parent, lease)
             parent = chain
 
     async def _apply(
