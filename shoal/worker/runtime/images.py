@@ -1,9 +1,11 @@
 """Images in containerd: resolved and pulled by Shoal's registry client, not `ctr`.
 
-Blobs go into containerd's content store under a lease, with the garbage
-collection labels containerd's own client sets; layers are unpacked one by one
-(snapshots + diff service) and the image is recorded by name. An image already
-in containerd, content and snapshots complete, is used as it is.
+Blobs stream into containerd's content store under a lease, with the garbage
+collection labels containerd's own client sets, their digests checked on the way
+(a bad blob is never committed, its ingest aborted). Layers download in parallel,
+and each is unpacked (snapshots + diff service) as soon as it and the layer below
+are in, while the later ones still download; the image is then recorded by name.
+An image already in containerd, content and snapshots complete, is used as it is.
 """
 
 from __future__ import annotations
