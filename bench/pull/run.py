@@ -37,7 +37,7 @@ from pathlib import Path
 from bench.pull.image import build
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
-from shoal.lab.procs import ManagerProcess, WorkerProcess, terminate
+from shoal.lab.procs import ManagerProcess, WorkerProcess, terminate, wait_for
 from shoal.lab.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,7 @@ def shoal_round(image: str, tree: Path | None, profile: Path | None = None) -> f
             with pythonpath(tree):
                 worker = WorkerProcess(root / "w", manager.addr, token, "--hostname", "w",
                                        "--containerd-socket", str(ctd.socket)).start()  # fmt: skip
+            wait_for(lambda: ready(manager), 60, "the agent's node ready")  # start-up only
             if profile is not None:
                 assert worker.proc is not None
                 spy = subprocess.Popen(
@@ -127,6 +128,14 @@ def shoal_round(image: str, tree: Path | None, profile: Path | None = None) -> f
             if proc is not None:
                 terminate(proc, timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def ready(manager: ManagerProcess) -> bool:
+    """The agent's session is up (the node reads ready), not just its join done."""
+    got = manager.ctl("node", "ls", "--format", "json")
+    return got.code == 0 and any(
+        n["role"] == "worker" and n["status"] == "ready" for n in json.loads(got.out)
+    )
 
 
 def archive(ref: str) -> Path:
