@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
 from bench.pull.image import build
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
@@ -155,6 +156,7 @@ def main() -> None:
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the agent in round 1")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "pull" / "results.json")
     args = p.parse_args()
+    exit_cleanly_on_signals(limit_s=3600)
     blobs, used = build()
     layers = json.loads(blobs["manifest"])["layers"]
     size = sum(x["size"] for x in layers)
