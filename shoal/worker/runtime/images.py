@@ -174,8 +174,8 @@ class ImageStore:
                 for layer, d in zip(resolved.layers, diff_ids, strict=True)
             ]
             try:
-                await asyncio.gather(*fetches)
                 await self._unpack(resolved, chains, lease, fetches)
+                await asyncio.gather(*fetches)
             finally:
                 for f in fetches:
                     f.cancel()
