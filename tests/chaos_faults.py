@@ -49,6 +49,7 @@ class Faults:
                 return
             self.injected[kind] += 1
             self.log.append(f"{time.strftime('%H:%M:%S')} {what} for {hold:.1f}s")
+            print(f"fault: {self.log[-1]}", flush=True)
             self.after_heal(what)
             self.stop.wait(self.rng.uniform(0.2, 2.0))
 

@@ -15,6 +15,8 @@ long run), SHOAL_CHAOS_SEED the random seed (printed). Run: ./scripts/test -m ch
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -182,17 +184,17 @@ def live_leaks(bed: Bed) -> list[str]:
     return left
 
 
-def test_chaos(root: None, host_busybox: str, tmp_path: Path) -> None:
-    print(f"\nchaos: {DURATION_S:.0f}s of faults, seed {SEED}")
-    bed = Bed(tmp_path)
+def test_chaos(root: None, host_busybox: str) -> None:
+    # Logs stay here if the test fails (pytest's tmp dirs rotate under parallel runs).
+    state = Path(tempfile.mkdtemp(prefix="shoal-chaos-", dir="/var/tmp"))
+    print(f"\nchaos: {DURATION_S:.0f}s of faults, seed {SEED}, logs in {state}")
+    bed = Bed(state)
     try:
         report, leaks = run(bed)
-    except BaseException:
-        print(bed.log_tails())
-        raise
     finally:
         bed.close()
     leftovers = bed.leftovers()
+    shutil.rmtree(state)
     print(f"left after teardown: {leftovers or 'nothing'}")
     assert not leaks, f"left after removing every service: {leaks}"
     assert not leftovers, f"left after teardown: {leftovers}"
@@ -218,9 +220,6 @@ def run(bed: Bed) -> tuple[dict[str, object], list[str]]:
     conv = final_convergence(bed, list(writer.expect))
     requests.stop.set()
     requests.thread.join()
-    wait_idle(bed.api(), 60)
-    checker.check_slots("the faults stopped")
-    lost, idle = writer.lost(), not_in_effect(bed, writer)
     report: dict[str, object] = {
         "faults injected": dict(faults.injected),
         "recovery after each fault (s)": _spread(checker.recovery),
@@ -230,17 +229,19 @@ def run(bed: Bed) -> tuple[dict[str, object], list[str]]:
         "requests": dict(requests.results),
         "request success ratio": round(requests.ratio(), 3),
     }
-    removed_s = remove_all(bed)
-    leaks = live_leaks(bed)
-    report["services removed, containers gone (s)"] = round(removed_s, 1)
-    report["leaks"] = len(leaks)
     print("\n".join(["chaos figures:", *(f"  {k}: {v}" for k, v in report.items())]))
     print("faults:\n  " + "\n  ".join(faults.log))
+    wait_idle(bed.api(), 60)
+    checker.check_slots("the faults stopped")
+    lost, idle = writer.lost(), not_in_effect(bed, writer)
     assert not faults.errors, faults.errors
     assert not checker.violations, checker.violations
     assert len(conv) == len(writer.expect), f"not converged: {set(writer.expect) - set(conv)}"
     assert not lost, f"acknowledged writes lost: {lost}"
     assert not idle, f"stored but not in effect: {idle}"
+    removed_s = remove_all(bed)
+    leaks = live_leaks(bed)
+    print(f"  services removed, containers gone in {removed_s:.1f}s; leaks: {len(leaks)}")
     return report, leaks
 
 
