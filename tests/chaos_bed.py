@@ -146,10 +146,13 @@ class Bed:
         """The control API of a manager that runs (m1 first; m1's while building)."""
         for d in self.managers:
             if d.running():
-                if d.name not in self.stubs:
-                    self.stubs[d.name] = control(self.socket(d))
-                return self.stubs[d.name]
+                return self.stub(d)
         return self.cluster.control()
+
+    def stub(self, d: Daemon) -> api_grpc.ControlStub:
+        if d.name not in self.stubs:
+            self.stubs[d.name] = control(self.socket(d))
+        return self.stubs[d.name]
 
     def containers(self) -> dict[str, dict[str, tuple[str, int]]]:
         """Per worker host: its node's containers, straight from its containerd."""

@@ -62,6 +62,20 @@ def nodes_ready(bed: Bed) -> bool:
     )
 
 
+def leader_idle(bed: Bed, limit_s: float) -> None:
+    """wait_idle on whichever manager leads (only the leader reports idle)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        for d in [d for d in bed.managers if d.running()]:
+            try:
+                wait_idle(bed.stub(d), 1)
+                return
+            except (grpc.RpcError, AssertionError):
+                pass  # not the leader, or busy, or restarting
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no leader was idle within {limit_s}s")
+
+
 def settle(bed: Bed, limit_s: float) -> float | None:
     """Seconds until the cluster settled (nodes ready, services converged, the leader
     idle), or None if it did not within limit_s."""
@@ -69,7 +83,7 @@ def settle(bed: Bed, limit_s: float) -> float | None:
     while time.monotonic() - start < limit_s:
         try:
             if nodes_ready(bed) and all(converged(bed).values()):
-                wait_idle(bed.api(), 5)
+                leader_idle(bed, 5)
                 if all(converged(bed).values()):
                     return time.monotonic() - start
         except (grpc.RpcError, AssertionError):
@@ -231,7 +245,7 @@ def run(bed: Bed) -> tuple[dict[str, object], list[str]]:
     }
     print("\n".join(["chaos figures:", *(f"  {k}: {v}" for k, v in report.items())]))
     print("faults:\n  " + "\n  ".join(faults.log))
-    wait_idle(bed.api(), 60)
+    leader_idle(bed, 60)
     checker.check_slots("the faults stopped")
     lost, idle = writer.lost(), not_in_effect(bed, writer)
     assert not faults.errors, faults.errors
