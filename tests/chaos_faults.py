@@ -56,18 +56,12 @@ class Faults:
     def inject(self, kind: str, hold: float) -> str:
         """Stages the fault, holds it, heals it; returns what it did."""
         bed, rng = self.bed, self.rng
-        if kind == "agent":
-            d = rng.choice(bed.workers).daemon
+        if kind in ("agent", "manager"):
+            d = rng.choice([w.daemon for w in bed.workers] if kind == "agent" else bed.managers)
             d.kill()
             time.sleep(hold)
             d.start()
-            return f"kill -9 agent {d.name}"
-        if kind == "manager":
-            d = rng.choice(bed.managers)
-            d.kill()
-            time.sleep(hold)
-            d.start()
-            return f"kill -9 manager {d.name}"
+            return f"kill -9 {kind} {d.name}"
         if kind == "etcd":
             member = rng.choice(bed.etcd)
             assert member.proc is not None
