@@ -3,7 +3,8 @@ target, held for a random while and then healed, until told to stop.
 
 Kinds: SIGKILL of an agent, of a manager, of one etcd member, of a worker's containerd
 (its shims and containers live on), and a link flap (a host's uplink down, then up).
-After each fault is healed, `after_heal` runs (the test's settled-state checks).
+After each fault is healed, `after_heal` runs (the test's settled-state checks), but
+for the last one, which the test's final convergence measures.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Faults:
             self.injected[kind] += 1
             self.log.append(f"{time.strftime('%H:%M:%S')} {what} for {hold:.1f}s")
             print(f"fault: {self.log[-1]}", flush=True)
+            if self.stop.is_set():
+                return  # the last fault: the test measures convergence from here
             self.after_heal(what)
             self.stop.wait(self.rng.uniform(0.2, 2.0))
 

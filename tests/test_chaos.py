@@ -238,7 +238,7 @@ def run(bed: Bed) -> tuple[dict[str, object], list[str]]:
         "faults injected": dict(faults.injected),
         "recovery after each fault (s)": _spread(checker.recovery),
         "unsettled after a fault": checker.unsettled,
-        "final convergence per service (s)": conv,
+        "convergence per service after the last fault (s)": conv,
         "writes": dict(writer.outcomes),
         "requests": dict(requests.results),
         "request success ratio": round(requests.ratio(), 3),
