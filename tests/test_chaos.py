@@ -76,20 +76,24 @@ def leader_idle(bed: Bed, limit_s: float) -> None:
             raise AssertionError(f"no leader was idle within {limit_s}s")
 
 
-def settle(bed: Bed, limit_s: float) -> float | None:
+def settle(bed: Bed, limit_s: float) -> float | str:
     """Seconds until the cluster settled (nodes ready, services converged, the leader
-    idle), or None if it did not within limit_s."""
-    start = time.monotonic()
+    idle), or what was still wrong after limit_s."""
+    start, why = time.monotonic(), ""
     while time.monotonic() - start < limit_s:
         try:
-            if nodes_ready(bed) and all(converged(bed).values()):
+            state = converged(bed)
+            why = "" if nodes_ready(bed) else "a worker node not ready"
+            why = why or ", ".join(f"{n} not converged" for n, ok in state.items() if not ok)
+            if not why:
+                why = "no leader idle"
                 leader_idle(bed, 5)
                 if all(converged(bed).values()):
                     return time.monotonic() - start
-        except (grpc.RpcError, AssertionError):
-            pass  # a manager restarting, or the leader busy: ask again
+        except (grpc.RpcError, AssertionError) as err:
+            why = why or repr(err)[:200]  # a manager restarting: ask again
         time.sleep(0.3)
-    return None
+    return why
 
 
 def doubles(bed: Bed) -> list[str]:
@@ -122,8 +126,8 @@ class Checker:
 
     def after_fault(self, what: str) -> None:
         took = settle(self.bed, SETTLE_S)
-        if took is None:
-            self.unsettled.append(what)
+        if isinstance(took, str):
+            self.unsettled.append(f"{what}: {took}")
             return
         self.recovery.append(took)
         self.check_slots(what)
@@ -208,7 +212,8 @@ def test_chaos(root: None, host_busybox: str) -> None:
     finally:
         bed.close()
     leftovers = bed.leftovers()
-    shutil.rmtree(state)
+    if not report["unsettled after a fault"]:
+        shutil.rmtree(state)  # else kept: the logs say why
     print(f"left after teardown: {leftovers or 'nothing'}")
     assert not leaks, f"left after removing every service: {leaks}"
     assert not leftovers, f"left after teardown: {leftovers}"
@@ -219,7 +224,8 @@ def run(bed: Bed) -> tuple[dict[str, object], list[str]]:
     bed.build()
     writer = Writer(bed, SEED)
     writer.setup()
-    assert settle(bed, 120) is not None, "services did not start"
+    started = settle(bed, 120)
+    assert not isinstance(started, str), f"services did not start: {started}"
     checker = Checker(bed)
     faults = Faults(bed, SEED, checker.after_fault)
     requests = Requests(bed)
