@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
 from shoal.lab.registry import Registry
@@ -75,6 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
     args = p.parse_args()
+    exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
