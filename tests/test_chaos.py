@@ -202,7 +202,10 @@ def remove_all(bed: Bed) -> float:
 def live_leaks(bed: Bed) -> list[str]:
     left = [f"container {h}/{c}" for h, cs in bed.containers().items() for c in cs]
     left += [f"netns {n}" for n in bed.task_namespaces()]
-    left += [f"link {h}/{n}" for h, names in bed.worker_links().items() for n in names]
+    for host, names in bed.worker_links().items():
+        for n in names:  # with the kernel's view of it, to tell how it was left
+            shown = bed.by_name[host].run("ip", "-d", "link", "show", n, check=False).stdout
+            left.append(f"link {host}/{n}: {' '.join(shown.split())}")
     left += [f"mount {m}" for m in bed.task_mounts()]
     return left
 
