@@ -47,11 +47,13 @@ class Containerd:
         self._launch()
         return self
 
-    def crash_and_restart(self) -> None:
-        """SIGKILL containerd alone (its shims and containers live on), start it again."""
+    def crash_and_restart(self, down_s: float = 0) -> None:
+        """SIGKILL containerd alone (its shims and containers live on), start it again
+        after down_s seconds."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        time.sleep(down_s)
         self.socket.unlink(missing_ok=True)
         self._launch()
 
