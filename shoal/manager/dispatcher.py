@@ -266,6 +266,13 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             session.close()
         if self.presence is not None:
             self.presence.release_session(node_id)
+            # The agent may have gone on to another manager meanwhile (its connection
+            # here died without a word): that session is the node's, not this one.
+            await self.cache.sync()
+            owner = self.cache.session_owner(node_id)
+            if owner not in (None, self.presence.manager_id):
+                log.info("node %s: silent here; its agent has a session with %s", node_id, owner)
+                return
         log.warning(
             "node %s: no heartbeat for %.1fs, marking it down",
             node_id,

@@ -83,6 +83,8 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
 
 RUNTIME_RETRY_MIN_S = 0.2
 RUNTIME_RETRY_MAX_S = 5.0
+# Tries to remove a container while containerd is away (~1 minute in all).
+REMOVE_TRIES = 15
 DEFAULT_HEALTH_INTERVAL_MS = 5_000
 DEFAULT_HEALTH_TIMEOUT_MS = 10_000
 DEFAULT_HEALTH_RETRIES = 3
@@ -140,12 +142,20 @@ class TaskRunner:
         """The task is gone from the manager: stop and delete its container and record."""
         await self.close()
         await self._detach()
-        try:
-            if await self.runtime.state(self.task.id) is not None:
-                await self.runtime.stop(self.task.id, self._grace_s())
-                await self.runtime.remove(self.task.id)
-        except (RuntimeFailure, RuntimeUnavailable) as err:
-            log.warning("task %s: removing its container failed: %s", self.task.id, err)
+        # containerd restarting (a call cut mid-way) is waited out: given up, the
+        # container would be left behind for good, its record gone (the chaos test).
+        for attempt in range(REMOVE_TRIES):
+            try:
+                if await self.runtime.state(self.task.id) is not None:
+                    await self.runtime.stop(self.task.id, self._grace_s())
+                    await self.runtime.remove(self.task.id)
+                break
+            except RuntimeUnavailable as err:
+                log.warning("task %s: removing its container: %s; again", self.task.id, err)
+                await asyncio.sleep(min(RUNTIME_RETRY_MIN_S * 2**attempt, RUNTIME_RETRY_MAX_S))
+            except RuntimeFailure as err:
+                log.warning("task %s: removing its container failed: %s", self.task.id, err)
+                break
         for path in (self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")):
             path.unlink(missing_ok=True)  # and its rotated copies
         self.db.delete(self.task.id)

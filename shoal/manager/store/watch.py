@@ -16,7 +16,7 @@ import grpc
 from aetcd import rpc
 
 from shoal.manager.store.kinds import Kind, prefix_end
-from shoal.manager.store.store import Store
+from shoal.manager.store.store import FAILOVER, REQUIRE_LEADER, Store
 from shoal.manager.store.txn import decode
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,10 @@ class ObjectWatcher:
                 while True:
                     yield await q.get()
 
-            call = self.store.conn.watch.Watch(outgoing(), wait_for_ready=True)
+            conn, used = self.store.conn, self.store.conn.current
+            call = conn.watch.Watch(
+                outgoing(), wait_for_ready=conn.wait_for_ready, metadata=REQUIRE_LEADER
+            )
             compacted = False
             try:
                 async for resp in call:
@@ -139,6 +142,8 @@ class ObjectWatcher:
                 log.warning(
                     "etcd watch dropped (%s); resuming at revision %d", err.code(), self.revision
                 )
+                if err.code() in FAILOVER:
+                    conn.failover(used)
             finally:
                 self._requests = None
                 call.cancel()
