@@ -83,6 +83,11 @@ class NodeLiveness:
             timer = self._timers.pop(node_id, None)
             if timer is not None:
                 timer.cancel()
+            node = self.cache.get(Kind.NODE, node_id)
+            if node is not None and node.status.state == pb.NODE_DOWN:
+                # Marked down while its session key could not be written (etcd away):
+                # the session is there now, so is the node.
+                self._expired.put_nowait(node_id)
             return
         node = self.cache.get(Kind.NODE, node_id)
         if node is None or node.status.state != pb.NODE_READY or node_id in self._timers:
@@ -97,6 +102,7 @@ class NodeLiveness:
             self._timers.pop(node_id, None)
             await self.cache.sync()
             if self.cache.session_owner(node_id) is not None:
+                await self._revive(node_id, fence)
                 continue
             node = self.cache.get(Kind.NODE, node_id)
             if node is None or node.status.state != pb.NODE_READY:
@@ -116,3 +122,19 @@ class NodeLiveness:
             except Conflict:
                 # Changed meanwhile (it may have re-registered): look again.
                 self._check(node_id, 0.0)
+
+    async def _revive(self, node_id: str, fence: Fence) -> None:
+        """A down node whose agent holds a session again is ready (its agent registered
+        while the session key could not be written, e.g. during an etcd failover)."""
+        node = self.cache.get(Kind.NODE, node_id)
+        if node is None or node.status.state != pb.NODE_DOWN:
+            return
+        up = pb.Node()
+        up.CopyFrom(node)
+        up.status.state = pb.NODE_READY
+        up.status.message = ""
+        try:
+            await self.store.batch([Update(up)], fence)
+            log.info("node %s: has an agent session again; ready", node_id)
+        except Conflict:
+            self._check(node_id, 0.0)
