@@ -20,8 +20,10 @@ import grpc
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.manager.authz import peer_identity
+from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
+from shoal.manager.secrets import task_files
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
@@ -73,8 +75,11 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         cache: Cache,
         managers: Callable[[], list[str]] | None = None,
         presence: Presence | None = None,
+        keys: KeyKeeper | None = None,
     ) -> None:
         self.store = store
+        # Opens secret data for TaskFiles (None: this dispatcher serves no secrets).
+        self.keys = keys
         self.cache = cache
         self.managers = managers or (lambda: [])
         # Where this manager records which sessions it holds (None in unit tests).
@@ -222,6 +227,22 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             pass
         finally:
             session.close()
+
+    async def TaskFiles(self, request: dpb.TaskFilesRequest, context: Any) -> dpb.TaskFilesResponse:
+        """A task's secrets and configs, only for the node its task runs on."""
+        ident = peer_identity(context)
+        if ident is None or self.keys is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a node certificate is required")
+        assert ident is not None and self.keys is not None
+        try:
+            return await task_files(self.cache, self.keys, ident.node_id, request.task_id)
+        except PermissionError as err:
+            log.warning("node %s: refused the files of task %s", ident.node_id, request.task_id)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            raise
+        except LookupError as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+            raise
 
     # ------------------------------------------------------------ node liveness
 

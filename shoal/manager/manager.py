@@ -18,15 +18,22 @@ from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, first_completed
 from shoal.manager import ca
 from shoal.manager.authz import RoleAuthorizer
-from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.ids import new_id
+from shoal.manager.keys import Keyring, open_root_ca, seal_root_ca
+from shoal.manager.keyservice import (
+    KeyKeeper,
+    KeyringService,
+    prepare_keyring,
+    seal_existing_ca,
+)
 from shoal.manager.liveness import NodeLiveness
 from shoal.manager.nodeca import NodeCA, new_node
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
+from shoal.manager.secretsapi import SecretsAPI
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
@@ -38,7 +45,7 @@ from shoal.manager.store import (
     NotFound,
     Store,
 )
-from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
+from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc, keys_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
@@ -94,11 +101,12 @@ def load_or_create_id(state_dir: Path) -> str:
     return node_id
 
 
-async def ensure_cluster(store: Store) -> pb.Cluster:
-    """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
+async def ensure_cluster(store: Store, ring: Keyring) -> pb.Cluster:
+    """Creates the cluster (root CA, join tokens) if etcd holds none yet; a CA key
+    still in plain text (a cluster from before keys) is sealed."""
     existing = await store.list_objects(Kind.CLUSTER)
     if existing:
-        return existing[0]  # type: ignore[return-value]
+        return await seal_existing_ca(store, ring)
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -110,13 +118,15 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
             manager=ca.new_join_token(root.ca_digest),
         ),
     )
+    # The CA key goes to etcd sealed with the KEK, never in plain text.
+    seal_root_ca(cluster, ring)
     try:
         await store.create(cluster)
         log.info("created cluster %s", cluster_id)
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        return await seal_existing_ca(store, ring)
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -202,6 +212,7 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.presence: Presence | None = None
         self.liveness: NodeLiveness | None = None
+        self.keys: KeyKeeper | None = None
 
     async def _identify(self) -> str:
         """This manager's node id: from its state dir, by joining, or new (first manager)."""
@@ -240,16 +251,20 @@ class Manager:
         )
 
     async def _serve_remote(
-        self, cluster: pb.Cluster, control: ControlAPI, servers: list[grpc.aio.Server]
+        self, cluster: pb.Cluster, control: SecretsAPI, servers: list[grpc.aio.Server]
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
-        nodeca = NodeCA(self.store, self.cache)
+        assert self.keys is not None
+        nodeca = NodeCA(self.store, self.cache, self.keys.root_ca)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
         remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SESSION_OPTIONS)
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
+        keys_pb2_grpc.add_KeyringServicer_to_server(
+            KeyringService(lambda: self.keys.ring if self.keys else None), remote
+        )
         # Joining nodes: TLS without client certificates; only the token-guarded join RPC.
         joins = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, joins)
@@ -286,7 +301,12 @@ class Manager:
                 log.info("embedded etcd on %s", self.etcd.endpoint)
             self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
             self.id = await self._identify()
-            cluster = await ensure_cluster(self.store)
+            ring = await prepare_keyring(
+                cfg.state_dir, self.store, cfg.join_addr, NodeIdentity.load(cfg.state_dir)
+            )
+            cluster = await ensure_cluster(self.store, ring)
+            # In memory only: the cluster with its CA key opened, for certificates.
+            cluster.root_ca.CopyFrom(open_root_ca(cluster, ring))
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
             self.cache = Cache(self.store)
             await self.cache.start()
@@ -299,9 +319,14 @@ class Manager:
                 others = sorted(a for i, a in cache.managers().items() if a and i != self.id)
                 return [cfg.remote_addr, *others] if cfg.remote_addr else others
 
-            self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
+            def peers() -> list[str]:
+                return sorted(a for i, a in cache.managers().items() if a and i != self.id)
+
+            self.keys = KeyKeeper(ring, self.store, self.cache, self.id, peers)
+            await self.keys.root_ca(cluster)
+            self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence, self.keys)
             await self.dispatcher.start()
-            control = ControlAPI(self.store, self.cache, self.dispatcher)
+            control = SecretsAPI(self.store, self.cache, self.dispatcher, self.keys)
 
             await self._serve_remote(cluster, control, servers)
 
