@@ -33,7 +33,7 @@ from shoal.manager.liveness import NodeLiveness
 from shoal.manager.nodeca import NodeCA, new_node
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
-from shoal.manager.secretsapi import SecretsAPI
+from shoal.manager.stacksapi import StacksAPI
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
@@ -251,7 +251,7 @@ class Manager:
         )
 
     async def _serve_remote(
-        self, cluster: pb.Cluster, control: SecretsAPI, servers: list[grpc.aio.Server]
+        self, cluster: pb.Cluster, control: StacksAPI, servers: list[grpc.aio.Server]
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
@@ -326,7 +326,7 @@ class Manager:
             await self.keys.root_ca(cluster)
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence, self.keys)
             await self.dispatcher.start()
-            control = SecretsAPI(self.store, self.cache, self.dispatcher, self.keys)
+            control = StacksAPI(self.store, self.cache, self.dispatcher, self.keys)
 
             await self._serve_remote(cluster, control, servers)
 

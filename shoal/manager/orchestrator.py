@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shoal.manager import constraints
+from shoal.manager.dependencies import RECHECK_MS, waiting_on
 from shoal.manager.ids import new_id
 from shoal.manager.scheduler import is_live
 from shoal.manager.store import Cache, Create, Delete, Kind, Op, Update
@@ -137,6 +138,8 @@ class Orchestrator:
             tasks = self.cache.tasks_of_service(service_id)
             if service is None:
                 self._remove_tasks(tasks, plan)
+            elif waiting_on(self.cache, service, tasks):
+                plan.wake_at(now_ms() + RECHECK_MS, service_id)
             elif service.spec.WhichOneof("mode") == "global":
                 self._reconcile_global(service, tasks, plan)
             else:

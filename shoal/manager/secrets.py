@@ -183,23 +183,33 @@ def default_target(kind: Kind, name: str) -> str:
     return f"/run/secrets/{name}" if kind == Kind.SECRET else f"/{name}"
 
 
-def resolve_refs(api_: Resolver, spec: pb.ServiceSpec) -> None:
+# (kind, name) -> (id, latest version) of objects a stack deploy creates or updates.
+Planned = dict[tuple[Kind, str], tuple[str, int]]
+
+
+def resolve_refs(api_: Resolver, spec: pb.ServiceSpec, planned: Planned | None = None) -> None:
     """Names -> IDs, versions (latest unless pinned), default target and mode; checked."""
     targets: set[str] = set()
     for kind in (Kind.SECRET, Kind.CONFIG):
         for ref in refs_of(spec, kind):
-            obj = api_.resolve(kind, ref.id or ref.name)
-            ref.id, ref.name = obj.id, obj.spec.annotations.name
+            hit = (planned or {}).get((kind, ref.name)) if not ref.id else None
+            if hit is not None:
+                object_id, latest = hit
+            else:
+                obj = api_.resolve(kind, ref.id or ref.name)
+                ref.name, object_id, latest = obj.spec.annotations.name, obj.id, obj.secret_version
+            ref.id = object_id
             if ref.pinned:
-                if not 1 <= ref.version <= obj.secret_version or (
-                    api_.cache.get(Kind.SECRET_DATA, data_id(obj.id, ref.version)) is None
+                if not 1 <= ref.version <= latest or (
+                    ref.version < latest
+                    and api_.cache.get(Kind.SECRET_DATA, data_id(object_id, ref.version)) is None
                 ):
                     raise InvalidSpec(
                         f"{word(kind)} {ref.name!r} has no version {ref.version} "
-                        f"(latest is {obj.secret_version})"
+                        f"(latest is {latest})"
                     )
             else:
-                ref.version = obj.secret_version
+                ref.version = latest
             ref.target = ref.target or default_target(kind, ref.name)
             ref.mode = ref.mode or DEFAULT_MODE
             _check_ref(kind, ref)

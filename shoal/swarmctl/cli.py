@@ -20,7 +20,7 @@ import grpc
 from shoal import defaults
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import output, parse
+from shoal.swarmctl import filerefs, output, parse
 from shoal.swarmctl.client import Client, CLIError, one_line, resolve_socket
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -144,6 +144,8 @@ class SpecFlags:
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
     rebalance: bool | None = None
+    secret: tuple[str, ...] = ()
+    config: tuple[str, ...] = ()
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> SpecFlags:
@@ -217,6 +219,13 @@ _SPEC_OPTIONS = [
         default=None,
         help="Move tasks onto nodes that join or come back, to spread evenly again.",
     ),
+    click.option(
+        "--secret",
+        multiple=True,
+        metavar="NAME[@N][,target=PATH][,uid=U,gid=G,mode=0400]",
+        help="Give the tasks a secret (NAME@N pins version N).",
+    ),
+    click.option("--config", multiple=True, metavar="NAME,target=PATH", help="Give a config."),
 ]
 
 
@@ -290,6 +299,10 @@ def apply_spec_flags(
         task.placement.max_replicas_per_node = f.max_replicas_per_node
     if f.rebalance is not None:
         spec.rebalance = f.rebalance
+    for text in f.secret:
+        _upsert(c.secrets, filerefs.file_ref(text, "secret"), lambda r: r.name)
+    for text in f.config:
+        _upsert(c.configs, filerefs.file_ref(text, "config"), lambda r: r.name)
     _apply_restart(task, f)
     _apply_update(spec, f)
 
@@ -337,6 +350,8 @@ class RemoveFlags:
     network_rm: tuple[str, ...] = ()
     publish_rm: tuple[str, ...] = ()
     mount_rm: tuple[str, ...] = ()
+    secret_rm: tuple[str, ...] = ()
+    config_rm: tuple[str, ...] = ()
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> RemoveFlags:
@@ -355,6 +370,8 @@ _REMOVE_OPTIONS = [
         "--publish-rm", multiple=True, metavar="PUB[/PROTO]", help="Unpublish a published port."
     ),
     click.option("--mount-rm", multiple=True, metavar="TARGET", help="Remove a mount."),
+    click.option("--secret-rm", multiple=True, metavar="NAME", help="Remove a secret."),
+    click.option("--config-rm", multiple=True, metavar="NAME", help="Remove a config."),
 ]
 
 
@@ -390,6 +407,10 @@ def remove_spec_items(
         _keep(spec.ports, lambda p: (p.published_port, p.protocol) not in ports)
     if r.mount_rm:
         _keep(c.mounts, lambda m: m.target not in r.mount_rm)
+    if r.secret_rm:
+        _keep(c.secrets, lambda ref: ref.name not in r.secret_rm)
+    if r.config_rm:
+        _keep(c.configs, lambda ref: ref.name not in r.config_rm)
 
 
 def check_replicas(n: int) -> int:
@@ -976,6 +997,18 @@ def cluster_join_token(role: str, rotate: bool, quiet: bool, fmt: str) -> None:
             f"    {_JOIN_COMMAND[role]} --join-token {tokens[role]} "
             "--join-addr <manager-addr>:4242\n"
         )
+
+
+def _add_groups() -> None:
+    # Command groups kept in modules of their own (they import this one's helpers).
+    from shoal.swarmctl.secretcmds import config, secret
+    from shoal.swarmctl.stackcmds import stack
+
+    for group in (secret, config, stack):
+        cli.add_command(group)
+
+
+_add_groups()
 
 
 def main() -> None:

@@ -106,6 +106,23 @@ def want(info: api.ServiceInfo) -> int:
     return int(spec.replicated.replicas)
 
 
+# The label stacks put on what they create (Swarm's own, so tooling reads it).
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+def _file_ref(r: pb.FileReference) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "id": r.id,
+        "secret_version": int(r.version),
+        "pinned": r.pinned,
+        "target": r.target,
+        "uid": int(r.uid),
+        "gid": int(r.gid),
+        "mode": f"{r.mode:04o}",
+    }
+
+
 def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dict[str, Any]:
     svc = info.service
     spec = svc.spec
@@ -147,6 +164,9 @@ def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dic
         "constraints": list(task.placement.constraints),
         "max_replicas_per_node": int(task.placement.max_replicas_per_node),
         "rebalance": spec.rebalance,
+        "secrets": [_file_ref(r) for r in c.secrets],
+        "configs": [_file_ref(r) for r in c.configs],
+        "stack": spec.annotations.labels.get(STACK_LABEL),
         "limits": _resources(task.limits),
         "reservations": _resources(task.reservations),
         "restart_policy": {

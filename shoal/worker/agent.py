@@ -19,6 +19,8 @@ from shoal.statedir import lock_state_dir
 from shoal.worker import identity as ident_mod
 from shoal.worker.identity import NodeIdentity
 from shoal.worker.runtime.base import Runtime
+from shoal.worker.secrets import DEFAULT_ROOT as secrets_root
+from shoal.worker.secrets import TaskFiles, fetch_over
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
 
@@ -108,6 +110,14 @@ class Agent:
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
             self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
+            session = self.session
+            self.worker.files = TaskFiles(
+                secrets_root / self.identity.node_id,
+                lambda task_id: fetch_over(
+                    lambda: self._identity().channel(session.current_manager or cfg.join_addr),
+                    task_id,
+                ),
+            )
             self.session.worker = self.worker
             await self.worker.start()
             background = [

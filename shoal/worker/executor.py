@@ -26,6 +26,7 @@ from shoal.worker.runtime.base import (
     Runtime,
     RuntimeFailure,
 )
+from shoal.worker.secrets import FilesUnavailable, TaskFiles
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,15 @@ Reporter = Callable[[str, pb.TaskStatus], None]
 
 class NetworkProvider(Protocol):
     overlay: OverlayDriver | None
+    # The task's secrets and configs (None: this worker mounts none).
+    files: TaskFiles | None
 
     def attachments(self, task: pb.Task) -> list[Attachment]: ...
 
 
-def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> ContainerConfig:
+def container_config(
+    task: pb.Task, log_path: Path, netns_path: str | None, files: list[MountConfig] | None = None
+) -> ContainerConfig:
     c = task.spec.container
     labels = dict(c.labels)
     labels.update(
@@ -68,7 +73,8 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
                 readonly=m.readonly,
             )
             for m in c.mounts
-        ],
+        ]
+        + (files or []),
         nano_cpus=task.spec.limits.nano_cpus,
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
@@ -131,6 +137,7 @@ class TaskRunner:
         """The task is gone from the manager: stop and delete its container and record."""
         await self.close()
         await self._detach()
+        await self._release_files()
         try:
             if await self.runtime.state(self.task.id) is not None:
                 await self.runtime.stop(self.task.id, self._grace_s())
@@ -201,6 +208,20 @@ class TaskRunner:
             except Exception as err:
                 log.warning("task %s: network teardown failed: %s", self.task.id, err)
 
+    async def _files(self) -> list[MountConfig]:
+        """Bind mounts of the task's secrets and configs (fetched now, on a tmpfs)."""
+        store = self.networks.files if self.networks is not None else None
+        if store is None:
+            if self.task.spec.container.secrets or self.task.spec.container.configs:
+                raise FilesUnavailable("this node cannot mount secrets or configs")
+            return []
+        return await store.prepare(self.task)
+
+    async def _release_files(self) -> None:
+        store = self.networks.files if self.networks is not None else None
+        if store is not None:
+            await store.release(self.task.id)
+
     def _wants_stop(self) -> bool:
         return self.task.desired_state > pb.RUNNING
 
@@ -216,6 +237,7 @@ class TaskRunner:
         if self.state > pb.RUNNING:
             # Done for good: its address may be handed out again, so its namespace goes now.
             await self._detach()
+            await self._release_files()
 
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
@@ -247,8 +269,9 @@ class TaskRunner:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
-            await self.runtime.create(container_config(self.task, self.log_path, netns))
-        except NetworkError as err:
+            files = await self._files()
+            await self.runtime.create(container_config(self.task, self.log_path, netns, files))
+        except (NetworkError, FilesUnavailable) as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return
         except ImagePullError as err:
