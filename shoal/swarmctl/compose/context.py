@@ -73,3 +73,14 @@ def mapping(value: Any) -> dict[str, Any]:
         key, eq, val = str(item).partition("=")
         out[key] = val if eq else None
     return out
+
+
+def scalar(value: Any) -> str:
+    """A YAML scalar as compose writes it into a string (booleans lower-case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def strings(value: Any) -> dict[str, str]:
+    return {str(k): scalar(v) for k, v in mapping(value).items()}

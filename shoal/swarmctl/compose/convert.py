@@ -15,7 +15,7 @@ from typing import Any
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.compose import services as svc_conv
-from shoal.swarmctl.compose.context import MAX_FILE_BYTES, STACK_LABEL, Context, Locate, mapping
+from shoal.swarmctl.compose.context import MAX_FILE_BYTES, STACK_LABEL, Context, Locate, strings
 
 
 def convert(stack: str, data: dict[str, Any], base_dir: Path, locate: Locate) -> Context:
@@ -87,7 +87,7 @@ def _networks(ctx: Context) -> None:
 
 
 def _network_spec(ctx: Context, short: str, spec: dict[str, Any]) -> pb.NetworkSpec:
-    labels = {k: str(v) for k, v in mapping(spec.get("labels")).items()}
+    labels = strings(spec.get("labels"))
     labels[STACK_LABEL] = ctx.stack
     out = pb.NetworkSpec(
         annotations=pb.Annotations(name=ctx.networks[short], labels=labels), driver="overlay"
@@ -132,7 +132,7 @@ def read_file_objects(ctx: Context) -> dict[str, Any]:
                 ctx.fail(where, f"{path} is over 500 KiB (the limit for {kind})")
             if not data:
                 ctx.fail(where, f"{path} is empty")
-            labels = {k: str(v) for k, v in mapping(spec.get("labels")).items()}
+            labels = strings(spec.get("labels"))
             labels[STACK_LABEL] = ctx.stack
             out[f"{kind}/{short}"] = api.StackFile(name=names[short], labels=labels, data=data)
     return out

@@ -41,14 +41,15 @@ def line_of(root: Any, path: Iterable[Any]) -> int | None:
     line: int | None = None
     node = root
     for key in path:
-        if isinstance(node, CommentedMap) and key in node:
-            line = node.lc.key(key)[0] + 1
-            node = node[key]
-        elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
-            line = node.lc.item(key)[0] + 1
-            node = node[key]
-        else:
-            break
+        try:
+            if isinstance(node, CommentedMap) and key in node:
+                node, line = node[key], node.lc.key(key)[0] + 1
+            elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+                node, line = node[key], node.lc.item(key)[0] + 1
+            else:
+                break
+        except (KeyError, IndexError, TypeError):
+            break  # a key merged in from an anchor (<<:) has no position of its own
     return line
 
 

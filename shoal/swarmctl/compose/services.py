@@ -7,7 +7,15 @@ from typing import Any
 
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import parse
-from shoal.swarmctl.compose.context import STACK_LABEL, Context, command, duration, mapping
+from shoal.swarmctl.compose.context import (
+    STACK_LABEL,
+    Context,
+    command,
+    duration,
+    mapping,
+    scalar,
+    strings,
+)
 
 _CONDITIONS = {
     "any": pb.RestartPolicy.ANY,
@@ -39,7 +47,7 @@ def service(ctx: Context, short: str, svc: dict[str, Any]) -> pb.ServiceSpec:
     if "user" in svc:
         c.user = parse.user(str(svc["user"]))
     c.dir = str(svc.get("working_dir", ""))
-    c.labels.update({k: str(v) for k, v in mapping(svc.get("labels")).items()})
+    c.labels.update(strings(svc.get("labels")))
     c.labels[STACK_LABEL] = ctx.stack
     if "stop_grace_period" in svc:
         c.stop_grace_period_ms = duration(
@@ -69,7 +77,7 @@ def _environment(ctx: Context, where: list[Any], svc: dict[str, Any]) -> list[st
             if key in os.environ:
                 env[key] = os.environ[key]
             continue
-        env[key] = "true" if value is True else "false" if value is False else value
+        env[key] = scalar(value)
     return [f"{k}={v}" for k, v in env.items()]
 
 
@@ -221,7 +229,7 @@ def _deploy(ctx: Context, where: list[Any], d: dict[str, Any], spec: pb.ServiceS
         getattr(spec, "global").SetInParent()
     else:
         spec.replicated.replicas = int(d.get("replicas", 1))
-    spec.annotations.labels.update({k: str(v) for k, v in mapping(d.get("labels")).items()})
+    spec.annotations.labels.update(strings(d.get("labels")))
     if d.get("endpoint_mode", "vip") != "vip":
         ctx.fail([*where, "endpoint_mode"], "endpoint_mode dnsrr is not supported by this Shoal")
     if "rollback_config" in d:
