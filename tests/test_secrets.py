@@ -15,7 +15,7 @@ from shoal.manager.keys import KeyMissing, Keyring, SealBroken, data_aad, open_r
 from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.manager import ensure_cluster
 from shoal.manager.secrets import MAX_DATA_BYTES, data_id, task_files
-from shoal.manager.secretsapi import SecretsAPI
+from shoal.manager.stacksapi import StacksAPI
 from shoal.manager.store import Cache, Kind, Store
 from shoal.manager.store.kinds import prefix_end
 from shoal.proto import control_pb2 as api
@@ -61,7 +61,7 @@ async def control(
     await ensure_cluster(store, ring)
     keys = KeyKeeper(ring, store, cache, "m1", lambda: [])
     server = grpc.aio.server()
-    api_grpc.add_ControlServicer_to_server(SecretsAPI(store, cache, None, keys), server)
+    api_grpc.add_ControlServicer_to_server(StacksAPI(store, cache, None, keys), server)
     sock = tmp_path / "control.sock"
     server.add_insecure_port(f"unix://{sock}")
     await server.start()
