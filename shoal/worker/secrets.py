@@ -11,6 +11,7 @@ removed. Nothing is written to the task records (taskdb holds references only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -123,6 +124,8 @@ class TaskFiles:
             for p in d.iterdir():  # only if the tmpfs was never mounted
                 p.unlink()
             d.rmdir()
+            with contextlib.suppress(OSError):  # the node's dir too, once it is empty
+                self.root.rmdir()
         except OSError as err:
             log.warning("task %s: removing its secrets mount failed: %s", task_id, err)
 
