@@ -1001,11 +1001,12 @@ def cluster_join_token(role: str, rotate: bool, quiet: bool, fmt: str) -> None:
 
 def _add_groups() -> None:
     # Command groups kept in modules of their own (they import this one's helpers).
-    from shoal.swarmctl.secretcmds import config, secret
+    from shoal.swarmctl.secretcmds import config, rotate_kek, secret
     from shoal.swarmctl.stackcmds import stack
 
     for group in (secret, config, stack):
         cli.add_command(group)
+    cluster.add_command(rotate_kek)
 
 
 _add_groups()

@@ -142,3 +142,18 @@ def make_group(kind: str) -> click.Group:
 
 secret = make_group("secret")
 config = make_group("config")
+
+
+@click.command("rotate-kek")
+@format_option
+def rotate_kek(fmt: str) -> None:
+    """A new key-encryption key: every secret's data key and the CA key are re-wrapped.
+
+    The managers hold the key (never etcd); the others fetch the new one from this
+    manager over mTLS when they first need it.
+    """
+    resp: api.RotateKeyResponse = client().call("RotateKey", api.RotateKeyRequest())
+    if fmt == "json":
+        output.print_json({"kek_id": resp.kek_id, "rewrapped": int(resp.rewrapped)})
+    else:
+        click.echo(f"key-encryption key {resp.kek_id}: {resp.rewrapped} data key(s) re-wrapped")

@@ -1,0 +1,125 @@
+"""The key-encryption key across managers: handed over on join, learnt after a
+rotation, refused to workers; a plain CA key from before keys is sealed at start."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from aetcd import rpc as etcd_rpc
+
+from shoal.manager import ca
+from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.store import EtcdConnection, Kind, Store
+from shoal.manager.store.kinds import prefix_end
+from shoal.proto import keys_pb2, keys_pb2_grpc
+from shoal.proto import objects_pb2 as pb
+from shoal.worker.identity import NodeIdentity
+
+from .procs import ManagerProcess, WorkerProcess
+from .test_agents_simulated import tokens
+
+
+@pytest.fixture
+async def shared(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
+    s = Store(EtcdConnection([etcd.endpoint]))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def all_values(store: Store) -> bytes:
+    root = store.keys.root
+    resp = await store.conn.kv.Range(etcd_rpc.RangeRequest(key=root, range_end=prefix_end(root)))
+    return b"".join(kv.value for kv in resp.kvs)
+
+
+def keyring(m: ManagerProcess) -> dict[str, object]:
+    path = m.state_dir / "kek.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    data: dict[str, object] = json.loads(path.read_text())
+    return data
+
+
+async def get_keys(ident: NodeIdentity, addr: str) -> grpc.StatusCode:
+    channel = ident.channel(addr)
+    try:
+        await keys_pb2_grpc.KeyringStub(channel).GetKeys(keys_pb2.GetKeysRequest(), timeout=10)
+        return grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    finally:
+        await channel.close()
+
+
+async def test_kek_join_rotation_and_refusal(
+    tmp_path: Path,
+    etcd: EmbeddedEtcd,
+    shared: Store,
+    managers: list[ManagerProcess],
+    workers: list[WorkerProcess],
+) -> None:
+    endpoints = f"http://{etcd.endpoint}"
+    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    managers.append(m1)
+    m2 = ManagerProcess(
+        tmp_path / "m2",
+        "--etcd-endpoints",
+        endpoints,
+        "--join-addr",
+        m1.addr,
+        "--join-token",
+        tokens(m1).manager,
+    ).start()
+    managers.append(m2)
+    # The joining manager received the keyring over its mTLS join.
+    assert keyring(m2) == keyring(m1)
+    assert b"PRIVATE KEY" not in await all_values(shared)
+    first = keyring(m1)["current"]
+    (tmp_path / "pw").write_text("rotate-me")
+    assert m1.ctl("secret", "create", "pw", str(tmp_path / "pw")).code == 0
+
+    r = m1.ctl("cluster", "rotate-kek", "--format", "json")
+    assert r.code == 0, r.err
+    rotated = json.loads(r.out)
+    assert rotated["rewrapped"] == 2 and rotated["kek_id"] != first
+    assert keyring(m1)["current"] == rotated["kek_id"]
+    assert rotated["kek_id"] not in keyring(m2)["keys"]  # type: ignore[operator]
+    cluster = (await shared.list_objects(Kind.CLUSTER))[0]
+    assert isinstance(cluster, pb.Cluster) and cluster.kek_id == rotated["kek_id"]
+
+    # A worker joining through m2 needs the CA key, sealed with the new KEK now:
+    # m2 learns that key from m1 (manager to manager, mTLS) and issues the certificate.
+    w = WorkerProcess(tmp_path / "w1", m2.addr, tokens(m1).worker, "--runtime", "simulated")
+    workers.append(w.start())
+    assert keyring(m2)["current"] == rotated["kek_id"]
+
+    # The keyring is for managers only: a worker's certificate is refused.
+    ident = NodeIdentity.load(w.state_dir)
+    assert ident is not None and ident.role == pb.ROLE_WORKER
+    assert await get_keys(ident, m1.addr) == grpc.StatusCode.PERMISSION_DENIED
+    m2_ident = NodeIdentity.load(m2.state_dir)
+    assert m2_ident is not None
+    assert await get_keys(m2_ident, m1.addr) == grpc.StatusCode.OK
+
+
+async def test_plain_ca_key_of_an_older_cluster_is_sealed(
+    tmp_path: Path, etcd: EmbeddedEtcd, shared: Store, managers: list[ManagerProcess]
+) -> None:
+    root = ca.new_root_ca("old")
+    await shared.create(pb.Cluster(id="old", root_ca=root))
+    assert b"PRIVATE KEY" in await all_values(shared)
+    m = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", f"http://{etcd.endpoint}").start()
+    managers.append(m)
+    cluster = (await shared.list_objects(Kind.CLUSTER))[0]
+    assert isinstance(cluster, pb.Cluster)
+    assert not cluster.root_ca.ca_key_pem and cluster.root_ca.ca_key_sealed.ciphertext
+    assert cluster.root_ca.ca_digest == root.ca_digest  # the same CA: tokens still pin it
+    values = await all_values(shared)
+    assert b"PRIVATE KEY" not in values
+    # The current value is sealed; etcd's history still holds the old revision until
+    # compaction, which is why the key must never be written plain in the first place.
