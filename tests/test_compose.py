@@ -46,8 +46,10 @@ services:
         reservations: {memory: 16M}
       restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3, window: 30s}
       update_config: {parallelism: 2, delay: 1s, failure_action: rollback, order: start-first}
+      rollback_config: {parallelism: 0, failure_action: continue}
     healthcheck:
       test: wget -q -O- http://localhost:8080/ || exit 1
+      start_period: 30s
       interval: 5s
       timeout: 2s
       retries: 3
@@ -166,7 +168,13 @@ def test_two_tier_app(app: Path) -> None:
         pb.UpdateConfig.ROLLBACK,
         pb.UpdateConfig.START_FIRST,
     )
+    assert (web.rollback.parallelism, web.rollback.failure_action) == (
+        0,
+        pb.UpdateConfig.CONTINUE,
+    )
+    assert not svc["shop_api"].HasField("rollback")
     hc = t.container.healthcheck
+    assert hc.start_period_ms == 30_000
     assert hc.test[0] == "CMD-SHELL" and (hc.interval_ms, hc.retries) == (5000, 3)
     assert t.container.stop_grace_period_ms == 20_000
     assert [(r.name, r.target) for r in t.container.configs] == [("shop_site", "/etc/httpd.conf")]
@@ -323,9 +331,20 @@ def test_default_network_and_unsupported_keys(tmp_path: Path) -> None:
     for bad, why in (
         ("    ports: ['127.0.0.1:80:80']\n", "one host address"),
         ("    volumes: ['/data']\n", "anonymous volumes"),
-        ("    healthcheck: {test: [CMD, 'true'], start_period: 5s}\n", "start_period"),
-        ("    deploy: {rollback_config: {parallelism: 1}}\n", "rollback_config"),
     ):
         path = write(tmp_path, "u.yml", "services:\n  one:\n    image: busybox\n" + bad)
         with pytest.raises(ComposeError, match=why):
             build([path], "st", environ={})
+
+
+def test_a_rollback_follows_the_rollback_config_of_the_spec_it_leaves() -> None:
+    from shoal.manager.orchestrator import update_config
+
+    service = pb.Service()
+    service.spec.update.parallelism = 1
+    service.previous_spec.rollback.parallelism = 5
+    assert update_config(service).parallelism == 1
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
+    assert update_config(service).parallelism == 5
+    service.previous_spec.ClearField("rollback")
+    assert update_config(service).parallelism == 1

@@ -119,6 +119,18 @@ def ready_for_update(t: pb.Task) -> bool:
     return t.status.health in (pb.HEALTH_NONE, pb.HEALTH_HEALTHY)
 
 
+def update_config(service: pb.Service) -> pb.UpdateConfig:
+    """What the current roll follows: while rolling back, the rollback config of the spec
+    being rolled back from (compose's rollback_config), if it has one."""
+    rolling_back = service.update_status.state in (
+        pb.UpdateStatus.ROLLBACK_STARTED,
+        pb.UpdateStatus.ROLLBACK_PAUSED,
+    )
+    if rolling_back and service.previous_spec.HasField("rollback"):
+        return service.previous_spec.rollback
+    return service.spec.update
+
+
 def node_usable(node: pb.Node | None) -> bool:
     """Whether a node may keep running its tasks (drain and down move them)."""
     return (
@@ -274,7 +286,7 @@ class Orchestrator:
     def _start_first_handover(self, service: pb.Service, live: list[pb.Task], plan: Plan) -> bool:
         """start-first updates: an old task and its replacement share the slot until the
         replacement is ready (running, healthy if checked); then the old one stops."""
-        if service.spec.update.order != pb.UpdateConfig.START_FIRST:
+        if update_config(service).order != pb.UpdateConfig.START_FIRST:
             return False
         current = [t for t in live if is_current(t, service)]
         old = [t for t in live if not is_current(t, service)]
@@ -368,13 +380,14 @@ class Orchestrator:
             pb.UpdateStatus.ROLLBACK_PAUSED,
         ):
             return
-        delay = service.spec.update.delay_ms
+        config = update_config(service)
+        delay = config.delay_ms
         if delay and in_flight == 0 and last_running and now_ms() < last_running + delay:
             plan.wake_at(last_running + delay, service.id)
             return
-        parallelism = service.spec.update.parallelism
+        parallelism = config.parallelism
         budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
-        start_first = service.spec.update.order == pb.UpdateConfig.START_FIRST
+        start_first = config.order == pb.UpdateConfig.START_FIRST
         if start_first:
             # A slot whose replacement already started is handed over, not updated again.
             started = {
@@ -393,7 +406,7 @@ class Orchestrator:
 
     def _on_update_failure(self, service: pb.Service, failed: pb.Task, plan: Plan) -> bool:
         """Applies the update's failure action; True if the update stops here."""
-        action = service.spec.update.failure_action
+        action = update_config(service).failure_action
         if action == pb.UpdateConfig.CONTINUE:
             return False
         updated = pb.Service()

@@ -73,6 +73,8 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
         )
     check_task_spec(spec.task)
     check_update(spec.update)
+    if spec.HasField("rollback"):
+        check_update(spec.rollback)
     seen: set[tuple[int, int]] = set()
     for port in spec.ports:
         if not 1 <= port.target_port <= 65535:
@@ -106,6 +108,8 @@ def check_task_spec(task: pb.TaskSpec) -> None:
             raise InvalidSpec(f"invalid volume name {m.source!r}")
     if c.healthcheck.test and c.healthcheck.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
         raise InvalidSpec("health check test must start with CMD, CMD-SHELL or NONE")
+    if c.healthcheck.start_period_ms < 0:
+        raise InvalidSpec("health check start period cannot be negative")
     for res, what in ((task.limits, "limit"), (task.reservations, "reservation")):
         if res.nano_cpus < 0 or res.memory_bytes < 0:
             raise InvalidSpec(f"cpu and memory {what}s cannot be negative")

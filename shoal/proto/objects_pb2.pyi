@@ -457,9 +457,12 @@ class HealthCheck(_message.Message):
     INTERVAL_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
+    START_PERIOD_MS_FIELD_NUMBER: _builtins.int
     interval_ms: _builtins.int
     timeout_ms: _builtins.int
     retries: _builtins.int
+    start_period_ms: _builtins.int
+    """Failures in this time after the start do not count (a success still does)."""
     @_builtins.property
     def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -469,10 +472,11 @@ class HealthCheck(_message.Message):
         interval_ms: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
         retries: _builtins.int = ...,
+        start_period_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms", "retries", b"retries", "test", b"test", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms", "retries", b"retries", "start_period_ms", b"start_period_ms", "test", b"test", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -890,6 +894,7 @@ class ServiceSpec(_message.Message):
     PORTS_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_HEALTHY_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
     rebalance: _builtins.bool
     """Move tasks onto nodes that join or come back (replicated services), so
     the service is spread evenly again; update.parallelism tasks at a time.
@@ -910,6 +915,10 @@ class ServiceSpec(_message.Message):
         first tasks are created (compose depends_on: condition: service_healthy).
         """
 
+    @_builtins.property
+    def rollback(self) -> Global___UpdateConfig:
+        """How a rollback away from this spec proceeds (unset: like `update`)."""
+
     def __init__(
         self,
         *,
@@ -920,10 +929,11 @@ class ServiceSpec(_message.Message):
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
         rebalance: _builtins.bool = ...,
         depends_on_healthy: _abc.Iterable[_builtins.str] | None = ...,
+        rollback: Global___UpdateConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "depends_on_healthy", b"depends_on_healthy", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "depends_on_healthy", b"depends_on_healthy", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015

@@ -336,6 +336,9 @@ class TaskRunner:
         retries = check.retries or DEFAULT_HEALTH_RETRIES
         argv = self._health_argv()
         failures = 0
+        loop = asyncio.get_running_loop()
+        # Failures while the container starts up do not count (Docker's start_period).
+        grace_until = loop.time() + check.start_period_ms / 1000
         while True:
             await asyncio.sleep(interval)
             try:
@@ -347,6 +350,8 @@ class TaskRunner:
                 failures = 0
                 if self.task.status.health != pb.HEALTH_HEALTHY:
                     self._set(pb.RUNNING, "healthy", health=pb.HEALTH_HEALTHY)
+                continue
+            if loop.time() < grace_until:
                 continue
             failures += 1
             if failures >= retries:

@@ -85,8 +85,6 @@ def _healthcheck(ctx: Context, where: list[Any], hc: Any, c: pb.ContainerSpec) -
     if not hc:
         return
     where = [*where, "healthcheck"]
-    if "start_period" in hc:
-        ctx.fail([*where, "start_period"], "start_period is not supported by Shoal (remove it)")
     if hc.get("disable"):
         c.healthcheck.test.append("NONE")
         return
@@ -103,6 +101,8 @@ def _healthcheck(ctx: Context, where: list[Any], hc: Any, c: pb.ContainerSpec) -
         c.healthcheck.timeout_ms = duration(ctx, [*where, "timeout"], hc["timeout"])
     if "retries" in hc:
         c.healthcheck.retries = int(hc["retries"])
+    if "start_period" in hc:
+        c.healthcheck.start_period_ms = duration(ctx, [*where, "start_period"], hc["start_period"])
 
 
 def _mount(ctx: Context, where: list[Any], vol: Any) -> pb.Mount:
@@ -232,12 +232,6 @@ def _deploy(ctx: Context, where: list[Any], d: dict[str, Any], spec: pb.ServiceS
     spec.annotations.labels.update(strings(d.get("labels")))
     if d.get("endpoint_mode", "vip") != "vip":
         ctx.fail([*where, "endpoint_mode"], "endpoint_mode dnsrr is not supported by this Shoal")
-    if "rollback_config" in d:
-        ctx.fail(
-            [*where, "rollback_config"],
-            "rollback_config is not supported by Shoal: a "
-            "rollback uses the previous spec's update_config",
-        )
     task = spec.task
     placement = d.get("placement") or {}
     task.placement.constraints.extend(str(x) for x in placement.get("constraints") or [])
@@ -264,13 +258,16 @@ def _policies(ctx: Context, where: list[Any], d: dict[str, Any], spec: pb.Servic
         r.max_attempts = int(rp.get("max_attempts", 0))
         if "window" in rp:
             r.window_ms = duration(ctx, [*where, "restart_policy", "window"], rp["window"])
-    uc = d.get("update_config")
-    if uc is not None:
-        u = spec.update
-        u.parallelism = int(uc.get("parallelism", 1))
-        u.delay_ms = duration(ctx, [*where, "update_config", "delay"], uc.get("delay", "0s"))
-        u.failure_action = _FAILURE[uc.get("failure_action", "pause")]
-        u.order = _ORDER[uc.get("order", "stop-first")]
-        if "monitor" in uc:
-            u.monitor_ms = duration(ctx, [*where, "update_config", "monitor"], uc["monitor"])
-        u.max_failure_ratio = float(uc.get("max_failure_ratio", 0))
+    for key, target in (("update_config", spec.update), ("rollback_config", spec.rollback)):
+        if d.get(key) is not None:
+            _update(ctx, [*where, key], d[key], target)
+
+
+def _update(ctx: Context, where: list[Any], uc: dict[str, Any], u: pb.UpdateConfig) -> None:
+    u.parallelism = int(uc.get("parallelism", 1))
+    u.delay_ms = duration(ctx, [*where, "delay"], uc.get("delay", "0s"))
+    u.failure_action = _FAILURE[uc.get("failure_action", "pause")]
+    u.order = _ORDER[uc.get("order", "stop-first")]
+    if "monitor" in uc:
+        u.monitor_ms = duration(ctx, [*where, "monitor"], uc["monitor"])
+    u.max_failure_ratio = float(uc.get("max_failure_ratio", 0))
