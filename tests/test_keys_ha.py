@@ -4,16 +4,14 @@ rotation, refused to workers; a plain CA key from before keys is sealed at start
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 from aetcd import rpc as etcd_rpc
 
 from shoal.manager import ca
 from shoal.manager.etcd_embedded import EmbeddedEtcd
-from shoal.manager.store import EtcdConnection, Kind, Store
+from shoal.manager.store import Kind, Store
 from shoal.manager.store.kinds import prefix_end
 from shoal.proto import keys_pb2, keys_pb2_grpc
 from shoal.proto import objects_pb2 as pb
@@ -21,15 +19,7 @@ from shoal.worker.identity import NodeIdentity
 
 from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import tokens
-
-
-@pytest.fixture
-async def shared(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = Store(EtcdConnection([etcd.endpoint]))
-    try:
-        yield s
-    finally:
-        await s.close()
+from .test_manager_process import shared_store  # noqa: F401  (the fixture)
 
 
 async def all_values(store: Store) -> bytes:
@@ -59,7 +49,7 @@ async def get_keys(ident: NodeIdentity, addr: str) -> grpc.StatusCode:
 async def test_kek_join_rotation_and_refusal(
     tmp_path: Path,
     etcd: EmbeddedEtcd,
-    shared: Store,
+    shared_store: Store,  # noqa: F811
     managers: list[ManagerProcess],
     workers: list[WorkerProcess],
 ) -> None:
@@ -78,7 +68,7 @@ async def test_kek_join_rotation_and_refusal(
     managers.append(m2)
     # The joining manager received the keyring over its mTLS join.
     assert keyring(m2) == keyring(m1)
-    assert b"PRIVATE KEY" not in await all_values(shared)
+    assert b"PRIVATE KEY" not in await all_values(shared_store)
     first = keyring(m1)["current"]
     (tmp_path / "pw").write_text("rotate-me")
     assert m1.ctl("secret", "create", "pw", str(tmp_path / "pw")).code == 0
@@ -89,7 +79,7 @@ async def test_kek_join_rotation_and_refusal(
     assert rotated["rewrapped"] == 2 and rotated["kek_id"] != first
     assert keyring(m1)["current"] == rotated["kek_id"]
     assert rotated["kek_id"] not in keyring(m2)["keys"]  # type: ignore[operator]
-    cluster = (await shared.list_objects(Kind.CLUSTER))[0]
+    cluster = (await shared_store.list_objects(Kind.CLUSTER))[0]
     assert isinstance(cluster, pb.Cluster) and cluster.kek_id == rotated["kek_id"]
 
     # A worker joining through m2 needs the CA key, sealed with the new KEK now:
@@ -108,18 +98,21 @@ async def test_kek_join_rotation_and_refusal(
 
 
 async def test_plain_ca_key_of_an_older_cluster_is_sealed(
-    tmp_path: Path, etcd: EmbeddedEtcd, shared: Store, managers: list[ManagerProcess]
+    tmp_path: Path,
+    etcd: EmbeddedEtcd,
+    shared_store: Store,  # noqa: F811
+    managers: list[ManagerProcess],
 ) -> None:
     root = ca.new_root_ca("old")
-    await shared.create(pb.Cluster(id="old", root_ca=root))
-    assert b"PRIVATE KEY" in await all_values(shared)
+    await shared_store.create(pb.Cluster(id="old", root_ca=root))
+    assert b"PRIVATE KEY" in await all_values(shared_store)
     m = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", f"http://{etcd.endpoint}").start()
     managers.append(m)
-    cluster = (await shared.list_objects(Kind.CLUSTER))[0]
+    cluster = (await shared_store.list_objects(Kind.CLUSTER))[0]
     assert isinstance(cluster, pb.Cluster)
     assert not cluster.root_ca.ca_key_pem and cluster.root_ca.ca_key_sealed.ciphertext
     assert cluster.root_ca.ca_digest == root.ca_digest  # the same CA: tokens still pin it
-    values = await all_values(shared)
+    values = await all_values(shared_store)
     assert b"PRIVATE KEY" not in values
     # The current value is sealed; etcd's history still holds the old revision until
     # compaction, which is why the key must never be written plain in the first place.

@@ -104,25 +104,32 @@ def users(cache: Cache, kind: Kind, owner_id: str) -> list[pb.Service]:
     )
 
 
+def respecced(service: pb.Service, spec: pb.ServiceSpec) -> pb.Service:
+    """The service with a new spec; a new task spec starts a rolling update."""
+    updated = pb.Service()
+    updated.CopyFrom(service)
+    updated.spec.CopyFrom(spec)
+    updated.previous_spec.CopyFrom(service.spec)
+    if spec.task != service.spec.task:
+        updated.spec_version = service.spec_version + 1
+        updated.update_status.CopyFrom(
+            pb.UpdateStatus(state=pb.UpdateStatus.UPDATING, started_at_ms=now_ms())
+        )
+    return updated
+
+
 def rolled_service(
     service: pb.Service, kind: Kind, owner_id: str, version: int
 ) -> pb.Service | None:
     """The service moved to `version` of the object (unpinned references), or None."""
-    updated = pb.Service()
-    updated.CopyFrom(service)
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(service.spec)
     changed = False
-    for ref in refs_of(updated.spec, kind):
+    for ref in refs_of(spec, kind):
         if ref.id == owner_id and not ref.pinned and ref.version != version:
             ref.version = version
             changed = True
-    if not changed:
-        return None
-    updated.previous_spec.CopyFrom(service.spec)
-    updated.spec_version = service.spec_version + 1
-    updated.update_status.CopyFrom(
-        pb.UpdateStatus(state=pb.UpdateStatus.UPDATING, started_at_ms=now_ms())
-    )
-    return updated
+    return respecced(service, spec) if changed else None
 
 
 def versions_in_use(cache: Cache, kind: Kind, owner_id: str) -> set[int]:

@@ -17,7 +17,6 @@ from shoal.manager.ids import new_id
 from shoal.manager.keys import data_aad
 from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.store import AlreadyExists, Cache, Create, Delete, Kind, NotFound, Op, Update
-from shoal.manager.store.kinds import now_ms
 from shoal.manager.validation import InvalidSpec, check_name, check_network_spec, check_service_spec
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
@@ -220,16 +219,7 @@ def plan_services(api_: Resolver, req: api.DeployStackRequest, plan: Plan) -> No
         else:
             if prepared.WhichOneof("mode") != current.spec.WhichOneof("mode"):
                 raise InvalidSpec(f"service {name!r}: its mode (replicated/global) cannot change")
-            updated = pb.Service()
-            updated.CopyFrom(current)
-            updated.spec.CopyFrom(prepared)
-            updated.previous_spec.CopyFrom(current.spec)
-            if prepared.task != current.spec.task:
-                updated.spec_version = current.spec_version + 1
-                updated.update_status.CopyFrom(
-                    pb.UpdateStatus(state=pb.UpdateStatus.UPDATING, started_at_ms=now_ms())
-                )
-            plan.ops.append(Update(updated))
+            plan.ops.append(Update(secrets.respecced(current, prepared)))
             plan.note(Kind.SERVICE, name, "update", spec_diff(current.spec, prepared))
 
 
