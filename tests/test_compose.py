@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl.compose import STACK_LABEL, ComposeError, build
+from shoal.swarmctl.compose import STACK_LABEL, ComposeError, Stack, build
 
 APP = """\
 version: "3.8"
@@ -135,7 +135,6 @@ def services(stack: object) -> dict[str, pb.ServiceSpec]:
 
 def test_two_tier_app(app: Path) -> None:
     stack = build([app], "shop", environ={})
-    req = stack.request
     svc = services(stack)
     assert sorted(svc) == ["shop_api", "shop_web"]
     web, api_ = svc["shop_web"], svc["shop_api"]
@@ -186,6 +185,11 @@ def test_two_tier_app(app: Path) -> None:
         ("shop_back", ["api"]),
     ]
 
+    check_api(api_, app)
+    check_top_level(stack)
+
+
+def check_api(api_: pb.ServiceSpec, app: Path) -> None:
     assert api_.WhichOneof("mode") == "global"
     c = api_.task.container
     assert (list(c.command), list(c.args)) == (["/bin/api"], ["--listen", ":9000"])
@@ -207,6 +211,10 @@ def test_two_tier_app(app: Path) -> None:
         ("shop_db_password", "/run/secrets/db_password", 0, 0, 0),
         ("api_key", "/run/secrets/key.txt", 1000, 1000, 0o440),
     ]
+
+
+def check_top_level(stack: Stack) -> None:
+    req = stack.request
     # Networks: stack-prefixed, the subnet kept, the external one only named.
     nets = {n.annotations.name: n for n in req.networks}
     assert sorted(nets) == ["shop_back", "shop_front"]

@@ -303,6 +303,10 @@ def test_compose_app_with_a_secret_end_to_end(app: App, tmp_path: Path) -> None:
     assert grep_disk(app.state_dirs(), plain.encode()) == []
     assert (app.c.manager_dir / "kek.json").stat().st_mode & 0o777 == 0o600
 
+    redeploy_and_update(app, tmp_path, compose, plain)
+
+
+def redeploy_and_update(app: App, tmp_path: Path, compose: Path, plain: str) -> None:
     # Redeploy with more probes: web's tasks are left alone.
     before = {t["id"] for t in app.running("app_web")}
     write_app(tmp_path / "app", app.image, plain, probe_replicas=2)

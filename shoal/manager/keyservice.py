@@ -129,13 +129,15 @@ class KeyKeeper:
         cache: Cache,
         manager_id: str,
         peers: Callable[[], list[str]],
+        root: pb.RootCA | None = None,
     ) -> None:
         self.ring = ring
         self.store = store
         self.cache = cache
         self.manager_id = manager_id
         self.peers = peers
-        self._root: pb.RootCA | None = None
+        # The CA with its key, opened: to mint a certificate for calling other managers.
+        self._root = root
 
     def cluster(self) -> pb.Cluster:
         clusters = self.cache.list_objects(Kind.CLUSTER)

@@ -233,6 +233,27 @@ class Manager:
         log.info("joined the cluster through %s as manager %s", cfg.join_addr, ident.node_id)
         return ident.node_id
 
+    async def _keys_and_cluster(self) -> tuple[Keyring, pb.Cluster]:
+        """The keyring, and the cluster with its CA key opened (in memory only)."""
+        assert self.store is not None
+        cfg = self.config
+        ring = await prepare_keyring(
+            cfg.state_dir, self.store, cfg.join_addr, NodeIdentity.load(cfg.state_dir)
+        )
+        cluster = await ensure_cluster(self.store, ring)
+        cluster.root_ca.CopyFrom(open_root_ca(cluster, ring))
+        return ring, cluster
+
+    def _peers(self) -> list[str]:
+        """The other live managers' addresses."""
+        assert self.cache is not None
+        return sorted(a for i, a in self.cache.managers().items() if a and i != self.id)
+
+    def _managers(self) -> list[str]:
+        """Every live manager, this one first: agents fail over along the list."""
+        addr = self.config.remote_addr
+        return [addr, *self._peers()] if addr else self._peers()
+
     def _hostname(self) -> str:
         return self.config.hostname or socket.gethostname()
 
@@ -301,30 +322,18 @@ class Manager:
                 log.info("embedded etcd on %s", self.etcd.endpoint)
             self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
             self.id = await self._identify()
-            ring = await prepare_keyring(
-                cfg.state_dir, self.store, cfg.join_addr, NodeIdentity.load(cfg.state_dir)
-            )
-            cluster = await ensure_cluster(self.store, ring)
-            # In memory only: the cluster with its CA key opened, for certificates.
-            cluster.root_ca.CopyFrom(open_root_ca(cluster, ring))
+            ring, cluster = await self._keys_and_cluster()
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
             self.cache = Cache(self.store)
             await self.cache.start()
             self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
             presence = asyncio.create_task(self.presence.run(), name="presence")
-            cache = self.cache
-
-            def managers() -> list[str]:
-                # Every live manager, this one first: agents fail over along the list.
-                others = sorted(a for i, a in cache.managers().items() if a and i != self.id)
-                return [cfg.remote_addr, *others] if cfg.remote_addr else others
-
-            def peers() -> list[str]:
-                return sorted(a for i, a in cache.managers().items() if a and i != self.id)
-
-            self.keys = KeyKeeper(ring, self.store, self.cache, self.id, peers)
-            await self.keys.root_ca(cluster)
-            self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence, self.keys)
+            self.keys = KeyKeeper(
+                ring, self.store, self.cache, self.id, self._peers, cluster.root_ca
+            )
+            self.dispatcher = Dispatcher(
+                self.store, self.cache, self._managers, self.presence, self.keys
+            )
             await self.dispatcher.start()
             control = StacksAPI(self.store, self.cache, self.dispatcher, self.keys)
 

@@ -47,16 +47,28 @@ def object_view(obj: pb.Secret | pb.Config, services: list[str] | None = None) -
     return view
 
 
+def _rpc(kind: str) -> str:
+    return "Secret" if kind == "secret" else "Config"
+
+
+def _pick(kind: str, resp: api.SecretResponse) -> pb.Secret | pb.Config:
+    return resp.secret if kind == "secret" else resp.config
+
+
 def make_group(kind: str) -> click.Group:
     """The same five commands for secrets and configs."""
-    rpc = "Secret" if kind == "secret" else "Config"
-
-    def pick(resp: api.SecretResponse) -> pb.Secret | pb.Config:
-        return resp.secret if kind == "secret" else resp.config
 
     @click.group(kind, help=f"Manage {kind}s (the data is never shown).")
     def group() -> None:
         pass
+
+    _add_writes(group, kind)
+    _add_reads(group, kind)
+    return group
+
+
+def _add_writes(group: click.Group, kind: str) -> None:
+    rpc = _rpc(kind)
 
     @group.command("create")
     @click.argument("name")
@@ -68,23 +80,37 @@ def make_group(kind: str) -> click.Group:
         req = api.CreateSecretRequest(
             annotations=pb.Annotations(name=name, labels=labels), data=read_data(source)
         )
-        click.echo(pick(client().call(f"Create{rpc}", req)).id)
+        click.echo(_pick(kind, client().call(f"Create{rpc}", req)).id)
 
     @group.command("update")
     @click.argument("ref", metavar="NAME|ID")
     @click.argument("source", metavar="FILE|-")
     def update(ref: str, source: str) -> None:
         """A new version of NAME; services using it unpinned roll to it."""
-        resp = client().call(
-            f"Update{rpc}", api.UpdateSecretRequest(ref=ref, data=read_data(source))
-        )
-        obj = pick(resp)
+        req = api.UpdateSecretRequest(ref=ref, data=read_data(source))
+        resp = client().call(f"Update{rpc}", req)
+        obj = _pick(kind, resp)
         if resp.rolled:
-            click.echo(
-                f"services rolling to version {obj.secret_version}: {', '.join(resp.rolled)}",
-                err=True,
-            )
+            rolled = ", ".join(resp.rolled)
+            click.echo(f"services rolling to version {obj.secret_version}: {rolled}", err=True)
         click.echo(obj.id)
+
+    @group.command("rm")
+    @click.argument("refs", nargs=-1, required=True, metavar="NAME|ID...")
+    @click.pass_context
+    def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
+        """Remove them (refused while a service uses one)."""
+        remove_each(
+            ctx,
+            refs,
+            lambda ref: (
+                _pick(kind, client().call(f"Remove{rpc}", api.SecretRefRequest(ref=ref))).id
+            ),
+        )
+
+
+def _add_reads(group: click.Group, kind: str) -> None:
+    rpc = _rpc(kind)
 
     @group.command("ls")
     @quiet_option
@@ -103,7 +129,7 @@ def make_group(kind: str) -> click.Group:
             return
         rows = [
             [
-                v["id"][:12],
+                o.id[:12],
                 v["name"],
                 v["secret_version"],
                 output.ago(o.meta.created_at_ms),
@@ -119,25 +145,12 @@ def make_group(kind: str) -> click.Group:
     def inspect(ref: str, fmt: str) -> None:
         """Show one (its metadata and the services using it)."""
         resp = client().call(f"Get{rpc}", api.SecretRefRequest(ref=ref))
-        view = object_view(pick(resp), list(resp.services))
+        view = object_view(_pick(kind, resp), list(resp.services))
         if fmt == "json":
             output.print_json(view)
             return
         for key, value in view.items():
             click.echo(f"{key}: {value}")
-
-    @group.command("rm")
-    @click.argument("refs", nargs=-1, required=True, metavar="NAME|ID...")
-    @click.pass_context
-    def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
-        """Remove them (refused while a service uses one)."""
-        remove_each(
-            ctx,
-            refs,
-            lambda ref: pick(client().call(f"Remove{rpc}", api.SecretRefRequest(ref=ref))).id,
-        )
-
-    return group
 
 
 secret = make_group("secret")
