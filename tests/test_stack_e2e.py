@@ -345,7 +345,7 @@ def redeploy_and_update(app: App, tmp_path: Path, compose: Path, plain: str) -> 
         30,
         "mounts gone",
     )
-    assert str(MOUNTS_ROOT) not in Path("/proc/mounts").read_text()
+    assert f" {MOUNTS_ROOT}/" not in Path("/proc/mounts").read_text()
 
 
 def test_invalid_compose_creates_nothing(app: App, tmp_path: Path) -> None:
