@@ -86,7 +86,12 @@ async def test_kek_join_rotation_and_refusal(
     # m2 learns that key from m1 (manager to manager, mTLS) and issues the certificate.
     w = WorkerProcess(tmp_path / "w1", m2.addr, tokens(m1).worker, "--runtime", "simulated")
     workers.append(w.start())
+    assert rotated["kek_id"] in keyring(m2)["keys"]  # type: ignore[operator]
+    # What m2 seals from now on is sealed with the new key.
+    assert m2.ctl("secret", "create", "pw2", str(tmp_path / "pw")).code == 0
     assert keyring(m2)["current"] == rotated["kek_id"]
+    sealed = [d for d in await shared_store.list_objects(Kind.SECRET_DATA)]
+    assert {d.data.kek_id for d in sealed} == {rotated["kek_id"]}  # type: ignore[union-attr]
 
     # The keyring is for managers only: a worker's certificate is refused.
     ident = NodeIdentity.load(w.state_dir)

@@ -161,6 +161,16 @@ class KeyKeeper:
             await self.learn(err.kek_id, self.cluster())
             return self.ring.open(sealed, aad)
 
+    async def follow(self) -> KeyKeeper:
+        """Before sealing: use the cluster's current KEK, learning it if another manager
+        rotated (so nothing new is sealed with a retired key)."""
+        cluster = self.cluster()
+        if cluster.kek_id and cluster.kek_id != self.ring.current:
+            if cluster.kek_id not in self.ring.keys:
+                await self.learn(cluster.kek_id, cluster)
+            self.ring.merge([], current=cluster.kek_id)
+        return self
+
     async def learn(self, kek_id: str, cluster: pb.Cluster) -> None:
         """Asks the other live managers for a KEK this one lacks."""
         if self._root is None:
@@ -201,21 +211,27 @@ class KeyKeeper:
 
     async def rewrap_data(self) -> int:
         """Re-wraps every secret/config version sealed by an older KEK; returns how many."""
-        count = 0
+        done = 0
         for _ in range(5):
             await self.cache.sync()
             ops: list[Update] = []
             for obj in self.cache.list_objects(Kind.SECRET_DATA):
-                if obj.data.kek_id == self.ring.current:
-                    continue
-                updated = pb.SecretData()
-                updated.CopyFrom(obj)
-                updated.data.CopyFrom(self.ring.rewrap(obj.data))
-                ops.append(Update(updated))
+                if obj.data.kek_id != self.ring.current:
+                    updated = pb.SecretData()
+                    updated.CopyFrom(obj)
+                    updated.data.CopyFrom(self.ring.rewrap(obj.data))
+                    ops.append(Update(updated))
             if not ops:
-                return count
+                break
             conflicts, _ = await self.store.batch_chunked(ops)
-            count += len(ops)
             if not conflicts:
-                return count
-        return count
+                return done + len(ops)
+            # Some chunks lost a race (an update, a removal): count what landed, look again.
+            await self.cache.sync()
+            done += sum(
+                1
+                for op in ops
+                if (now := self.cache.get(Kind.SECRET_DATA, op.obj.id)) is not None
+                and now.data.kek_id == self.ring.current
+            )
+        return done

@@ -53,7 +53,7 @@ class SecretsAPI(ControlAPI):
 
     async def _create(self, kind: Kind, request: api.CreateSecretRequest) -> api.SecretResponse:
         await self.cache.sync()
-        keys = secrets.require_keys(self.keys)
+        keys = await secrets.require_keys(self.keys).follow()
         if self.cache.id_by_name(kind, request.annotations.name):
             raise AlreadyExists(f"{secrets.word(kind)} {request.annotations.name!r} already exists")
         ops = secrets.new_object(kind, request.annotations, request.data, keys)
@@ -62,7 +62,7 @@ class SecretsAPI(ControlAPI):
 
     async def _update(self, kind: Kind, request: api.UpdateSecretRequest) -> api.SecretResponse:
         await self.cache.sync()
-        keys = secrets.require_keys(self.keys)
+        keys = await secrets.require_keys(self.keys).follow()
         current = self.resolve(kind, request.ref)
         ops, rolled = secrets.update_ops(self.cache, kind, current, request.data, keys)
         revision = await self.store.batch(ops)

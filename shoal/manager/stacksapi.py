@@ -37,7 +37,7 @@ class StacksAPI(SecretsAPI):
         self, request: api.DeployStackRequest, context: Any
     ) -> api.DeployStackResponse:
         await self.cache.sync()
-        keys = secrets.require_keys(self.keys)
+        keys = await secrets.require_keys(self.keys).follow()
         try:
             plan = await stacks.plan_deploy(self, keys, request)
         except stacks.StackInUse as err:
