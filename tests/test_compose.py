@@ -346,7 +346,7 @@ def test_default_network_and_unsupported_keys(tmp_path: Path) -> None:
 
 
 def test_a_rollback_follows_the_rollback_config_of_the_spec_it_leaves() -> None:
-    from shoal.manager.orchestrator import update_config
+    from shoal.manager.orchestrator.update import update_config
 
     service = pb.Service()
     service.spec.update.parallelism = 1

@@ -9,15 +9,15 @@ from pathlib import Path
 import grpc
 from aetcd import rpc as etcd_rpc
 
-from shoal.manager import ca
+from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Kind, Store
 from shoal.manager.store.kinds import prefix_end
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import keys_pb2, keys_pb2_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 
-from .procs import ManagerProcess, WorkerProcess
 from .test_agents_simulated import tokens
 from .test_manager_process import shared_store  # noqa: F401  (the fixture)
 
@@ -53,13 +53,12 @@ async def test_kek_join_rotation_and_refusal(
     managers: list[ManagerProcess],
     workers: list[WorkerProcess],
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
     m2 = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--join-addr",
         m1.addr,
         "--join-token",
@@ -111,7 +110,7 @@ async def test_plain_ca_key_of_an_older_cluster_is_sealed(
     root = ca.new_root_ca("old")
     await shared_store.create(pb.Cluster(id="old", root_ca=root))
     assert b"PRIVATE KEY" in await all_values(shared_store)
-    m = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", f"http://{etcd.endpoint}").start()
+    m = ManagerProcess(tmp_path / "m1", *etcd.manager_args()).start()
     managers.append(m)
     cluster = (await shared_store.list_objects(Kind.CLUSTER))[0]
     assert isinstance(cluster, pb.Cluster)

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
+from shoal.lab.procs import ManagerProcess, Result
 from shoal.swarmctl.filerefs import file_ref
-
-from .procs import ManagerProcess, Result
 
 
 def ctl(m: ManagerProcess, *args: str, stdin: bytes | None = None) -> Result:
@@ -77,9 +76,9 @@ def test_secret_commands_never_print_the_data(
     r = ctl(m, "secret", "create", "big", str(big))
     assert r.code == 1 and "500 KiB" in r.err
 
-    ok(m, "service", "create", "--name", "pinned", "--image", "busybox:1", "-d",
+    ok(m, "service", "create", "--name", "pinned", "--image", "127.0.0.1:1/busybox:1", "-d",
        "--secret", "pw@1,target=/etc/pw,uid=5,gid=6,mode=0400", "sleep", "1")  # fmt: skip
-    ok(m, "service", "create", "--name", "follows", "--image", "busybox:1", "-d",
+    ok(m, "service", "create", "--name", "follows", "--image", "127.0.0.1:1/busybox:1", "-d",
        "--secret", "pw", "sleep", "1")  # fmt: skip
     view = ok(m, "service", "inspect", "pinned", "--format", "json")
     assert view["secrets"] == [

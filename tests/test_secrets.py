@@ -11,18 +11,26 @@ import grpc.aio
 import pytest
 from aetcd import rpc as etcd_rpc
 
+from shoal.manager.controlapi import ControlAPI
 from shoal.manager.keys import KeyMissing, Keyring, SealBroken, data_aad, open_root_ca
 from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.manager import ensure_cluster
 from shoal.manager.secrets import MAX_DATA_BYTES, data_id, task_files
-from shoal.manager.stacksapi import StacksAPI
 from shoal.manager.store import Cache, Kind, Store
 from shoal.manager.store.kinds import prefix_end
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
-from .helpers import service_spec
+from .helpers import service_spec as plain_spec
+
+# A registry on a closed loopback port: image pinning fails at once, nothing leaves the host.
+IMAGE = "127.0.0.1:1/busybox:1"
+
+
+def service_spec(name: str) -> pb.ServiceSpec:
+    return plain_spec(name, image=IMAGE)
+
 
 PLAIN = b"hunter2-" + uuid.uuid4().hex.encode()
 
@@ -61,7 +69,7 @@ async def control(
     await ensure_cluster(store, ring)
     keys = KeyKeeper(ring, store, cache, "m1", lambda: [])
     server = grpc.aio.server()
-    api_grpc.add_ControlServicer_to_server(StacksAPI(store, cache, None, keys), server)
+    api_grpc.add_ControlServicer_to_server(ControlAPI(store, cache, keys=keys), server)
     sock = tmp_path / "control.sock"
     server.add_insecure_port(f"unix://{sock}")
     await server.start()

@@ -22,13 +22,12 @@ from typing import Any
 
 import pytest
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.containerd import Containerd
+from shoal.lab.hosts import Hosts
+from shoal.lab.procs import Result, swarmctl
+from shoal.lab.registry import Registry
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.cluster import Cluster
-from tests.testbed.containerd import Containerd
-from tests.testbed.hosts import Hosts
-from tests.testbed.registry import Registry
-
-from .procs import Result, swarmctl
 
 pytestmark = [
     pytest.mark.integration,
@@ -167,10 +166,10 @@ def app(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Ite
         registry = Registry(host=h0.addr, port=5000, wrap=h0.cmd()).start()
         try:
             c = Cluster(hosts, root)
-            c.start_manager()
+            c.start_manager("--insecure-registry", registry.addr)
             a = App(c, containerd, root)
             push = h0.run(
-                sys.executable, "-m", "tests.testbed.images", registry.addr, cwd=str(REPO)
+                sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO)
             )
             a.image = push.stdout.split()[0]
             for h in hosts.hosts[1:]:
@@ -225,7 +224,7 @@ def task_files_as(app: App, hostname: str, task_id: str) -> str:
     script = (
         "import asyncio, grpc, sys\n"
         "from pathlib import Path\n"
-        "from shoal.worker.identity import NodeIdentity\n"
+        "from shoal.pki.identity import NodeIdentity\n"
         "from shoal.proto import dispatcher_pb2 as d, dispatcher_pb2_grpc as g\n"
         "async def main():\n"
         f"    ident = NodeIdentity.load(Path({str(app.root / hostname)!r}))\n"

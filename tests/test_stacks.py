@@ -23,14 +23,14 @@ Control = tuple[api_grpc.ControlStub, KeyKeeper]
 COMPOSE = """\
 services:
   web:
-    image: busybox
+    image: 127.0.0.1:1/busybox:1
     command: httpd -f -p 8080
     ports: ["8080:8080"]
     networks: [front]
     secrets: [pw]
     deploy: {replicas: 2}
   probe:
-    image: busybox
+    image: 127.0.0.1:1/busybox:1
     command: sleep 1000
     networks: [front]
     deploy: {replicas: 1}
@@ -143,7 +143,7 @@ async def test_a_failing_deploy_writes_nothing(
         api.CreateServiceRequest(
             spec=pb.ServiceSpec(
                 annotations=pb.Annotations(name="app_probe"),
-                task=pb.TaskSpec(container=pb.ContainerSpec(image="busybox")),
+                task=pb.TaskSpec(container=pb.ContainerSpec(image="127.0.0.1:1/busybox:1")),
             )
         )
     )

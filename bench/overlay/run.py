@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Host, Hosts
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.hosts import Host, Hosts
 
 HAND_VNI = 999
 HAND_NET = "10.250.250"

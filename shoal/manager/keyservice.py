@@ -20,12 +20,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shoal.manager import ca
 from shoal.manager.keys import KeyMissing, Keyring, open_root_ca, seal_root_ca
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import keys_pb2, keys_pb2_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ def client_identity(root: pb.RootCA, cluster_id: str, manager_id: str) -> NodeId
     return NodeIdentity(manager_id, pb.ROLE_MANAGER, ca.key_pem(key), cert, root.ca_cert_pem)
 
 
-async def first_cluster(store: Store) -> pb.Cluster | None:
-    clusters = await store.list_objects(Kind.CLUSTER)
-    return clusters[0] if clusters else None  # type: ignore[return-value]
 
 
 async def prepare_keyring(
@@ -92,7 +89,7 @@ async def prepare_keyring(
         ring.merge(entries, current=entries[0].kek_id)
         log.info("key-encryption key received from %s", join_addr)
         return ring
-    cluster = await first_cluster(store)
+    cluster = await store.cluster()
     if cluster is not None and cluster.kek_id:
         raise KeyringUnavailable(
             "the cluster's secrets are sealed with a key-encryption key this manager does not "
@@ -106,7 +103,7 @@ async def prepare_keyring(
 async def seal_existing_ca(store: Store, ring: Keyring) -> pb.Cluster:
     """A cluster made before keys existed keeps its CA key in plain text: seal it."""
     for _ in range(5):
-        cluster = await first_cluster(store)
+        cluster = await store.cluster()
         assert cluster is not None
         if not seal_root_ca(cluster, ring):
             return cluster

@@ -9,14 +9,17 @@ from typing import Any
 
 import grpc
 
-from shoal.manager import ca
+from shoal.manager.admission import JoinAdmission, source_of
 from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind, Store
+from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def cert_validity(cluster: pb.Cluster) -> datetime.timedelta:
@@ -45,13 +48,14 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         self.cache = cache
         # The CA key is sealed in the store; this opens it (in memory only).
         self.open_root = open_root
+        self.admission = JoinAdmission()
 
     async def _cluster(self, context: Any) -> pb.Cluster:
         await self.cache.sync()
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        if not clusters:
+        cluster = self.cache.cluster()
+        if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
-        cluster: pb.Cluster = clusters[0]
+            raise AssertionError("unreachable: abort raises")
         if self.open_root is not None:
             opened = pb.Cluster()
             opened.CopyFrom(cluster)
@@ -60,6 +64,20 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         return cluster
 
     async def IssueNodeCertificate(
+        self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
+    ) -> ca_pb2.IssueNodeCertificateResponse:
+        source = source_of(context.peer())
+        async with self.admission.admit(source):
+            try:
+                return await self._issue(request, context)
+            except Exception:
+                # Refused tokens and bad CSRs (context.abort raises) count against the
+                # source; a busy etcd does not.
+                if context.code() in REFUSALS:
+                    self.admission.failed(source)
+                raise
+
+    async def _issue(
         self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
     ) -> ca_pb2.IssueNodeCertificateResponse:
         cluster = await self._cluster(context)

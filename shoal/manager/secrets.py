@@ -12,9 +12,14 @@ only the node running a task that uses it gets it (task_files, dispatcher).
 from __future__ import annotations
 
 import copy
+import logging
 import posixpath
 from typing import Any, Protocol
 
+import grpc
+
+from shoal.clock import now_ms
+from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.keys import data_aad
 from shoal.manager.keyservice import KeyKeeper
@@ -29,11 +34,12 @@ from shoal.manager.store import (
     Unavailable,
     Update,
 )
-from shoal.manager.store.kinds import now_ms
 from shoal.manager.validation import InvalidSpec, check_labels, check_name
 from shoal.proto import control_pb2 as api
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 # Swarm's limit: secrets and configs are small files, not volumes.
 MAX_DATA_BYTES = 500 * 1024
@@ -110,6 +116,7 @@ def respecced(service: pb.Service, spec: pb.ServiceSpec) -> pb.Service:
     updated.CopyFrom(service)
     updated.spec.CopyFrom(spec)
     updated.previous_spec.CopyFrom(service.spec)
+    updated.previous_pinned_image = service.pinned_image
     if spec.task != service.spec.task:
         updated.spec_version = service.spec_version + 1
         updated.update_status.CopyFrom(
@@ -270,6 +277,25 @@ async def task_files(
                 data=await keys.open(sealed.data, data_aad(ref.id, ref.version)),
             )
     return out
+
+
+async def serve_task_files(
+    cache: Cache, keys: KeyKeeper | None, request: dpb.TaskFilesRequest, context: Any
+) -> dpb.TaskFilesResponse:
+    """The Dispatcher's TaskFiles RPC: the caller is the node in its certificate."""
+    ident = peer_identity(context)
+    if ident is None or keys is None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a node certificate is required")
+    assert ident is not None and keys is not None
+    try:
+        return await task_files(cache, keys, ident.node_id, request.task_id)
+    except PermissionError as err:
+        log.warning("node %s: refused the files of task %s", ident.node_id, request.task_id)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        raise
+    except LookupError as err:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        raise
 
 
 def info(

@@ -8,6 +8,7 @@ changes only what differs: unchanged services keep their tasks.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from shoal.manager import allocator, secrets
 from shoal.manager.ids import new_id
 from shoal.manager.keys import data_aad
 from shoal.manager.keyservice import KeyKeeper
+from shoal.manager.pinning import ImagePinner
 from shoal.manager.store import AlreadyExists, Cache, Create, Delete, Kind, NotFound, Op, Update
 from shoal.manager.validation import InvalidSpec, check_name, check_network_spec, check_service_spec
 from shoal.proto import control_pb2 as api
@@ -36,6 +38,7 @@ class StackInUse(Exception):
 
 class Resolver(Protocol):
     cache: Cache
+    pinner: ImagePinner
 
     def resolve(self, kind: Kind, ref: str) -> Any: ...
 
@@ -56,6 +59,7 @@ class Plan:
     planned: secrets.Planned = field(default_factory=dict)
     # Services (names) whose specs this request writes: not rolled separately.
     services: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
 
     def note(self, kind: Kind, name: str, action: str, details: list[str] | None = None) -> None:
         self.changes.append(
@@ -268,6 +272,8 @@ async def plan_deploy(api_: Resolver, keys: KeyKeeper, req: api.DeployStackReque
     await plan_files(api_.cache, keys, Kind.SECRET, req.secrets, plan)
     await plan_files(api_.cache, keys, Kind.CONFIG, req.configs, plan)
     plan_services(api_, req, plan)
+    if not req.dry_run:
+        await pin_images(api_, plan)
     roll_outsiders(api_.cache, plan)
     if req.prune:
         keep = {(Kind.SERVICE, s.annotations.name) for s in req.services}
@@ -276,6 +282,24 @@ async def plan_deploy(api_: Resolver, keys: KeyKeeper, req: api.DeployStackReque
         keep |= {(Kind.CONFIG, f.name) for f in req.configs}
         plan_removals(api_.cache, plan, keep)
     return plan
+
+
+async def pin_images(api_: Resolver, plan: Plan) -> None:
+    """New services and changed images pinned to a digest, as service create/update do
+    (all at once: the registry round trips overlap)."""
+    todo: list[pb.Service] = []
+    for op in plan.ops:
+        svc = op.obj
+        if isinstance(op, Delete) or not isinstance(svc, pb.Service):
+            continue
+        current = api_.cache.get(Kind.SERVICE, svc.id)
+        if current is None or current.spec.task.container.image != svc.spec.task.container.image:
+            todo.append(svc)
+    pins = await asyncio.gather(*(api_.pinner.pin(s.spec.task.container.image) for s in todo))
+    for svc, (pinned, warning) in zip(todo, pins, strict=True):
+        svc.pinned_image = pinned
+        if warning:
+            plan.warnings.append(warning)
 
 
 def stack_list(cache: Cache) -> list[api.StackInfo]:

@@ -9,7 +9,7 @@ import ipaddress
 import re
 
 from shoal import defaults
-from shoal.manager import constraints
+from shoal.manager import confinement, constraints
 from shoal.proto import objects_pb2 as pb
 
 
@@ -106,6 +106,10 @@ def check_task_spec(task: pb.TaskSpec) -> None:
             raise InvalidSpec(f"invalid bind mount source {m.source!r}: must be an absolute path")
         if m.type == pb.Mount.VOLUME and not _VOLUME.match(m.source):
             raise InvalidSpec(f"invalid volume name {m.source!r}")
+    try:
+        confinement.check_container(c)
+    except confinement.ConfinementError as err:
+        raise InvalidSpec(str(err)) from None
     if c.healthcheck.test and c.healthcheck.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
         raise InvalidSpec("health check test must start with CMD, CMD-SHELL or NONE")
     if c.healthcheck.start_period_ms < 0:

@@ -516,12 +516,20 @@ class ContainerSpec(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     HEALTHCHECK_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _builtins.int
+    CAP_ADD_FIELD_NUMBER: _builtins.int
+    CAP_DROP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    PIDS_LIMIT_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     CONFIGS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
     stop_grace_period_ms: _builtins.int
+    seccomp: _builtins.str
+    """"" (the default profile) or "unconfined" """
+    pids_limit: _builtins.int
+    """0: the default; -1: unlimited"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -534,6 +542,17 @@ class ContainerSpec(_message.Message):
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
     @_builtins.property
     def healthcheck(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Confinement beyond the defaults (Docker's capability set, the default seccomp
+        profile, a pids limit): only what the service asks for explicitly.
+        CAP_NET_ADMIN ...
+        """
+
+    @_builtins.property
+    def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CAP_... or ALL"""
+
     @_builtins.property
     def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileReference]:
         """Secrets and configs given to the task as files (see FileReference)."""
@@ -553,12 +572,16 @@ class ContainerSpec(_message.Message):
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         healthcheck: Global___HealthCheck | None = ...,
         stop_grace_period_ms: _builtins.int = ...,
+        cap_add: _abc.Iterable[_builtins.str] | None = ...,
+        cap_drop: _abc.Iterable[_builtins.str] | None = ...,
+        seccomp: _builtins.str = ...,
+        pids_limit: _builtins.int = ...,
         secrets: _abc.Iterable[Global___FileReference] | None = ...,
         configs: _abc.Iterable[Global___FileReference] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "configs", b"configs", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "secrets", b"secrets", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "secrets", b"secrets", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,11 +1025,19 @@ class Service(_message.Message):
     PREVIOUS_SPEC_FIELD_NUMBER: _builtins.int
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    PINNED_IMAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PINNED_IMAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Bumped on every spec change; tasks carry the spec_version they were
     created from, so the orchestrator can tell outdated tasks.
     """
+    pinned_image: _builtins.str
+    """The image tasks run: spec.task.container.image pinned to the digest the manager
+    resolved it to (REF@sha256:...); empty when the registry could not be reached
+    (agents then resolve the tag themselves).
+    """
+    previous_pinned_image: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1024,10 +1055,12 @@ class Service(_message.Message):
         previous_spec: Global___ServiceSpec | None = ...,
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
+        pinned_image: _builtins.str = ...,
+        previous_pinned_image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "pinned_image", b"pinned_image", "previous_pinned_image", b"previous_pinned_image", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

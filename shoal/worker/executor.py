@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.aiotasks import cancel_and_wait
-from shoal.manager.store.kinds import now_ms
+from shoal.clock import now_ms
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (
@@ -25,6 +25,7 @@ from shoal.worker.runtime.base import (
     MountConfig,
     Runtime,
     RuntimeFailure,
+    RuntimeUnavailable,
 )
 from shoal.worker.secrets import FilesUnavailable, TaskFiles
 from shoal.worker.taskdb import TaskDB
@@ -79,9 +80,15 @@ def container_config(
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
         netns_path=netns_path,
+        cap_add=list(c.cap_add),
+        cap_drop=list(c.cap_drop),
+        seccomp_unconfined=c.seccomp == "unconfined",
+        pids_limit=c.pids_limit,
     )
 
 
+RUNTIME_RETRY_MIN_S = 0.2
+RUNTIME_RETRY_MAX_S = 5.0
 DEFAULT_HEALTH_INTERVAL_MS = 5_000
 DEFAULT_HEALTH_TIMEOUT_MS = 10_000
 DEFAULT_HEALTH_RETRIES = 3
@@ -142,9 +149,10 @@ class TaskRunner:
             if await self.runtime.state(self.task.id) is not None:
                 await self.runtime.stop(self.task.id, self._grace_s())
                 await self.runtime.remove(self.task.id)
-        except RuntimeFailure as err:
+        except (RuntimeFailure, RuntimeUnavailable) as err:
             log.warning("task %s: removing its container failed: %s", self.task.id, err)
-        self.log_path.unlink(missing_ok=True)
+        for path in (self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")):
+            path.unlink(missing_ok=True)  # and its rotated copies
         self.db.delete(self.task.id)
 
     # ------------------------------------------------------------ internals
@@ -227,7 +235,7 @@ class TaskRunner:
 
     async def _main(self) -> None:
         try:
-            await self._drive()
+            await self._drive_through_outages()
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -238,6 +246,19 @@ class TaskRunner:
             # Done for good: its address may be handed out again, so its namespace goes now.
             await self._detach()
             await self._release_files()
+
+    async def _drive_through_outages(self) -> None:
+        """Drives the task; while the runtime is unreachable, tries again (every step
+        is idempotent: a running container is reattached, not replaced)."""
+        delay = RUNTIME_RETRY_MIN_S
+        while True:
+            try:
+                await self._drive()
+                return
+            except RuntimeUnavailable as err:
+                log.warning("task %s: %s; trying again in %.1fs", self.task.id, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RUNTIME_RETRY_MAX_S)
 
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
@@ -343,6 +364,10 @@ class TaskRunner:
             await asyncio.sleep(interval)
             try:
                 code = await self.runtime.exec(self.task.id, argv, timeout)
+            except RuntimeUnavailable as err:
+                # The runtime is away, not the container: no verdict on its health.
+                log.info("task %s: health check skipped: %s", self.task.id, err)
+                continue
             except RuntimeFailure as err:
                 log.info("task %s: health check could not run: %s", self.task.id, err)
                 code = -1

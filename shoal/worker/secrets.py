@@ -106,7 +106,7 @@ class TaskFiles:
                     os.fchmod(fd, f.mode or 0o444)
                 finally:
                     os.close(fd)
-                mounts.append(MountConfig("bind", str(path), f.target, readonly=True))
+                mounts.append(MountConfig("file", str(path), f.target, readonly=True))
         except OSError:
             self._release(task_id)
             raise

@@ -11,22 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# The runtime's errors include the registry's.
+from shoal.registry import ImagePullError as ImagePullError
+
 
 class RuntimeFailure(Exception):
     """A runtime operation failed; the message is shown to users in `service ps`."""
-
-
-class ImagePullError(RuntimeFailure):
-    """The image could not be pulled (not found, registry unreachable, denied...)."""
 
 
 class ContainerNotFound(RuntimeFailure):
     pass
 
 
+class RuntimeUnavailable(Exception):
+    """The runtime cannot be reached right now (containerd restarting). Not a
+    RuntimeFailure on purpose: it says nothing about the task, which must neither fail
+    nor lose its network while its container keeps running; callers try again."""
+
+
 @dataclass(frozen=True)
 class MountConfig:
-    # "bind" or "volume"; a volume is a directory the runtime keeps per node.
+    # "bind" or "volume" (a directory the runtime keeps per node); "file": a secret or
+    # config file the agent made on the task's tmpfs (not subject to the bind policy).
     type: str
     source: str
     target: str
@@ -54,6 +60,11 @@ class ContainerConfig:
     log_path: Path | None = None
     # A network namespace to join (the task's overlay netns); None = a fresh, empty one.
     netns_path: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp_unconfined: bool = False
+    # 0: the default limit; -1: none.
+    pids_limit: int = 0
 
 
 @dataclass(frozen=True)
