@@ -74,12 +74,16 @@ def stack_deploy(files: tuple[str, ...], prune: bool, dry_run: bool, fmt: str, n
 
 
 @group.command("ls")
+@quiet_option
 @format_option
-def stack_ls(fmt: str) -> None:
-    """List stacks."""
+def stack_ls(quiet: bool, fmt: str) -> None:
+    """List stacks (-q: their names)."""
     resp: api.ListStacksResponse = client().call("ListStacks", api.ListStacksRequest())
     views = [{"name": s.name, "services": int(s.services)} for s in resp.stacks]
-    if fmt == "json":
+    if quiet:
+        for v in views:
+            click.echo(v["name"])
+    elif fmt == "json":
         output.print_json(views)
     else:
         output.print_table(["NAME", "SERVICES"], [[v["name"], v["services"]] for v in views])
