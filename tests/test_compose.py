@@ -6,9 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.compose import STACK_LABEL, ComposeError, Stack, build
+from shoal.swarmctl.compose.loader import Interpolator
 
 APP = """\
 version: "3.8"
@@ -356,3 +359,22 @@ def test_a_rollback_follows_the_rollback_config_of_the_spec_it_leaves() -> None:
     assert update_config(service).parallelism == 5
     service.previous_spec.ClearField("rollback")
     assert update_config(service).parallelism == 1
+
+
+@given(
+    text=st.text(st.characters(blacklist_characters="$", blacklist_categories=("Cs",))),
+    value=st.text(st.characters(blacklist_characters="$", blacklist_categories=("Cs",))),
+)
+def test_interpolation_properties(text: str, value: str) -> None:
+    """Text without `$` is left alone; `$$` is one `$`; `${V}`, `$V` and defaults expand."""
+    subst = Interpolator({"V": value}, Path("c.yml")).substitute
+    assert subst(text, []) == text
+    assert subst(f"{text}$${text}", []) == f"{text}${text}"
+    default = text.replace("}", "")  # a default ends at the first `}`, as in compose
+    expanded = subst(f"<${{V}}|$V|${{W:-{default}}}|${{W-x}}>", [])
+    assert expanded == f"<{value}|{value}|{default}|x>"
+    if value:
+        assert subst("${V:?needed}", []) == value
+    else:
+        with pytest.raises(ComposeError, match="needed"):
+            subst("${V:?needed}", [])
