@@ -27,6 +27,7 @@ from shoal.lab.containerd import Containerd
 from shoal.lab.hosts import Hosts
 from shoal.lab.procs import Result, swarmctl
 from shoal.lab.registry import Registry
+from shoal.proto import control_pb2 as api
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
 pytestmark = [
@@ -168,9 +169,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Ite
             c = Cluster(hosts, root)
             c.start_manager("--insecure-registry", registry.addr)
             a = App(c, containerd, root)
-            push = h0.run(
-                sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO)
-            )
+            push = h0.run(sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO))
             a.image = push.stdout.split()[0]
             for h in hosts.hosts[1:]:
                 a.nodes[h.name] = c.start_worker(
@@ -243,6 +242,11 @@ def task_files_as(app: App, hostname: str, task_id: str) -> str:
     return host.run(sys.executable, "-c", script, cwd=str(REPO)).stdout.strip()
 
 
+def first_task_ms(app: App, service: str) -> int:
+    tasks = app.c.control().ListTasks(api.ListTasksRequest(service_ref=service)).tasks
+    return min(int(t.meta.created_at_ms) for t in tasks)
+
+
 def check_secret_in(app: App, task: dict[str, Any], plain: str) -> None:
     target = "/run/secrets/db_pw"
     assert app.exec(task, f'test "$({CHECKSUM} {target})" = "{checksum(plain)}"') == 0
@@ -280,10 +284,11 @@ def test_compose_app_with_a_secret_end_to_end(app: App, tmp_path: Path) -> None:
         == 3
     )
     web_tasks = app.running("app_web")
-    (probe,) = app.running("app_probe")
+    assert len(app.running("app_probe")) == 1
     # depends_on service_healthy: the probe's first task came after a healthy web task.
-    web_first = min(t["created_at"] for t in app.tasks("app_web"))
-    assert probe["created_at"] >= web_first
+    assert first_task_ms(app, "app_probe") - first_task_ms(app, "app_web") >= 900, (
+        "the probe did not wait for a healthy web task (checked every 1s)"
+    )
 
     for t in web_tasks:
         check_secret_in(app, t, plain)
