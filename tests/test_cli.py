@@ -42,6 +42,10 @@ async def shared(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
         await s.close()
 
 
+def svc(*flags: str) -> list[str]:
+    return ["service", "create", "--name", "w", "--image", "busybox", *flags, "-d"]
+
+
 INVALID = [
     (
         ["service", "create", "--name", "bad name", "--image", "busybox", "-d"],
@@ -137,6 +141,15 @@ INVALID = [
     (["network", "create", "front"], "network 'front' already exists"),
     (["network", "create", "--subnet", "10.77.1.0/24", "n3"], "overlaps network 'front'"),
     (["network", "rm", "front"], "in use by service(s) exists"),
+    # Values the CLI parses and the API refuses (issue 12: the API is the rule).
+    (svc("--cpu-limit", "0.001"), "cpu limit must be at least 0.01 CPU"),
+    (svc("--health-cmd", "true", "--health-interval", "10ms"), "between 100ms and 365 days"),
+    (svc("--stop-grace-period", "9000h"), "stop grace period must be 0"),
+    (svc("--label", "k=\x1b[31mred"), "contains a control character"),
+    (svc("--env", "A\x1b=1"), "invalid env"),
+    (["network", "create", "--subnet", "127.0.0.0/16", "n2"], "overlaps 127.0.0.0/8"),
+    (["network", "create", "--subnet", "0.0.0.0/0", "n2"], "reserved"),
+    (["node", "update", "n1", "--label-add", "k=a\x07"], "contains a control character"),
     (["node", "update", "nope", "--availability", "drain"], "node 'nope' not found"),
     (["node", "rm", "n1"], "is ready: stop its agent first"),
     (["task", "inspect", "nope"], "task 'nope' not found"),

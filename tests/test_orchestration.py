@@ -202,7 +202,9 @@ async def test_idle_only_once_every_change_was_acted_on(
     await idle()
     svc = await create_service(store, service_spec("web", 5))
     await cache.sync()
-    assert not leader.idle(), "idle with a new service not yet looked at"
+    # Right after the change the reconciler may be busy, or (on a slow machine, while
+    # this test waited for its sync) already done; never idle with the work undone.
+    assert not leader.idle() or len(live(cache, svc.id)) == 5, "idle with work undone"
     await idle()
     # Idle means done: the tasks were written before it said so.
     assert sorted(t.slot for t in live(cache, svc.id)) == [1, 2, 3, 4, 5]

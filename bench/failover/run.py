@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from bench.guard import exit_cleanly_on_signals
 from shoal.lab.cluster import Cluster
 from shoal.lab.etcd import HostEtcd
 from shoal.lab.hosts import Host, Hosts
@@ -265,6 +266,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    exit_cleanly_on_signals()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-failover-"))
     try:
         lost = worker_lost(root, args.rounds)

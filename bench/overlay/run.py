@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
 from shoal.lab.cluster import Cluster
 from shoal.lab.hosts import Host, Hosts
 from shoal.proto import control_pb2 as api
@@ -117,6 +118,7 @@ def main() -> None:
         help="turn off br_netfilter's iptables hooks in the (bench's own) hosts",
     )
     args = p.parse_args()
+    exit_cleanly_on_signals()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-overlay-"))
     with Hosts(3) as hosts:
         c = Cluster(hosts, root)

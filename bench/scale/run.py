@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from bench.guard import exit_cleanly_on_signals
 from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
@@ -330,11 +331,6 @@ def run_once(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    """SIGTERM/SIGHUP/SIGALRM unwind through run_once's finally: nothing is left running."""
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, nargs="*", default=[100, 1000])
@@ -351,9 +347,7 @@ def main() -> None:
         "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
     )
     args = p.parse_args()
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, _exit_on_signal)
-    signal.alarm(int(args.timeout))
+    exit_cleanly_on_signals(args.timeout)
     results = []
     with ExitStack():
         for n in args.nodes:

@@ -18,6 +18,7 @@ CAPABILITIES = frozenset(
     CHECKPOINT_RESTORE""".split()
 )
 SECCOMP_MODES = ("", "unconfined")
+PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT on 64-bit
 
 
 class ConfinementError(ValueError):
@@ -37,6 +38,9 @@ def check_container(c: pb.ContainerSpec) -> None:
         )
     if c.pids_limit < -1:
         raise ConfinementError("pids limit must be a positive number, or -1 for none")
+    if c.pids_limit > PID_MAX_LIMIT:
+        # The kernel's pids.max refuses more (EINVAL): the task would fail on every node.
+        raise ConfinementError(f"pids limit must be at most {PID_MAX_LIMIT}, or -1 for none")
     for m in c.mounts:
         if m.type == pb.Mount.BIND:
             why = bind_refusal(m.source)

@@ -28,6 +28,7 @@ from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
+from shoal.manager.validation import clean_description
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
@@ -80,8 +81,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         keys: KeyKeeper | None = None,
     ) -> None:
         self.store = store
-        # Opens secret data for TaskFiles (None: this dispatcher serves no secrets).
-        self.keys = keys
+        self.keys = keys  # opens secret data for TaskFiles (None: no secrets here)
         self.cache = cache
         self.managers = managers or (lambda: [])
         # Where this manager records which sessions it holds (None in unit tests).
@@ -283,7 +283,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     async def _node_up(self, node_id: str, reg: dpb.Register, peer: str) -> None:
         def up(node: pb.Node) -> None:
-            node.description.CopyFrom(reg.description)
+            node.description.CopyFrom(clean_description(reg.description, node.description.hostname))
             node.status.state = pb.NODE_READY
             node.status.message = ""
             node.status.addr = reg.advertise_addr or (peer_addr(peer) or ("", 0))[0]

@@ -13,6 +13,7 @@ from shoal.manager.admission import JoinAdmission, source_of
 from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind, Store
+from shoal.manager.validation import InvalidSpec, check_hostname
 from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import objects_pb2 as pb
@@ -98,6 +99,12 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
                 "invalid join token: it is not (or no longer) a current token of this cluster",
             )
         assert role is not None
+        try:
+            # It shows in `node ls` and constraints: no terminal escapes, no spaces.
+            check_hostname(request.hostname)
+        except InvalidSpec as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
         node_id = new_id()
         try:
             cert = ca.issue_cert(

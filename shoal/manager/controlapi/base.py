@@ -40,6 +40,16 @@ def status_code(err: Exception) -> grpc.StatusCode | None:
     return next((code for cls, code in _CODES if isinstance(err, cls)), None)
 
 
+# gRPC carries details in a header (8 KiB by default): an echoed 10 KB name would turn a
+# clear refusal into RESOURCE_EXHAUSTED.
+MAX_DETAILS = 1000
+
+
+def one_line(err: Exception) -> str:
+    text = " ".join(str(err).split("\n"))
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
+
+
 def rpc(
     fn: Callable[[Any, Any, Any], Awaitable[R]],
 ) -> Callable[[Any, Any, Any], Awaitable[R]]:
@@ -54,12 +64,13 @@ def rpc(
             if code is None:
                 log.exception("%s failed", fn.__name__)
                 raise
-            await context.abort(code, str(err))
+            await context.abort(code, one_line(err))
             raise  # unreachable: abort raises
 
     return wrapper
 
 
+MAX_REF = 256
 _KIND_WORD = {
     Kind.SERVICE: "service",
     Kind.TASK: "task",
@@ -96,6 +107,8 @@ class ControlBase:
         word = _KIND_WORD[kind]
         if not ref:
             raise InvalidSpec(f"a {word} name or ID is required")
+        if len(ref) > MAX_REF:
+            raise InvalidSpec(f"a {word} name or ID is at most {MAX_REF} characters")
         obj = self.cache.get(kind, ref)
         if obj is not None:
             return obj
@@ -125,7 +138,7 @@ class ControlBase:
             code = status_code(err)
             if code is None:
                 raise
-            await context.abort(code, str(err))
+            await context.abort(code, one_line(err))
             return None
 
     def cluster(self) -> pb.Cluster:

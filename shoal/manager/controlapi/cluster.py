@@ -7,7 +7,7 @@ from typing import Any
 
 from shoal.manager.controlapi.base import ControlBase, rpc
 from shoal.manager.store import Conflict
-from shoal.manager.validation import InvalidSpec, check_cluster_spec
+from shoal.manager.validation import InvalidSpec, check_cluster_spec, check_enum
 from shoal.pki import ca
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
@@ -53,6 +53,7 @@ class ClusterRPCs(ControlBase):
     async def RotateJoinToken(
         self, request: api.RotateJoinTokenRequest, context: Any
     ) -> api.RotateJoinTokenResponse:
+        check_enum("node role", request.role, pb.NodeRole.values())
         await self.cache.sync()
         updated = pb.Cluster()
         updated.CopyFrom(self.cluster())

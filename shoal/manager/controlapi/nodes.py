@@ -6,7 +6,7 @@ from typing import Any
 
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.store import Conflict, Kind
-from shoal.manager.validation import check_node_spec
+from shoal.manager.validation import InvalidSpec, check_node_spec
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 
@@ -53,6 +53,9 @@ class NodeRPCs(ControlBase):
                 "try again"
             )
         check_node_spec(request.spec)
+        if request.spec.desired_role != current.spec.desired_role:
+            # Nothing acts on a role change: refuse it rather than store a wish.
+            raise InvalidSpec("changing a node's role is not supported")
         updated = pb.Node()
         updated.CopyFrom(current)
         updated.spec.CopyFrom(request.spec)

@@ -185,18 +185,22 @@ class ServiceRPCs(ControlBase):
         service = self.cache.get(Kind.SERVICE, service_id)
         if service is None:
             return api.WatchServiceResponse(removed=True)
-        tasks = sorted(
-            self.cache.tasks_of_service(service_id),
+        # Only tasks with an error are sorted: this runs at every change of a
+        # watched service, and a big service has thousands of healthy tasks.
+        errored = sorted(
+            (
+                t
+                for t in self.cache.tasks_of_service(service_id)
+                if t.status.err
+                and (t.desired_state == pb.RUNNING or t.status.state in (pb.FAILED, pb.REJECTED))
+            ),
             key=lambda t: t.status.timestamp_ms,
             reverse=True,
         )
         errors: list[str] = []
-        for t in tasks:
-            failed = t.status.state in (pb.FAILED, pb.REJECTED)
-            if t.status.err and (t.desired_state == pb.RUNNING or failed):
-                err = t.status.err
-                if err not in errors:
-                    errors.append(err)
+        for t in errored:
+            if t.status.err not in errors:
+                errors.append(t.status.err)
             if len(errors) >= MAX_TASK_ERRORS:
                 break
         return api.WatchServiceResponse(service=self.service_info(service), task_errors=errors)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from shoal import views
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output, parse
@@ -38,8 +39,8 @@ def object_view(obj: pb.Secret | pb.Config, services: list[str] | None = None) -
         "id": obj.id,
         "name": obj.spec.annotations.name,
         "secret_version": int(obj.secret_version),
-        "created_at": output.iso(obj.meta.created_at_ms),
-        "updated_at": output.iso(obj.meta.updated_at_ms),
+        "created_at": views.iso(obj.meta.created_at_ms),
+        "updated_at": views.iso(obj.meta.updated_at_ms),
         "labels": dict(obj.spec.annotations.labels),
         "version": int(obj.meta.version),
     }
@@ -110,46 +111,43 @@ def _add_writes(group: click.Group, kind: str) -> None:
         )
 
 
-def _rows(items: Sequence[pb.Secret | pb.Config], views: Sequence[listing.View]) -> listing.Rows:
+def _rows(views: Sequence[listing.View]) -> listing.Rows:
     return [
         [
-            o.id[:12],
+            v["id"][:12],
             v["name"],
             v["secret_version"],
-            output.ago(o.meta.created_at_ms),
-            output.ago(o.meta.updated_at_ms),
+            output.ago(v["created_ms"]),
+            output.ago(v["updated_ms"]),
         ]
-        for v, o in zip(views, items, strict=True)
+        for v in views
     ]
 
 
 def _add_reads(group: click.Group, kind: str) -> None:
     rpc = _rpc(kind)
-    objects = listing.Kind[pb.Secret | pb.Config](
-        ident=lambda o: o.id,
-        views=lambda items: [object_view(o) for o in items],
-        headers=["ID", "NAME", "VERSION", "CREATED", "UPDATED"],
-        rows=_rows,
-    )
-    answers = listing.Kind[api.SecretResponse](
-        ident=lambda r: _pick(kind, r).id,
-        views=lambda items: [object_view(_pick(kind, r), list(r.services)) for r in items],
-        headers=[],
-        rows=lambda _, views: [],
-    )
+    listed = listing.Kind(f"{kind}s", ["ID", "NAME", "VERSION", "CREATED", "UPDATED"], _rows)
 
-    def fetch() -> list[pb.Secret | pb.Config]:
+    @group.command("ls")
+    @listing.quiet_option
+    @listing.format_option
+    def ls(quiet: bool, fmt: str) -> None:
+        """List them (never the data)."""
         resp = client().call(f"List{rpc}s", api.ListSecretsRequest())
-        return list(resp.secrets if kind == "secret" else resp.configs)
+        items = resp.secrets if kind == "secret" else resp.configs
+        shown = [object_view(o) for o in items]
+        if fmt != "json":
+            for v, o in zip(shown, items, strict=True):
+                v.update(created_ms=o.meta.created_at_ms, updated_ms=o.meta.updated_at_ms)
+        listing.print_list(listed, shown, quiet, fmt)
 
-    listing.add_ls(group, objects, fetch, f"List {kind}s.")
-    listing.add_inspect(
-        group,
-        answers,
-        lambda ref: client().call(f"Get{rpc}", api.SecretRefRequest(ref=ref)),
-        "NAME|ID",
-        f"Show a {kind}: its metadata and the services using it (never the data).",
-    )
+    @group.command("inspect")
+    @click.argument("ref", metavar="NAME|ID")
+    @listing.format_option
+    def inspect(ref: str, fmt: str) -> None:
+        """Show one: its metadata and the services using it (never the data)."""
+        resp = client().call(f"Get{rpc}", api.SecretRefRequest(ref=ref))
+        listing.print_one(object_view(_pick(kind, resp), list(resp.services)), fmt)
 
 
 group = make_group("secret")

@@ -7,14 +7,12 @@ from pathlib import Path
 import click
 
 from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output
-from shoal.swarmctl.commands.service import SERVICES
-from shoal.swarmctl.commands.task import TASKS
-from shoal.swarmctl.compose import STACK_LABEL, ComposeError, build
+from shoal.swarmctl.commands.reads import SERVICES, TASKS
+from shoal.swarmctl.compose import ComposeError, build
 from shoal.swarmctl.errors import CLIError
 from shoal.swarmctl.listing import format_option, quiet_option
-from shoal.swarmctl.session import client
+from shoal.swarmctl.session import client, rest
 
 
 @click.group("stack")
@@ -89,12 +87,9 @@ def stack_ls(quiet: bool, fmt: str) -> None:
         output.print_table(["NAME", "SERVICES"], [[v["name"], v["services"]] for v in views])
 
 
-def _services(name: str) -> list[api.ServiceInfo]:
-    found = [
-        s
-        for s in client().list_services()
-        if s.service.spec.annotations.labels.get(STACK_LABEL) == name
-    ]
+def _services(name: str) -> list[listing.View]:
+    """The stack's services (JSON views, read from the manager's HTTP socket)."""
+    found = [v for v in rest().get("services") if v.get("stack") == name]
     if not found:
         raise CLIError(f"stack {name!r} not found (it has no services)")
     return found
@@ -115,9 +110,9 @@ def stack_services(name: str, quiet: bool, fmt: str) -> None:
 @format_option
 def stack_ps(name: str, quiet: bool, fmt: str) -> None:
     """List the tasks of stack NAME."""
-    tasks: list[pb.Task] = []
-    for s in _services(name):
-        tasks.extend(client().list_tasks(service_ref=s.service.id))
+    tasks: list[listing.View] = []
+    for view in _services(name):
+        tasks.extend(rest().get("tasks", service=view["id"]))
     listing.print_list(TASKS, tasks, quiet, fmt)
 
 
