@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
@@ -56,6 +57,14 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await daemon.run(stop)
+
+
+def _check_http_addr(text: str) -> None:
+    if text:
+        try:
+            parse_http_addr(text)
+        except BadHttpAddr as err:
+            raise click.BadParameter(str(err), param_hint="--http-addr") from None
 
 
 @click.group()
@@ -138,6 +147,13 @@ def _size(text: str, flag: str) -> int:
     type=click.IntRange(2, 60),
     help="Seconds before a dead leader is replaced.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz (managers: also the web view at /); a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def manager(
     state_dir: Path,
     listen_addr: str,
@@ -155,8 +171,10 @@ def manager(
     hostname: str,
     insecure_registry: tuple[str, ...],
     leader_lease_ttl: int,
+    http_addr: str,
 ) -> None:
     """Run a manager."""
+    _check_http_addr(http_addr)
     join_token = _join_token(join_token, join_token_file)
     endpoints: list[str] = []
     tls: EtcdTLS | None = None
@@ -191,6 +209,7 @@ def manager(
         join_token=join_token,
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
+        http_addr=http_addr,
         insecure_registries=set(insecure_registry),
     )
     try:
@@ -252,6 +271,13 @@ def manager(
     type=click.IntRange(1),
     help="Log files kept per task, the current one included.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz; a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -262,11 +288,13 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    http_addr: str,
     allow_bind_mount: tuple[str, ...],
     log_max_size: str,
     log_max_files: int,
 ) -> None:
     """Run a worker agent."""
+    _check_http_addr(http_addr)
     join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
@@ -277,6 +305,7 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        http_addr=http_addr,
         allow_bind_mounts=tuple(allow_bind_mount),
         log_max_bytes=_size(log_max_size, "--log-max-size"),
         log_max_files=log_max_files,

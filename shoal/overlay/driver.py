@@ -157,20 +157,27 @@ class OverlayDriver:
         return br_idx
 
     async def _collect_networks(self) -> None:
-        """Deletes the devices of networks no local task uses any more."""
+        """Deletes the devices of networks no local task uses any more.
+
+        The networks are those this agent knew and those a link dump shows; each device
+        is then looked up by name. A dump alone misses devices: one that runs while other
+        links go away (a task namespace just removed takes its veth with it, later, in the
+        kernel) may skip entries, and left a VXLAN device behind (the chaos test)."""
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
         async with AsyncIPRoute() as ipr:
+            vnis = {net.vni for net in self.networks.values()}
             for link in await _all(await ipr.link("dump")):
                 name = link.get("IFLA_IFNAME") or ""
-                for prefix in ("svx-", "sbr-"):
-                    if (
-                        name.startswith(prefix)
-                        and name[4:].isdigit()
-                        and (int(name[4:]) not in in_use)
-                    ):
-                        log.info("overlay: removing %s (network no longer used here)", name)
-                        with contextlib.suppress(NetlinkError):
-                            await ipr.link("del", index=link["index"])
+                if name[:4] in ("svx-", "sbr-") and name[4:].isdigit():
+                    vnis.add(int(name[4:]))
+            for vni in sorted(vnis - in_use):
+                for name in (vxlan_name(vni), bridge_name(vni)):
+                    index = await _lookup(ipr, name)
+                    if index is None:
+                        continue
+                    log.info("overlay: removing %s (network no longer used here)", name)
+                    with contextlib.suppress(NetlinkError):
+                        await ipr.link("del", index=index)
 
     # ------------------------------------------------------------ tasks
 

@@ -70,6 +70,7 @@ class ControlStub:
     """One transaction: everything in the request, or nothing."""
     ListStacks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListStacksRequest, _control_pb2.ListStacksResponse]
     RemoveStack: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveStackRequest, _control_pb2.RemoveStackResponse]
+    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -110,6 +111,7 @@ class ControlAsyncStub(ControlStub):
     """One transaction: everything in the request, or nothing."""
     ListStacks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListStacksRequest, _control_pb2.ListStacksResponse]  # type: ignore[assignment]
     RemoveStack: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveStackRequest, _control_pb2.RemoveStackResponse]  # type: ignore[assignment]
+    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -351,5 +353,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RemoveStackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RemoveStackResponse, _abc.Awaitable[_control_pb2.RemoveStackResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Events(
+        self,
+        request: _control_pb2.EventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.EventsResponse], _abc.AsyncIterator[_control_pb2.EventsResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,10 +20,12 @@ import click
 from shoal.swarmctl.errors import CLIError, one_line
 from shoal.swarmctl.session import Session, resolve_socket
 
-# Command groups by name, each a module defining `group`; imported when used.
+# Command groups by name, each a module defining `group` (`events` is a single
+# command); imported when used.
 GROUPS = {
     "cluster": "shoal.swarmctl.commands.cluster",
     "config": "shoal.swarmctl.commands.config",
+    "events": "shoal.swarmctl.commands.events",
     "network": "shoal.swarmctl.commands.network",
     "node": "shoal.swarmctl.commands.node",
     "secret": "shoal.swarmctl.commands.secret",

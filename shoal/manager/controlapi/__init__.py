@@ -5,8 +5,8 @@ own writes. Every write is one etcd transaction decided by compare-and-swap: a
 rejected request writes nothing.
 
 One module per object group, each a `ControlBase` subclass with that group's
-RPCs (services.py, tasks.py, nodes.py, networks.py, cluster.py); base.py has
-lookups and the error -> status code mapping. secrets.py (secrets, configs, KEK
+RPCs (services.py, tasks.py, nodes.py, networks.py, cluster.py, events.py); base.py
+has lookups and the error -> status code mapping; secrets.py (secrets, configs, KEK
 rotation) and stacks.py (stack deploy/ls/rm) too. A new group is a new module whose
 class joins the bases of `ControlAPI` below.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.controlapi.cluster import ClusterRPCs, public_cluster
+from shoal.manager.controlapi.events import EventRPCs
 from shoal.manager.controlapi.networks import NetworkRPCs
 from shoal.manager.controlapi.nodes import NodeRPCs
 from shoal.manager.controlapi.secrets import SecretRPCs
@@ -32,6 +33,7 @@ class ControlAPI(
     NodeRPCs,
     NetworkRPCs,
     ClusterRPCs,
+    EventRPCs,
     SecretRPCs,
     StackRPCs,
     # Last, so the groups' methods override its UNIMPLEMENTED defaults.
