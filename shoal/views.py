@@ -53,7 +53,6 @@ def iso(ms: int) -> str | None:
     return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-
 # ---------------------------------------------------------------- JSON views
 
 
@@ -78,6 +77,23 @@ def want(info: api.ServiceInfo) -> int:
     if spec.WhichOneof("mode") == "global":
         return int(info.desired)
     return int(spec.replicated.replicas)
+
+
+# The label stacks put on what they create (Swarm's own, so tooling reads it).
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+def _file_ref(r: pb.FileReference) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "id": r.id,
+        "secret_version": int(r.version),
+        "pinned": r.pinned,
+        "target": r.target,
+        "uid": int(r.uid),
+        "gid": int(r.gid),
+        "mode": f"{r.mode:04o}",
+    }
 
 
 def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dict[str, Any]:
@@ -121,6 +137,9 @@ def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dic
         "constraints": list(task.placement.constraints),
         "max_replicas_per_node": int(task.placement.max_replicas_per_node),
         "rebalance": spec.rebalance,
+        "secrets": [_file_ref(r) for r in c.secrets],
+        "configs": [_file_ref(r) for r in c.configs],
+        "stack": spec.annotations.labels.get(STACK_LABEL),
         "limits": _resources(task.limits),
         "reservations": _resources(task.reservations),
         "restart_policy": {
@@ -237,4 +256,3 @@ def cluster_view(c: pb.Cluster) -> dict[str, Any]:
 
 def join_tokens_view(c: pb.Cluster) -> dict[str, str]:
     return {"worker": c.join_tokens.worker, "manager": c.join_tokens.manager}
-

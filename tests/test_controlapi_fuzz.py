@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.keys import Keyring
+from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.manager import ensure_cluster
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
 from shoal.proto import control_pb2 as api
@@ -95,11 +97,14 @@ class Harness:
         await self.etcd.start()
         tls = self.etcd.tls
         self.store = Store(EtcdConnection([self.etcd.endpoint], tls), Keys(f"/f-{uuid.uuid4()}"))
-        await ensure_cluster(self.store)
+        ring = Keyring.create(self.tmp / "manager")
+        await ensure_cluster(self.store, ring)
         self.cache = Cache(self.store)
         await self.cache.start()
         self.server = grpc.aio.server()
-        api_grpc.add_ControlServicer_to_server(ControlAPI(self.store, self.cache), self.server)
+        keys = KeyKeeper(ring, self.store, self.cache, "m1", lambda: [])
+        control = ControlAPI(self.store, self.cache, keys=keys)
+        api_grpc.add_ControlServicer_to_server(control, self.server)
         self.server.add_insecure_port(f"unix:{self.socket}")
         await self.server.start()
 

@@ -167,7 +167,11 @@ async def test_concurrent_ipam_through_two_managers(
     etcd_args = etcd.manager_args()
     m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
-    m2 = ManagerProcess(tmp_path / "m2", *etcd_args).start()
+    # A second manager joins (it needs the key-encryption key, which only a join hands out).
+    token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.manager
+    m2 = ManagerProcess(
+        tmp_path / "m2", *etcd_args, "--join-addr", m1.addr, "--join-token", token
+    ).start()
     managers.append(m2)
     await shared_store.batch([Create(make_node(f"n{i}")) for i in range(4)])
     control(m1).CreateNetwork(

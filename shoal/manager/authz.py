@@ -25,6 +25,8 @@ RULES: dict[str, frozenset[int] | None] = {
     "/shoal.NodeCA/": frozenset({pb.ROLE_WORKER, pb.ROLE_MANAGER}),
     "/shoal.Dispatcher/": frozenset({pb.ROLE_WORKER, pb.ROLE_MANAGER}),
     "/shoal.Control/": frozenset({pb.ROLE_MANAGER}),
+    # The key-encryption key: managers only, never workers.
+    "/shoal.Keyring/": frozenset({pb.ROLE_MANAGER}),
 }
 
 

@@ -22,9 +22,11 @@ from shoal.aiotasks import cancel_and_wait, supervised
 from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.hostprobe import host_answers, peer_addr
+from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
+from shoal.manager.secrets import serve_task_files
 from shoal.manager.session import AgentSession
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.validation import clean_description
@@ -58,8 +60,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         cache: Cache,
         managers: Callable[[], list[str]] | None = None,
         presence: Presence | None = None,
+        keys: KeyKeeper | None = None,
     ) -> None:
         self.store = store
+        self.keys = keys  # opens secret data for TaskFiles (None: no secrets here)
         self.cache = cache
         self.managers = managers or (lambda: [])
         # Where this manager records which sessions it holds (None in unit tests).
@@ -227,6 +231,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             pass
         finally:
             session.close()
+
+    async def TaskFiles(self, request: dpb.TaskFilesRequest, context: Any) -> dpb.TaskFilesResponse:
+        """A task's secrets and configs, only for the node its task runs on."""
+        return await serve_task_files(self.cache, self.keys, request, context)
 
     # ------------------------------------------------------------ node liveness
 

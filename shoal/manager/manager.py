@@ -24,6 +24,8 @@ from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.events import Journal
 from shoal.manager.ids import new_id
+from shoal.manager.keys import Keyring, open_root_ca, seal_root_ca
+from shoal.manager.keyservice import KeyKeeper, KeyringService, prepare_keyring, seal_existing_ca
 from shoal.manager.liveness import NodeLiveness
 from shoal.manager.metrics import ManagerMetrics
 from shoal.manager.nodeca import NodeCA, new_node
@@ -47,7 +49,7 @@ from shoal.manager.store import (
 from shoal.pki import ca
 from shoal.pki.identity import NodeIdentity
 from shoal.pki.join import join, join_addr_for
-from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
+from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc, keys_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.restsock import rest_socket
@@ -114,11 +116,11 @@ def load_or_create_id(state_dir: Path) -> str:
     return node_id
 
 
-async def ensure_cluster(store: Store) -> pb.Cluster:
-    """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.cluster()
-    if existing is not None:
-        return existing
+async def ensure_cluster(store: Store, ring: Keyring) -> pb.Cluster:
+    """Creates the cluster (root CA, join tokens) if etcd holds none yet; a CA key
+    still in plain text (a cluster from before keys) is sealed."""
+    if await store.cluster() is not None:
+        return await seal_existing_ca(store, ring)
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -130,15 +132,15 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
             manager=ca.new_join_token(root.ca_digest),
         ),
     )
+    # The CA key goes to etcd sealed with the KEK, never in plain text.
+    seal_root_ca(cluster, ring)
     try:
         await store.create(cluster)
         log.info("created cluster %s", cluster_id)
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        theirs = await store.cluster()
-        assert theirs is not None, "the cluster exists: creating it conflicted"
-        return theirs
+        return await seal_existing_ca(store, ring)
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -214,6 +216,7 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.presence: Presence | None = None
         self.liveness: NodeLiveness | None = None
+        self.keys: KeyKeeper | None = None
         self.nodeca: NodeCA | None = None
         self.metrics: ManagerMetrics | None = None
         self.http: ManagerHttp | None = None
@@ -237,6 +240,27 @@ class Manager:
         ident.save(cfg.state_dir)
         log.info("joined the cluster through %s as manager %s", cfg.join_addr, ident.node_id)
         return ident.node_id
+
+    async def _keys_and_cluster(self) -> tuple[Keyring, pb.Cluster]:
+        """The keyring, and the cluster with its CA key opened (in memory only)."""
+        assert self.store is not None
+        cfg = self.config
+        ring = await prepare_keyring(
+            cfg.state_dir, self.store, cfg.join_addr, NodeIdentity.load(cfg.state_dir)
+        )
+        cluster = await ensure_cluster(self.store, ring)
+        cluster.root_ca.CopyFrom(open_root_ca(cluster, ring))
+        return ring, cluster
+
+    def _peers(self) -> list[str]:
+        """The other live managers' addresses."""
+        assert self.cache is not None
+        return sorted(a for i, a in self.cache.managers().items() if a and i != self.id)
+
+    def _managers(self) -> list[str]:
+        """Every live manager, this one first: agents fail over along the list."""
+        addr = self.config.remote_addr
+        return [addr, *self._peers()] if addr else self._peers()
 
     def _hostname(self) -> str:
         return self.config.hostname or socket.gethostname()
@@ -288,7 +312,8 @@ class Manager:
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
-        nodeca = self.nodeca = NodeCA(self.store, self.cache)
+        assert self.keys is not None
+        nodeca = self.nodeca = NodeCA(self.store, self.cache, self.keys.root_ca)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
         remote = grpc.aio.server(
             interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
@@ -296,6 +321,9 @@ class Manager:
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
+        keys_pb2_grpc.add_KeyringServicer_to_server(
+            KeyringService(lambda: self.keys.ring if self.keys else None), remote
+        )
         # Joining nodes: TLS without client certificates; only the token-guarded join RPC.
         joins = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SERVER_OPTIONS)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, joins)
@@ -380,20 +408,18 @@ class Manager:
         try:
             self.store = await self._open_store()
             self.id = await self._identify()
-            cluster = await ensure_cluster(self.store)
+            ring, cluster = await self._keys_and_cluster()
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
             self.cache = Cache(self.store)
             await self.cache.start()
             self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
             presence = supervised("presence", self.presence.run)
-            cache = self.cache
-
-            def managers() -> list[str]:
-                # Every live manager, this one first: agents fail over along the list.
-                others = sorted(a for i, a in cache.managers().items() if a and i != self.id)
-                return [cfg.remote_addr, *others] if cfg.remote_addr else others
-
-            self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
+            self.keys = KeyKeeper(
+                ring, self.store, self.cache, self.id, self._peers, cluster.root_ca
+            )
+            self.dispatcher = Dispatcher(
+                self.store, self.cache, self._managers, self.presence, self.keys
+            )
             await self.dispatcher.start()
             pinner = ImagePinner(cfg.insecure_registries)
             control = ControlAPI(
@@ -402,6 +428,7 @@ class Manager:
                 self.dispatcher,
                 pinner,
                 reconciler_idle=lambda: self.reconciler is not None and self.reconciler.idle(),
+                keys=self.keys,
             )
             self.journal = control.journal = Journal(self.cache)
             background.append(asyncio.create_task(self.journal.run(), name="events"))

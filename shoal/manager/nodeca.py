@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -38,9 +39,16 @@ def new_node(node_id: str, role: pb.NodeRole.ValueType, hostname: str) -> pb.Nod
 
 
 class NodeCA(ca_pb2_grpc.NodeCAServicer):
-    def __init__(self, store: Store, cache: Cache) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        open_root: Callable[[pb.Cluster], Awaitable[pb.RootCA]] | None = None,
+    ) -> None:
         self.store = store
         self.cache = cache
+        # The CA key is sealed in the store; this opens it (in memory only).
+        self.open_root = open_root
         self.admission = JoinAdmission()
 
     async def _cluster(self, context: Any) -> pb.Cluster:
@@ -49,6 +57,11 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
             raise AssertionError("unreachable: abort raises")
+        if self.open_root is not None:
+            opened = pb.Cluster()
+            opened.CopyFrom(cluster)
+            opened.root_ca.CopyFrom(await self.open_root(cluster))
+            return opened
         return cluster
 
     async def IssueNodeCertificate(

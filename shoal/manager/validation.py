@@ -178,6 +178,8 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
         )
     check_task_spec(spec.task)
     check_update(spec.update)
+    if spec.HasField("rollback"):
+        check_update(spec.rollback)
     check_ports(spec.ports)
 
 
@@ -278,6 +280,7 @@ def check_healthcheck(hc: pb.HealthCheck) -> None:
             raise InvalidSpec("the health check command may not contain NUL characters")
     check_duration("health check interval", hc.interval_ms, minimum=MIN_HEALTH_INTERVAL_MS)
     check_duration("health check timeout", hc.timeout_ms, minimum=1)
+    check_duration("health check start period", hc.start_period_ms)
     if not 0 <= hc.retries <= MAX_HEALTH_RETRIES:
         raise InvalidSpec(
             f"health check retries must be between 0 and {MAX_HEALTH_RETRIES}, got {hc.retries}"

@@ -134,6 +134,76 @@ class ControlStub:
                 request_serializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
                 response_deserializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/shoal.Control/RotateKey',
+                request_serializer=shoal_dot_proto_dot_control__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/shoal.Control/CreateSecret',
+                request_serializer=shoal_dot_proto_dot_control__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.UpdateSecret = channel.unary_unary(
+                '/shoal.Control/UpdateSecret',
+                request_serializer=shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.GetSecret = channel.unary_unary(
+                '/shoal.Control/GetSecret',
+                request_serializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/shoal.Control/ListSecrets',
+                request_serializer=shoal_dot_proto_dot_control__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RemoveSecret = channel.unary_unary(
+                '/shoal.Control/RemoveSecret',
+                request_serializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.CreateConfig = channel.unary_unary(
+                '/shoal.Control/CreateConfig',
+                request_serializer=shoal_dot_proto_dot_control__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/shoal.Control/UpdateConfig',
+                request_serializer=shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/shoal.Control/GetConfig',
+                request_serializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.ListConfigs = channel.unary_unary(
+                '/shoal.Control/ListConfigs',
+                request_serializer=shoal_dot_proto_dot_control__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RemoveConfig = channel.unary_unary(
+                '/shoal.Control/RemoveConfig',
+                request_serializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.DeployStack = channel.unary_unary(
+                '/shoal.Control/DeployStack',
+                request_serializer=shoal_dot_proto_dot_control__pb2.DeployStackRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.DeployStackResponse.FromString,
+                _registered_method=True)
+        self.ListStacks = channel.unary_unary(
+                '/shoal.Control/ListStacks',
+                request_serializer=shoal_dot_proto_dot_control__pb2.ListStacksRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.ListStacksResponse.FromString,
+                _registered_method=True)
+        self.RemoveStack = channel.unary_unary(
+                '/shoal.Control/RemoveStack',
+                request_serializer=shoal_dot_proto_dot_control__pb2.RemoveStackRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.RemoveStackResponse.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/shoal.Control/Events',
                 request_serializer=shoal_dot_proto_dot_control__pb2.EventsRequest.SerializeToString,
@@ -264,6 +334,92 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKey(self, request, context):
+        """A new key-encryption key; every data key (and the CA key) is re-wrapped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployStack(self, request, context):
+        """One transaction: everything in the request, or nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStacks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveStack(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -372,6 +528,76 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RotateJoinToken,
                     request_deserializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.FromString,
                     response_serializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.RotateKeyRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.CreateSecretRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'UpdateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSecret,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'GetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecret,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.ListSecretsRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RemoveSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSecret,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'CreateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConfig,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.CreateSecretRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'ListConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigs,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.ListSecretsRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RemoveConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveConfig,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.SecretRefRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'DeployStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployStack,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.DeployStackRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.DeployStackResponse.SerializeToString,
+            ),
+            'ListStacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStacks,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.ListStacksRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.ListStacksResponse.SerializeToString,
+            ),
+            'RemoveStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveStack,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.RemoveStackRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.RemoveStackResponse.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -919,6 +1145,384 @@ class Control:
             '/shoal.Control/RotateJoinToken',
             shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
             shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/RotateKey',
+            shoal_dot_proto_dot_control__pb2.RotateKeyRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/CreateSecret',
+            shoal_dot_proto_dot_control__pb2.CreateSecretRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/UpdateSecret',
+            shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/GetSecret',
+            shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/ListSecrets',
+            shoal_dot_proto_dot_control__pb2.ListSecretsRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/RemoveSecret',
+            shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/CreateConfig',
+            shoal_dot_proto_dot_control__pb2.CreateSecretRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/UpdateConfig',
+            shoal_dot_proto_dot_control__pb2.UpdateSecretRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/GetConfig',
+            shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/ListConfigs',
+            shoal_dot_proto_dot_control__pb2.ListSecretsRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/RemoveConfig',
+            shoal_dot_proto_dot_control__pb2.SecretRefRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/DeployStack',
+            shoal_dot_proto_dot_control__pb2.DeployStackRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.DeployStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/ListStacks',
+            shoal_dot_proto_dot_control__pb2.ListStacksRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.ListStacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Control/RemoveStack',
+            shoal_dot_proto_dot_control__pb2.RemoveStackRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.RemoveStackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,22 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.GetClusterResponse]
     UpdateCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _control_pb2.UpdateClusterResponse]
     RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.RotateJoinTokenResponse]
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateKeyRequest, _control_pb2.RotateKeyResponse]
+    """A new key-encryption key; every data key (and the CA key) is re-wrapped."""
+    CreateSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]
+    UpdateSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateSecretRequest, _control_pb2.SecretResponse]
+    GetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    RemoveSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]
+    CreateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]
+    UpdateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateSecretRequest, _control_pb2.SecretResponse]
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]
+    ListConfigs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    RemoveConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]
+    DeployStack: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeployStackRequest, _control_pb2.DeployStackResponse]
+    """One transaction: everything in the request, or nothing."""
+    ListStacks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListStacksRequest, _control_pb2.ListStacksResponse]
+    RemoveStack: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveStackRequest, _control_pb2.RemoveStackResponse]
     Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]
 
 @_typing.type_check_only
@@ -79,6 +95,22 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.GetClusterResponse]  # type: ignore[assignment]
     UpdateCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _control_pb2.UpdateClusterResponse]  # type: ignore[assignment]
     RotateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.RotateJoinTokenResponse]  # type: ignore[assignment]
+    RotateKey: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateKeyRequest, _control_pb2.RotateKeyResponse]  # type: ignore[assignment]
+    """A new key-encryption key; every data key (and the CA key) is re-wrapped."""
+    CreateSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    UpdateSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateSecretRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    GetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RemoveSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    CreateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    UpdateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateSecretRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    ListConfigs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RemoveConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.SecretRefRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    DeployStack: _aio.UnaryUnaryMultiCallable[_control_pb2.DeployStackRequest, _control_pb2.DeployStackResponse]  # type: ignore[assignment]
+    """One transaction: everything in the request, or nothing."""
+    ListStacks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListStacksRequest, _control_pb2.ListStacksResponse]  # type: ignore[assignment]
+    RemoveStack: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveStackRequest, _control_pb2.RemoveStackResponse]  # type: ignore[assignment]
     Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -221,6 +253,106 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RotateJoinTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RotateJoinTokenResponse, _abc.Awaitable[_control_pb2.RotateJoinTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _control_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RotateKeyResponse, _abc.Awaitable[_control_pb2.RotateKeyResponse]]:
+        """A new key-encryption key; every data key (and the CA key) is re-wrapped."""
+
+    @_abc_1.abstractmethod
+    def CreateSecret(
+        self,
+        request: _control_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateSecret(
+        self,
+        request: _control_pb2.UpdateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSecret(
+        self,
+        request: _control_pb2.SecretRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _control_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveSecret(
+        self,
+        request: _control_pb2.SecretRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateConfig(
+        self,
+        request: _control_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateConfig(
+        self,
+        request: _control_pb2.UpdateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _control_pb2.SecretRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConfigs(
+        self,
+        request: _control_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveConfig(
+        self,
+        request: _control_pb2.SecretRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeployStack(
+        self,
+        request: _control_pb2.DeployStackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeployStackResponse, _abc.Awaitable[_control_pb2.DeployStackResponse]]:
+        """One transaction: everything in the request, or nothing."""
+
+    @_abc_1.abstractmethod
+    def ListStacks(
+        self,
+        request: _control_pb2.ListStacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListStacksResponse, _abc.Awaitable[_control_pb2.ListStacksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveStack(
+        self,
+        request: _control_pb2.RemoveStackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveStackResponse, _abc.Awaitable[_control_pb2.RemoveStackResponse]]: ...
 
     @_abc_1.abstractmethod
     def Events(

@@ -39,6 +39,11 @@ class DispatcherStub:
                 request_serializer=shoal_dot_proto_dot_dispatcher__pb2.AgentMessage.SerializeToString,
                 response_deserializer=shoal_dot_proto_dot_dispatcher__pb2.DispatcherMessage.FromString,
                 _registered_method=True)
+        self.TaskFiles = channel.unary_unary(
+                '/shoal.Dispatcher/TaskFiles',
+                request_serializer=shoal_dot_proto_dot_dispatcher__pb2.TaskFilesRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_dispatcher__pb2.TaskFilesResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -50,6 +55,13 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskFiles(self, request, context):
+        """Over the node's mTLS connection; refused unless the caller's node runs the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=shoal_dot_proto_dot_dispatcher__pb2.AgentMessage.FromString,
                     response_serializer=shoal_dot_proto_dot_dispatcher__pb2.DispatcherMessage.SerializeToString,
+            ),
+            'TaskFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaskFiles,
+                    request_deserializer=shoal_dot_proto_dot_dispatcher__pb2.TaskFilesRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_dispatcher__pb2.TaskFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Dispatcher:
             '/shoal.Dispatcher/Session',
             shoal_dot_proto_dot_dispatcher__pb2.AgentMessage.SerializeToString,
             shoal_dot_proto_dot_dispatcher__pb2.DispatcherMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Dispatcher/TaskFiles',
+            shoal_dot_proto_dot_dispatcher__pb2.TaskFilesRequest.SerializeToString,
+            shoal_dot_proto_dot_dispatcher__pb2.TaskFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

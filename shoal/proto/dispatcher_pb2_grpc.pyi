@@ -35,11 +35,15 @@ class DispatcherStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DispatcherAsyncStub: ...
     Session: _grpc.StreamStreamMultiCallable[_dispatcher_pb2.AgentMessage, _dispatcher_pb2.DispatcherMessage]
+    TaskFiles: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.TaskFilesRequest, _dispatcher_pb2.TaskFilesResponse]
+    """Over the node's mTLS connection; refused unless the caller's node runs the task."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Session: _aio.StreamStreamMultiCallable[_dispatcher_pb2.AgentMessage, _dispatcher_pb2.DispatcherMessage]  # type: ignore[assignment]
+    TaskFiles: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.TaskFilesRequest, _dispatcher_pb2.TaskFilesResponse]  # type: ignore[assignment]
+    """Over the node's mTLS connection; refused unless the caller's node runs the task."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +52,13 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_dispatcher_pb2.AgentMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dispatcher_pb2.DispatcherMessage], _abc.AsyncIterator[_dispatcher_pb2.DispatcherMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def TaskFiles(
+        self,
+        request: _dispatcher_pb2.TaskFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.TaskFilesResponse, _abc.Awaitable[_dispatcher_pb2.TaskFilesResponse]]:
+        """Over the node's mTLS connection; refused unless the caller's node runs the task."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -457,9 +457,12 @@ class HealthCheck(_message.Message):
     INTERVAL_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
+    START_PERIOD_MS_FIELD_NUMBER: _builtins.int
     interval_ms: _builtins.int
     timeout_ms: _builtins.int
     retries: _builtins.int
+    start_period_ms: _builtins.int
+    """Failures in this time after the start do not count (a success still does)."""
     @_builtins.property
     def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -469,10 +472,11 @@ class HealthCheck(_message.Message):
         interval_ms: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
         retries: _builtins.int = ...,
+        start_period_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms", "retries", b"retries", "test", b"test", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms", "retries", b"retries", "start_period_ms", b"start_period_ms", "test", b"test", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,6 +520,8 @@ class ContainerSpec(_message.Message):
     CAP_DROP_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
     PIDS_LIMIT_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    CONFIGS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
@@ -547,6 +553,12 @@ class ContainerSpec(_message.Message):
     def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CAP_... or ALL"""
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileReference]:
+        """Secrets and configs given to the task as files (see FileReference)."""
+
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileReference]: ...
     def __init__(
         self,
         *,
@@ -564,14 +576,64 @@ class ContainerSpec(_message.Message):
         cap_drop: _abc.Iterable[_builtins.str] | None = ...,
         seccomp: _builtins.str = ...,
         pids_limit: _builtins.int = ...,
+        secrets: _abc.Iterable[Global___FileReference] | None = ...,
+        configs: _abc.Iterable[Global___FileReference] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "secrets", b"secrets", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class FileReference(_message.Message):
+    """A secret or config a task receives as a file on an in-memory filesystem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    GID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Secret/Config ID (the control API resolves names at the door)."""
+    name: _builtins.str
+    version: _builtins.int
+    """The secret_version tasks get. Unpinned references follow the object's
+    latest version (services roll when it changes); pinned ones stay.
+    """
+    pinned: _builtins.bool
+    target: _builtins.str
+    """Path in the container; default /run/secrets/NAME (secrets) or /NAME (configs)."""
+    uid: _builtins.int
+    gid: _builtins.int
+    mode: _builtins.int
+    """File mode bits; 0 means 0444."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        pinned: _builtins.bool = ...,
+        target: _builtins.str = ...,
+        uid: _builtins.int = ...,
+        gid: _builtins.int = ...,
+        mode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gid", b"gid", "id", b"id", "mode", b"mode", "name", b"name", "pinned", b"pinned", "target", b"target", "uid", b"uid", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileReference: _TypeAlias = FileReference  # noqa: Y015
 
 @_typing.final
 class RestartPolicy(_message.Message):
@@ -646,16 +708,24 @@ class NetworkAttachmentConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     """Network ID (the control API resolves names to IDs at the door)."""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names the service answers to on this network (a stack service's short
+        compose name, compose `aliases`): for the service-discovery resolver.
+        """
+
     def __init__(
         self,
         *,
         target: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -846,6 +916,8 @@ class ServiceSpec(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_HEALTHY_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
     rebalance: _builtins.bool
     """Move tasks onto nodes that join or come back (replicated services), so
     the service is spread evenly again; update.parallelism tasks at a time.
@@ -860,6 +932,16 @@ class ServiceSpec(_message.Message):
     def update(self) -> Global___UpdateConfig: ...
     @_builtins.property
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]: ...
+    @_builtins.property
+    def depends_on_healthy(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Service IDs that must have a healthy running task before this service's
+        first tasks are created (compose depends_on: condition: service_healthy).
+        """
+
+    @_builtins.property
+    def rollback(self) -> Global___UpdateConfig:
+        """How a rollback away from this spec proceeds (unset: like `update`)."""
+
     def __init__(
         self,
         *,
@@ -869,10 +951,12 @@ class ServiceSpec(_message.Message):
         update: Global___UpdateConfig | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
         rebalance: _builtins.bool = ...,
+        depends_on_healthy: _abc.Iterable[_builtins.str] | None = ...,
+        rollback: Global___UpdateConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "depends_on_healthy", b"depends_on_healthy", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
@@ -1329,20 +1413,28 @@ class RootCA(_message.Message):
     CA_CERT_PEM_FIELD_NUMBER: _builtins.int
     CA_KEY_PEM_FIELD_NUMBER: _builtins.int
     CA_DIGEST_FIELD_NUMBER: _builtins.int
+    CA_KEY_SEALED_FIELD_NUMBER: _builtins.int
     ca_cert_pem: _builtins.bytes
     ca_key_pem: _builtins.bytes
     ca_digest: _builtins.str
     """sha256 of the DER certificate, hex; pinned by join tokens."""
+    @_builtins.property
+    def ca_key_sealed(self) -> Global___Sealed:
+        """The CA private key, sealed with the managers' key-encryption key; then
+        ca_key_pem is empty in the store (filled in memory only).
+        """
+
     def __init__(
         self,
         *,
         ca_cert_pem: _builtins.bytes = ...,
         ca_key_pem: _builtins.bytes = ...,
         ca_digest: _builtins.str = ...,
+        ca_key_sealed: Global___Sealed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ca_key_sealed", b"ca_key_sealed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_pem", b"ca_cert_pem", "ca_digest", b"ca_digest", "ca_key_pem", b"ca_key_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_pem", b"ca_cert_pem", "ca_digest", b"ca_digest", "ca_key_pem", b"ca_key_pem", "ca_key_sealed", b"ca_key_sealed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1357,7 +1449,12 @@ class Cluster(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     ROOT_CA_FIELD_NUMBER: _builtins.int
     JOIN_TOKENS_FIELD_NUMBER: _builtins.int
+    KEK_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    kek_id: _builtins.str
+    """ID of the current key-encryption key (never the key: that lives in the
+    managers' state dirs); data keys wrapped by another KEK get re-wrapped.
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1374,11 +1471,167 @@ class Cluster(_message.Message):
         spec: Global___ClusterSpec | None = ...,
         root_ca: Global___RootCA | None = ...,
         join_tokens: Global___JoinTokens | None = ...,
+        kek_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["join_tokens", b"join_tokens", "meta", b"meta", "root_ca", b"root_ca", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "meta", b"meta", "root_ca", b"root_ca", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "join_tokens", b"join_tokens", "kek_id", b"kek_id", "meta", b"meta", "root_ca", b"root_ca", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class Sealed(_message.Message):
+    """---------------------------------------------------------------- secrets
+
+    Envelope encryption: data sealed with a random data key (AES-256-GCM), the
+    data key wrapped by the key-encryption key kek_id (AES-256-GCM).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEK_ID_FIELD_NUMBER: _builtins.int
+    WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    KEY_NONCE_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    kek_id: _builtins.str
+    wrapped_key: _builtins.bytes
+    key_nonce: _builtins.bytes
+    nonce: _builtins.bytes
+    ciphertext: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        kek_id: _builtins.str = ...,
+        wrapped_key: _builtins.bytes = ...,
+        key_nonce: _builtins.bytes = ...,
+        nonce: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "kek_id", b"kek_id", "key_nonce", b"key_nonce", "nonce", b"nonce", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sealed: _TypeAlias = Sealed  # noqa: Y015
+
+@_typing.final
+class SecretSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotations(self) -> Global___Annotations: ...
+    def __init__(
+        self,
+        *,
+        annotations: Global___Annotations | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretSpec: _TypeAlias = SecretSpec  # noqa: Y015
+
+@_typing.final
+class Secret(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SECRET_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    secret_version: _builtins.int
+    """The latest version, counting from 1 (each `secret update` adds one)."""
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___SecretSpec: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___SecretSpec | None = ...,
+        secret_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "secret_version", b"secret_version", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Secret: _TypeAlias = Secret  # noqa: Y015
+
+@_typing.final
+class Config(_message.Message):
+    """Configs are secrets' twins: same shape, not secret to the task's user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SECRET_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    secret_version: _builtins.int
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___SecretSpec: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___SecretSpec | None = ...,
+        secret_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "secret_version", b"secret_version", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Config: _TypeAlias = Config  # noqa: Y015
+
+@_typing.final
+class SecretData(_message.Message):
+    """One version of a secret's or config's data: id is "<owner id>.<version>"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    owner_id: _builtins.str
+    version: _builtins.int
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def data(self) -> Global___Sealed: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        owner_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        data: Global___Sealed | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "id", b"id", "meta", b"meta", "owner_id", b"owner_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretData: _TypeAlias = SecretData  # noqa: Y015

@@ -24,10 +24,13 @@ from shoal.swarmctl.session import Session, resolve_socket
 # command); imported when used.
 GROUPS = {
     "cluster": "shoal.swarmctl.commands.cluster",
+    "config": "shoal.swarmctl.commands.config",
     "events": "shoal.swarmctl.commands.events",
     "network": "shoal.swarmctl.commands.network",
     "node": "shoal.swarmctl.commands.node",
+    "secret": "shoal.swarmctl.commands.secret",
     "service": "shoal.swarmctl.commands.service",
+    "stack": "shoal.swarmctl.commands.stack",
     "task": "shoal.swarmctl.commands.task",
 }
 

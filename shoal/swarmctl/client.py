@@ -56,6 +56,10 @@ class Client:
         except grpc.RpcError as err:
             raise rpc_error(err, self.socket) from None
 
+    def call(self, method: str, request: Any) -> Any:
+        """Any unary ControlAPI method by name."""
+        return self._call(getattr(self._stub, method), request)
+
     def _stream(
         self, method: Callable[..., Any], request: Any, timeout_s: float | None
     ) -> Iterator[Any]:

@@ -16,7 +16,7 @@ import click
 
 from shoal import defaults
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import parse
+from shoal.swarmctl import filerefs, parse
 from shoal.swarmctl.errors import CLIError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +56,8 @@ class SpecFlags:
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
     pids_limit: int | None = None
+    secret: tuple[str, ...] = ()
+    config: tuple[str, ...] = ()
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> SpecFlags:
@@ -140,6 +142,13 @@ _SPEC_OPTIONS = [
     click.option(
         "--pids-limit", type=click.IntRange(-1), help="Processes per task (4096; -1: none)."
     ),
+    click.option(
+        "--secret",
+        multiple=True,
+        metavar="NAME[@N][,target=PATH][,uid=U,gid=G,mode=0400]",
+        help="Give the tasks a secret (NAME@N pins version N).",
+    ),
+    click.option("--config", multiple=True, metavar="NAME,target=PATH", help="Give a config."),
 ]
 
 
@@ -213,6 +222,10 @@ def apply_spec_flags(
         task.placement.max_replicas_per_node = f.max_replicas_per_node
     if f.rebalance is not None:
         spec.rebalance = f.rebalance
+    for text in f.secret:
+        _upsert(c.secrets, filerefs.file_ref(text, "secret"), lambda r: r.name)
+    for text in f.config:
+        _upsert(c.configs, filerefs.file_ref(text, "config"), lambda r: r.name)
     _apply_confinement(c, f)
     _apply_restart(task, f)
     _apply_update(spec, f)
@@ -281,6 +294,8 @@ class RemoveFlags:
     network_rm: tuple[str, ...] = ()
     publish_rm: tuple[str, ...] = ()
     mount_rm: tuple[str, ...] = ()
+    secret_rm: tuple[str, ...] = ()
+    config_rm: tuple[str, ...] = ()
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> RemoveFlags:
@@ -299,6 +314,8 @@ _REMOVE_OPTIONS = [
         "--publish-rm", multiple=True, metavar="PUB[/PROTO]", help="Unpublish a published port."
     ),
     click.option("--mount-rm", multiple=True, metavar="TARGET", help="Remove a mount."),
+    click.option("--secret-rm", multiple=True, metavar="NAME", help="Remove a secret."),
+    click.option("--config-rm", multiple=True, metavar="NAME", help="Remove a config."),
 ]
 
 
@@ -334,6 +351,10 @@ def remove_spec_items(
         _keep(spec.ports, lambda p: (p.published_port, p.protocol) not in ports)
     if r.mount_rm:
         _keep(c.mounts, lambda m: m.target not in r.mount_rm)
+    if r.secret_rm:
+        _keep(c.secrets, lambda ref: ref.name not in r.secret_rm)
+    if r.config_rm:
+        _keep(c.configs, lambda ref: ref.name not in r.config_rm)
 
 
 def check_replicas(n: int) -> int:

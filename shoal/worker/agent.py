@@ -25,6 +25,8 @@ from shoal.worker.hostcheck import check_same_mounts_as_containerd
 from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
 from shoal.worker.metrics import NodeUsageSampler, agent_registry
 from shoal.worker.runtime.base import Runtime
+from shoal.worker.secrets import DEFAULT_ROOT as secrets_root
+from shoal.worker.secrets import TaskFiles, fetch_over
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
 
@@ -129,6 +131,14 @@ class Agent:
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
             self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
+            session = self.session
+            self.worker.files = TaskFiles(
+                secrets_root / self.identity.node_id,
+                lambda task_id: fetch_over(
+                    lambda: self._identity().channel(session.current_manager or cfg.join_addr),
+                    task_id,
+                ),
+            )
             self.session.worker = self.worker
             await self.worker.start()
             if cfg.http_addr:

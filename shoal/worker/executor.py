@@ -27,6 +27,7 @@ from shoal.worker.runtime.base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
+from shoal.worker.secrets import FilesUnavailable, TaskFiles
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ Reporter = Callable[[str, pb.TaskStatus], None]
 
 class NetworkProvider(Protocol):
     overlay: OverlayDriver | None
+    # The task's secrets and configs (None: this worker mounts none).
+    files: TaskFiles | None
 
     def attachments(self, task: pb.Task) -> list[Attachment]: ...
 
 
-def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> ContainerConfig:
+def container_config(
+    task: pb.Task, log_path: Path, netns_path: str | None, files: list[MountConfig] | None = None
+) -> ContainerConfig:
     c = task.spec.container
     labels = dict(c.labels)
     labels.update(
@@ -69,7 +74,8 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
                 readonly=m.readonly,
             )
             for m in c.mounts
-        ],
+        ]
+        + (files or []),
         nano_cpus=task.spec.limits.nano_cpus,
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
@@ -142,6 +148,7 @@ class TaskRunner:
         """The task is gone from the manager: stop and delete its container and record."""
         await self.close()
         await self._detach()
+        await self._release_files()
         # containerd restarting (a call cut mid-way) is waited out: given up, the
         # container would be left behind for good, its record gone (the chaos test).
         for attempt in range(REMOVE_TRIES):
@@ -235,6 +242,20 @@ class TaskRunner:
             except Exception as err:
                 log.warning("task %s: network teardown failed: %s", self.task.id, err)
 
+    async def _files(self) -> list[MountConfig]:
+        """Bind mounts of the task's secrets and configs (fetched now, on a tmpfs)."""
+        store = self.networks.files if self.networks is not None else None
+        if store is None:
+            if self.task.spec.container.secrets or self.task.spec.container.configs:
+                raise FilesUnavailable("this node cannot mount secrets or configs")
+            return []
+        return await store.prepare(self.task)
+
+    async def _release_files(self) -> None:
+        store = self.networks.files if self.networks is not None else None
+        if store is not None:
+            await store.release(self.task.id)
+
     def _wants_stop(self) -> bool:
         return self.task.desired_state > pb.RUNNING
 
@@ -250,6 +271,7 @@ class TaskRunner:
         if self.state > pb.RUNNING:
             # Done for good: its address may be handed out again, so its namespace goes now.
             await self._detach()
+            await self._release_files()
 
     async def _drive_through_outages(self) -> None:
         """Drives the task; while the runtime is unreachable, tries again (every step
@@ -297,8 +319,9 @@ class TaskRunner:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
-            await self.runtime.create(container_config(self.task, self.log_path, netns))
-        except NetworkError as err:
+            files = await self._files()
+            await self.runtime.create(container_config(self.task, self.log_path, netns, files))
+        except (NetworkError, FilesUnavailable) as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return
         except ImagePullError as err:
@@ -363,6 +386,9 @@ class TaskRunner:
         retries = check.retries or DEFAULT_HEALTH_RETRIES
         argv = self._health_argv()
         failures = 0
+        loop = asyncio.get_running_loop()
+        # Failures while the container starts up do not count (Docker's start_period).
+        grace_until = loop.time() + check.start_period_ms / 1000
         while True:
             await asyncio.sleep(interval)
             try:
@@ -378,6 +404,8 @@ class TaskRunner:
                 failures = 0
                 if self.task.status.health != pb.HEALTH_HEALTHY:
                     self._set(pb.RUNNING, "healthy", health=pb.HEALTH_HEALTHY)
+                continue
+            if loop.time() < grace_until:
                 continue
             failures += 1
             if failures >= retries:

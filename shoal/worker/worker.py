@@ -13,6 +13,7 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.executor import Reporter, TaskRunner
 from shoal.worker.logs import serve_logs
 from shoal.worker.runtime.base import Runtime
+from shoal.worker.secrets import TaskFiles
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class Worker:
     ) -> None:
         self.runtime = runtime
         self.overlay = overlay
+        # Set by the agent: where tasks' secrets and configs are fetched and mounted.
+        self.files: TaskFiles | None = None
         self.networks: dict[str, pb.Network] = {}
         self._peer_updates: asyncio.Queue[dpb.PeerUpdate] = asyncio.Queue()
         self._peer_task: asyncio.Task[None] | None = None

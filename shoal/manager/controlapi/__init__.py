@@ -6,7 +6,8 @@ rejected request writes nothing.
 
 One module per object group, each a `ControlBase` subclass with that group's
 RPCs (services.py, tasks.py, nodes.py, networks.py, cluster.py, events.py); base.py
-has lookups and the error -> status code mapping. A new group is a new module whose
+has lookups and the error -> status code mapping; secrets.py (secrets, configs, KEK
+rotation) and stacks.py (stack deploy/ls/rm) too. A new group is a new module whose
 class joins the bases of `ControlAPI` below.
 """
 
@@ -17,7 +18,9 @@ from shoal.manager.controlapi.cluster import ClusterRPCs, public_cluster
 from shoal.manager.controlapi.events import EventRPCs
 from shoal.manager.controlapi.networks import NetworkRPCs
 from shoal.manager.controlapi.nodes import NodeRPCs
+from shoal.manager.controlapi.secrets import SecretRPCs
 from shoal.manager.controlapi.services import ServiceRPCs
+from shoal.manager.controlapi.stacks import StackRPCs
 from shoal.manager.controlapi.tasks import TaskRPCs
 from shoal.proto import control_pb2_grpc as api_grpc
 
@@ -31,6 +34,8 @@ class ControlAPI(
     NetworkRPCs,
     ClusterRPCs,
     EventRPCs,
+    SecretRPCs,
+    StackRPCs,
     # Last, so the groups' methods override its UNIMPLEMENTED defaults.
     api_grpc.ControlServicer,
 ):

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.keyservice import KeyKeeper
 from shoal.manager.pinning import ImagePinner
 from shoal.manager.store import AlreadyExists, Cache, Conflict, Kind, NotFound, Store, Unavailable
 from shoal.manager.validation import InvalidSpec
@@ -76,6 +77,8 @@ _KIND_WORD = {
     Kind.NODE: "node",
     Kind.NETWORK: "network",
     Kind.CLUSTER: "cluster",
+    Kind.SECRET: "secret",
+    Kind.CONFIG: "config",
 }
 
 
@@ -89,12 +92,15 @@ class ControlBase:
         dispatcher: Dispatcher | None = None,
         pinner: ImagePinner | None = None,
         reconciler_idle: Callable[[], bool] | None = None,
+        keys: KeyKeeper | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.dispatcher = dispatcher
         self.pinner = pinner or ImagePinner()
         self.reconciler_idle = reconciler_idle
+        # The managers' key-encryption key: seals secrets and configs (None: no secrets).
+        self.keys = keys
 
     def resolve(self, kind: Kind, ref: str) -> Any:
         """An object by exact ID, by name (hostname for nodes), or by unique ID prefix."""
@@ -106,7 +112,7 @@ class ControlBase:
         obj = self.cache.get(kind, ref)
         if obj is not None:
             return obj
-        if kind in (Kind.SERVICE, Kind.NETWORK):
+        if kind in (Kind.SERVICE, Kind.NETWORK, Kind.SECRET, Kind.CONFIG):
             object_id = self.cache.id_by_name(kind, ref)
             if object_id is not None:
                 return self.cache.get(kind, object_id)

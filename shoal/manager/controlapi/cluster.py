@@ -71,4 +71,5 @@ def public_cluster(cluster: pb.Cluster) -> pb.Cluster:
     out = pb.Cluster()
     out.CopyFrom(cluster)
     out.root_ca.ClearField("ca_key_pem")
+    out.root_ca.ClearField("ca_key_sealed")
     return out

@@ -12,6 +12,7 @@ import grpc
 
 from shoal import defaults
 from shoal.clock import now_ms
+from shoal.manager import secrets
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.ids import new_id
 from shoal.manager.orchestrator.tasks import is_current, ready_for_update
@@ -50,6 +51,10 @@ class ServiceRPCs(ControlBase):
                 raise InvalidSpec(f"network {net.spec.annotations.name!r} is attached twice")
             seen.add(net.id)
             attachment.target = net.id
+        secrets.resolve_refs(self, out)
+        depends = [self.resolve(Kind.SERVICE, ref).id for ref in out.depends_on_healthy]
+        out.ClearField("depends_on_healthy")
+        out.depends_on_healthy.extend(depends)
         return out
 
     @rpc

@@ -14,6 +14,8 @@ task predicates they share, plan.py what a pass decides.
 
 from __future__ import annotations
 
+from shoal.clock import now_ms
+from shoal.manager.dependencies import RECHECK_MS, waiting_on
 from shoal.manager.orchestrator.global_ import GlobalOrchestrator
 from shoal.manager.orchestrator.plan import Plan
 from shoal.manager.orchestrator.reaper import TaskReaper
@@ -44,6 +46,10 @@ class Orchestrator:
             tasks = self.cache.tasks_of_service(service_id)
             if service is None:
                 self.reaper.remove_tasks(tasks, plan)
+                continue
+            if waiting_on(self.cache, service, tasks):
+                # depends_on service_healthy: the first tasks wait; look again soon.
+                plan.wake_at(now_ms() + RECHECK_MS, service_id)
                 continue
             if service.spec.WhichOneof("mode") == "global":
                 self.global_.reconcile(service, tasks, plan)

@@ -15,6 +15,18 @@ _ACTIVE = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
 _PAUSED = (pb.UpdateStatus.PAUSED, pb.UpdateStatus.ROLLBACK_PAUSED)
 
 
+
+def update_config(service: pb.Service) -> pb.UpdateConfig:
+    """What the current roll follows: while rolling back, the rollback config of the spec
+    being rolled back from (compose's rollback_config), if it has one."""
+    rolling_back = service.update_status.state in (
+        pb.UpdateStatus.ROLLBACK_STARTED,
+        pb.UpdateStatus.ROLLBACK_PAUSED,
+    )
+    if rolling_back and service.previous_spec.HasField("rollback"):
+        return service.previous_spec.rollback
+    return service.spec.update
+
 def updating(service: pb.Service) -> bool:
     """An update or a rollback is under way."""
     return service.update_status.state in _ACTIVE
@@ -23,7 +35,7 @@ def updating(service: pb.Service) -> bool:
 def start_first_handover(service: pb.Service, live: list[pb.Task], plan: Plan) -> bool:
     """start-first updates: an old task and its replacement share the slot until the
     replacement is ready (running, healthy if checked); then the old one stops."""
-    if service.spec.update.order != pb.UpdateConfig.START_FIRST:
+    if update_config(service).order != pb.UpdateConfig.START_FIRST:
         return False
     current = [t for t in live if is_current(t, service)]
     old = [t for t in live if not is_current(t, service)]
@@ -71,12 +83,12 @@ class Updater:
             return
         if not outdated or service.update_status.state in _PAUSED:
             return
-        delay = service.spec.update.delay_ms
+        delay = update_config(service).delay_ms
         if delay and in_flight == 0 and last_running and now_ms() < last_running + delay:
             plan.wake_at(last_running + delay, service.id)
             return
-        parallelism = service.spec.update.parallelism
-        start_first = service.spec.update.order == pb.UpdateConfig.START_FIRST
+        parallelism = update_config(service).parallelism
+        start_first = update_config(service).order == pb.UpdateConfig.START_FIRST
         if start_first:
             # A slot whose replacement already started is handed over, not updated again.
             started = {
@@ -125,7 +137,7 @@ class Updater:
     @staticmethod
     def _on_failure(service: pb.Service, failed: pb.Task, plan: Plan) -> bool:
         """Applies the update's failure action; True if the update stops here."""
-        action = service.spec.update.failure_action
+        action = update_config(service).failure_action
         if action == pb.UpdateConfig.CONTINUE:
             return False
         updated = pb.Service()

@@ -7,7 +7,9 @@ from typing import TypeAlias
 
 from shoal.proto import objects_pb2 as pb
 
-Object: TypeAlias = pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster
+Object: TypeAlias = (
+    pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster | pb.Secret | pb.Config | pb.SecretData
+)
 
 
 class Kind(StrEnum):
@@ -16,6 +18,10 @@ class Kind(StrEnum):
     TASK = "tasks"
     NETWORK = "networks"
     CLUSTER = "clusters"
+    SECRET = "secrets"
+    CONFIG = "configs"
+    # One version of a secret's or config's sealed data.
+    SECRET_DATA = "secretdata"
 
 
 MESSAGE: dict[Kind, type[Object]] = {
@@ -24,12 +30,17 @@ MESSAGE: dict[Kind, type[Object]] = {
     Kind.TASK: pb.Task,
     Kind.NETWORK: pb.Network,
     Kind.CLUSTER: pb.Cluster,
+    Kind.SECRET: pb.Secret,
+    Kind.CONFIG: pb.Config,
+    Kind.SECRET_DATA: pb.SecretData,
 }
 
 KIND_OF: dict[type[Object], Kind] = {cls: kind for kind, cls in MESSAGE.items()}
 
 # Kinds with a unique name, which the cache indexes.
-NAMED: frozenset[Kind] = frozenset({Kind.SERVICE, Kind.NETWORK, Kind.CLUSTER})
+NAMED: frozenset[Kind] = frozenset(
+    {Kind.SERVICE, Kind.NETWORK, Kind.CLUSTER, Kind.SECRET, Kind.CONFIG}
+)
 
 
 def kind_of(obj: Object) -> Kind:
@@ -37,7 +48,7 @@ def kind_of(obj: Object) -> Kind:
 
 
 def name_of(obj: Object) -> str | None:
-    if isinstance(obj, pb.Service | pb.Network | pb.Cluster):
+    if isinstance(obj, pb.Service | pb.Network | pb.Cluster | pb.Secret | pb.Config):
         return obj.spec.annotations.name
     return None
 

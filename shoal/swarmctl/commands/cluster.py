@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from shoal import views
+from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output
 from shoal.swarmctl import spec as specs
@@ -83,3 +84,18 @@ def join_token(role: str, rotate: bool, quiet: bool, fmt: str) -> None:
             f"    {_JOIN_COMMAND[role]} --join-token {tokens[role]} "
             "--join-addr <manager-addr>:4242\n"
         )
+
+
+@group.command("rotate-kek")
+@listing.format_option
+def rotate_kek(fmt: str) -> None:
+    """A new key-encryption key: every secret's data key and the CA key are re-wrapped.
+
+    The managers hold the key (never etcd); the others fetch the new one from this
+    manager over mTLS when they first need it.
+    """
+    resp: api.RotateKeyResponse = client().call("RotateKey", api.RotateKeyRequest())
+    if fmt == "json":
+        output.print_json({"kek_id": resp.kek_id, "rewrapped": int(resp.rewrapped)})
+    else:
+        click.echo(f"key-encryption key {resp.kek_id}: {resp.rewrapped} data key(s) re-wrapped")

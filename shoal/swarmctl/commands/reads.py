@@ -32,9 +32,7 @@ service_inspect = inspect_command(SERVICES, "NAME|ID", "Show a service (as JSON 
 node_ls = ls_command(NODES, "List nodes.")
 node_inspect = inspect_command(NODES, "NODE", "Show a node (as JSON in both formats).")
 network_ls = ls_command(NETWORKS, "List networks.")
-network_inspect = inspect_command(
-    NETWORKS, "NAME|ID", "Show a network (as JSON in both formats)."
-)
+network_inspect = inspect_command(NETWORKS, "NAME|ID", "Show a network (as JSON in both formats).")
 task_inspect = inspect_command(TASKS, "TASK", "Show a task (as JSON in both formats).")
 
 

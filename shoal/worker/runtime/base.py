@@ -31,7 +31,8 @@ class RuntimeUnavailable(Exception):
 
 @dataclass(frozen=True)
 class MountConfig:
-    # "bind" or "volume"; a volume is a directory the runtime keeps per node.
+    # "bind" or "volume" (a directory the runtime keeps per node); "file": a secret or
+    # config file the agent made on the task's tmpfs (not subject to the bind policy).
     type: str
     source: str
     target: str

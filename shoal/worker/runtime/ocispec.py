@@ -202,6 +202,18 @@ def mounts(
         },
     ]
     for m in config.mounts:
+        if m.type == "file":
+            # A secret or config the agent itself wrote on the task's tmpfs (under
+            # /run/shoal, which user binds may not reach): read-only, nothing runs from it.
+            out.append(
+                {
+                    "destination": m.target,
+                    "type": "bind",
+                    "source": m.source,
+                    "options": ["bind", "nosuid", "nodev", "noexec", "ro"],
+                }
+            )
+            continue
         if m.type == "volume":
             source = volumes / m.source
             source.mkdir(parents=True, exist_ok=True)
