@@ -29,14 +29,19 @@ def allocate_network(
     net: pb.Network,
     existing: Iterable[pb.Network],
     requested: ipaddress.IPv4Network | None,
+    reserved: ipaddress.IPv4Network | None = None,
 ) -> None:
-    """Fills in net.vni, net.subnet and net.gateway, in place."""
+    """Fills in net.vni, net.subnet and net.gateway, in place (never in `reserved`,
+    the services' VIP range)."""
     existing = list(existing)
     used_vnis = {n.vni for n in existing}
     vni = next((v for v in range(VNI_MIN, VNI_MAX + 1) if v not in used_vnis), None)
     if vni is None:
         raise InvalidSpec("no free VNI left")
     used = [(n, _subnet(n)) for n in existing if n.subnet]
+    if reserved is not None and requested is not None and requested.overlaps(reserved):
+        raise InvalidSpec(f"subnet {requested} overlaps the services' VIP range {reserved}")
+    blocked = [u for _, u in used] + ([reserved] if reserved is not None else [])
     if requested is not None:
         for other, subnet in used:
             if subnet.overlaps(requested):
@@ -50,7 +55,7 @@ def allocate_network(
             (
                 s
                 for s in DEFAULT_POOL.subnets(new_prefix=DEFAULT_PREFIX)
-                if not any(s.overlaps(u) for _, u in used)
+                if not any(s.overlaps(u) for u in blocked)
             ),
             None,
         )

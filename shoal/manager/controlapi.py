@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import defaults
-from shoal.manager import allocator, ca
+from shoal.manager import allocator, ca, endpoints
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.ids import new_id
 from shoal.manager.orchestrator import is_current, ready_for_update
@@ -182,6 +182,7 @@ class ControlAPI(api_grpc.ControlServicer):
         if self.cache.id_by_name(Kind.SERVICE, spec.annotations.name):
             raise AlreadyExists(f"service {spec.annotations.name!r} already exists")
         service = pb.Service(id=new_id(), spec=spec, spec_version=1)
+        endpoints.allocate(service, self.cache, self.cluster())
         await self.store.create(service)
         return api.CreateServiceResponse(service=api.ServiceInfo(service=service))
 
@@ -213,6 +214,7 @@ class ControlAPI(api_grpc.ControlServicer):
         updated.CopyFrom(current)
         updated.spec.CopyFrom(spec)
         updated.previous_spec.CopyFrom(current.spec)
+        endpoints.allocate(updated, self.cache, self.cluster())
         # Only a new task spec means new tasks; a replica count change does not.
         if spec.task != current.spec.task:
             updated.spec_version = current.spec_version + 1
@@ -460,7 +462,12 @@ class ControlAPI(api_grpc.ControlServicer):
         if self.cache.id_by_name(Kind.NETWORK, spec.annotations.name):
             raise AlreadyExists(f"network {spec.annotations.name!r} already exists")
         net = pb.Network(id=new_id(), spec=spec)
-        allocator.allocate_network(net, self.cache.list_objects(Kind.NETWORK), requested)
+        allocator.allocate_network(
+            net,
+            self.cache.list_objects(Kind.NETWORK),
+            requested,
+            reserved=endpoints.vip_range(self.cluster()),
+        )
         await self.store.create(net)
         return api.CreateNetworkResponse(network=net)
 
@@ -515,6 +522,8 @@ class ControlAPI(api_grpc.ControlServicer):
         if request.version and request.version != current.meta.version:
             raise Conflict("the cluster changed since it was read; try again")
         check_cluster_spec(request.spec)
+        if request.spec.vip_range and request.spec.vip_range != current.spec.vip_range:
+            endpoints.check_vip_range(request.spec.vip_range, self.cache.list_objects(Kind.NETWORK))
         if request.spec.annotations.name != current.spec.annotations.name:
             raise InvalidSpec("the cluster cannot be renamed")
         updated = pb.Cluster()

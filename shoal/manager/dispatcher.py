@@ -22,6 +22,7 @@ from shoal.aiotasks import cancel_and_wait
 from shoal.manager.authz import peer_identity
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
+from shoal.manager.servicetable import ServiceTable
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.store.kinds import now_ms
 from shoal.proto import dispatcher_pb2 as dpb
@@ -88,9 +89,11 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._background: list[asyncio.Task[None]] = []
         self.status_writes = 0
         self.peers = PeerTable(cache)
+        self.services = ServiceTable(cache)
 
     async def start(self) -> None:
         self.peers.rebuild()
+        self.services.rebuild()
         self._background = [
             asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
             asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
@@ -158,6 +161,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         # later change reaches this session as a diff.
         full = self._assignments(self.cache.tasks_of_node(node_id), full=True)
         peers = dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
+        services = self.services.full()
         self.sessions[node_id] = session
         if self.presence is not None:
             self.presence.claim_session(node_id)
@@ -179,6 +183,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             # Assignments first: they carry the networks the peer table refers to.
             yield dpb.DispatcherMessage(assignments=full)
             yield dpb.DispatcherMessage(peers=peers)
+            yield dpb.DispatcherMessage(services=services)
             while True:
                 msg = await session.outbox.get()
                 if msg is None:
@@ -311,7 +316,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 resync, changes = await sub.next()
                 if resync:
                     self.peers.rebuild()
+                    self.services.rebuild()
                     for node_id, session in self.sessions.items():
+                        session.send(dpb.DispatcherMessage(services=self.services.full()))
                         session.send(
                             dpb.DispatcherMessage(
                                 peers=dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
@@ -337,6 +344,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                                 )
                             )
                         )
+                services = self.services.apply(changes)
+                if services is not None:
+                    for session in self.sessions.values():
+                        session.send(dpb.DispatcherMessage(services=services))
                 updated: dict[str, dict[str, pb.Task]] = defaultdict(dict)
                 removed: dict[str, set[str]] = defaultdict(set)
                 for c in changes:

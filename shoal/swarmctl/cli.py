@@ -144,6 +144,8 @@ class SpecFlags:
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
     rebalance: bool | None = None
+    endpoint_mode: str | None = None
+    endpoint_drain: str | None = None
 
     @classmethod
     def take(cls, flags: dict[str, Any]) -> SpecFlags:
@@ -182,7 +184,23 @@ _SPEC_OPTIONS = [
         "--constraint", multiple=True, metavar="EXPR", help="Placement, e.g. node.labels.K==V."
     ),
     click.option("--network", multiple=True, metavar="NET", help="Overlay network to attach."),
-    click.option("--publish", "-p", multiple=True, metavar="PUB:TARGET[/PROTO]", help="Port."),
+    click.option(
+        "--publish",
+        "-p",
+        multiple=True,
+        metavar="PUB:TARGET[/PROTO]",
+        help="Port; or published=P,target=T[,protocol=tcp|udp][,mode=ingress|host].",
+    ),
+    click.option(
+        "--endpoint-mode",
+        type=click.Choice(["vip", "dnsrr"]),
+        help="The name resolves to a virtual IP (vip) or to the task IPs (dnsrr).",
+    ),
+    click.option(
+        "--endpoint-drain",
+        metavar="DURATION",
+        help="Time a stopping task is out of DNS and load balancers before SIGTERM (2s).",
+    ),
     click.option(
         "--mount",
         multiple=True,
@@ -261,7 +279,11 @@ def apply_spec_flags(
         if all(a.target != target for a in task.networks):
             task.networks.add(target=target)
     for text in f.publish:
-        _upsert(spec.ports, parse.port(text), lambda p: (p.published_port, p.protocol))
+        _upsert(spec.ports, parse.port(text), parse.port_key)
+    if f.endpoint_mode is not None:
+        spec.endpoint_mode = pb.ENDPOINT_DNSRR if f.endpoint_mode == "dnsrr" else pb.ENDPOINT_VIP
+    if f.endpoint_drain is not None:
+        c.endpoint_drain_ms = parse.duration_ms(f.endpoint_drain)
     for text in f.mount:
         _upsert(c.mounts, parse.mount(text), lambda m: m.target)
     if f.user is not None:
@@ -846,9 +868,14 @@ def network() -> None:
 @click.option("--driver", default="overlay", show_default=True, help="Network driver.")
 @click.option("--subnet", default="", metavar="CIDR", help="Picked from the pool if not given.")
 @click.option("--label", multiple=True, metavar="K=V", help="Network label.")
-def network_create(name: str, driver: str, subnet: str, label: tuple[str, ...]) -> None:
+@click.option("--internal", is_flag=True, help="No egress: tasks reach nothing outside.")
+def network_create(
+    name: str, driver: str, subnet: str, label: tuple[str, ...], internal: bool
+) -> None:
     """Create an overlay network."""
-    spec = pb.NetworkSpec(annotations=pb.Annotations(name=name), driver=driver, subnet=subnet)
+    spec = pb.NetworkSpec(
+        annotations=pb.Annotations(name=name), driver=driver, subnet=subnet, internal=internal
+    )
     for item in label:
         key, value = parse.key_value(item, "label")
         spec.annotations.labels[key] = value
@@ -919,12 +946,14 @@ def cluster_inspect(fmt: str) -> None:
     default=None,
     help="Rebalance every replicated service when nodes join or come back.",
 )
+@click.option("--vip-range", metavar="CIDR", help="Where new services' virtual IPs come from.")
 def cluster_update(
     heartbeat_period: str | None,
     heartbeat_misses: int | None,
     task_history_limit: int | None,
     cert_expiry: str | None,
     rebalance: bool | None,
+    vip_range: str | None,
 ) -> None:
     """Change the cluster's settings (only the flags given change)."""
     current = client().get_cluster()
@@ -940,6 +969,8 @@ def cluster_update(
         spec.ca.node_cert_expiry_ms = parse.duration_ms(cert_expiry)
     if rebalance is not None:
         spec.orchestration.rebalance = rebalance
+    if vip_range is not None:
+        spec.vip_range = vip_range
     click.echo(client().update_cluster(current.meta.version, spec).id)
 
 
