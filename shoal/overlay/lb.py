@@ -1,0 +1,129 @@
+"""Load balancing of service VIPs inside a task's network namespace (nftables DNAT).
+
+Peers on an overlay talk over L2, with no routed hop to balance on, so the
+client's own namespace translates: a connection to VIP goes to one of the
+service's serving tasks, picked by `numgen random`; the backend sees the
+caller's own address (no SNAT). A VIP without a serving task is refused at
+once (not a timeout). Each namespace's rules are replaced as one nftables
+transaction; each VIP has a /32 route through the interface of its network,
+so the source address is that network's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from shoal.overlay import netns
+from shoal.overlay.nft import Nft
+
+log = logging.getLogger(__name__)
+
+TABLE = "shoal-lb"
+RT_PROTO_SHOAL = 188  # marks our routes (any number not used by the kernel or daemons)
+
+
+@dataclass(frozen=True)
+class Vip:
+    addr: str
+    ifname: str  # the task's interface on the VIP's network
+    backends: tuple[str, ...]
+
+
+def render(vips: list[Vip]) -> str:
+    """The namespace's whole LB table as one transaction."""
+    lines = [
+        f"table ip {TABLE} {{",
+        "  chain out { type nat hook output priority -100; policy accept; }",
+        "  chain refuse { type filter hook output priority 0; policy accept; }",
+        "}",
+        f"flush chain ip {TABLE} out",
+        f"flush chain ip {TABLE} refuse",
+    ]
+    for vip in sorted(vips, key=lambda v: v.addr):
+        if not vip.backends:
+            lines.append(
+                f"add rule ip {TABLE} refuse ip daddr {vip.addr} meta l4proto tcp "
+                "reject with tcp reset"
+            )
+            lines.append(f"add rule ip {TABLE} refuse ip daddr {vip.addr} reject")
+            continue
+        targets = ", ".join(f"{i} : {ip}" for i, ip in enumerate(vip.backends))
+        lines.append(
+            f"add rule ip {TABLE} out ip daddr {vip.addr} "
+            f"dnat to numgen random mod {len(vip.backends)} map {{ {targets} }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TaskLB:
+    """What was last applied in one task's namespace."""
+
+    path: str
+    nft: Nft
+    script: str = ""
+    routes: dict[str, str] = field(default_factory=dict)  # VIP -> ifname
+    backends: set[str] = field(default_factory=set)
+
+    @classmethod
+    async def open(cls, path: str) -> TaskLB:
+        return cls(path, await asyncio.to_thread(Nft, path))
+
+    async def apply(self, vips: list[Vip]) -> None:
+        """Programs the namespace for these VIPs; flushes connections to dropped backends."""
+        script = render(vips)
+        if script != self.script:
+            await asyncio.to_thread(self.nft.run, script)
+            self.script = script
+        routes = {v.addr: v.ifname for v in vips}
+        if routes != self.routes:
+            await self._routes(routes)
+            self.routes = routes
+        backends = {b for v in vips for b in v.backends}
+        gone = self.backends - backends
+        self.backends = backends
+        if gone:
+            await flush_conntrack(self.path, gone)
+
+    async def _routes(self, wanted: dict[str, str]) -> None:
+        async with AsyncIPRoute(fileno=netns.netlink_socket(self.path).detach()) as ipr:
+            index: dict[str, int] = {}
+            for name in set(wanted.values()):
+                found = await ipr.link_lookup(ifname=name)
+                if found:
+                    index[name] = int(found[0])
+            for addr, ifname in self.routes.items():
+                if wanted.get(addr) != ifname:
+                    with contextlib.suppress(NetlinkError):
+                        await ipr.route("del", dst=f"{addr}/32")
+            for addr, ifname in wanted.items():
+                if self.routes.get(addr) == ifname or ifname not in index:
+                    continue
+                await ipr.route(
+                    "replace", dst=f"{addr}/32", oif=index[ifname], proto=RT_PROTO_SHOAL
+                )
+
+    def close(self) -> None:
+        self.nft.close()
+
+
+async def flush_conntrack(path: str, addrs: set[str]) -> None:
+    """Drops the namespace's connections to these (gone) backends: clients fail fast."""
+    for addr in sorted(addrs):
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter",
+            f"--net={path}",
+            "conntrack",
+            "-D",
+            "--reply-src",
+            addr,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()  # exit 1 when there was nothing to delete
