@@ -13,6 +13,8 @@ import click
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
+from shoal.overlay.egress import EgressError
 from shoal.statedir import StateDirLocked
 from shoal.worker.agent import Agent, WorkerConfig
 from shoal.worker.identity import JoinError
@@ -154,6 +156,19 @@ def manager(
     type=click.Choice(["containerd", "simulated"]),
     help="simulated runs nothing: only for scale tests.",
 )
+@click.option(
+    "--egress-pool",
+    default=DEFAULT_EGRESS_POOL,
+    show_default=True,
+    metavar="CIDR",
+    help="Addresses of tasks' legs to this host's gateway bridge (must not overlap its routes).",
+)
+@click.option(
+    "--dns-upstream",
+    multiple=True,
+    metavar="ADDR",
+    help="Where tasks' other DNS queries go [default: this host's /etc/resolv.conf].",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -163,6 +178,8 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    egress_pool: str,
+    dns_upstream: tuple[str, ...],
 ) -> None:
     """Run a worker agent."""
     config = WorkerConfig(
@@ -174,10 +191,12 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        egress_pool=egress_pool,
+        dns_upstreams=list(dns_upstream) or None,
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))
-    except (JoinError, StateDirLocked, OSError) as err:
+    except (JoinError, StateDirLocked, OSError, EgressError, ValueError) as err:
         click.echo(f"swarmd: {err}", err=True)
         sys.exit(1)
 

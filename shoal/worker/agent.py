@@ -14,10 +14,13 @@ from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.overlay.driver import OverlayDriver
+from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
+from shoal.overlay.egress import Egress
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
 from shoal.worker import identity as ident_mod
 from shoal.worker.identity import NodeIdentity
+from shoal.worker.resolver import Resolver, host_resolvers
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
 from shoal.worker.worker import Worker
@@ -38,6 +41,9 @@ class WorkerConfig:
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
+    egress_pool: str = DEFAULT_EGRESS_POOL
+    # None: the host's resolvers (/etc/resolv.conf).
+    dns_upstreams: list[str] | None = None
 
 
 def _memory_bytes() -> int:
@@ -107,7 +113,12 @@ class Agent:
             )
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
-            self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
+            egress = Egress(cfg.egress_pool)
+            await egress.start()
+            upstreams = cfg.dns_upstreams if cfg.dns_upstreams is not None else host_resolvers()
+            self.worker = Worker(
+                runtime, cfg.state_dir, self.session.report, overlay, egress, Resolver(upstreams)
+            )
             self.session.worker = self.worker
             await self.worker.start()
             background = [

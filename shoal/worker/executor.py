@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.defaults import ENDPOINT_DRAIN_MS
 from shoal.manager.store.kinds import now_ms
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
@@ -26,6 +27,7 @@ from shoal.worker.runtime.base import (
     Runtime,
     RuntimeFailure,
 )
+from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,18 @@ Reporter = Callable[[str, pb.TaskStatus], None]
 
 class NetworkProvider(Protocol):
     overlay: OverlayDriver | None
+    servicenet: ServiceNet | None
+    resolv_conf: Path | None
 
     def attachments(self, task: pb.Task) -> list[Attachment]: ...
 
 
-def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> ContainerConfig:
+def container_config(
+    task: pb.Task, log_path: Path, netns_path: str | None, resolv_conf: Path | None = None
+) -> ContainerConfig:
     c = task.spec.container
+    # A task on overlay networks resolves through the cluster resolver in its namespace.
+    dns = [MountConfig("bind", str(resolv_conf), "/etc/resolv.conf", True)] if resolv_conf else []
     labels = dict(c.labels)
     labels.update(
         {
@@ -68,7 +76,8 @@ def container_config(task: pb.Task, log_path: Path, netns_path: str | None) -> C
                 readonly=m.readonly,
             )
             for m in c.mounts
-        ],
+        ]
+        + dns,
         nano_cpus=task.spec.limits.nano_cpus,
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
@@ -189,7 +198,10 @@ class TaskRunner:
         if not atts:
             raise NetworkError("the task's networks are unknown on this node")
         try:
-            return await self.networks.overlay.attach(self.task.id, atts)
+            path = await self.networks.overlay.attach(self.task.id, atts)
+            if self.networks.servicenet is not None:
+                await self.networks.servicenet.task_up(self.task, path)
+            return path
         except Exception as err:
             raise NetworkError(f"network setup failed: {err}") from err
 
@@ -197,6 +209,8 @@ class TaskRunner:
         """Frees the task's namespace and addresses on this host once it stopped."""
         if self.networks is not None and self.networks.overlay is not None:
             try:
+                if self.networks.servicenet is not None:
+                    await self.networks.servicenet.task_down(self.task.id)
                 await self.networks.overlay.detach(self.task.id)
             except Exception as err:
                 log.warning("task %s: network teardown failed: %s", self.task.id, err)
@@ -247,7 +261,8 @@ class TaskRunner:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
-            await self.runtime.create(container_config(self.task, self.log_path, netns))
+            resolv = self.networks.resolv_conf if netns and self.networks is not None else None
+            await self.runtime.create(container_config(self.task, self.log_path, netns, resolv))
         except NetworkError as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return
@@ -348,7 +363,20 @@ class TaskRunner:
         else:
             self._set(pb.FAILED, "failed", f"task: non-zero exit ({code})", exit_code=code)
 
+    def note(self, err: str) -> None:
+        """A problem of a running task that does not stop it (a published port taken)."""
+        if self.state == pb.RUNNING and self.task.status.err != err:
+            self._set(pb.RUNNING, self.task.status.message, err)
+
+    async def _drain(self) -> None:
+        """Out of DNS and load balancers (the manager stopped listing it) before SIGTERM."""
+        c = self.task.spec.container
+        if self.task.networks and self.state == pb.RUNNING:
+            drain = c.endpoint_drain_ms if c.HasField("endpoint_drain_ms") else ENDPOINT_DRAIN_MS
+            await asyncio.sleep(drain / 1000)
+
     async def _stop_and_report(self) -> None:
+        await self._drain()
         try:
             await self.runtime.stop(self.task.id, self._grace_s())
         except RuntimeFailure as err:

@@ -8,11 +8,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from shoal.overlay.driver import Attachment, OverlayDriver
+from shoal.overlay.egress import Egress
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.executor import Reporter, TaskRunner
 from shoal.worker.logs import serve_logs
+from shoal.worker.resolver import RESOLV_CONF, Resolver
 from shoal.worker.runtime.base import Runtime
+from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -25,9 +28,18 @@ class Worker:
         state_dir: Path,
         report: Reporter,
         overlay: OverlayDriver | None = None,
+        egress: Egress | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.runtime = runtime
         self.overlay = overlay
+        self.servicenet: ServiceNet | None = None
+        self.resolv_conf: Path | None = None
+        if overlay is not None and resolver is not None:
+            self.servicenet = ServiceNet(overlay, egress, resolver, self._note)
+            # What a task's /etc/resolv.conf says: the resolver in its namespace.
+            self.resolv_conf = state_dir / "resolv.conf"
+            self.resolv_conf.write_text(RESOLV_CONF)
         self.networks: dict[str, pb.Network] = {}
         self._peer_updates: asyncio.Queue[dpb.PeerUpdate] = asyncio.Queue()
         self._peer_task: asyncio.Task[None] | None = None
@@ -51,6 +63,7 @@ class Worker:
                     if atts:
                         self.overlay.restore(task.id, atts)
             await self.overlay.reconcile({t.id for t in tasks if t.status.state <= pb.RUNNING})
+            await self._restore_services(tasks)
             self._peer_task = asyncio.create_task(self._apply_peers())
         for task in tasks:
             self._run(task)
@@ -67,8 +80,33 @@ class Worker:
             out.append(Attachment(net, a.addresses[0], a.mac))
         return out
 
+    async def _restore_services(self, tasks: list[pb.Task]) -> None:
+        """Resolver, load balancer and egress of tasks a previous run wired."""
+        if self.servicenet is None or self.overlay is None:
+            return
+        kept = set()
+        for task in tasks:
+            if task.status.state <= pb.RUNNING and task.id in self.overlay.attached:
+                try:
+                    await self.servicenet.task_up(task, self.overlay.netns_path(task.id), True)
+                    kept.add(task.id)
+                except Exception as err:
+                    log.warning("task %s: restoring its service networking: %s", task.id, err)
+        if self.servicenet.egress is not None:
+            await self.servicenet.egress.reconcile(kept)
+        self.servicenet.start()
+
+    def _note(self, task_id: str, err: str) -> None:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.note(err)
+
     def peers(self, update: dpb.PeerUpdate) -> None:
         self._peer_updates.put_nowait(update)
+
+    def services(self, update: dpb.ServiceUpdate) -> None:
+        if self.servicenet is not None:
+            self.servicenet.services(update)
 
     async def _apply_peers(self) -> None:
         # One at a time, in order: a removal must not overtake the addition it undoes.
@@ -79,6 +117,8 @@ class Worker:
                 await self.overlay.set_peers(update)
             except Exception:
                 log.exception("programming overlay peers failed")
+            if self.servicenet is not None:
+                self.servicenet.peers_changed()
 
     async def close(self) -> None:
         """Agent shutdown: stop supervising; containers keep running."""
@@ -89,6 +129,8 @@ class Worker:
         await asyncio.gather(*(r.close() for r in self.runners.values()))
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+        if self.servicenet is not None:
+            await self.servicenet.close()
 
     def statuses(self) -> list[dpb.TaskStatusUpdate]:
         return [

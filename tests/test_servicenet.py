@@ -1,0 +1,313 @@
+"""Service networking with real containers in the netns multi-host cluster.
+
+h0 runs the manager and a registry with the busybox image; h1-h3 run agents
+(real containers in the session's containerd); h4 is outside the cluster on
+the same underlay: the "internet" for egress and the client of published
+ports. Probes run inside tasks' namespaces from the test process (sockets
+created in the namespace), and once through a container's own /etc/resolv.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import objects_pb2 as pb
+from shoal.worker.runtime.containerd import ContainerdRuntime
+from tests.testbed.cluster import Cluster
+from tests.testbed.containerd import Containerd
+from tests.testbed.hosts import Hosts
+from tests.testbed.registry import Registry
+
+from .procs import swarmctl
+from .servicenet_probe import dns, dns_tcp, host_get, http_get, ip_of, links, nft_tables, task_netns
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = ("h1", "h2", "h3")
+# PID 1 exits on SIGTERM; httpd -v logs each client's address to the task's log.
+WEB = [
+    "sh", "-c",
+    "trap 'exit 0' TERM; mkdir -p /www && hostname > /www/index.html && "
+    "httpd -f -v -p 8080 -h /www & wait",
+]  # fmt: skip
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(every)
+    return time.monotonic() - start
+
+
+class Bed:
+    def __init__(self, c: Cluster, containerd: Containerd, image: str) -> None:
+        self.c = c
+        self.containerd = containerd
+        self.image = image
+        self.nodes: dict[str, str] = {}
+        self.outside = c.hosts[4]
+
+    def ctl(self, *args: str) -> Any:
+        r = swarmctl(self.c.socket, *args, timeout=150)
+        assert r.code == 0, f"swarmctl {' '.join(args)}: {r.err}"
+        return r.json() if "--format" in args else r.out
+
+    def create(self, name: str, *flags: str, command: list[str] = WEB) -> None:
+        self.ctl(
+            "service", "create", "--name", name, "--image", self.image,
+            "--stop-grace-period", "2s", *flags, *command,
+        )  # fmt: skip
+
+    def running(self, service: str) -> list[pb.Task]:
+        tasks = self.c.control().ListTasks(api.ListTasksRequest(service_ref=service)).tasks
+        return [t for t in tasks if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING]
+
+    def host_of(self, t: pb.Task) -> str:
+        return next(h for h, n in self.nodes.items() if n == t.node_id)
+
+    def addr(self, hostname: str) -> str:
+        return next(h.addr for h in self.c.hosts.hosts if h.name == hostname)
+
+    def exec_in(self, t: pb.Task, argv: list[str]) -> int:
+        async def run() -> int:
+            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{t.node_id}")
+            try:
+                return await rt.exec(t.id, argv, 10)
+            finally:
+                await rt.close()
+
+        return asyncio.run(run())
+
+    def clear(self) -> None:
+        for svc in self.ctl("service", "ls", "-q").split():
+            self.ctl("service", "rm", svc)
+        for net in self.ctl("network", "ls", "-q").split():
+            self.ctl("network", "rm", net)
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Iterator[Bed]:
+    root = tmp_path_factory.mktemp("servicenet")
+    with Hosts(5) as hosts:
+        h0 = hosts[0]
+        registry = Registry(host=h0.addr, port=5000, wrap=h0.cmd()).start()
+        internet = None
+        try:
+            c = Cluster(hosts, root)
+            c.start_manager()
+            push = h0.run(
+                sys.executable, "-m", "tests.testbed.images", registry.addr, cwd=str(REPO)
+            )
+            b = Bed(c, containerd, push.stdout.split()[0])
+            for h in hosts.hosts[1:4]:
+                b.nodes[h.name] = c.start_worker(
+                    h,
+                    "--containerd-socket", str(containerd.socket),
+                    "--insecure-registry", registry.addr,
+                    # Forwarded names go to the "internet" host only, never off the testbed.
+                    "--dns-upstream", hosts[4].addr,
+                )  # fmt: skip
+            www = root / "internet"
+            www.mkdir()
+            (www / "index.html").write_text("internet")
+            internet = subprocess.Popen(
+                hosts[4].cmd("busybox", "httpd", "-f", "-p", "80", "-h", str(www)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            yield b
+            b.clear()
+            check_teardown(b)
+        finally:
+            if internet is not None:
+                internet.kill()
+                internet.wait()
+            registry.stop()
+
+
+def check_teardown(b: Bed) -> None:
+    """No task namespace, veth, bridge, VXLAN device or nftables table is left behind."""
+
+    def clean() -> bool:
+        for h in b.c.hosts.hosts[1:4]:
+            ls = links(h.netns)
+            if any(k in ls for k in ("sbr-", "svx-", "svh", "sge", "sgw0")):
+                return False
+            if nft_tables(h.netns).strip():
+                return False
+        ours = [n for n in os.listdir("/var/run/netns") if n.startswith("shoal-")]
+        return not any(
+            n.startswith(f"shoal-{node[:10]}") for node in b.nodes.values() for n in ours
+        )
+
+    wait_for(clean, 60, "clean teardown", 0.2)
+
+
+@pytest.fixture
+def tb(bed: Bed) -> Iterator[Bed]:
+    yield bed
+    bed.clear()
+
+
+def by_host(tasks: list[pb.Task], b: Bed) -> Counter[str]:
+    return Counter(b.host_of(t) for t in tasks)
+
+
+# ---------------------------------------------------------------- names, VIPs, balancing
+
+
+def test_names_vip_balancing_scale_and_nxdomain(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.create("web", "--replicas", "3", "--network", "front")
+    tb.create("client", "--network", "front", command=SLEEPER)
+    view = tb.ctl("service", "inspect", "web", "--format", "json")
+    assert view["endpoint"]["mode"] == "vip"
+    (vip_entry,) = view["endpoint"]["virtual_ips"]
+    assert vip_entry["network"] == "front" and vip_entry["addr"].startswith("10.255.")
+    vip = vip_entry["addr"]
+    web = tb.running("web")
+    (client,) = tb.running("client")
+    ns = task_netns(client)
+
+    assert dns(ns, "web")[:2] == ("NOERROR", [vip])
+    assert dns_tcp(ns, "web") == [vip]
+    assert sorted(dns(ns, "tasks.web")[1]) == sorted(ip_of(t) for t in web)
+    rcode, ips, took = dns(ns, "no-such-service")
+    assert rcode == "NXDOMAIN" and not ips
+    print(f"\nNXDOMAIN in {took * 1000:.1f} ms")
+    assert took < 0.2
+
+    seen = Counter(http_get(ns, vip, 8080) for _ in range(60))
+    assert set(seen) == {t.id[:12] for t in web}, seen
+    # Through the container's own /etc/resolv.conf: name -> VIP -> a replica.
+    assert tb.exec_in(client, ["sh", "-c", "wget -q -O - http://web:8080/ | grep -q ."]) == 0
+
+    # Scale to 1: DNS and the load balancer follow.
+    start = time.monotonic()
+    tb.ctl("service", "scale", "--detach", "web=1")
+    took = wait_for(lambda: len(dns(ns, "tasks.web")[1]) == 1, 20, "tasks.web down to 1")
+    (left,) = dns(ns, "tasks.web")[1]
+    answers = {http_get(ns, vip, 8080) for _ in range(20)}
+    print(f"scale 3 -> 1: DNS follows in {took:.2f}s ({time.monotonic() - start:.2f}s total)")
+    assert answers == {next(t.id[:12] for t in web if ip_of(t) == left)}
+
+
+def test_other_network_cannot_resolve_or_reach(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.ctl("network", "create", "back")
+    tb.create("web", "--replicas", "2", "--network", "front")
+    tb.create("stranger", "--network", "back", command=SLEEPER)
+    vip = tb.ctl("service", "inspect", "web", "--format", "json")["endpoint"]["virtual_ips"][0]
+    (stranger,) = tb.running("stranger")
+    ns = task_netns(stranger)
+    assert dns(ns, "web")[0] == "NXDOMAIN"
+    assert dns(ns, "tasks.web")[0] == "NXDOMAIN"
+    assert http_get(ns, vip["addr"], 8080, timeout=1) == ""
+    for t in tb.running("web"):
+        assert http_get(ns, ip_of(t), 8080, timeout=1) == ""
+
+
+def test_egress_and_internal_networks(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.ctl("network", "create", "--internal", "sealed")
+    tb.create("out", "--network", "front", command=SLEEPER)
+    tb.create("in", "--network", "sealed", command=SLEEPER)
+    internet = tb.outside.addr
+    (out,) = tb.running("out")
+    (inner,) = tb.running("in")
+    assert http_get(task_netns(out), internet, 80) == "internet"
+    assert http_get(task_netns(inner), internet, 80, timeout=1) == ""
+
+
+# ---------------------------------------------------------------- published ports
+
+
+def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.create(
+        "web", "--replicas", "2", "--network", "front", "--publish", "8080:8080",
+        "--constraint", "node.hostname!=h3",
+    )  # fmt: skip
+    web = tb.running("web")
+    assert by_host(web, tb) == {"h1": 1, "h2": 1}
+    ids = {t.id[:12] for t in web}
+    for host in WORKERS:  # h3 has no task: it forwards
+        got = {host_get(tb.outside.netns, tb.addr(host), 8080) for _ in range(6)}
+        assert got <= ids and "" not in got, (host, got)
+
+    # Through h1 (a local task): the task's log shows the client's own address.
+    local = next(t for t in web if tb.host_of(t) == "h1")
+    assert host_get(tb.outside.netns, tb.addr("h1"), 8080) == local.id[:12]
+    log = tb.c.root / "h1" / "logs" / f"{local.id}.log"
+    wait_for(lambda: f"{tb.outside.addr}:" in log.read_text(errors="replace"), 10, "client addr")
+
+    # A target alone gets a port from 30000-32767; a clash names the port.
+    tb.create("auto", "--network", "front", "--publish", "target=8080")
+    (port,) = tb.ctl("service", "inspect", "auto", "--format", "json")["ports"]
+    assert 30000 <= port["published"] <= 32767 and port["mode"] == "ingress"
+    r = swarmctl(
+        tb.c.socket, "service", "create", "--name", "clash", "--image", tb.image,
+        "--publish", "8080:80", "--detach", *SLEEPER,
+    )  # fmt: skip
+    assert r.code == 1 and "8080/tcp" in r.err and "web" in r.err, r.err
+
+
+def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.create(
+        "web", "--replicas", "3", "--network", "front", "--publish", "8080:8080",
+        "--update-parallelism", "1", "--update-delay", "1s",
+    )  # fmt: skip
+    tb.create("client", "--network", "front", command=SLEEPER)
+    vip = tb.ctl("service", "inspect", "web", "--format", "json")["endpoint"]["virtual_ips"][0]
+    (client,) = tb.running("client")
+    stop = threading.Event()
+    counts: dict[str, Counter[bool]] = {"vip": Counter(), "published": Counter()}
+
+    def load(kind: str, get: Callable[[], str]) -> None:
+        while not stop.is_set():
+            counts[kind][bool(get())] += 1
+            time.sleep(0.01)
+
+    workers = [
+        threading.Thread(
+            target=load, args=("vip", lambda: http_get(task_netns(client), vip["addr"], 8080, 5))
+        ),
+        threading.Thread(
+            target=load,
+            args=("published", lambda: host_get(tb.outside.netns, tb.addr("h1"), 8080, 5)),
+        ),
+    ]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1)
+        tb.ctl("service", "update", "--env", "ROUND=2", "web")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    print(f"\nrolling update under load: {counts}")
+    for kind, c in counts.items():
+        assert c[True] > 20, (kind, c)
+        assert c[False] == 0, (kind, c)
