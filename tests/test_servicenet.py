@@ -147,19 +147,22 @@ def bed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Ite
 def check_teardown(b: Bed) -> None:
     """No task namespace, veth, bridge, VXLAN device or nftables table is left behind."""
 
-    def clean() -> bool:
+    def leftovers() -> list[str]:
+        out = []
         for h in b.c.hosts.hosts[1:4]:
-            ls = links(h.netns)
-            if any(k in ls for k in ("sbr-", "svx-", "svh", "sge", "sgw0")):
-                return False
-            if nft_tables(h.netns).strip():
-                return False
-        ours = [n for n in os.listdir("/var/run/netns") if n.startswith("shoal-")]
-        return not any(
-            n.startswith(f"shoal-{node[:10]}") for node in b.nodes.values() for n in ours
-        )
+            for line in links(h.netns).splitlines():
+                name = line.split(":")[1].strip().split("@")[0]
+                if name.startswith(("sbr-", "svx-", "svh", "sge", "sgw0")):
+                    out.append(f"{h.name}: link {name}")
+            out += [f"{h.name}: {t}" for t in nft_tables(h.netns).splitlines() if t.strip()]
+        prefixes = tuple(f"shoal-{node[:10]}" for node in b.nodes.values())
+        out += [f"netns {n}" for n in os.listdir("/var/run/netns") if n.startswith(prefixes)]
+        return out
 
-    wait_for(clean, 60, "clean teardown", 0.2)
+    try:
+        wait_for(lambda: not leftovers(), 30, "clean teardown", 0.2)
+    except AssertionError:
+        raise AssertionError(f"left behind: {leftovers()}") from None
 
 
 @pytest.fixture
