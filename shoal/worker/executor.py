@@ -208,9 +208,14 @@ class TaskRunner:
     async def _detach(self) -> None:
         """Frees the task's namespace and addresses on this host once it stopped."""
         if self.networks is not None and self.networks.overlay is not None:
-            try:
-                if self.networks.servicenet is not None:
+            if self.networks.servicenet is not None:
+                try:
                     await self.networks.servicenet.task_down(self.task.id)
+                except Exception as err:
+                    log.warning(
+                        "task %s: service networking teardown failed: %s", self.task.id, err
+                    )
+            try:
                 await self.networks.overlay.detach(self.task.id)
             except Exception as err:
                 log.warning("task %s: network teardown failed: %s", self.task.id, err)

@@ -130,8 +130,10 @@ class Resolver:
                 for ip in ips:
                     reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(ip), ttl=TTL_S))
             return reply
-        if "." not in name or not self.upstreams:
-            # A single-label name is a service name or nothing: no upstream knows it.
+        head, _, rest = name.partition(".")
+        if not rest or (head == "tasks" and "." not in rest) or not self.upstreams:
+            # A single label (or tasks.LABEL) is a service's name or nothing: no
+            # upstream knows it.
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         return None
