@@ -112,6 +112,7 @@ class TaskRunner:
         self.log_path = logs_dir / f"{task.id}.log"
         self._changed = asyncio.Event()
         self._run: asyncio.Task[None] | None = None
+        self._detaching: asyncio.Future[None] | None = None
 
     @property
     def state(self) -> int:
@@ -206,7 +207,15 @@ class TaskRunner:
             raise NetworkError(f"network setup failed: {err}") from err
 
     async def _detach(self) -> None:
-        """Frees the task's namespace and addresses on this host once it stopped."""
+        """Frees the task's namespace and addresses on this host once it stopped.
+
+        Shielded: a removal that cancels the runner mid-way must not leave half a
+        teardown (a popped record with its devices still there)."""
+        if self._detaching is None:
+            self._detaching = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._detaching)
+
+    async def _teardown(self) -> None:
         if self.networks is not None and self.networks.overlay is not None:
             if self.networks.servicenet is not None:
                 try:
