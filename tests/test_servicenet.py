@@ -261,7 +261,11 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
     local = next(t for t in web if tb.host_of(t) == "h1")
     assert host_get(tb.outside.netns, tb.addr("h1"), 8080) == local.id[:12]
     log = tb.c.root / "h1" / "logs" / f"{local.id}.log"
-    wait_for(lambda: f"{tb.outside.addr}:" in log.read_text(errors="replace"), 10, "client addr")
+    try:
+        # busybox httpd -v logs "[::ffff:ADDR]:PORT: response:200".
+        wait_for(lambda: f":{tb.outside.addr}]:" in log.read_text(errors="replace"), 10, "client")
+    except AssertionError:
+        raise AssertionError(f"no {tb.outside.addr} in the task's log:\n{log.read_text()}") from None
 
     # A target alone gets a port from 30000-32767; a clash names the port.
     tb.create("auto", "--network", "front", "--publish", "target=8080")

@@ -17,6 +17,7 @@ import errno
 import logging
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoal.overlay.nft import Nft
 
@@ -94,6 +95,9 @@ class HostPorts:
         if self._nft is None:
             self._nft = await asyncio.to_thread(Nft)
         if script:
+            # Forwarding to local tasks' legs and to other nodes (this namespace's own
+            # setting; a node without local tasks has no egress bridge that set it).
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
             await asyncio.to_thread(self._nft.run, script)
         else:
             with contextlib.suppress(Exception):
