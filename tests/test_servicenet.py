@@ -265,7 +265,9 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
         # busybox httpd -v logs "[::ffff:ADDR]:PORT: response:200".
         wait_for(lambda: f":{tb.outside.addr}]:" in log.read_text(errors="replace"), 10, "client")
     except AssertionError:
-        raise AssertionError(f"no {tb.outside.addr} in the task's log:\n{log.read_text()}") from None
+        raise AssertionError(f"no {tb.outside.addr} in the log:\n{log.read_text()}") from None
+            f"no {tb.outside.addr} in the task's log:\n{log.read_text()}"
+        ) from None
 
     # A target alone gets a port from 30000-32767; a clash names the port.
     tb.create("auto", "--network", "front", "--publish", "target=8080")
@@ -287,6 +289,7 @@ def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
     tb.create("client", "--network", "front", command=SLEEPER)
     vip = tb.ctl("service", "inspect", "web", "--format", "json")["endpoint"]["virtual_ips"][0]
     (client,) = tb.running("client")
+    before = {t.id for t in tb.running("web")}
     stop = threading.Event()
     counts: dict[str, Counter[bool]] = {"vip": Counter(), "published": Counter()}
 
@@ -315,6 +318,8 @@ def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
         for w in workers:
             w.join()
     print(f"\nrolling update under load: {counts}")
+    after = {t.id for t in tb.running("web")}
+    assert len(after) == 3 and not after & before, "the update did not replace every task"
     for kind, c in counts.items():
         assert c[True] > 20, (kind, c)
         assert c[False] == 0, (kind, c)
