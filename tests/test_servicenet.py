@@ -266,8 +266,6 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
         wait_for(lambda: f":{tb.outside.addr}]:" in log.read_text(errors="replace"), 10, "client")
     except AssertionError:
         raise AssertionError(f"no {tb.outside.addr} in the log:\n{log.read_text()}") from None
-            f"no {tb.outside.addr} in the task's log:\n{log.read_text()}"
-        ) from None
 
     # A target alone gets a port from 30000-32767; a clash names the port.
     tb.create("auto", "--network", "front", "--publish", "target=8080")
