@@ -93,23 +93,30 @@ def convergence(c: Cluster, client_ns: str, rounds: int) -> list[float]:
     return out
 
 
-async def lb_cost(tasks: int) -> tuple[float, float]:
-    """ms of one pass that changes a VIP's backends in `tasks` namespaces (and of a no-op)."""
+async def lb_cost(tasks: int) -> dict[str, float]:
+    """ms of one pass over `tasks` namespaces: a backend added, taken out (draining),
+    gone (its connections flushed), nothing changed."""
     prefix = f"sbench{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-{i}" for i in range(tasks)]
     lbs: list[lb.TaskLB] = []
+    out: dict[str, float] = {}
     try:
         for n in names:
             lbs.append(await lb.TaskLB.open(netns.create(n)))
-        vips = [lb.Vip(f"10.255.0.{v}", "none", ("10.0.0.2", "10.0.0.3")) for v in range(2, 12)]
-        await asyncio.gather(*(x.apply(vips) for x in lbs))
-        changed = [lb.Vip(v.addr, "none", ("10.0.0.2", "10.0.0.4")) for v in vips[:1]] + vips[1:]
-        start = time.perf_counter()
-        await asyncio.gather(*(x.apply(changed) for x in lbs))
-        change_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        await asyncio.gather(*(x.apply(changed) for x in lbs))
-        return change_ms, (time.perf_counter() - start) * 1000
+        base = [lb.Vip(f"10.255.0.{v}", "none", ("10.0.0.2", "10.0.0.3")) for v in range(2, 12)]
+        added = [lb.Vip(base[0].addr, "none", ("10.0.0.2", "10.0.0.3", "10.0.0.4")), *base[1:]]
+        alive = {"10.0.0.2", "10.0.0.3", "10.0.0.4"}
+        await asyncio.gather(*(x.apply(base, alive) for x in lbs))
+        for what, vips, up in (
+            ("backend added", added, alive),
+            ("backend draining", base, alive),
+            ("backend gone (connections flushed)", base, alive - {"10.0.0.4"}),
+            ("no change", base, alive),
+        ):
+            start = time.perf_counter()
+            await asyncio.gather(*(x.apply(vips, up) for x in lbs))
+            out[what] = (time.perf_counter() - start) * 1000
+        return out
     finally:
         for x in lbs:
             x.close()
@@ -147,15 +154,18 @@ def main() -> None:
         finally:
             server.kill()
             server.wait()
-    change, noop = asyncio.run(lb_cost(100))
-    print(f"LB change on 100 task namespaces: {change:.1f} ms per pass (unchanged: {noop:.1f} ms)")
+    cost = asyncio.run(lb_cost(100))
+    print(
+        "one LB pass over 100 task namespaces: "
+        + ", ".join(f"{k} {v:.0f} ms" for k, v in cost.items())
+    )
 
 
 def hand_built(web: pb.Task, client: pb.Task, node_ns: str) -> None:
     """The floor: a one-rule DNAT in the client's namespace, and one on the task's node."""
     cns = task_netns(client)
     nft(cns, f"table ip bench {{ chain out {{ type nat hook output priority -100; "
-             f"ip daddr {HAND_VIP} dnat to {ip_of(web)} }} }}\n")  # fmt: skip
+             f"ip daddr {HAND_VIP} dnat to {ip_of(web)}; }}\n}}\n")  # fmt: skip
     subprocess.run(
         ["ip", "-n", Path(cns).name, "route", "add", HAND_VIP, "dev", "eth0"], check=True
     )
@@ -164,7 +174,7 @@ def hand_built(web: pb.Task, client: pb.Task, node_ns: str) -> None:
         capture_output=True, text=True, check=True,
     ).stdout.split()[3].split("/")[0]  # fmt: skip
     nft(node_ns, f"table ip bench {{ chain pre {{ type nat hook prerouting priority -100; "
-                 f"tcp dport {HAND_PORT} dnat ip to {leg} . 8080 }} }}\n")  # fmt: skip
+                 f"tcp dport {HAND_PORT} dnat to {leg}:8080; }}\n}}\n")  # fmt: skip
 
 
 def run(c: Cluster, hosts: Hosts, web: pb.Task, client: pb.Task, args: argparse.Namespace) -> None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
@@ -25,6 +27,7 @@ from shoal.overlay.nft import Nft
 log = logging.getLogger(__name__)
 
 TABLE = "shoal-lb"
+NETFILTER = 12  # NETLINK_NETFILTER (conntrack)
 RT_PROTO_SHOAL = 188  # marks our routes (any number not used by the kernel or daemons)
 
 
@@ -69,14 +72,19 @@ class TaskLB:
     nft: Nft
     script: str = ""
     routes: dict[str, str] = field(default_factory=dict)  # VIP -> ifname
+    # Backends this namespace was given and that may still hold its connections.
     backends: set[str] = field(default_factory=set)
+    # The namespace's conntrack socket (to flush connections to gone backends).
+    ct: AsyncConntrack | None = None
 
     @classmethod
     async def open(cls, path: str) -> TaskLB:
-        return cls(path, await asyncio.to_thread(Nft, path))
+        return cls(path, await asyncio.to_thread(Nft, path), ct=_conntrack(path))
 
-    async def apply(self, vips: list[Vip]) -> None:
-        """Programs the namespace for these VIPs; flushes connections to dropped backends."""
+    async def apply(self, vips: list[Vip], alive: set[str]) -> None:
+        """Programs the namespace for these VIPs. Connections to a backend that left are
+        flushed once it is gone from `alive` (every known endpoint): one that only
+        stopped serving (draining) keeps its in-flight connections."""
         script = render(vips)
         if script != self.script:
             await asyncio.to_thread(self.nft.run, script)
@@ -85,11 +93,13 @@ class TaskLB:
         if routes != self.routes:
             await self._routes(routes)
             self.routes = routes
-        backends = {b for v in vips for b in v.backends}
-        gone = self.backends - backends
-        self.backends = backends
-        if gone:
-            await flush_conntrack(self.path, gone)
+        self.backends |= {b for v in vips for b in v.backends}
+        dead = self.backends - alive
+        self.backends -= dead
+        if dead:
+            if self.ct is None:
+                self.ct = _conntrack(self.path)
+            await flush_conntrack(self.ct, dead)
 
     async def _routes(self, wanted: dict[str, str]) -> None:
         async with AsyncIPRoute(fileno=netns.netlink_socket(self.path).detach()) as ipr:
@@ -111,19 +121,22 @@ class TaskLB:
 
     def close(self) -> None:
         self.nft.close()
+        if self.ct is not None:
+            self.ct.close()
 
 
-async def flush_conntrack(path: str, addrs: set[str]) -> None:
-    """Drops the namespace's connections to these (gone) backends: clients fail fast."""
-    for addr in sorted(addrs):
-        proc = await asyncio.create_subprocess_exec(
-            "nsenter",
-            f"--net={path}",
-            "conntrack",
-            "-D",
-            "--reply-src",
-            addr,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await proc.wait()  # exit 1 when there was nothing to delete
+def _conntrack(path: str) -> AsyncConntrack:
+    sock = netns.socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM, NETFILTER)
+    return AsyncConntrack(fileno=sock.detach())
+
+
+async def flush_conntrack(ct: AsyncConntrack, addrs: set[str]) -> int:
+    """Drops a namespace's connections to these (gone) backends, so clients fail fast
+    instead of waiting out a dead peer; returns how many went."""
+    doomed = [e async for e in await ct.dump_entries() if e.tuple_reply.saddr in addrs]
+    deleted = 0
+    for entry in doomed:
+        with contextlib.suppress(NetlinkError):
+            await ct.delete(entry)
+            deleted += 1
+    return deleted

@@ -49,6 +49,8 @@ class _Index:
 
     backends: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     local: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # Every endpoint's address, serving or not (a draining one keeps its connections).
+    alive: set[str] = field(default_factory=set)
 
 
 class ServiceNet:
@@ -141,6 +143,7 @@ class ServiceNet:
     def _index(self) -> _Index:
         index = _Index()
         for ep in self.overlay.peers.values():
+            index.alive.add(ep.address.partition("/")[0])
             if ep.serving and ep.service_id:
                 ip = ep.address.partition("/")[0]
                 index.backends[(ep.service_id, ep.network_id)].append(ip)
@@ -184,7 +187,7 @@ class ServiceNet:
                 vips.append(Vip(vip.addr, local.ifnames[vip.network_id], backends))
                 names.setdefault(name, [vip.addr])
         self.resolver.set_names(local.task.id, names, shuffle)
-        await local.lb.apply(vips)
+        await local.lb.apply(vips, index.alive)
 
     async def _apply_ports(self, index: _Index) -> None:
         own = self.overlay.local_addr
