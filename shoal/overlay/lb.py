@@ -74,12 +74,14 @@ class TaskLB:
     routes: dict[str, str] = field(default_factory=dict)  # VIP -> ifname
     # Backends this namespace was given and that may still hold its connections.
     backends: set[str] = field(default_factory=set)
-    # The namespace's conntrack socket (to flush connections to gone backends).
+    # The namespace's conntrack socket, made at the first flush (pyroute2 takes
+    # over the fd only once used: made earlier, an unused one would keep the
+    # namespace alive).
     ct: AsyncConntrack | None = None
 
     @classmethod
     async def open(cls, path: str) -> TaskLB:
-        return cls(path, await asyncio.to_thread(Nft, path), ct=_conntrack(path))
+        return cls(path, await asyncio.to_thread(Nft, path))
 
     async def apply(self, vips: list[Vip], alive: set[str]) -> None:
         """Programs the namespace for these VIPs. Connections to a backend that left are

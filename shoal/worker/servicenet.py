@@ -105,15 +105,22 @@ class ServiceNet:
         nets = [self.overlay.networks.get(a.network_id) for a in task.networks]
         external = any(n is not None and not n.spec.internal for n in nets)
         addr = ""
-        if self.egress is not None and external:
-            if restoring:
-                await self.egress.restore(task.id, path)
-            addr = await self.egress.attach(task.id, path)
-        lb = await TaskLB.open(path)
+        lb: TaskLB | None = None
         try:
+            if self.egress is not None and external:
+                if restoring:
+                    await self.egress.restore(task.id, path)
+                addr = await self.egress.attach(task.id, path)
+            lb = await TaskLB.open(path)
             await self.resolver.add(task.id, path)
         except BaseException:
-            lb.close()
+            # Cancelled (the task was removed meanwhile) or failed: undo, or the
+            # sockets left open would keep the namespace alive.
+            if lb is not None:
+                lb.close()
+            self.resolver.remove(task.id)
+            if self.egress is not None:
+                await asyncio.shield(self.egress.detach(task.id))
             raise
         self.tasks[task.id] = LocalTask(task, path, ifnames, lb, addr)
         self._dirty.set()
