@@ -31,7 +31,10 @@ def dns(path: str, name: str, timeout: float = 2.0) -> tuple[str, list[str], flo
         s.settimeout(timeout)
         start = time.monotonic()
         s.sendto(bytes(DNSRecord.question(name, "A").pack()), ("127.0.0.11", 53))
-        data, _ = s.recvfrom(65535)
+        try:
+            data, _ = s.recvfrom(65535)
+        except TimeoutError:
+            return "TIMEOUT", [], time.monotonic() - start
         took = time.monotonic() - start
     finally:
         s.close()

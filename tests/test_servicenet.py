@@ -27,7 +27,7 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.containerd import ContainerdRuntime
 from tests.testbed.cluster import Cluster
 from tests.testbed.containerd import Containerd
-from tests.testbed.hosts import Hosts
+from tests.testbed.hosts import Host, Hosts
 from tests.testbed.registry import Registry
 
 from .procs import swarmctl
@@ -64,7 +64,13 @@ class Bed:
         self.containerd = containerd
         self.image = image
         self.nodes: dict[str, str] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.agent_args: list[str] = []
         self.outside = c.hosts[4]
+
+    def start_agent(self, h: Host) -> None:
+        self.nodes[h.name] = self.c.start_worker(h, *self.agent_args)
+        self.agents[h.name] = h.procs[-1]
 
     def ctl(self, *args: str) -> Any:
         r = swarmctl(self.c.socket, *args, timeout=150)
@@ -119,13 +125,13 @@ def bed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Ite
             )
             b = Bed(c, containerd, push.stdout.split()[0])
             for h in hosts.hosts[1:4]:
-                b.nodes[h.name] = c.start_worker(
-                    h,
+                b.agent_args = [
                     "--containerd-socket", str(containerd.socket),
                     "--insecure-registry", registry.addr,
                     # Forwarded names go to the "internet" host only, never off the testbed.
                     "--dns-upstream", hosts[4].addr,
-                )  # fmt: skip
+                ]  # fmt: skip
+                b.start_agent(h)
             www = root / "internet"
             www.mkdir()
             (www / "index.html").write_text("internet")
@@ -321,3 +327,75 @@ def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
     for kind, c in counts.items():
         assert c[True] > 20, (kind, c)
         assert c[False] == 0, (kind, c)
+
+
+# ---------------------------------------------------------------- host mode, restarts
+
+
+def test_host_mode_port_only_where_a_task_runs_and_a_taken_port_is_reported(tb: Bed) -> None:
+    h1, h3 = tb.c.hosts[1], tb.c.hosts[3]
+    tb.ctl("network", "create", "front")
+    tb.create(
+        "web", "--network", "front", "--publish", "published=8081,target=8080,mode=host",
+        "--constraint", "node.hostname==h1",
+    )  # fmt: skip
+    (web,) = tb.running("web")
+    assert host_get(tb.outside.netns, h1.addr, 8081) == web.id[:12]
+    assert host_get(tb.outside.netns, h3.addr, 8081, timeout=1) == ""
+    # A process on h1 holds port 8082: a service publishing it there is told so.
+    holder = subprocess.Popen(
+        h1.cmd("busybox", "nc", "-l", "-p", "8082"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        tb.create(
+            "taken", "--network", "front", "--publish", "published=8082,target=8080,mode=host",
+            "--constraint", "node.hostname==h1",
+        )  # fmt: skip
+
+        def reported() -> bool:
+            (t,) = tb.running("taken")
+            return "port 8082/tcp is already in use on this host" in t.status.err
+
+        wait_for(reported, 15, "the taken port reported on the task")
+        assert "8082/tcp" in tb.ctl("service", "ps", "taken")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_agent_restart_keeps_ports_and_balancing_then_resumes(tb: Bed) -> None:
+    h1 = tb.c.hosts[1]
+    tb.ctl("network", "create", "front")
+    tb.create(
+        "web", "--replicas", "2", "--network", "front", "--publish", "8080:8080",
+        "--constraint", "node.hostname!=h1",
+    )  # fmt: skip
+    tb.create("client", "--network", "front", "--constraint", "node.hostname==h1",
+              command=SLEEPER)  # fmt: skip
+    vip = tb.ctl("service", "inspect", "web", "--format", "json")["endpoint"]["virtual_ips"][0]
+    (client,) = tb.running("client")
+    ns = task_netns(client)
+    ids = {t.id[:12] for t in tb.running("web")}
+    wait_for(lambda: http_get(ns, vip["addr"], 8080) in ids, 10, "the VIP answers")
+    # A clean stop (an upgrade): the node stays ready for the heartbeat window, its
+    # tasks stay where they are. (A killed agent's node goes down and its tasks are
+    # replaced: that is self-healing, tested elsewhere.)
+    tb.agents["h1"].terminate()
+    tb.agents["h1"].wait()
+    # While h1's agent is down its kernel rules go on: published port and VIP answer.
+    assert host_get(tb.outside.netns, h1.addr, 8080) in ids
+    assert http_get(ns, vip["addr"], 8080) in ids
+    tb.start_agent(h1)
+    # Back: its resolver serves again, and it follows changes.
+    try:
+        wait_for(lambda: dns(ns, "web")[1] == [vip["addr"]], 20, "DNS back")
+    except AssertionError:
+        ss = subprocess.run(
+            ["nsenter", f"--net={ns}", "ss", "-uanp"], capture_output=True, text=True
+        )
+        raise AssertionError(f"{dns(ns, 'web')}\n{ss.stdout}") from None
+    tb.ctl("service", "scale", "web=1")
+    (left,) = tb.running("web")
+    wait_for(lambda: dns(ns, "tasks.web")[1] == [ip_of(left)], 20, "tasks.web follows")
+    assert {http_get(ns, vip["addr"], 8080) for _ in range(10)} == {left.id[:12]}
