@@ -284,6 +284,21 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
     assert r.code == 1 and "8080/tcp" in r.err and "web" in r.err, r.err
 
 
+def test_published_port_of_a_service_on_no_network(tb: Bed) -> None:
+    # The plain `service create --publish 8090:8080 IMAGE`: no overlay network at all.
+    tb.create("plain", "--publish", "8090:8080", "--constraint", "node.hostname==h2")
+    (plain,) = tb.running("plain")
+    for host in WORKERS:
+        assert host_get(tb.outside.netns, tb.addr(host), 8090) == plain.id[:12], host
+    # Internal networks only: no way in, so publishing is refused, naming the port.
+    tb.ctl("network", "create", "--internal", "sealed")
+    r = swarmctl(
+        tb.c.socket, "service", "create", "--name", "sealed-web", "--image", tb.image,
+        "--network", "sealed", "--publish", "8091:8080", "--detach", *WEB,
+    )  # fmt: skip
+    assert r.code == 1 and "8091/tcp" in r.err and "internal" in r.err, r.err
+
+
 def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
     tb.ctl("network", "create", "front")
     tb.create(

@@ -165,12 +165,19 @@ class ControlAPI(api_grpc.ControlServicer):
         defaults.fill_service_spec(out)
         check_service_spec(out)
         seen: set[str] = set()
+        internal = []
         for attachment in out.task.networks:
             net = self.resolve(Kind.NETWORK, attachment.target)
             if net.id in seen:
                 raise InvalidSpec(f"network {net.spec.annotations.name!r} is attached twice")
             seen.add(net.id)
             attachment.target = net.id
+            internal.append(net.spec.internal)
+        if out.ports and internal and all(internal):
+            raise InvalidSpec(
+                f"port {endpoints.port_name(out.ports[0])} cannot be published: every network "
+                "of the service is internal (no way in or out); add a non-internal one"
+            )
         return out
 
     @rpc

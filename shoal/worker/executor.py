@@ -190,14 +190,23 @@ class TaskRunner:
         self.report(self.task.id, out)
 
     async def _attach(self) -> str | None:
-        """The task's network namespace, wired into its overlay networks (None: no networks)."""
+        """The task's network namespace, wired into its overlay networks (None: none).
+
+        A task on no network whose service publishes ports gets a namespace with only
+        its egress leg: published ports reach it through that."""
+        net = self.networks
         if not self.task.networks:
-            return None
-        if self.networks is None or self.networks.overlay is None:
+            sn = net.servicenet if net is not None else None
+            if net is None or net.overlay is None or sn is None or not sn.wants_netns(self.task):
+                return None
+            atts = []
+        elif self.networks is None or self.networks.overlay is None:
             raise NetworkError("this node has no overlay driver")
-        atts = self.networks.attachments(self.task)
-        if not atts:
-            raise NetworkError("the task's networks are unknown on this node")
+        else:
+            atts = self.networks.attachments(self.task)
+            if not atts:
+                raise NetworkError("the task's networks are unknown on this node")
+        assert self.networks is not None and self.networks.overlay is not None
         try:
             path = await self.networks.overlay.attach(self.task.id, atts)
             if self.networks.servicenet is not None:

@@ -48,9 +48,16 @@ class _Index:
     """Serving addresses per (service, network), from the peer table."""
 
     backends: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
-    local: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     # Every endpoint's address, serving or not (a draining one keeps its connections).
     alive: set[str] = field(default_factory=set)
+
+
+def _serving(task: pb.Task) -> bool:
+    return (
+        task.desired_state == pb.RUNNING
+        and task.status.state == pb.RUNNING
+        and task.status.health in (pb.HEALTH_NONE, pb.HEALTH_HEALTHY)
+    )
 
 
 class ServiceNet:
@@ -60,8 +67,10 @@ class ServiceNet:
         egress: Egress | None,
         resolver: Resolver,
         notify: Notify,
+        current: Callable[[str], pb.Task | None],
     ) -> None:
         self.overlay = overlay
+        self.current = current
         self.egress = egress
         self.resolver = resolver
         self.notify = notify
@@ -97,13 +106,28 @@ class ServiceNet:
     def peers_changed(self) -> None:
         self._dirty.set()
 
+    def wants_netns(self, task: pb.Task) -> bool:
+        """A task on no network still needs a namespace if its service publishes ports."""
+        record = self.records.get(task.service_id)
+        return record is not None and bool(record.ports)
+
+    def _serving_here(self, service_id: str) -> list[LocalTask]:
+        """Local tasks of the service taking connections, as this agent sees them now."""
+        out = []
+        for local in self.tasks.values():
+            task = self.current(local.task.id)
+            if task is not None and task.service_id == service_id and _serving(task):
+                out.append(local)
+        return out
+
     async def task_up(self, task: pb.Task, path: str, restoring: bool = False) -> None:
         """A task's namespace is wired: its egress leg, resolver and load balancer."""
         if task.id in self.tasks:
             return
         ifnames = {a.network_id: f"eth{i}" for i, a in enumerate(task.networks)}
         nets = [self.overlay.networks.get(a.network_id) for a in task.networks]
-        external = any(n is not None and not n.spec.internal for n in nets)
+        # On no network at all (a published-port-only task) counts as external.
+        external = not nets or any(n is not None and not n.spec.internal for n in nets)
         addr = ""
         lb: TaskLB | None = None
         try:
@@ -154,8 +178,6 @@ class ServiceNet:
             if ep.serving and ep.service_id:
                 ip = ep.address.partition("/")[0]
                 index.backends[(ep.service_id, ep.network_id)].append(ip)
-                if ep.node_id == self.overlay.node_id and ep.task_id in self.tasks:
-                    index.local[ep.service_id].append(ep.task_id)
         for ips in index.backends.values():
             ips.sort()
         return index
@@ -201,7 +223,9 @@ class ServiceNet:
         wanted: list[Published] = []
         errors: dict[str, str] = {}
         for record in self.records.values():
-            local = [self.tasks[t] for t in index.local.get(record.id, []) if t in self.tasks]
+            if not record.ports:
+                continue
+            local = self._serving_here(record.id)
             for port in record.ports:
                 proto = PROTOCOL.get(port.protocol, "tcp")
                 targets = tuple((t.egress, port.target_port) for t in local if t.egress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class Worker:
         self.servicenet: ServiceNet | None = None
         self.resolv_conf: Path | None = None
         if overlay is not None and resolver is not None:
-            self.servicenet = ServiceNet(overlay, egress, resolver, self._note)
+            self.servicenet = ServiceNet(overlay, egress, resolver, self._note, self._current)
             # What a task's /etc/resolv.conf says: the resolver in its namespace.
             self.resolv_conf = state_dir / "resolv.conf"
             self.resolv_conf.write_text(RESOLV_CONF)
@@ -46,7 +47,7 @@ class Worker:
         self.db = TaskDB(state_dir / "tasks")
         self.logs_dir = state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.report = report
+        self._report = report
         self.runners: dict[str, TaskRunner] = {}
         self._log_streams: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
@@ -86,7 +87,7 @@ class Worker:
             return
         kept = set()
         for task in tasks:
-            if task.status.state <= pb.RUNNING and task.id in self.overlay.attached:
+            if task.status.state <= pb.RUNNING and os.path.exists(self.overlay.netns_path(task.id)):
                 try:
                     await self.servicenet.task_up(task, self.overlay.netns_path(task.id), True)
                     kept.add(task.id)
@@ -95,6 +96,17 @@ class Worker:
         if self.servicenet.egress is not None:
             await self.servicenet.egress.reconcile(kept)
         self.servicenet.start()
+
+    def report(self, task_id: str, status: pb.TaskStatus) -> None:
+        self._report(task_id, status)
+        if self.servicenet is not None:
+            # A local task started, became healthy or stopped: published ports follow
+            # at once (a task on no network is not in the peer table).
+            self.servicenet.peers_changed()
+
+    def _current(self, task_id: str) -> pb.Task | None:
+        runner = self.runners.get(task_id)
+        return runner.task if runner is not None else None
 
     def _note(self, task_id: str, err: str) -> None:
         runner = self.runners.get(task_id)
@@ -152,6 +164,8 @@ class Worker:
             runner = self.runners.get(task.id)
             if runner is not None:
                 runner.update(task)
+                if self.servicenet is not None:
+                    self.servicenet.peers_changed()  # maybe desired to stop: out of ports
             elif task.status.state <= pb.RUNNING:
                 self._run(task)
             # A finished task we hold no record of has no container here: nothing to do.
