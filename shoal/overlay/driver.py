@@ -201,6 +201,15 @@ class OverlayDriver:
             vni = self._vni_of_ns(name)
             if vni is not None and vni not in in_use:
                 log.info("overlay: removing %s (network no longer used here)", name)
+                # The devices first, at once: a namespace is destroyed in the background,
+                # and until then its VXLAN device would hold the VNI on the host's UDP
+                # socket (a network made again with that VNI could not have it).
+                with contextlib.suppress(OSError, NetlinkError):
+                    async with _in_netns(f"{NETNS_DIR}/{name}") as nsr:
+                        for dev in (vxlan_name(vni), bridge_name(vni)):
+                            idx = await _lookup(nsr, dev)
+                            if idx is not None:
+                                await nsr.link("del", index=idx)
                 with contextlib.suppress(OSError):
                     netns.remove(name)
         # Devices a version that kept them in the host's namespace left behind.
