@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
-from shoal.overlay.nft import Nft
+from shoal.overlay.nft import Nft, NftError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ class TaskLB:
 
     path: str
     nft: Nft
-    script: str = ""
+    # None: not applied by this run yet (a previous run's table may be there).
+    script: str | None = None
     routes: dict[str, str] = field(default_factory=dict)  # VIP -> ifname
     # Backends this namespace was given and that may still hold its connections.
     backends: set[str] = field(default_factory=set)
@@ -87,9 +90,17 @@ class TaskLB:
         """Programs the namespace for these VIPs. Connections to a backend that left are
         flushed once it is gone from `alive` (every known endpoint): one that only
         stopped serving (draining) keeps its in-flight connections."""
-        script = render(vips)
+        # No VIP to balance, no table: without a NAT hook the namespace does no
+        # connection tracking at all (it costs every packet).
+        script = render(vips) if vips else ""
         if script != self.script:
-            await asyncio.to_thread(self.nft.run, script)
+            if script:
+                await asyncio.to_thread(self.nft.run, script)
+                if not self.script:
+                    netns.in_thread(lambda: _no_conntrack_checksums(self.path))
+            else:
+                with contextlib.suppress(NftError):
+                    await asyncio.to_thread(self.nft.run, f"delete table ip {TABLE}\n")
             self.script = script
         routes = {v.addr: v.ifname for v in vips}
         if routes != self.routes:
@@ -125,6 +136,19 @@ class TaskLB:
         self.nft.close()
         if self.ct is not None:
             self.ct.close()
+
+
+def _no_conntrack_checksums(path: str) -> None:
+    """Conntrack in this namespace trusts checksums instead of computing them in software
+    for every packet (decapsulated VXLAN traffic has none checked: it would cost most of
+    the overlay's throughput). This namespace's own setting."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        netns.enter(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/net/netfilter/nf_conntrack_checksum").write_text("0\n")
 
 
 def _conntrack(path: str) -> AsyncConntrack:
