@@ -259,6 +259,7 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
     web = tb.running("web")
     assert by_host(web, tb) == {"h1": 1, "h2": 1}
     ids = {t.id[:12] for t in web}
+    assert tb.ctl("service", "ps", "web").count("*:8080->8080/tcp") == 2
     for host in WORKERS:  # h3 has no task: it forwards
         got = {host_get(tb.outside.netns, tb.addr(host), 8080) for _ in range(6)}
         assert got <= ids and "" not in got, (host, got)

@@ -700,8 +700,18 @@ def print_tasks(tasks: list[pb.Task], quiet: bool, fmt: str) -> None:
 @quiet_option
 @format_option
 def service_ps(ref: str, quiet: bool, fmt: str) -> None:
-    """List a service's tasks, the newest of each slot first."""
-    print_tasks(client().list_tasks(service_ref=ref), quiet, fmt)
+    """List a service's tasks, the newest of each slot first, with its published ports."""
+    svc = client().get_service(ref).service
+    tasks = client().list_tasks(service_ref=svc.id)
+    if quiet or not svc.endpoint.ports:
+        print_tasks(tasks, quiet, fmt)
+        return
+    names = hostnames() if any(t.node_id for t in tasks) else {}
+    if fmt == "json":
+        output.print_json(output.tasks_with_ports(tasks, names, svc.endpoint.ports))
+    else:
+        rows = output.task_rows(tasks, names)
+        output.print_table([*output.TASK_HEADERS, "PORTS"], output.with_ports(rows, tasks, svc))
 
 
 @service.command("logs")

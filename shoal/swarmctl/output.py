@@ -339,6 +339,33 @@ def task_rows(
     return rows
 
 
+def ports_text(ports: Sequence[pb.PortConfig]) -> str:
+    return ",".join(
+        f"*:{p['published']}->{p['target']}/{p['protocol']}"
+        + (" (host)" if p["mode"] == "host" else "")
+        for p in ports_view(ports)
+    )
+
+
+def tasks_with_ports(
+    tasks: Sequence[pb.Task], hostnames: Mapping[str, str], ports: Sequence[pb.PortConfig]
+) -> list[dict[str, Any]]:
+    """Task views; the ones meant to run show the service's published ports."""
+    views = []
+    for t in tasks:
+        view = task_view(t, hostnames)
+        view["ports"] = ports_view(ports) if t.desired_state == pb.RUNNING else []
+        views.append(view)
+    return views
+
+
+def with_ports(rows: list[list[str]], tasks: Sequence[pb.Task], svc: pb.Service) -> list[list[str]]:
+    """task_rows plus a PORTS column (rows are in task_rows' order, matched by short id)."""
+    running = {t.id[:SHORT_ID] for t in tasks if t.desired_state == pb.RUNNING}
+    text = ports_text(svc.endpoint.ports)
+    return [[*row, text if row[0] in running else ""] for row in rows]
+
+
 def manager_status(view: Mapping[str, Any]) -> str:
     ms = view.get("manager_status")
     if not ms:
