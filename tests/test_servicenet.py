@@ -177,6 +177,25 @@ def tb(bed: Bed) -> Iterator[Bed]:
     bed.clear()
 
 
+def diagnose(b: Bed, ns: str) -> str:
+    """What a task's namespace and its host's network namespaces hold (for failures)."""
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    out = [run("nsenter", f"--net={ns}", "nft", "list", "ruleset")]
+    out.append(run("nsenter", f"--net={ns}", "ip", "route"))
+    out.append(run("nsenter", f"--net={ns}", "ip", "neigh"))
+    for name in sorted(os.listdir("/var/run/netns")):
+        if any(name.startswith(f"shoal-{n[:10]}-n") for n in b.nodes.values()):
+            out.append(
+                f"== {name}\n"
+                + run("nsenter", f"--net=/var/run/netns/{name}", "bridge", "fdb", "show")
+            )
+            out.append(run("nsenter", f"--net=/var/run/netns/{name}", "ip", "neigh"))
+    return "\n".join(out)
+
+
 def by_host(tasks: list[pb.Task], b: Bed) -> Counter[str]:
     return Counter(b.host_of(t) for t in tasks)
 
@@ -393,7 +412,10 @@ def test_agent_restart_keeps_ports_and_balancing_then_resumes(tb: Bed) -> None:
     (client,) = tb.running("client")
     ns = task_netns(client)
     ids = {t.id[:12] for t in tb.running("web")}
-    wait_for(lambda: http_get(ns, vip["addr"], 8080) in ids, 10, "the VIP answers")
+    try:
+        wait_for(lambda: http_get(ns, vip["addr"], 8080) in ids, 10, "the VIP answers")
+    except AssertionError:
+        raise AssertionError(diagnose(tb, ns)) from None
     # A clean stop (an upgrade): the node stays ready for the heartbeat window, its
     # tasks stay where they are. (A killed agent's node goes down and its tasks are
     # replaced: that is self-healing, tested elsewhere.)

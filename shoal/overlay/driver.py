@@ -137,6 +137,10 @@ class OverlayDriver:
 
     async def _ensure_network(self, ipr: AsyncIPRoute, net: pb.Network) -> None:
         """The network's namespace, bridge and VXLAN device (idempotent)."""
+        # A network removed and made again may get the same VNI: the old one's record
+        # must not act on the new one's devices (e.g. delete its peers as stale).
+        for other in [n for n in self.networks.values() if n.vni == net.vni and n.id != net.id]:
+            del self.networks[other.id]
         self.networks[net.id] = net
         ns_name = self.network_ns(net.vni)
         if ns_name not in netns.names():
@@ -197,6 +201,7 @@ class OverlayDriver:
     async def _collect_networks(self) -> None:
         """Deletes the namespaces (and so the devices) of networks no local task uses."""
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
+        self.networks = {i: n for i, n in self.networks.items() if n.vni in in_use}
         for name in netns.names():
             vni = self._vni_of_ns(name)
             if vni is not None and vni not in in_use:
