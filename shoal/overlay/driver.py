@@ -73,6 +73,9 @@ class OverlayDriver:
         self.networks: dict[str, pb.Network] = {}
         self.attached: dict[str, list[Attachment]] = {}
         self.peers: dict[str, dpb.Endpoint] = {}
+        # Which network a VNI's namespace serves now: a network removed and made again
+        # can get the same VNI while a task of the old one still drains here.
+        self.owner: dict[int, str] = {}
         self.underlay_mtu = 1500
         self._lock = asyncio.Lock()
 
@@ -120,6 +123,7 @@ class OverlayDriver:
         self.attached[task_id] = attachments
         for att in attachments:
             self.networks[att.network.id] = att.network
+            self.owner[att.network.vni] = att.network.id
 
     async def reconcile(self, keep_tasks: set[str]) -> None:
         """Removes namespaces of tasks this node no longer has, and unused networks."""
@@ -155,6 +159,11 @@ class OverlayDriver:
                 assert br_idx is not None
                 netns.in_thread(lambda: _no_bridge_netfilter(path))
             if await _lookup(nsr, vx) is not None:
+                if self.owner.get(net.vni) != net.id:
+                    # The namespace served the VNI's previous network: program ours.
+                    self.owner[net.vni] = net.id
+                    await self._remove_stale_in(nsr, net)
+                    await self._program(nsr, net, self._known(net))
                 return
             stray = await _lookup(ipr, vx)  # an agent died between making and moving it
             if stray is not None:
@@ -173,9 +182,11 @@ class OverlayDriver:
             await nsr.link("set", index=vx_idx, state="up")
             await nsr.link("set", index=br_idx, state="up")
             # A fresh device: program what is already known about this network.
-            await self._program(
-                nsr, net, [p for p in self.peers.values() if p.network_id == net.id]
-            )
+            self.owner[net.vni] = net.id
+            await self._program(nsr, net, self._known(net))
+
+    def _known(self, net: pb.Network) -> list[dpb.Endpoint]:
+        return [p for p in self.peers.values() if p.network_id == net.id]
 
     def _vxlan_spec(self, net: pb.Network) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -202,6 +213,7 @@ class OverlayDriver:
         """Deletes the namespaces (and so the devices) of networks no local task uses."""
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
         self.networks = {i: n for i, n in self.networks.items() if n.vni in in_use}
+        self.owner = {v: i for v, i in self.owner.items() if v in in_use}
         for name in netns.names():
             vni = self._vni_of_ns(name)
             if vni is not None and vni not in in_use:
@@ -313,7 +325,7 @@ class OverlayDriver:
                 changed.setdefault(ep.network_id, ([], []))[1].append(ep)
             for net_id, (removed, added) in changed.items():
                 net = self.networks.get(net_id)
-                if net is None or self.network_ns(net.vni) not in netns.names():
+                if net is None or self.owner.get(net.vni) != net_id:
                     continue  # no local task on this network yet: programmed when it comes
                 async with self._net_ns(net) as nsr:
                     await self._unprogram(nsr, net, removed)
@@ -367,7 +379,7 @@ class OverlayDriver:
         """Deletes FDB and neighbour entries on our VXLAN devices that no peer explains."""
         here = netns.names()
         for net in list(self.networks.values()):
-            if self.network_ns(net.vni) in here:
+            if self.network_ns(net.vni) in here and self.owner.get(net.vni) == net.id:
                 async with self._net_ns(net) as nsr:
                     await self._remove_stale_in(nsr, net)
 
