@@ -225,7 +225,7 @@ async def test_json_keys_and_quiet(manager: ManagerProcess, shared: Store) -> No
     } <= svc.keys()
     assert svc["id"] == service_id and svc["mode"] == "replicated" and svc["replicas"] == 2
     assert svc["networks"] == ["front"]
-    assert svc["ports"] == [{"published": 8080, "target": 80, "protocol": "tcp"}]
+    assert svc["ports"] == [{"published": 8080, "target": 80, "protocol": "tcp", "mode": "ingress"}]
     assert (
         json.loads(manager.ctl("service", "inspect", "web", "--format", "json").out)["id"]
         == service_id
