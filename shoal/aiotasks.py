@@ -1,10 +1,46 @@
-"""Stopping asyncio tasks without swallowing the caller's own cancellation."""
+"""Background asyncio tasks: supervised (restarted with backoff when they fail), and
+stopped without swallowing the caller's own cancellation."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESTART_MIN_S = 0.1
+RESTART_MAX_S = 10.0
+# A task that ran this long before failing starts its backoff afresh.
+HEALTHY_AFTER_S = 60.0
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Runs `run()` until it returns; when it fails, logs why and runs it again after a
+    jittered, doubling delay. A background loop that dies on an error nobody mapped
+    must not leave its process up but deaf (a stale cache, a manager without presence)."""
+    loop = asyncio.get_running_loop()
+    delay = RESTART_MIN_S
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting it in %.1fs", name, delay)
+        if loop.time() - started > HEALTHY_AFTER_S:
+            delay = RESTART_MIN_S
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, RESTART_MAX_S)
+
+
+def supervised(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """`supervise` as a named task."""
+    return asyncio.create_task(supervise(name, run), name=name)
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:

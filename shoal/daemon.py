@@ -12,12 +12,13 @@ import click
 
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
-from shoal.manager.store import EtcdTLS, StoreError, parse_endpoints
+from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
 from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
 from shoal.overlay.egress import EgressError
+from shoal.pki.join import JoinError
 from shoal.statedir import StateDirLocked
+from shoal.swarmctl.parse import memory_bytes
 from shoal.worker.agent import Agent, WorkerConfig
-from shoal.worker.identity import JoinError
 
 
 def _setup_logging(level: str) -> None:
@@ -26,6 +27,29 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _join_token(token: str, token_file: Path | None) -> str:
+    """The join token from --join-token or --join-token-file (the file keeps it out of argv,
+    where every local user could read it in `ps`)."""
+    if token_file is None:
+        return token
+    if token:
+        raise click.UsageError("--join-token and --join-token-file are exclusive")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        raise click.BadParameter(str(err), param_hint="--join-token-file") from None
+    if not token:
+        raise click.BadParameter(f"{token_file} is empty", param_hint="--join-token-file")
+    return token
+
+
+TOKEN_FILE = click.option(
+    "--join-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the join token from this file instead of argv.",
+)
 
 
 async def _run_until_signalled(daemon: Manager | Agent) -> None:
@@ -46,6 +70,16 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
 def cli(log_level: str) -> None:
     """Shoal daemons."""
     _setup_logging(log_level)
+
+
+def _size(text: str, flag: str) -> int:
+    try:
+        value = memory_bytes(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=flag) from None
+    if value <= 0:
+        raise click.BadParameter("must be more than 0", param_hint=flag)
+    return value
 
 
 @cli.command()
@@ -70,12 +104,34 @@ def cli(log_level: str) -> None:
 @click.option(
     "--etcd-endpoints", default="", help="Comma-separated etcd URLs; none starts an embedded etcd."
 )
-@click.option("--etcd-cacert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path))
-@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--etcd-cacert",
+    type=click.Path(exists=True, path_type=Path),
+    help="CA of an external etcd [default: the system's roots, for https:// endpoints].",
+)
+@click.option("--etcd-cert", type=click.Path(exists=True, path_type=Path), help="Client cert.")
+@click.option("--etcd-key", type=click.Path(exists=True, path_type=Path), help="Its key.")
+@click.option("--etcd-user", default="", help="etcd user (etcd's auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(exists=True, path_type=Path),
+    help="File with the etcd user's password [default: $SHOAL_ETCD_PASSWORD].",
+)
 @click.option("--join-addr", default="", help="A manager to join (with --join-token).")
-@click.option("--join-token", default="", help="A manager join token.")
+@click.option(
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A manager join token [env SWARM_JOIN_TOKEN: kept out of `ps`].",
+)
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name in `node ls` [default: this host's name].")
+@click.option(
+    "--insecure-registry",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A registry reached over plain HTTP to pin image tags (give the workers' list).",
+)
 @click.option(
     "--leader-lease-ttl",
     default=5,
@@ -92,24 +148,38 @@ def manager(
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_user: str,
+    etcd_password_file: Path | None,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
+    insecure_registry: tuple[str, ...],
     leader_lease_ttl: int,
 ) -> None:
     """Run a manager."""
-    try:
-        endpoints = parse_endpoints(etcd_endpoints) if etcd_endpoints else []
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    join_token = _join_token(join_token, join_token_file)
+    endpoints: list[str] = []
+    tls: EtcdTLS | None = None
+    auth: EtcdAuth | None = None
+    if etcd_endpoints:
+        try:
+            endpoints, tls, auth = client_config(
+                etcd_endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file
+            )
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--etcd-endpoints") from None
+    elif etcd_cacert or etcd_cert or etcd_key or etcd_user:
+        raise click.UsageError(
+            "--etcd-cacert/--etcd-cert/--etcd-key/--etcd-user need --etcd-endpoints"
+        )
     if bool(join_addr) != bool(join_token):
-        raise click.UsageError("--join-addr and --join-token go together")
+        raise click.UsageError("--join-addr and --join-token (or --join-token-file) go together")
     if join_addr and not endpoints:
         raise click.UsageError(
             "a joining manager needs --etcd-endpoints: the cluster's etcd, which all managers "
             "share (an embedded etcd serves only the manager that started it)"
         )
-    tls = EtcdTLS(etcd_cacert, etcd_cert, etcd_key) if etcd_cacert else None
     config = ManagerConfig(
         state_dir=state_dir,
         listen_addr=listen_addr,
@@ -117,10 +187,12 @@ def manager(
         control_socket=control_socket,
         etcd_endpoints=endpoints,
         etcd_tls=tls,
+        etcd_auth=auth,
         join_addr=join_addr,
         join_token=join_token,
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
+        insecure_registries=set(insecure_registry),
     )
     try:
         asyncio.run(_run_until_signalled(Manager(config)))
@@ -138,8 +210,13 @@ def manager(
 )
 @click.option("--join-addr", required=True, help="A manager's HOST:PORT.")
 @click.option(
-    "--join-token", default="", help="A worker join token (not needed once the node has joined)."
+    "--join-token",
+    default="",
+    envvar="SWARM_JOIN_TOKEN",
+    help="A worker join token, not needed once the node has joined "
+    "[env SWARM_JOIN_TOKEN: kept out of `ps`].",
 )
+@TOKEN_FILE
 @click.option("--hostname", default="", help="Node name [default: this host's name].")
 @click.option("--advertise-addr", default="", help="Address other nodes reach this one at.")
 @click.option("--containerd-socket", default="/run/containerd/containerd.sock", show_default=True)
@@ -169,10 +246,31 @@ def manager(
     metavar="ADDR",
     help="Where tasks' other DNS queries go [default: this host's /etc/resolv.conf].",
 )
+@click.option(
+    "--allow-bind-mount",
+    multiple=True,
+    metavar="PREFIX",
+    help="Accept bind mounts only from under PREFIX (repeatable) [default: what the API allows].",
+)
+@click.option(
+    "--log-max-size",
+    default="20M",
+    show_default=True,
+    metavar="SIZE",
+    help="A task's log file is rotated past this size.",
+)
+@click.option(
+    "--log-max-files",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Log files kept per task, the current one included.",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
     join_token: str,
+    join_token_file: Path | None,
     hostname: str,
     advertise_addr: str,
     containerd_socket: str,
@@ -180,8 +278,12 @@ def worker(
     runtime: str,
     egress_pool: str,
     dns_upstream: tuple[str, ...],
+    allow_bind_mount: tuple[str, ...],
+    log_max_size: str,
+    log_max_files: int,
 ) -> None:
     """Run a worker agent."""
+    join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
         join_addr=join_addr,
@@ -193,6 +295,9 @@ def worker(
         runtime=runtime,
         egress_pool=egress_pool,
         dns_upstreams=list(dns_upstream) or None,
+        allow_bind_mounts=tuple(allow_bind_mount),
+        log_max_bytes=_size(log_max_size, "--log-max-size"),
+        log_max_files=log_max_files,
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))

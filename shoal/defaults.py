@@ -50,6 +50,16 @@ def cluster_spec(name: str = "default") -> pb.ClusterSpec:
     )
 
 
+def heartbeat_window_ms(spec: pb.DispatcherConfig, period_ms: int = 0) -> int:
+    """How long a node may stay silent before it is down: period x misses.
+
+    `period_ms` is the period the node was actually given (a manager may
+    stretch the cluster's); 0 means the cluster's.
+    """
+    period = period_ms or spec.heartbeat_period_ms or HEARTBEAT_PERIOD_MS
+    return period * (spec.heartbeat_misses or HEARTBEAT_MISSES)
+
+
 def fill_service_spec(spec: pb.ServiceSpec) -> None:
     """Fills the groups a request left out with their defaults, in place."""
     if not spec.task.HasField("restart"):

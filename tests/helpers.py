@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 
+from shoal.clock import now_ms
+from shoal.manager.controlapi.cluster import RECONCILER_KEY
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind
-from shoal.manager.store.kinds import now_ms
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 
@@ -72,3 +76,16 @@ async def until(cache: Cache, predicate: Callable[[], bool], limit_s: float = 10
             await asyncio.wait_for(wait(), limit_s)
         except TimeoutError:
             raise AssertionError(f"condition not met within {limit_s}s") from None
+
+
+def wait_idle(control: api_grpc.ControlStub, limit_s: float = 30.0) -> None:
+    """Blocks until the leader (reached through `control`) has acted on every change up
+    to now: what a "nothing more changes" check waits for, instead of a sleep."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        _, call = control.GetCluster.with_call(api.GetClusterRequest(), timeout=10)
+        if dict(call.trailing_metadata() or ()).get(RECONCILER_KEY) == "idle":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the leader was not idle within {limit_s}s")
+        time.sleep(0.05)  # no watch on the reconciler's state: a short poll

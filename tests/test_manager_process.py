@@ -7,28 +7,25 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from aetcd import rpc
 
+from shoal.lab.procs import ManagerProcess, control
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, Create, EtcdConnection, Kind, Store
 from shoal.proto import control_pb2 as api
-from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
+from .conftest import Bounds
 from .helpers import live, make_node, service_spec, until
-from .procs import ManagerProcess
 
-
-def control(m: ManagerProcess) -> api_grpc.ControlStub:
-    return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{m.socket}"))
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def shared_store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
     """A store on the managers' own key space."""
-    s = Store(EtcdConnection([etcd.endpoint]))
+    s = Store(EtcdConnection([etcd.endpoint], etcd.tls))
     try:
         yield s
     finally:
@@ -87,16 +84,19 @@ def test_kill_9_and_restart_keeps_everything(
 
 
 async def test_two_managers_one_leader_and_takeover(
-    tmp_path: Path, etcd: EmbeddedEtcd, shared_store: Store, managers: list[ManagerProcess]
+    tmp_path: Path,
+    etcd: EmbeddedEtcd,
+    shared_store: Store,
+    managers: list[ManagerProcess],
+    bounds: Bounds,
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
     token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.manager
     m2 = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--join-addr",
         m1.addr,
         "--join-token",
@@ -121,10 +121,9 @@ async def test_two_managers_one_leader_and_takeover(
         killed_at = time.monotonic()
         leader.kill()
         while await leader_id(shared_store) != follower.node_id:
-            assert time.monotonic() - killed_at < 3 + 2, "no takeover within the lease TTL"
-            await asyncio.sleep(0.05)
-        takeover = time.monotonic() - killed_at
-        assert takeover <= 3 + 1
+            assert time.monotonic() - killed_at < 60, "no takeover"
+            await asyncio.sleep(0.05)  # the test's own poll of the leader key
+        bounds.check(time.monotonic() - killed_at, 3 + 1, "takeover (lease TTL 3 s)")
 
         c = control(follower)
         current = c.GetService(api.GetServiceRequest(ref="web")).service.service
@@ -145,14 +144,13 @@ async def test_two_managers_one_leader_and_takeover(
 def test_manager_join_with_wrong_token_is_refused(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
     worker_token = control(m1).GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
     bad = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--join-addr",
         m1.addr,
         "--join-token",
@@ -166,10 +164,10 @@ def test_manager_join_with_wrong_token_is_refused(
 async def test_concurrent_ipam_through_two_managers(
     tmp_path: Path, etcd: EmbeddedEtcd, shared_store: Store, managers: list[ManagerProcess]
 ) -> None:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints).start()
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args).start()
     managers.append(m1)
-    m2 = ManagerProcess(tmp_path / "m2", "--etcd-endpoints", endpoints).start()
+    m2 = ManagerProcess(tmp_path / "m2", *etcd_args).start()
     managers.append(m2)
     await shared_store.batch([Create(make_node(f"n{i}")) for i in range(4)])
     control(m1).CreateNetwork(

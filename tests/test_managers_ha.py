@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from shoal.lab.procs import ManagerProcess, WorkerProcess, wait_for
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 
-from .procs import ManagerProcess, WorkerProcess
+from .helpers import wait_idle
 from .test_agents_simulated import (
     control,
     start_workers,
@@ -24,6 +27,8 @@ from .test_agents_simulated import (
     wait_service,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:
     r = m.ctl("node", "ls", "--format", "json")
@@ -31,26 +36,15 @@ def nodes_json(m: ManagerProcess) -> dict[str, dict[str, Any]]:
     return {n["hostname"]: n for n in json.loads(r.out)}
 
 
-def wait_for(check: Any, timeout: float, what: str) -> float:
-    """Polls a condition of the CLI's view (the API has no node watch); returns seconds taken."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def two_managers(
     tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
 ) -> tuple[ManagerProcess, ManagerProcess]:
-    endpoints = f"http://{etcd.endpoint}"
-    m1 = ManagerProcess(tmp_path / "m1", "--etcd-endpoints", endpoints, "--hostname", "mgr1")
+    etcd_args = etcd.manager_args()
+    m1 = ManagerProcess(tmp_path / "m1", *etcd_args, "--hostname", "mgr1")
     managers.append(m1.start())
     m2 = ManagerProcess(
         tmp_path / "m2",
-        "--etcd-endpoints",
-        endpoints,
+        *etcd_args,
         "--hostname",
         "mgr2",
         "--join-addr",
@@ -129,7 +123,7 @@ def test_kill_leader_during_scale_converges_to_exactly_12(
     wait_service(follower, "web", 12, timeout=60)
     print(f"12/12 running {time.monotonic() - killed_at:.2f}s after the kill")
     # Settled: exactly one running task per slot, the agents moved to the live manager.
-    time.sleep(2)
+    wait_idle(control(follower))
     assert running_slots(follower, "web") == list(range(1, 13))
     nodes = nodes_json(follower)
     assert nodes["w1"]["status"] == "ready" and nodes["w2"]["status"] == "ready"

@@ -16,6 +16,8 @@ from shoal.proto import objects_pb2 as pb
 
 from .helpers import live, make_node, service_spec, spread, until
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def leader(store: Store, cache: Cache) -> AsyncIterator[Reconciler]:
@@ -179,6 +181,33 @@ async def test_service_removal_cleans_tasks(store: Store, cache: Cache, leader: 
         ),
     )
     assert len(cache.tasks_of_service(placed.id)) == 2
+
+
+async def test_idle_only_once_every_change_was_acted_on(
+    store: Store, cache: Cache, leader: Reconciler
+) -> None:
+    """The signal tests wait for before "nothing more changes": never idle while a change
+    the cache holds is still to be acted on."""
+
+    async def idle() -> None:
+        # The reconciler's state has no watch: a short poll, after a read-your-writes sync.
+        for _ in range(200):
+            await cache.sync()
+            if leader.idle():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("never idle")
+
+    await nodes(store, "n1", "n2")
+    await idle()
+    svc = await create_service(store, service_spec("web", 5))
+    await cache.sync()
+    # Right after the change the reconciler may be busy, or (on a slow machine, while
+    # this test waited for its sync) already done; never idle with the work undone.
+    assert not leader.idle() or len(live(cache, svc.id)) == 5, "idle with work undone"
+    await idle()
+    # Idle means done: the tasks were written before it said so.
+    assert sorted(t.slot for t in live(cache, svc.id)) == [1, 2, 3, 4, 5]
 
 
 async def test_restart_midway_converges_without_duplicates(store: Store, cache: Cache) -> None:

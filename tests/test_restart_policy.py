@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.manager.orchestrator import restart_decision
+from shoal.manager.orchestrator.restart import restart_decision
 from shoal.proto import objects_pb2 as pb
 
 

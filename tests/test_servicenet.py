@@ -22,16 +22,24 @@ from typing import Any
 
 import pytest
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.containerd import Containerd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.procs import swarmctl
+from shoal.lab.registry import Registry
+from shoal.lab.svcprobe import (
+    dns,
+    dns_tcp,
+    host_get,
+    http_get,
+    ip_of,
+    links,
+    nft_tables,
+    task_netns,
+)
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.cluster import Cluster
-from tests.testbed.containerd import Containerd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.registry import Registry
-
-from .procs import swarmctl
-from .servicenet_probe import dns, dns_tcp, host_get, http_get, ip_of, links, nft_tables, task_netns
 
 pytestmark = [
     pytest.mark.integration,
@@ -120,9 +128,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Ite
         try:
             c = Cluster(hosts, root)
             c.start_manager()
-            push = h0.run(
-                sys.executable, "-m", "tests.testbed.images", registry.addr, cwd=str(REPO)
-            )
+            push = h0.run(sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO))
             b = Bed(c, containerd, push.stdout.split()[0])
             for h in hosts.hosts[1:4]:
                 b.agent_args = [

@@ -24,6 +24,8 @@ from shoal.manager.store import (
 from shoal.manager.store.watch import Changes
 from shoal.proto import objects_pb2 as pb
 
+pytestmark = pytest.mark.integration
+
 
 def service(name: str, replicas: int = 1) -> pb.Service:
     spec = pb.ServiceSpec(annotations=pb.Annotations(name=name))

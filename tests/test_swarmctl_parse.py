@@ -1,17 +1,21 @@
-"""swarmctl's pure parts: flag parsers, JSON views, tables, and exit codes that need no manager."""
+"""swarmctl's input side without a manager: flag parsers, flags -> specs, and the exit
+codes of bad flags."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from shoal import defaults
-from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import cli, output, parse
+from shoal.swarmctl import spec as specs
+
+from .swarmctl_samples import make_service
 
 # ---------------------------------------------------------------- durations
 
@@ -191,207 +195,6 @@ def test_enum_names() -> None:
         parse.restart_condition("always")
 
 
-# ---------------------------------------------------------------- JSON views
-
-SERVICE_KEYS = {
-    "id",
-    "name",
-    "image",
-    "mode",
-    "replicas",
-    "running",
-    "networks",
-    "ports",
-    "version",
-}
-TASK_KEYS = {
-    "id",
-    "service",
-    "slot",
-    "node",
-    "node_hostname",
-    "desired_state",
-    "state",
-    "error",
-    "image",
-    "addresses",
-    "container_id",
-}
-NODE_KEYS = {"id", "hostname", "role", "status", "availability", "addr", "labels"}
-NETWORK_KEYS = {"id", "name", "driver", "subnet", "vni"}
-CLUSTER_KEYS = {"id", "name", "created_at"}
-
-
-def make_service(mode: str = "replicated") -> api.ServiceInfo:
-    spec = pb.ServiceSpec(annotations=pb.Annotations(name="web", labels={"tier": "front"}))
-    spec.task.container.image = "busybox:latest"
-    spec.task.container.env.append("A=1")
-    spec.task.networks.add(target="net1")
-    spec.task.networks.add(target="net-unknown")
-    spec.ports.append(parse.port("8080:80"))
-    spec.ports.append(parse.port("53:53/udp"))
-    spec.task.placement.constraints.append("node.labels.zone==a")
-    if mode == "global":
-        getattr(spec, "global").SetInParent()
-    else:
-        spec.replicated.replicas = 3
-    defaults.fill_service_spec(spec)
-    svc = pb.Service(id="s" * 25, spec=spec, spec_version=2)
-    svc.meta.version = 42
-    svc.meta.created_at_ms = 1_700_000_000_000
-    return api.ServiceInfo(service=svc, desired=3, running=2, running_updated=2)
-
-
-def test_service_view() -> None:
-    view = output.service_view(make_service(), {"net1": "front"})
-    assert view.keys() >= SERVICE_KEYS
-    assert view["mode"] == "replicated" and view["replicas"] == 3 and view["running"] == 2
-    assert view["networks"] == ["front", "net-unknown"]
-    assert view["ports"] == [
-        {"published": 8080, "target": 80, "protocol": "tcp", "mode": "ingress"},
-        {"published": 53, "target": 53, "protocol": "udp", "mode": "ingress"},
-    ]
-    assert view["version"] == 42
-    assert view["labels"] == {"tier": "front"} and view["env"] == ["A=1"]
-    assert view["constraints"] == ["node.labels.zone==a"]
-    assert view["created_at"] == "2023-11-14T22:13:20Z"
-    assert view["restart_policy"]["condition"] == "any"
-    assert view["update_config"]["failure_action"] == "pause"
-    assert view["update_config"]["order"] == "stop-first"
-    assert view["update_status"] is None
-    json.dumps(view)  # JSON-ready as it is
-
-
-def test_global_service_view_has_null_replicas() -> None:
-    view = output.service_view(make_service("global"), {})
-    assert view["mode"] == "global" and view["replicas"] is None
-
-
-def test_task_view() -> None:
-    t = pb.Task(id="t" * 25, service_id="s" * 25, service_name="web", slot=2, node_id="n1")
-    t.spec.container.image = "busybox"
-    t.desired_state = pb.RUNNING
-    t.status.state = pb.REJECTED
-    t.status.err = "no suitable node"
-    t.status.container.container_id = "c1"
-    t.status.container.exit_code = 3
-    t.networks.add(network_id="net1", addresses=["10.0.1.5/24"])
-    t.networks.add(network_id="net2", addresses=["10.0.2.7/24"])
-    view = output.task_view(t, {"n1": "worker1"})
-    assert view.keys() >= TASK_KEYS
-    assert view["node"] == "n1" and view["node_hostname"] == "worker1"
-    assert view["desired_state"] == "running" and view["state"] == "rejected"
-    assert view["error"] == "no suitable node"
-    assert view["addresses"] == ["10.0.1.5/24", "10.0.2.7/24"]
-    assert view["container_id"] == "c1" and view["exit_code"] == 3
-
-    pending = output.task_view(pb.Task(id="t2", slot=1), {})
-    assert pending["node"] is None and pending["node_hostname"] is None
-    assert pending["state"] == "new" and pending["container_id"] == ""
-    assert pending["exit_code"] is None
-
-
-def test_node_view() -> None:
-    n = pb.Node(id="n1", role=pb.ROLE_MANAGER)
-    n.description.hostname = "h1"
-    n.status.state = pb.NODE_READY
-    n.status.addr = "10.0.0.1"
-    n.spec.availability = pb.AVAILABILITY_DRAIN
-    n.spec.labels["zone"] = "a"
-    view = output.node_view(n)
-    assert view.keys() >= NODE_KEYS and "manager_status" not in view
-    assert (view["role"], view["status"], view["availability"]) == ("manager", "ready", "drain")
-    assert view["addr"] == "10.0.0.1" and view["labels"] == {"zone": "a"}
-    n.manager_status.leader = True
-    assert output.node_view(n)["manager_status"]["leader"] is True
-    down = output.node_view(pb.Node(id="n2", status=pb.NodeStatus(state=pb.NODE_DOWN)))
-    assert (down["role"], down["status"], down["availability"]) == ("worker", "down", "active")
-
-
-def test_network_view_prefers_the_allocated_subnet() -> None:
-    n = pb.Network(id="x", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1")
-    n.spec.annotations.name = "front"
-    n.spec.driver = "overlay"
-    view = output.network_view(n)
-    assert view.keys() >= NETWORK_KEYS
-    assert (view["subnet"], view["vni"], view["gateway"]) == ("10.0.1.0/24", 4097, "10.0.1.1")
-    n.subnet = ""
-    n.spec.subnet = "10.9.0.0/16"
-    assert output.network_view(n)["subnet"] == "10.9.0.0/16"
-
-
-def test_cluster_views() -> None:
-    c = pb.Cluster(id="c1", spec=defaults.cluster_spec())
-    c.meta.created_at_ms = 1_700_000_000_000
-    c.join_tokens.worker = "SWMTKN-1-w"
-    c.join_tokens.manager = "SWMTKN-1-m"
-    view = output.cluster_view(c)
-    assert view.keys() >= CLUSTER_KEYS
-    assert view["name"] == "default" and view["created_at"] == "2023-11-14T22:13:20Z"
-    assert view["task_history_limit"] == defaults.TASK_HISTORY_LIMIT
-    assert "SWMTKN-1-w" not in json.dumps(view)
-    assert output.join_tokens_view(c) == {"worker": "SWMTKN-1-w", "manager": "SWMTKN-1-m"}
-
-
-# ---------------------------------------------------------------- tables
-
-
-def test_table_is_aligned_and_plain_without_a_terminal() -> None:
-    text = output.render_table(["ID", "STATUS"], [["a", "ready"], ["bbbb", None]], color=False)
-    assert text == "ID     STATUS\na      ready\nbbbb\n"
-    assert "\x1b[" in output.render_table(["ID", "STATUS"], [["a", "ready"]], color=True)
-
-
-def test_task_rows_newest_first_per_slot() -> None:
-    old = pb.Task(id="old" + "x" * 22, service_name="web", slot=1, node_id="n1")
-    old.meta.created_at_ms = 1_000
-    old.status.state = pb.FAILED
-    old.status.timestamp_ms = 10_000
-    old.status.err = "task: non-zero exit (3)"
-    new = pb.Task(id="new" + "x" * 22, service_name="web", slot=1, node_id="n1")
-    new.meta.created_at_ms = 2_000
-    new.desired_state = new.status.state = pb.RUNNING
-    new.status.timestamp_ms = 55_000
-    glob = pb.Task(id="glb" + "x" * 22, service_name="agent", slot=0, node_id="n2")
-    rows = output.task_rows([old, new, glob], {"n1": "h1"}, now_ms=60_000)
-    assert [r[1] for r in rows] == ["agent.n2", "web.1", " \\_ web.1"]
-    assert rows[1][0] == "new" + "x" * 9 and rows[1][3] == "h1"
-    assert rows[1][5] == "running 5 seconds ago"
-    assert rows[2][5] == "failed 50 seconds ago" and rows[2][6] == "task: non-zero exit (3)"
-    assert rows[0][3] == "n2"  # no hostname known: the node ID
-
-
-def test_service_rows() -> None:
-    rows = output.service_rows([output.service_view(make_service(), {})])
-    assert rows == [
-        ["s" * 12, "web", "replicated", "2/3", "busybox:latest", "*:8080->80/tcp,*:53->53/udp"]
-    ]
-
-
-def test_ago() -> None:
-    assert output.ago(0) == ""
-    assert output.ago(1_000, now_ms=1_500) == "just now"
-    assert output.ago(0 + 1, now_ms=3_600_001) == "1 hour ago"
-    assert output.ago(1, now_ms=2 * 86_400_000 + 1) == "2 days ago"
-
-
-# ---------------------------------------------------------------- convergence
-
-
-def test_converged() -> None:
-    info = make_service()
-    assert not cli.converged(info)  # 2/3
-    info.running = info.running_updated = 3
-    assert cli.converged(info)
-    info.running_updated = 2  # one task still runs the old spec
-    assert not cli.converged(info)
-    g = make_service("global")
-    g.desired = g.running = g.running_updated = 0
-    assert not cli.converged(g)  # nothing placed yet
-    g.desired = g.running = g.running_updated = 2
-    assert cli.converged(g)
-
-
 # ---------------------------------------------------------------- spec flags
 
 
@@ -399,10 +202,10 @@ def test_apply_spec_flags_changes_only_what_is_given() -> None:
     spec = make_service().service.spec
     before = pb.ServiceSpec()
     before.CopyFrom(spec)
-    cli.apply_spec_flags(spec, cli.SpecFlags())
+    specs.apply_spec_flags(spec, specs.SpecFlags())
     assert spec == before
 
-    flags = cli.SpecFlags(
+    flags = specs.SpecFlags(
         env=("A=2", "B=1"),
         publish=("8080:81",),
         mount=("type=bind,source=/a,target=/b",),
@@ -411,7 +214,7 @@ def test_apply_spec_flags_changes_only_what_is_given() -> None:
         memory_limit="64M",
         health_cmd="true",
     )
-    cli.apply_spec_flags(spec, flags)
+    specs.apply_spec_flags(spec, flags)
     assert list(spec.task.container.env) == ["A=2", "B=1"]
     assert [(p.published_port, p.target_port) for p in spec.ports] == [(8080, 81), (53, 53)]
     assert spec.task.restart.delay_ms == 1_000
@@ -424,7 +227,7 @@ def test_apply_spec_flags_changes_only_what_is_given() -> None:
 
 def test_restart_flag_starts_from_the_defaults() -> None:
     spec = pb.ServiceSpec()
-    cli.apply_spec_flags(spec, cli.SpecFlags(restart_max_attempts=3))
+    specs.apply_spec_flags(spec, specs.SpecFlags(restart_max_attempts=3))
     expected = defaults.restart_policy()
     expected.max_attempts = 3
     assert spec.task.restart == expected
@@ -433,9 +236,9 @@ def test_restart_flag_starts_from_the_defaults() -> None:
 
 def test_remove_spec_items() -> None:
     spec = make_service().service.spec
-    cli.remove_spec_items(
+    specs.remove_spec_items(
         spec,
-        cli.RemoveFlags(
+        specs.RemoveFlags(
             env_rm=("A", "NOPE"),
             label_rm=("tier",),
             constraint_rm=("node.labels.zone==a",),
@@ -510,3 +313,21 @@ def test_socket_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(cli.cli, ["node", "ls"])
     assert result.exit_code == 1
     assert f"cannot reach the manager at {tmp_path / 'env.sock'}: " in result.stderr
+
+
+_PROBE = """
+import sys
+from click.testing import CliRunner
+from shoal.swarmctl.cli import cli
+codes = [CliRunner().invoke(cli, args.split()).exit_code for args in sys.argv[1:]]
+print(codes, "grpc" in sys.modules)
+"""
+
+
+def test_help_and_usage_errors_do_not_load_grpc() -> None:
+    # gRPC is most of swarmctl's start-up time; only a request needs it.
+    args = ["--help", "service --help", "service create --help", "task ls --bad", "frobnicate"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.split("\n")[0] == "[0, 0, 0, 2, 2] False", proc.stdout + proc.stderr

@@ -26,30 +26,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.guard import exit_cleanly_on_signals
+from shoal.lab.cluster import Cluster
+from shoal.lab.etcd import HostEtcd
+from shoal.lab.hosts import Host, Hosts
+from shoal.lab.probe import FetchError, Servers, fetch
+from shoal.lab.procs import answers, control, wait_for
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.etcd import HostEtcd
-from tests.testbed.hosts import Host, Hosts
-from tests.testbed.probe import Servers, fetch
 
 SWARM_NODE_LOSS_S = 20.0  # 15 s to declare the node down + 5 s restart delay
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise RuntimeError(f"not within {timeout}s: {what}")
+def reaches(client: pb.Task, server: pb.Task) -> bool:
+    try:
+        return fetch(client, server, 1) == server.id
+    except FetchError:
+        return False
 
 
 def spec(name: str, replicas: int, network: str = "") -> pb.ServiceSpec:
@@ -127,7 +126,7 @@ class TwoManagers:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.etcd = HostEtcd(hosts[0], root / "etcd").start()
-        # m1 is the testbed cluster's manager (state dir, port); the agents join through it.
+        # m1 is the lab cluster's manager (state dir, port); the agents join through it.
         self.cluster = Cluster(hosts, root)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start("m1", 4242)
@@ -163,18 +162,10 @@ class TwoManagers:
             ],
             self.root / f"{name}.log",
         )
-        wait_for(lambda: self._answers(name), 60, f"manager {name} up")
+        wait_for(lambda: answers(self.state_dir(name) / "control.sock"), 60, f"manager {name} up")
 
     def ctl(self, name: str) -> api_grpc.ControlStub:
-        sock = self.state_dir(name) / "control.sock"
-        return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
-
-    def _answers(self, name: str) -> bool:
-        try:
-            self.ctl(name).GetCluster(api.GetClusterRequest(), timeout=1)
-            return True
-        except grpc.RpcError:
-            return False
+        return control(self.state_dir(name) / "control.sock")
 
     def leader(self, via: str) -> str:
         try:
@@ -261,7 +252,7 @@ def overlay_convergence(root: Path, rounds: int) -> list[float]:
                 ran_at_ms = new.status.timestamp_ms
                 servers.serve(new)
                 client = next(t for t in live if t.node_id != new.node_id)
-                wait_for(lambda a=client, b=new: fetch(a, b, 1) == b.id, 10, "reachable")
+                wait_for(lambda a=client, b=new: reaches(a, b), 10, "reachable")
                 took = time.time() - ran_at_ms / 1000
                 times.append(took)
                 print(f"  overlay, round {r + 1}: reachable {took * 1000:.0f} ms after RUNNING")
@@ -275,6 +266,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    exit_cleanly_on_signals()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-failover-"))
     try:
         lost = worker_lost(root, args.rounds)

@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Host, Hosts
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from tests.testbed.cluster import Cluster
-from tests.testbed.hosts import Host, Hosts
 
 HAND_VNI = 999
 HAND_NET = "10.250.250"
@@ -117,6 +118,7 @@ def main() -> None:
         help="turn off br_netfilter's iptables hooks in the (bench's own) hosts",
     )
     args = p.parse_args()
+    exit_cleanly_on_signals()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-overlay-"))
     with Hosts(3) as hosts:
         c = Cluster(hosts, root)

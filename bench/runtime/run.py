@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.guard import exit_cleanly_on_signals
+from shoal.lab.containerd import Containerd
+from shoal.lab.images import push_image
+from shoal.lab.registry import Registry
 from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.containerd import ContainerdRuntime
-from tests.testbed.containerd import Containerd
-from tests.testbed.images import push_image
-from tests.testbed.registry import Registry
 
 
 async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> list[float]:
@@ -33,8 +34,14 @@ async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> lis
     try:
         for i in range(count):
             t = time.perf_counter()
-            await rt.create(ContainerConfig(container_id=f"s{i}", image=image,
-                                            command=["sleep", "60"], log_path=root / f"s{i}.log"))
+            await rt.create(
+                ContainerConfig(
+                    container_id=f"s{i}",
+                    image=image,
+                    command=["sleep", "60"],
+                    log_path=root / f"s{i}.log",
+                )
+            )
             await rt.start(f"s{i}")
             times.append(time.perf_counter() - t)
     finally:
@@ -47,14 +54,14 @@ async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> lis
 
 def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
     ctr = ["ctr", "-a", str(ctd.socket), "-n", "bench-ctr"]
-    subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True,
-                   capture_output=True)
+    subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True, capture_output=True)
     times = []
     try:
         for i in range(count):
             t = time.perf_counter()
-            subprocess.run([*ctr, "run", "-d", image, f"c{i}", "sleep", "60"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [*ctr, "run", "-d", image, f"c{i}", "sleep", "60"], check=True, capture_output=True
+            )
             times.append(time.perf_counter() - t)
     finally:
         for i in range(count):
@@ -69,6 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
     args = p.parse_args()
+    exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -31,11 +32,12 @@ from typing import Any
 
 import grpc
 
+from bench.guard import exit_cleanly_on_signals
+from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
-from tests.procs import free_manager_addr
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -50,8 +52,13 @@ def peak_rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
-def etcd_counters(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def etcd_counters(etcd: EmbeddedEtcd) -> dict[str, float]:
+    """etcd's own counters, over its TLS port with the manager's client certificate."""
+    tls = etcd.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    with urllib.request.urlopen(f"{etcd.url}/metrics", timeout=5, context=ctx) as resp:
+        text = resp.read().decode()
     out: dict[str, float] = {}
     for name in (
         "etcd_mvcc_put_total",
@@ -127,49 +134,40 @@ def wait_socket(
     raise RuntimeError("manager did not start")
 
 
-def run_once(
-    nodes: int,
-    tasks: int,
-    services: int,
-    procs: int,
-    keep: Path | None,
-    profile: Path | None = None,
-) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
-    started: list[subprocess.Popen[bytes]] = []
-    etcd = EmbeddedEtcd(root)
-    try:
-        asyncio.run(etcd.start())
-        addr = free_manager_addr()
-        manager = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shoal.daemon",
-                "--log-level",
-                "warning",
-                "manager",
-                "--state-dir",
-                str(root / "manager"),
-                "--listen-addr",
-                addr,
-                "--etcd-endpoints",
-                f"http://{etcd.endpoint}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(root / "manager.log", "wb"),
-        )
-        started.append(manager)
-        ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
-        token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
-        per = -(-nodes // procs)
-        joined_at = time.monotonic()
-        hollows = []
-        for i in range(procs):
-            count = min(per, nodes - i * per)
-            if count <= 0:
-                break
-            p = subprocess.Popen(
+def start_manager(root: Path, etcd: EmbeddedEtcd) -> tuple[subprocess.Popen[bytes], str]:
+    addr = free_manager_addr()
+    manager = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal.daemon",
+            "--log-level",
+            "warning",
+            "manager",
+            "--state-dir",
+            str(root / "manager"),
+            "--listen-addr",
+            addr,
+            *etcd.manager_args(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / "manager.log", "wb"),
+    )
+    return manager, addr
+
+
+def start_hollows(
+    root: Path, nodes: int, procs: int, addr: str, token: str
+) -> list[subprocess.Popen[bytes]]:
+    """`procs` processes that share the `nodes` hollow agents between them."""
+    per = -(-nodes // procs)
+    hollows = []
+    for i in range(procs):
+        count = min(per, nodes - i * per)
+        if count <= 0:
+            break
+        hollows.append(
+            subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -188,26 +186,101 @@ def run_once(
                 stdout=subprocess.DEVNULL,
                 stderr=open(root / f"hollow-{i}.log", "wb"),
             )
-            started.append(p)
-            hollows.append(p)
-        while True:
-            ready = sum(
-                1
-                for n in ctl.ListNodes(api.ListNodesRequest()).nodes
-                if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
+        )
+    return hollows
+
+
+def wait_ready_workers(
+    ctl: api_grpc.ControlStub, nodes: int, hollows: list[subprocess.Popen[bytes]], limit_s: float
+) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        ready = sum(
+            1
+            for n in ctl.ListNodes(api.ListNodesRequest()).nodes
+            if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
+        )
+        if ready == nodes:
+            return
+        dead = [h.args[h.args.index("--first") + 1] for h in hollows if h.poll() is not None]
+        if dead:
+            raise RuntimeError(
+                f"hollow processes (first node {dead}) exited; {ready}/{nodes} ready"
             )
-            if ready == nodes:
-                break
-            if time.monotonic() - joined_at > 300:
-                raise RuntimeError(f"only {ready}/{nodes} nodes ready")
-            time.sleep(0.5)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {ready}/{nodes} nodes ready after {limit_s:.0f}s")
+        time.sleep(0.5)
+
+
+def create_and_converge(ctl: api_grpc.ControlStub, tasks: int, services: int) -> float:
+    """Creates the services and follows each over WatchService; seconds until all ran."""
+    per_service = tasks // services
+    done: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def converge(name: str) -> None:
+        stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=600)
+        for progress in stream:
+            if progress.service.running == per_service:
+                done[name] = time.monotonic()
+                stream.cancel()
+                return
+
+    waiters = []
+    for s in range(services):
+        spec = pb.ServiceSpec(annotations=pb.Annotations(name=f"svc{s}"))
+        spec.task.container.image = "registry.local/hollow:1"
+        spec.replicated.replicas = per_service
+        ctl.CreateService(api.CreateServiceRequest(spec=spec))
+        w = threading.Thread(target=converge, args=(f"svc{s}",), daemon=True)
+        w.start()
+        waiters.append(w)
+    for w in waiters:
+        w.join()
+    if len(done) < services:
+        raise RuntimeError(f"only {len(done)}/{services} services converged")
+    return max(done.values()) - t0
+
+
+def stop_all(started: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(started):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in started:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_once(
+    nodes: int,
+    tasks: int,
+    services: int,
+    procs: int,
+    keep: Path | None,
+    profile: Path | None = None,
+    join_limit_s: float = 300,
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+    started: list[subprocess.Popen[bytes]] = []
+    etcd = EmbeddedEtcd(root)
+    try:
+        asyncio.run(etcd.start())
+        manager, addr = start_manager(root, etcd)
+        started.append(manager)
+        ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
+        token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
+        joined_at = time.monotonic()
+        hollows = start_hollows(root, nodes, procs, addr, token)
+        started += hollows
+        wait_ready_workers(ctl, nodes, hollows, join_limit_s)
         join_s = time.monotonic() - joined_at
 
-        before = etcd_counters(etcd.client_port)
+        before = etcd_counters(etcd)
         m_cpu0 = cpu_seconds(manager.pid)
         h_cpu0 = sum(cpu_seconds(h.pid) for h in hollows)
-        per_service = tasks // services
-        done: dict[str, float] = {}
         profilers = (
             start_profilers(
                 {
@@ -219,30 +292,9 @@ def run_once(
             if profile is not None
             else []
         )
-        t0 = time.monotonic()
-
-        def converge(name: str) -> None:
-            stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=600)
-            for progress in stream:
-                if progress.service.running == per_service:
-                    done[name] = time.monotonic()
-                    stream.cancel()
-                    return
-
-        waiters = []
-        for s in range(services):
-            spec = pb.ServiceSpec(annotations=pb.Annotations(name=f"svc{s}"))
-            spec.task.container.image = "registry.local/hollow:1"
-            spec.replicated.replicas = per_service
-            ctl.CreateService(api.CreateServiceRequest(spec=spec))
-            w = threading.Thread(target=converge, args=(f"svc{s}",))
-            w.start()
-            waiters.append(w)
-        for w in waiters:
-            w.join()
-        elapsed = max(done.values()) - t0
+        elapsed = create_and_converge(ctl, tasks, services)
         stop_profilers(profilers)
-        after = etcd_counters(etcd.client_port)
+        after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
         latencies = sorted(
@@ -272,15 +324,7 @@ def run_once(
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
         }
     finally:
-        for p in reversed(started):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in started:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(started)
         asyncio.run(etcd.stop())
         if keep is not None:
             shutil.copytree(root, keep / root.name, ignore=shutil.ignore_patterns("etcd"))
@@ -299,7 +343,11 @@ def main() -> None:
         "--profile", type=Path, metavar="DIR", help="py-spy the manager and one hollow process"
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
+    p.add_argument(
+        "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
+    )
     args = p.parse_args()
+    exit_cleanly_on_signals(args.timeout)
     results = []
     with ExitStack():
         for n in args.nodes:

@@ -23,12 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
+from shoal.lab.cluster import Cluster
+from shoal.lab.hosts import Hosts
+from shoal.lab.svcprobe import dns, ip_of, task_netns
 from shoal.overlay import lb, netns
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from tests.servicenet_probe import dns, ip_of, task_netns
-from tests.testbed.cluster import Cluster
-from tests.testbed.hosts import Hosts
 
 HAND_VIP = "10.254.254.254"
 HAND_PORT = 9090

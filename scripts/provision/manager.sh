@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Starts a Shoal manager (embedded etcd) and publishes how to join it.
-# Used by the Vagrant VMs and by the netns demo cluster alike.
+# Installs and starts the Shoal manager as a systemd service (shoal-manager.service,
+# enabled: it comes back after a reboot) and publishes how to join it.
+# Used by the Vagrant VMs.
 #   manager.sh STATE_DIR ADVERTISE_ADDR SHARED_DIR
 # Writes SHARED_DIR/manager.addr and SHARED_DIR/worker.token.
 set -euo pipefail
 state=$1 addr=$2 shared=$3
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-venv=${SHOAL_VENV:-$repo/.venv}
-swarmd=$venv/bin/swarmd
+venv=${SHOAL_VENV:-/opt/shoal/venv}
 swarmctl=$venv/bin/swarmctl
-mkdir -p "$state" "$shared"
-nohup "$swarmd" manager --state-dir "$state" --listen-addr "$addr:4242" \
-  --advertise-addr "$addr" >"$state.log" 2>&1 &
-echo $! >"$state.pid"
+mkdir -p "$shared"
+install -d -m 0755 /etc/shoal
+cat >/etc/shoal/manager.env <<ENV
+SHOAL_STATE_DIR=$state
+SHOAL_LISTEN_ADDR=$addr:4242
+SHOAL_ADVERTISE_ADDR=$addr
+ENV
+# The unit runs /opt/shoal/venv/bin/swarmd; point it at this venv if it lives elsewhere.
+sed "s#/opt/shoal/venv/#$venv/#" "$repo/shoal/systemd/shoal-manager.service" \
+  >/etc/systemd/system/shoal-manager.service
+systemctl daemon-reload
+systemctl enable --now shoal-manager.service
 for _ in $(seq 1 300); do
   if "$swarmctl" --socket "$state/control.sock" cluster join-token worker -q \
       >"$shared/worker.token.tmp" 2>/dev/null; then
@@ -23,5 +31,6 @@ for _ in $(seq 1 300); do
   fi
   sleep 0.1
 done
-echo "manager did not come up; see $state.log" >&2
+echo "manager did not come up:" >&2
+journalctl -u shoal-manager.service -n 30 --no-pager >&2 || true
 exit 1

@@ -2,7 +2,9 @@
 
 Client certificates are optional at the TLS layer (a joining node has none)
 but verified against the cluster CA whenever presented; this interceptor then
-allows each RPC by the role in the certificate.
+allows each RPC by the role in the certificate, and only while the node the
+certificate names is still in the cluster: a removed node's certificate (valid
+for up to 90 days) is refused at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shoal.manager import ca
+from shoal.pki import ca
 from shoal.proto import objects_pb2 as pb
 
 # Service prefix -> roles allowed; None = open to callers without a certificate.
@@ -42,7 +44,12 @@ def _rule(method: str) -> tuple[bool, frozenset[int] | None]:
     return False, frozenset()
 
 
-async def _check(context: Any, roles: frozenset[int] | None, cluster_id: str) -> None:
+NodeExists = Callable[[str], Awaitable[bool]]
+
+
+async def _check(
+    context: Any, roles: frozenset[int] | None, cluster_id: str, node_exists: NodeExists | None
+) -> None:
     if roles is None:
         return
     ident = peer_identity(context)
@@ -56,11 +63,17 @@ async def _check(context: Any, roles: frozenset[int] | None, cluster_id: str) ->
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED, f"a {role} certificate may not call this"
         )
+    if node_exists is not None and not await node_exists(ident.node_id):
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"node {ident.node_id} has been removed from the cluster",
+        )
 
 
 class RoleAuthorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, cluster_id: str) -> None:
+    def __init__(self, cluster_id: str, node_exists: NodeExists | None = None) -> None:
         self.cluster_id = cluster_id
+        self.node_exists = node_exists
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
@@ -71,16 +84,18 @@ class RoleAuthorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         known, roles = _rule(details.method)
         if not known:
             roles = frozenset()  # unknown services: nobody
-        return _guard(handler, roles, self.cluster_id)
+        return _guard(handler, roles, self.cluster_id, self.node_exists)
 
 
-def _guard(handler: Any, roles: frozenset[int] | None, cluster_id: str) -> Any:
+def _guard(
+    handler: Any, roles: frozenset[int] | None, cluster_id: str, node_exists: NodeExists | None
+) -> Any:
     if handler.unary_unary:
         inner = handler.unary_unary
 
         @functools.wraps(inner)
         async def unary_unary(request: Any, context: Any) -> Any:
-            await _check(context, roles, cluster_id)
+            await _check(context, roles, cluster_id, node_exists)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -90,7 +105,7 @@ def _guard(handler: Any, roles: frozenset[int] | None, cluster_id: str) -> Any:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            await _check(context, roles, cluster_id)
+            await _check(context, roles, cluster_id, node_exists)
             async for item in inner_us(request, context):
                 yield item
 
@@ -101,7 +116,7 @@ def _guard(handler: Any, roles: frozenset[int] | None, cluster_id: str) -> Any:
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-            await _check(context, roles, cluster_id)
+            await _check(context, roles, cluster_id, node_exists)
             async for item in inner_ss(requests, context):
                 yield item
 
@@ -111,7 +126,7 @@ def _guard(handler: Any, roles: frozenset[int] | None, cluster_id: str) -> Any:
     inner_su = handler.stream_unary
 
     async def stream_unary(requests: Any, context: Any) -> Any:
-        await _check(context, roles, cluster_id)
+        await _check(context, roles, cluster_id, node_exists)
         return await inner_su(requests, context)
 
     return grpc.stream_unary_rpc_method_handler(

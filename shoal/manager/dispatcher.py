@@ -18,13 +18,16 @@ from typing import Any
 import grpc
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import cancel_and_wait, supervised
+from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
+from shoal.manager.hostprobe import host_answers, peer_addr
+from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.servicetable import ServiceTable
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
-from shoal.manager.store.kinds import now_ms
+from shoal.manager.validation import clean_description
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
@@ -42,7 +45,7 @@ class _Session:
         self.id = uuid.uuid4().hex
         # None ends the session.
         self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
-        self.logs: dict[str, asyncio.Queue[dpb.LogChunk | None]] = {}
+        self.logs: dict[str, LogBuffer] = {}
         # The agent said it stops cleanly (and comes back).
         self.leaving = False
 
@@ -52,7 +55,7 @@ class _Session:
     def close(self) -> None:
         self.outbox.put_nowait(None)
         for q in self.logs.values():
-            q.put_nowait(None)
+            q.put(None)
 
 
 def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
@@ -86,7 +89,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._stopping = False
         self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
         self._wakeup = asyncio.Event()
+        self._writing = False
         self._background: list[asyncio.Task[None]] = []
+        self._probes: set[asyncio.Task[None]] = set()
         self.status_writes = 0
         self.peers = PeerTable(cache)
         self.services = ServiceTable(cache)
@@ -95,38 +100,33 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.peers.rebuild()
         self.services.rebuild()
         self._background = [
-            asyncio.create_task(self._push_assignments(), name="dispatcher-assignments"),
-            asyncio.create_task(self._flush_statuses(), name="dispatcher-status"),
-            asyncio.create_task(self._announce_managers(), name="dispatcher-managers"),
+            supervised("dispatcher assignments", self._push_assignments),
+            supervised("dispatcher status writes", self._flush_statuses),
+            supervised("dispatcher manager list", self._announce_managers),
         ]
 
     async def stop(self) -> None:
         self._stopping = True
         for session in list(self.sessions.values()):
             session.close()
-        await cancel_and_wait(self._background)
+        await cancel_and_wait([*self._background, *self._probes])
         for timer in self._timers.values():
             timer.cancel()
 
     # ------------------------------------------------------------ settings
 
-    def _cluster_spec(self) -> pb.ClusterSpec:
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        return clusters[0].spec if clusters else defaults.cluster_spec()
-
     def heartbeat_period_ms(self) -> int:
         """The cluster's period, stretched so this manager takes at most
         MAX_HEARTBEATS_PER_S: a big cluster on a small manager must not drown in
         heartbeats (and then mark busy nodes down)."""
-        configured = int(self._cluster_spec().dispatcher.heartbeat_period_ms) or (
+        configured = int(self.cache.cluster_spec().dispatcher.heartbeat_period_ms) or (
             defaults.HEARTBEAT_PERIOD_MS
         )
         return max(configured, (len(self.sessions) + 1) * 1000 // MAX_HEARTBEATS_PER_S)
 
     def _down_after_s(self, node_id: str) -> float:
-        misses = self._cluster_spec().dispatcher.heartbeat_misses or defaults.HEARTBEAT_MISSES
         period = self._periods.get(node_id) or self.heartbeat_period_ms()
-        return period * misses / 1000
+        return defaults.heartbeat_window_ms(self.cache.cluster_spec().dispatcher, period) / 1000
 
     # ------------------------------------------------------------ session
 
@@ -152,7 +152,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with register")
             return
 
-        await self._node_up(node_id, first.register, context.peer())
+        peer = context.peer()
+        await self._node_up(node_id, first.register, peer)
         session = _Session(node_id)
         old = self.sessions.get(node_id)
         if old is not None:
@@ -161,7 +162,6 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         # later change reaches this session as a diff.
         full = self._assignments(self.cache.tasks_of_node(node_id), full=True)
         peers = dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
-        services = self.services.full()
         self.sessions[node_id] = session
         if self.presence is not None:
             self.presence.claim_session(node_id)
@@ -169,7 +169,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         # The period this agent is told: its down timer must use the same one.
         self._periods[node_id] = self.heartbeat_period_ms()
         self._arm_timer(node_id)
-        log.info("node %s: session %s started (%s)", node_id, session.id[:8], context.peer())
+        log.info("node %s: session %s started (%s)", node_id, session.id[:8], peer)
 
         reader = asyncio.create_task(self._read(session, requests))
         try:
@@ -180,10 +180,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     managers=self.managers(),
                 )
             )
-            # Assignments first: they carry the networks the peer table refers to.
+            # Services (does a task need a namespace), assignments (networks), peers.
+            yield dpb.DispatcherMessage(services=self.services.full())
             yield dpb.DispatcherMessage(assignments=full)
             yield dpb.DispatcherMessage(peers=peers)
-            yield dpb.DispatcherMessage(services=services)
             while True:
                 msg = await session.outbox.get()
                 if msg is None:
@@ -197,16 +197,33 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 if timer is not None:
                     timer.cancel()
                 if not self._stopping and self.presence is not None:
-                    # The agent is gone (its connection closed, or gRPC keepalive found
-                    # the transport dead): the leader marks the node down unless it
-                    # registers again, here or with another manager, within a short
-                    # grace. An agent that said it stops cleanly gets the heartbeat
-                    # window to come back (its containers keep running meanwhile).
-                    self.presence.release_session(
-                        node_id, self._down_after_s(node_id) if session.leaving else 0.0
-                    )
+                    # An agent that said it stops cleanly gets the heartbeat window to
+                    # come back (its containers keep running meanwhile); one that just
+                    # vanished is told apart by whether its host still answers.
+                    if session.leaving:
+                        self.presence.release_session(node_id, self._down_after_s(node_id))
+                    else:
+                        self.presence.release_session(node_id)
+                        probe = asyncio.create_task(self._probe_lost(node_id, session, peer))
+                        self._probes.add(probe)
+                        probe.add_done_callback(self._probes.discard)
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
+
+    async def _probe_lost(self, node_id: str, session: _Session, peer: str) -> None:
+        """A session that ended without Leave was released at once (a host that is gone
+        fails over fast); but a host that still answers lost only its agent process
+        (crashed, OOM-killed: its containers run on). Such a node's session is taken
+        back, within the leader's short grace, and held for the heartbeat window."""
+        addr = peer_addr(peer)
+        if addr is None or not await host_answers(*addr):
+            return
+        current = self.sessions.get(node_id)
+        if (current is not None and current is not session) or self.presence is None:
+            return  # it registered again meanwhile
+        log.info("node %s: agent gone but its host answers: waiting for it", node_id)
+        self.presence.claim_session(node_id)
+        self.presence.release_session(node_id, self._down_after_s(node_id))
 
     async def _read(self, session: _Session, requests: AsyncIterator[dpb.AgentMessage]) -> None:
         try:
@@ -220,7 +237,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
-                        q.put_nowait(msg.log)
+                        q.put(msg.log)
                 elif kind == "leave":
                     session.leaving = True
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -262,10 +279,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     async def _node_up(self, node_id: str, reg: dpb.Register, peer: str) -> None:
         def up(node: pb.Node) -> None:
-            node.description.CopyFrom(reg.description)
+            node.description.CopyFrom(clean_description(reg.description, node.description.hostname))
             node.status.state = pb.NODE_READY
             node.status.message = ""
-            node.status.addr = reg.advertise_addr or _peer_host(peer)
+            node.status.addr = reg.advertise_addr or (peer_addr(peer) or ("", 0))[0]
             node.status.heartbeat_at_ms = now_ms()
 
         await self._update_node(node_id, up)
@@ -316,9 +333,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 resync, changes = await sub.next()
                 if resync:
                     self.peers.rebuild()
-                    self.services.rebuild()
+                    self.services.resync(self.sessions.values())
                     for node_id, session in self.sessions.items():
-                        session.send(dpb.DispatcherMessage(services=self.services.full()))
                         session.send(
                             dpb.DispatcherMessage(
                                 peers=dpb.PeerUpdate(full=True, endpoints=self.peers.full(node_id))
@@ -344,10 +360,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                                 )
                             )
                         )
-                services = self.services.apply(changes)
-                if services is not None:
-                    for session in self.sessions.values():
-                        session.send(dpb.DispatcherMessage(services=services))
+                self.services.publish(changes, self.sessions.values())
                 updated: dict[str, dict[str, pb.Task]] = defaultdict(dict)
                 removed: dict[str, set[str]] = defaultdict(set)
                 for c in changes:
@@ -389,6 +402,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     # ------------------------------------------------------------ task status
 
+    def flushed(self) -> bool:
+        """No agent report waits to be written (part of GetCluster's idle signal)."""
+        return not self._pending and not self._wakeup.is_set() and not self._writing
+
     def _queue(self, node_id: str, updates: Any) -> None:
         for u in updates:
             self._pending[u.task_id] = (node_id, u.status)
@@ -402,6 +419,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await asyncio.sleep(FLUSH_INTERVAL_S)
             self._wakeup.clear()
             pending, self._pending = self._pending, {}
+            self._writing = True
             try:
                 await self._write_statuses(pending)
             except Exception as err:  # etcd away: keep the reports, try again
@@ -410,6 +428,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     self._pending.setdefault(task_id, item)
                 await asyncio.sleep(0.5)
                 self._wakeup.set()
+            finally:
+                self._writing = False
 
     async def _write_statuses(self, pending: dict[str, tuple[str, pb.TaskStatus]]) -> None:
         ops: list[Update] = []
@@ -452,7 +472,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         if session is None:
             raise LookupError(f"node {node_id} has no session with this manager")
         request_id = uuid.uuid4().hex
-        q: asyncio.Queue[dpb.LogChunk | None] = asyncio.Queue()
+        q = LogBuffer()
         session.logs[request_id] = q
         session.send(
             dpb.DispatcherMessage(
@@ -476,12 +496,3 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             session.logs.pop(request_id, None)
             if self.sessions.get(node_id) is session:
                 session.send(dpb.DispatcherMessage(log_cancel=dpb.LogCancel(request_id=request_id)))
-
-
-def _peer_host(peer: str) -> str:
-    # "ipv4:10.1.2.3:51234" -> "10.1.2.3"
-    if peer.startswith("ipv4:"):
-        return peer[5:].rsplit(":", 1)[0]
-    if peer.startswith("ipv6:"):
-        return peer[5:].rsplit(":", 1)[0].strip("[]")
-    return ""

@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-from aetcd import rpc
+from collections.abc import Awaitable, Callable
 
 from shoal.aiotasks import first_completed
-from shoal.manager.store import Fence, Store, StoreError
-from shoal.manager.store.store import etcd_call
+from shoal.manager.store import Fence, LeaseExpired, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -58,75 +54,29 @@ class Election:
     async def _campaign(self, lease: int) -> Fence:
         key = self.store.keys.leader
         while True:
-            resp = await etcd_call(
-                self.store.conn.kv.Txn,
-                rpc.TxnRequest(
-                    compare=[
-                        rpc.Compare(
-                            key=key,
-                            target=rpc.Compare.CREATE,
-                            result=rpc.Compare.EQUAL,
-                            create_revision=0,
-                        )
-                    ],
-                    success=[
-                        rpc.RequestOp(
-                            request_put=rpc.PutRequest(
-                                key=key, value=self.manager_id.encode(), lease=lease
-                            )
-                        )
-                    ],
-                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
-                ),
-            )
-            if resp.succeeded:
+            claim = await self.store.create_leased(key, self.manager_id.encode(), lease)
+            if claim.created:
                 self.leader_id = self.manager_id
-                return Fence(key, int(resp.header.revision))
-            kvs = resp.responses[0].response_range.kvs
-            if kvs and kvs[0].value.decode() == self.manager_id and kvs[0].lease != lease:
+                return Fence(key, claim.revision)
+            holder = claim.value.decode() if claim.value is not None else None
+            if holder == self.manager_id and claim.lease != lease:
                 # Our own previous life (killed, now restarted: the state dir lock
                 # says it is gone) still holds the key: release it instead of
                 # waiting out its TTL.
                 log.info("releasing leadership held by this manager's previous run")
-                await self.store.revoke_lease(int(kvs[0].lease))
+                await self.store.revoke_lease(claim.lease)
                 continue
-            if kvs:
-                self.leader_id = kvs[0].value.decode()
+            if holder is not None:
+                self.leader_id = holder
                 # Keep our own lease alive meanwhile: it is the one we campaign with.
                 await first_completed(
-                    self._keep(lease), self._leader_key_deleted(int(resp.header.revision))
+                    self._keep(lease), self.store.wait_deleted(key, claim.revision)
                 )
-
-    async def _leader_key_deleted(self, revision: int) -> None:
-        requests: asyncio.Queue[Any] = asyncio.Queue()
-        requests.put_nowait(
-            rpc.WatchRequest(
-                create_request=rpc.WatchCreateRequest(
-                    key=self.store.keys.leader, start_revision=revision + 1
-                )
-            )
-        )
-
-        async def outgoing() -> AsyncIterator[Any]:
-            while True:
-                yield await requests.get()
-
-        call = self.store.conn.watch.Watch(outgoing(), wait_for_ready=True)
-        try:
-            async for resp in call:
-                if resp.compact_revision or resp.canceled:
-                    return  # cannot tell: look at the key again
-                if any(ev.type == rpc.Event.DELETE for ev in resp.events):
-                    return
-        except Exception as err:
-            raise StoreError(f"watching the leader key failed: {err}") from err
-        finally:
-            call.cancel()
 
     async def _keep(self, lease: int) -> None:
         async for _ in self.store.keep_alive(lease, self.ttl_s / 3):
             pass
-        raise StoreError("lease expired")
+        raise LeaseExpired("lease expired")
 
     async def _lead(self, lease: int, fence: Fence, work: LeaderWork) -> None:
         log.info("manager %s is the leader", self.manager_id)

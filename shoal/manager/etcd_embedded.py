@@ -1,6 +1,8 @@
 """The embedded etcd: Debian's `etcd` binary run as a child of the manager.
 
-It listens on loopback only, on ports picked once and kept in the state dir so
+It listens on loopback only and speaks TLS only: clients (and its own peer
+port) must show a certificate from the embedded etcd's own CA (etcd_tls.py),
+which only the manager holds. Its ports are picked once and kept in the state dir so
 a restarted manager finds its data under the same member URLs. The child gets
 SIGKILL if the manager dies (`setpriv --pdeathsig`), and a leftover from a killed
 manager is found by its pid file and stopped before a new one starts.
@@ -19,6 +21,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from shoal.manager.etcd_tls import EtcdCredentials, ensure_credentials
+from shoal.manager.store.etcd import EtcdTLS
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +53,36 @@ class EmbeddedEtcd:
         self.process: subprocess.Popen[bytes] | None = None
         self.client_port = 0
         self.peer_port = 0
+        self.creds: EtcdCredentials | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.endpoint}"
+
+    @property
+    def tls(self) -> EtcdTLS:
+        """What a client needs to talk to this etcd (only after start())."""
+        if self.creds is None:
+            raise EtcdError("embedded etcd not started")
+        return EtcdTLS(self.creds.ca, self.creds.client_cert, self.creds.client_key)
+
+    def manager_args(self) -> list[str]:
+        """`swarmd manager` flags that use this etcd as an external one."""
+        tls = self.tls
+        return [
+            "--etcd-endpoints",
+            self.url,
+            "--etcd-cacert",
+            str(tls.ca_file),
+            "--etcd-cert",
+            str(tls.cert_file),
+            "--etcd-key",
+            str(tls.key_file),
+        ]
 
     def _ports(self) -> tuple[int, int]:
         conf = self.dir / "ports.json"
@@ -84,8 +115,9 @@ class EmbeddedEtcd:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._stop_leftover()
         self.client_port, self.peer_port = self._ports()
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.creds = creds = ensure_credentials(self.dir / "pki")
+        client = f"https://127.0.0.1:{self.client_port}"
+        peer = f"https://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
             "--name",
@@ -104,6 +136,20 @@ class EmbeddedEtcd:
             f"shoal={peer}",
             "--initial-cluster-state",
             "new",
+            "--cert-file",
+            str(creds.server_cert),
+            "--key-file",
+            str(creds.server_key),
+            "--trusted-ca-file",
+            str(creds.ca),
+            "--client-cert-auth",
+            "--peer-cert-file",
+            str(creds.server_cert),
+            "--peer-key-file",
+            str(creds.server_key),
+            "--peer-trusted-ca-file",
+            str(creds.ca),
+            "--peer-client-cert-auth",
             # Keep history bounded; watchers re-list if they fall behind.
             "--auto-compaction-mode",
             "revision",

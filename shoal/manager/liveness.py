@@ -69,11 +69,7 @@ class NodeLiveness:
 
     def _window_s(self) -> float:
         """The heartbeat window: period x misses."""
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        spec = clusters[0].spec.dispatcher if clusters else defaults.cluster_spec().dispatcher
-        period = spec.heartbeat_period_ms or defaults.HEARTBEAT_PERIOD_MS
-        misses = spec.heartbeat_misses or defaults.HEARTBEAT_MISSES
-        return float(period * misses / 1000)
+        return defaults.heartbeat_window_ms(self.cache.cluster_spec().dispatcher) / 1000
 
     def _check_all(self, grace_s: float) -> None:
         for node in self.cache.list_objects(Kind.NODE):

@@ -15,8 +15,8 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait, first_completed
-from shoal.manager import ca
+from shoal.aiotasks import cancel_and_wait, first_completed, supervised
+from shoal.clock import utcnow
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
@@ -25,12 +25,14 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.ids import new_id
 from shoal.manager.liveness import NodeLiveness
 from shoal.manager.nodeca import NodeCA, new_node
+from shoal.manager.pinning import ImagePinner
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
     Conflict,
+    EtcdAuth,
     EtcdConnection,
     EtcdTLS,
     Fence,
@@ -38,11 +40,13 @@ from shoal.manager.store import (
     NotFound,
     Store,
 )
+from shoal.pki import ca
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import join, join_addr_for
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker.identity import NodeIdentity, join
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +59,14 @@ class ManagerConfig:
     control_socket: Path | None = None
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd_tls: EtcdTLS | None = None
+    etcd_auth: EtcdAuth | None = None
     join_addr: str = ""
     join_token: str = ""
     hostname: str = ""
     # How long a dead leader holds on before another manager takes over.
     leader_ttl_s: int = 5
+    # Registries the manager reaches over plain HTTP to pin image tags (as the workers').
+    insecure_registries: set[str] = field(default_factory=set)
 
     @property
     def socket_path(self) -> Path:
@@ -96,9 +103,9 @@ def load_or_create_id(state_dir: Path) -> str:
 
 async def ensure_cluster(store: Store) -> pb.Cluster:
     """Creates the cluster (root CA, join tokens) if etcd holds none yet."""
-    existing = await store.list_objects(Kind.CLUSTER)
-    if existing:
-        return existing[0]  # type: ignore[return-value]
+    existing = await store.cluster()
+    if existing is not None:
+        return existing
     cluster_id = new_id()
     root = ca.new_root_ca(cluster_id)
     cluster = pb.Cluster(
@@ -116,7 +123,9 @@ async def ensure_cluster(store: Store) -> pb.Cluster:
         return cluster
     except AlreadyExists:
         # Another manager created it at the same moment: use theirs.
-        return (await store.list_objects(Kind.CLUSTER))[0]  # type: ignore[return-value]
+        theirs = await store.cluster()
+        assert theirs is not None, "the cluster exists: creating it conflicted"
+        return theirs
 
 
 async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: str) -> None:
@@ -145,19 +154,11 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
             continue
 
 
-def join_addr_for(addr: str) -> str:
-    """The CA join endpoint that goes with a manager address: the next port.
-
-    Joining nodes have no certificate yet, and gRPC Python servers can either
-    require client certificates or not ask for them at all; so certificate-less
-    joins get their own TLS port, and the main port is strictly mTLS.
-    """
-    host, _, port = addr.rpartition(":")
-    return f"{host}:{int(port) + 1 if int(port) else 0}"
-
-
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# A reconcile pass normally takes milliseconds; one this old is hung.
+RECONCILE_STUCK_S = 120.0
+WATCHDOG_EVERY_S = 5.0
 # Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
 # dead peer whose host vanished without closing the connection in 1-2.5 s; with
 # the 1 s grace after a lost session its tasks move in under 4 s.
@@ -179,11 +180,9 @@ async def check_manager_token(store: Store, token: str) -> None:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinRefused(str(err)) from None
-    clusters = await store.list_objects(Kind.CLUSTER)
-    if not clusters:
+    cluster = await store.cluster()
+    if cluster is None:
         raise JoinRefused("there is no cluster to join in this etcd")
-    cluster = clusters[0]
-    assert isinstance(cluster, pb.Cluster)
     if parsed.digest != cluster.root_ca.ca_digest:
         raise JoinRefused("the join token's CA digest does not match the cluster's root CA")
     if ca.token_role(cluster, token) != pb.ROLE_MANAGER:
@@ -228,7 +227,19 @@ class Manager:
     async def _lead(self, fence: Fence) -> None:
         """The leader's work: the reconcilers, and node liveness across managers."""
         assert self.reconciler is not None and self.liveness is not None
-        await first_completed(self.reconciler.run(fence), self.liveness.run(fence))
+        await first_completed(
+            self.reconciler.run(fence), self.liveness.run(fence), self._watchdog()
+        )
+
+    async def _watchdog(self) -> None:
+        """A leader whose reconcile pass hangs gives leadership up (the election then
+        revokes its lease) rather than keep the lease doing nothing."""
+        assert self.reconciler is not None
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            stuck = self.reconciler.stuck_for_s()
+            if stuck > RECONCILE_STUCK_S:
+                raise ReconcilerStuck(f"a reconcile pass has run for {stuck:.0f}s")
 
     def _server_credentials(self, cluster: pb.Cluster, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this manager's certificate, re-issued at half its life (no restart)."""
@@ -239,6 +250,15 @@ class Manager:
             require_client_authentication=client_auth,
         )
 
+    async def _node_exists(self, node_id: str) -> bool:
+        """From the watch-fed cache; a miss is checked again after a sync, since another
+        manager may have just admitted the node."""
+        assert self.cache is not None
+        if self.cache.get(Kind.NODE, node_id) is not None:
+            return True
+        await self.cache.sync()
+        return self.cache.get(Kind.NODE, node_id) is not None
+
     async def _serve_remote(
         self, cluster: pb.Cluster, control: ControlAPI, servers: list[grpc.aio.Server]
     ) -> None:
@@ -246,7 +266,9 @@ class Manager:
         cfg = self.config
         nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
-        remote = grpc.aio.server(interceptors=[RoleAuthorizer(cluster.id)], options=SESSION_OPTIONS)
+        remote = grpc.aio.server(
+            interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
+        )
         api_grpc.add_ControlServicer_to_server(control, remote)
         ca_pb2_grpc.add_NodeCAServicer_to_server(nodeca, remote)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, remote)
@@ -269,6 +291,27 @@ class Manager:
             cfg.join_listen_addr,
         )
 
+    async def _serve_local(
+        self, control: ControlAPI, servers: list[grpc.aio.Server]
+    ) -> grpc.aio.Server:
+        """Local callers: the control socket, guarded by file permissions (root)."""
+        server = grpc.aio.server()
+        servers.append(server)
+        api_grpc.add_ControlServicer_to_server(control, server)
+        sock = self.config.socket_path
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        # Root-only from the first moment: create the socket under a tight umask.
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix://{sock}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock, 0o600)
+        log.info("manager %s: control API on %s", self.id, sock)
+        return server
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -277,21 +320,22 @@ class Manager:
         servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
+        pinner: ImagePinner | None = None
         try:
-            endpoints = cfg.etcd_endpoints
+            endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
                 self.etcd = EmbeddedEtcd(cfg.state_dir)
                 await self.etcd.start()
-                endpoints = [self.etcd.endpoint]
-                log.info("embedded etcd on %s", self.etcd.endpoint)
-            self.store = Store(EtcdConnection(endpoints, cfg.etcd_tls))
+                endpoints, tls = [self.etcd.endpoint], self.etcd.tls
+                log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
+            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth))
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
             self.cache = Cache(self.store)
             await self.cache.start()
             self.presence = Presence(self.store, self.id, cfg.remote_addr, cfg.leader_ttl_s)
-            presence = asyncio.create_task(self.presence.run(), name="presence")
+            presence = supervised("presence", self.presence.run)
             cache = self.cache
 
             def managers() -> list[str]:
@@ -301,26 +345,17 @@ class Manager:
 
             self.dispatcher = Dispatcher(self.store, self.cache, managers, self.presence)
             await self.dispatcher.start()
-            control = ControlAPI(self.store, self.cache, self.dispatcher)
+            pinner = ImagePinner(cfg.insecure_registries)
+            control = ControlAPI(
+                self.store,
+                self.cache,
+                self.dispatcher,
+                pinner,
+                reconciler_idle=lambda: self.reconciler is not None and self.reconciler.idle(),
+            )
 
             await self._serve_remote(cluster, control, servers)
-
-            # Local callers: the control socket, guarded by file permissions (root).
-            server = grpc.aio.server()
-            servers.append(server)
-            api_grpc.add_ControlServicer_to_server(control, server)
-            sock = cfg.socket_path
-            sock.parent.mkdir(parents=True, exist_ok=True)
-            sock.unlink(missing_ok=True)
-            # Root-only from the first moment: create the socket under a tight umask.
-            old_umask = os.umask(0o177)
-            try:
-                server.add_insecure_port(f"unix://{sock}")
-                await server.start()
-            finally:
-                os.umask(old_umask)
-            os.chmod(sock, 0o600)
-            log.info("manager %s: control API on %s", self.id, sock)
+            server = await self._serve_local(control, servers)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)
@@ -339,6 +374,8 @@ class Manager:
                 await self.presence.resign()
             for srv in servers:
                 await srv.stop(grace=2)
+            if pinner is not None:
+                await pinner.close()
             if server is not None:
                 cfg.socket_path.unlink(missing_ok=True)
             if self.cache is not None:
@@ -350,13 +387,17 @@ class Manager:
             os.close(lock_fd)
 
 
+class ReconcilerStuck(RuntimeError):
+    pass
+
+
 class ServerIdentity:
     """This manager's TLS certificate; gRPC asks `refresh` before each handshake."""
 
     def __init__(self, cluster: pb.Cluster, manager_id: str) -> None:
         self.cluster = cluster
         self.manager_id = manager_id
-        self.renew_at = datetime.datetime.now(datetime.UTC)
+        self.renew_at = utcnow()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         key = ca.new_key()
@@ -369,7 +410,7 @@ class ServerIdentity:
             self.cluster.id,
             validity,
         )
-        self.renew_at = datetime.datetime.now(datetime.UTC) + validity / 2
+        self.renew_at = utcnow() + validity / 2
         root = self.cluster.root_ca.ca_cert_pem
         # The chain carries the root so a joining node can pin it by its digest.
         return grpc.ssl_server_certificate_configuration(
@@ -377,6 +418,6 @@ class ServerIdentity:
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:
-        if datetime.datetime.now(datetime.UTC) < self.renew_at:
+        if utcnow() < self.renew_at:
             return None
         return self.configuration()

@@ -8,14 +8,18 @@ from typing import Any
 
 import grpc
 
-from shoal.manager import ca
+from shoal.manager.admission import JoinAdmission, source_of
 from shoal.manager.authz import peer_identity
 from shoal.manager.ids import new_id
 from shoal.manager.store import Cache, Kind, Store
+from shoal.manager.validation import InvalidSpec, check_hostname
+from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def cert_validity(cluster: pb.Cluster) -> datetime.timedelta:
@@ -37,15 +41,31 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
     def __init__(self, store: Store, cache: Cache) -> None:
         self.store = store
         self.cache = cache
+        self.admission = JoinAdmission()
 
     async def _cluster(self, context: Any) -> pb.Cluster:
         await self.cache.sync()
-        clusters = self.cache.list_objects(Kind.CLUSTER)
-        if not clusters:
+        cluster = self.cache.cluster()
+        if cluster is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is not initialised")
-        return clusters[0]  # type: ignore[no-any-return]
+            raise AssertionError("unreachable: abort raises")
+        return cluster
 
     async def IssueNodeCertificate(
+        self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
+    ) -> ca_pb2.IssueNodeCertificateResponse:
+        source = source_of(context.peer())
+        async with self.admission.admit(source):
+            try:
+                return await self._issue(request, context)
+            except Exception:
+                # Refused tokens and bad CSRs (context.abort raises) count against the
+                # source; a busy etcd does not.
+                if context.code() in REFUSALS:
+                    self.admission.failed(source)
+                raise
+
+    async def _issue(
         self, request: ca_pb2.IssueNodeCertificateRequest, context: Any
     ) -> ca_pb2.IssueNodeCertificateResponse:
         cluster = await self._cluster(context)
@@ -66,6 +86,12 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
                 "invalid join token: it is not (or no longer) a current token of this cluster",
             )
         assert role is not None
+        try:
+            # It shows in `node ls` and constraints: no terminal escapes, no spaces.
+            check_hostname(request.hostname)
+        except InvalidSpec as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise
         node_id = new_id()
         try:
             cert = ca.issue_cert(

@@ -13,15 +13,10 @@ import asyncio
 import contextlib
 import logging
 
-from aetcd import rpc
-
 from shoal.manager.store import Store, StoreError
-from shoal.manager.store.store import etcd_call
 
 log = logging.getLogger(__name__)
 
-# etcd refuses transactions of more than 128 operations by default.
-TXN_OPS = 100
 # Session claims that arrive together (agents re-registering after a manager
 # restart) go out in one transaction.
 BATCH_WINDOW_S = 0.02
@@ -71,7 +66,9 @@ class Presence:
                 self._pending = {n: True for n in self._owned} | {
                     n: False for n, claim in self._pending.items() if not claim
                 }
-                await self._put(self.store.keys.manager(self.manager_id), self.addr.encode())
+                await self.store.put_leased(
+                    [(self.store.keys.manager(self.manager_id), self.addr.encode())], self._lease
+                )
                 self._wakeup.set()
                 writer = asyncio.create_task(self._write_sessions())
                 try:
@@ -93,11 +90,6 @@ class Presence:
             with contextlib.suppress(StoreError):
                 await self.store.revoke_lease(self._lease)
 
-    async def _put(self, key: bytes, value: bytes) -> None:
-        await etcd_call(
-            self.store.conn.kv.Put, rpc.PutRequest(key=key, value=value, lease=self._lease or 0)
-        )
-
     async def _write_sessions(self) -> None:
         keys = self.store.keys
         mine = self.manager_id.encode()
@@ -107,35 +99,10 @@ class Presence:
             self._wakeup.clear()
             pending, self._pending = self._pending, {}
             try:
-                claims = [n for n, claim in pending.items() if claim]
-                for i in range(0, len(claims), TXN_OPS):
-                    ops = [
-                        rpc.RequestOp(
-                            request_put=rpc.PutRequest(
-                                key=keys.session(n), value=mine, lease=self._lease or 0
-                            )
-                        )
-                        for n in claims[i : i + TXN_OPS]
-                    ]
-                    await etcd_call(self.store.conn.kv.Txn, rpc.TxnRequest(success=ops))
+                claims = [(keys.session(n), mine) for n, claim in pending.items() if claim]
+                await self.store.put_leased(claims, self._lease or 0)
                 for n in (n for n, claim in pending.items() if not claim):
-                    key = keys.session(n)
-                    await etcd_call(
-                        self.store.conn.kv.Txn,
-                        rpc.TxnRequest(
-                            compare=[
-                                rpc.Compare(
-                                    key=key,
-                                    target=rpc.Compare.VALUE,
-                                    result=rpc.Compare.EQUAL,
-                                    value=mine,
-                                )
-                            ],
-                            success=[
-                                rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-                            ],
-                        ),
-                    )
+                    await self.store.delete_if_value(keys.session(n), mine)
             except StoreError:
                 # Keep what was not written (newer requests win) and let run() retry.
                 self._pending = pending | self._pending

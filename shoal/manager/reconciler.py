@@ -10,16 +10,29 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Iterable
 
+from shoal.clock import now_ms
 from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
 from shoal.manager.scheduler import Scheduler
-from shoal.manager.store import Cache, Change, Fence, Kind, Store, Subscription, Update
-from shoal.manager.store.kinds import now_ms
+from shoal.manager.store import (
+    Cache,
+    Change,
+    Fence,
+    Kind,
+    Refused,
+    Store,
+    Subscription,
+    Update,
+)
 from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+REFUSED_BACKOFF_MIN_S = 1.0
+REFUSED_BACKOFF_MAX_S = 30.0
 
 
 class Reconciler:
@@ -30,25 +43,51 @@ class Reconciler:
         self.scheduler = Scheduler(cache)
         self.ipam = IPAM(cache)
         self.passes = 0
+        self.busy_since = 0.0
         self._wakeups: list[tuple[int, str]] = []
+        self._sub: Subscription | None = None
+        self._waiting = False
+
+    def idle(self) -> bool:
+        """Waiting for news, none queued, no delayed restart due: every change the cache
+        holds was acted on. Tests wait for this before checking that nothing more happens."""
+        sub = self._sub
+        return self._waiting and sub is not None and sub.queue.empty() and not self._wakeups
 
     async def run(self, fence: Fence) -> None:
         """Runs until cancelled (leadership lost) or a fenced write is refused."""
         with self.cache.subscribe() as sub:
             await self.cache.sync()
             retry = self._everything()
+            backoff = REFUSED_BACKOFF_MIN_S
+            self._sub = sub
             while True:
                 # A first pass, or one to redo, goes at once; otherwise wait for news
                 # or for the next task held back by a restart delay.
                 if retry:
                     resync, changes = sub.drain()
                 else:
-                    resync, changes = await self._next(sub)
+                    self._waiting = True
+                    try:
+                        resync, changes = await self._next(sub)
+                    finally:
+                        self._waiting = False
                 dirty = (
                     retry | self._due() | (self._everything() if resync else self._dirty(changes))
                 )
                 retry = set()
-                if not await self.reconcile(dirty, fence):
+                try:
+                    ok = await self.reconcile(dirty, fence)
+                except Refused as err:
+                    # etcd turned a write down (too large, say): this pass's work waits
+                    # and is decided again, and leadership is not given up over it.
+                    log.error("a reconcile write was refused: %s; again in %.0fs", err, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, REFUSED_BACKOFF_MAX_S)
+                    retry = dirty
+                    continue
+                backoff = REFUSED_BACKOFF_MIN_S
+                if not ok:
                     retry = dirty
 
     async def _next(self, sub: Subscription) -> tuple[bool, list[Change]]:
@@ -116,8 +155,19 @@ class Reconciler:
                 t.status.state = pb.PENDING
                 t.status.message = "pending task scheduling"
 
+    def stuck_for_s(self) -> float:
+        """How long the pass in progress has been running (0 when idle)."""
+        return time.monotonic() - self.busy_since if self.busy_since else 0.0
+
     async def reconcile(self, service_ids: set[str], fence: Fence) -> bool:
         """One pass; False if some write conflicted and the pass should be redone."""
+        self.busy_since = time.monotonic()
+        try:
+            return await self._reconcile(service_ids, fence)
+        finally:
+            self.busy_since = 0.0
+
+    async def _reconcile(self, service_ids: set[str], fence: Fence) -> bool:
         self.passes += 1
         plan = Plan()
         self.orchestrator.reconcile(service_ids, plan)

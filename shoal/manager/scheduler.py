@@ -14,9 +14,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shoal.clock import now_ms
 from shoal.manager import constraints
 from shoal.manager.store import Cache, Kind
-from shoal.manager.store.kinds import now_ms
 from shoal.proto import objects_pb2 as pb
 
 _AVAILABILITY = {pb.AVAILABILITY_PAUSE: "paused", pb.AVAILABILITY_DRAIN: "drained"}

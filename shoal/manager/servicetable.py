@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from typing import Protocol
 
 from shoal.manager.store import Cache, Change, Kind
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
+
+
+class Sender(Protocol):
+    def send(self, msg: dpb.DispatcherMessage) -> None: ...
 
 
 def serving(task: pb.Task | None) -> bool:
@@ -47,6 +52,20 @@ class ServiceTable:
 
     def full(self) -> dpb.ServiceUpdate:
         return dpb.ServiceUpdate(full=True, services=list(self.records.values()))
+
+    def resync(self, sessions: Iterable[Sender]) -> None:
+        """After a cache resync: rebuilt, and every session gets the full table."""
+        self.rebuild()
+        for session in sessions:
+            session.send(dpb.DispatcherMessage(services=self.full()))
+
+    def publish(self, changes: Iterable[Change], sessions: Iterable[Sender]) -> None:
+        """Folds cache changes in and sends the changed records to every session (before
+        the same pass's assignments: a record says whether a task needs a namespace)."""
+        update = self.apply(changes)
+        if update is not None:
+            for session in sessions:
+                session.send(dpb.DispatcherMessage(services=update))
 
     def _record(self, service: pb.Service) -> dpb.ServiceRecord:
         addrs = []

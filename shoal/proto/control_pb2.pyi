@@ -30,6 +30,7 @@ class ServiceInfo(_message.Message):
     DESIRED_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     RUNNING_UPDATED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     desired: _builtins.int
     """Tasks whose desired state is running."""
     running: _builtins.int
@@ -38,6 +39,10 @@ class ServiceInfo(_message.Message):
     """Of those, the ones made from the current spec (and healthy, if checked)."""
     @_builtins.property
     def service(self) -> _objects_pb2.Service: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the caller should know (create/update only): e.g. an image left unpinned."""
+
     def __init__(
         self,
         *,
@@ -45,10 +50,11 @@ class ServiceInfo(_message.Message):
         desired: _builtins.int = ...,
         running: _builtins.int = ...,
         running_updated: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "running", b"running", "running_updated", b"running_updated", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "running", b"running", "running_updated", b"running_updated", "service", b"service", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -102,11 +108,14 @@ class UpdateServiceRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
     version: _builtins.int
     """Version the caller read; a stale version fails with ABORTED."""
     rollback: _builtins.bool
     """Go back to previous_spec instead of applying spec."""
+    force: _builtins.bool
+    """Replace every task even if the spec is unchanged, resolving the image tag again."""
     @_builtins.property
     def spec(self) -> _objects_pb2.ServiceSpec: ...
     def __init__(
@@ -116,10 +125,11 @@ class UpdateServiceRequest(_message.Message):
         version: _builtins.int = ...,
         spec: _objects_pb2.ServiceSpec | None = ...,
         rollback: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref", "rollback", b"rollback", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ref", b"ref", "rollback", b"rollback", "spec", b"spec", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

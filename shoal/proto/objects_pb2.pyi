@@ -533,6 +533,10 @@ class ContainerSpec(_message.Message):
     HEALTHCHECK_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _builtins.int
     ENDPOINT_DRAIN_MS_FIELD_NUMBER: _builtins.int
+    CAP_ADD_FIELD_NUMBER: _builtins.int
+    CAP_DROP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    PIDS_LIMIT_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
@@ -541,6 +545,10 @@ class ContainerSpec(_message.Message):
     """How long a stopping task stays out of DNS and load balancers before its
     SIGTERM (in-flight requests finish); unset means the default, 2 s.
     """
+    seccomp: _builtins.str
+    """"" (the default profile) or "unconfined" """
+    pids_limit: _builtins.int
+    """0: the default; -1: unlimited"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -553,6 +561,17 @@ class ContainerSpec(_message.Message):
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
     @_builtins.property
     def healthcheck(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Confinement beyond the defaults (Docker's capability set, the default seccomp
+        profile, a pids limit): only what the service asks for explicitly.
+        CAP_NET_ADMIN ...
+        """
+
+    @_builtins.property
+    def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CAP_... or ALL"""
+
     def __init__(
         self,
         *,
@@ -567,10 +586,14 @@ class ContainerSpec(_message.Message):
         healthcheck: Global___HealthCheck | None = ...,
         stop_grace_period_ms: _builtins.int = ...,
         endpoint_drain_ms: _builtins.int | None = ...,
+        cap_add: _abc.Iterable[_builtins.str] | None = ...,
+        cap_drop: _abc.Iterable[_builtins.str] | None = ...,
+        seccomp: _builtins.str = ...,
+        pids_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms", "endpoint_drain_ms", b"endpoint_drain_ms", "healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms", "args", b"args", "command", b"command", "dir", b"dir", "endpoint_drain_ms", b"endpoint_drain_ms", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms", "args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "dir", b"dir", "endpoint_drain_ms", b"endpoint_drain_ms", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__endpoint_drain_ms: _TypeAlias = _typing.Literal["endpoint_drain_ms"]  # noqa: Y015
     _WhichOneofArgType__endpoint_drain_ms: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms"]  # noqa: Y015
@@ -1024,11 +1047,19 @@ class Service(_message.Message):
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    PINNED_IMAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PINNED_IMAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Bumped on every spec change; tasks carry the spec_version they were
     created from, so the orchestrator can tell outdated tasks.
     """
+    pinned_image: _builtins.str
+    """The image tasks run: spec.task.container.image pinned to the digest the manager
+    resolved it to (REF@sha256:...); empty when the registry could not be reached
+    (agents then resolve the tag themselves).
+    """
+    previous_pinned_image: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1049,10 +1080,12 @@ class Service(_message.Message):
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
         endpoint: Global___ServiceEndpoint | None = ...,
+        pinned_image: _builtins.str = ...,
+        previous_pinned_image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "pinned_image", b"pinned_image", "previous_pinned_image", b"previous_pinned_image", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

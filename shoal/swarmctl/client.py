@@ -15,34 +15,13 @@ import grpc
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+from shoal.swarmctl.errors import CLIError as CLIError  # re-exported: raised by every call
+from shoal.swarmctl.errors import one_line
 
-DEFAULT_SOCKET = "/var/lib/shoal/control.sock"
-SOCKET_ENV = "SWARM_SOCKET"
 CALL_TIMEOUT_S = 10.0
 
 # What gRPC core (not the manager) says when the transport itself fails.
 _TRANSPORT_ERRORS = ("failed to connect", "socket closed", "connection reset", "broken pipe")
-
-
-class CLIError(Exception):
-    """A failed request: printed as `Error: <message>`, exit code 1."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(one_line(message))
-        self.code = code
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-
-def one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def resolve_socket(flag: str | None) -> str:
-    """`--socket`, else $SWARM_SOCKET, else the default path."""
-    return flag or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def rpc_error(err: grpc.RpcError, socket: str) -> CLIError:
@@ -99,9 +78,16 @@ class Client:
         return resp.service
 
     def update_service(
-        self, ref: str, version: int, spec: pb.ServiceSpec | None = None, rollback: bool = False
+        self,
+        ref: str,
+        version: int,
+        spec: pb.ServiceSpec | None = None,
+        rollback: bool = False,
+        force: bool = False,
     ) -> api.ServiceInfo:
-        req = api.UpdateServiceRequest(ref=ref, version=version, spec=spec, rollback=rollback)
+        req = api.UpdateServiceRequest(
+            ref=ref, version=version, spec=spec, rollback=rollback, force=force
+        )
         resp: api.UpdateServiceResponse = self._call(self._stub.UpdateService, req)
         return resp.service
 

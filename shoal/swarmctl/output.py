@@ -347,15 +347,12 @@ def ports_text(ports: Sequence[pb.PortConfig]) -> str:
     )
 
 
-def tasks_with_ports(
-    tasks: Sequence[pb.Task], hostnames: Mapping[str, str], ports: Sequence[pb.PortConfig]
+def with_port_views(
+    views: list[dict[str, Any]], tasks: Sequence[pb.Task], ports: Sequence[pb.PortConfig]
 ) -> list[dict[str, Any]]:
     """Task views; the ones meant to run show the service's published ports."""
-    views = []
-    for t in tasks:
-        view = task_view(t, hostnames)
+    for view, t in zip(views, tasks, strict=True):
         view["ports"] = ports_view(ports) if t.desired_state == pb.RUNNING else []
-        views.append(view)
     return views
 
 

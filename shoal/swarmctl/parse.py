@@ -222,3 +222,25 @@ def failure_action(value: str) -> pb.UpdateConfig.FailureAction.ValueType:
 
 def update_order(value: str) -> pb.UpdateConfig.Order.ValueType:
     return _choice(UPDATE_ORDER, value, "update order")
+
+
+_CAPABILITY = re.compile(r"^(?:CAP_)?[A-Z_]+$")
+
+
+def capability(name: str) -> str:
+    """`net_admin`, `NET_ADMIN` or `CAP_NET_ADMIN` -> `CAP_NET_ADMIN` (the manager checks
+    that it exists)."""
+    upper = name.strip().upper()
+    if not _CAPABILITY.match(upper):
+        raise ValueError(f"invalid capability {name!r}: expected e.g. NET_ADMIN")
+    return upper if upper.startswith("CAP_") else "CAP_" + upper
+
+
+def security_opt(text: str) -> str:
+    """`seccomp=unconfined|default` -> the spec's seccomp field; nothing else is supported."""
+    key, sep, value = text.partition("=")
+    if key != "seccomp" or not sep or value not in ("unconfined", "default"):
+        raise ValueError(
+            f"unsupported --security-opt {text!r}: only seccomp=unconfined or seccomp=default"
+        )
+    return "" if value == "default" else value

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import platform
+import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import utcnow
+from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
 from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
 from shoal.overlay.egress import Egress
+from shoal.pki.identity import NodeIdentity
+from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
-from shoal.worker import identity as ident_mod
-from shoal.worker.identity import NodeIdentity
+from shoal.worker.hostcheck import check_same_mounts_as_containerd
+from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
 from shoal.worker.resolver import Resolver, host_resolvers
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
@@ -38,6 +42,10 @@ class WorkerConfig:
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
     insecure_registries: set[str] = field(default_factory=set)
+    # Bind-mount sources this node accepts (prefixes); empty: whatever the API allows.
+    allow_bind_mounts: tuple[str, ...] = ()
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_max_files: int = DEFAULT_MAX_FILES
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
@@ -60,8 +68,8 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
 
         state = config.state_dir / "simulated-containers"
         return SimulatedRuntime(state_dir=state if config.simulated_state_on_disk else None)
+    from shoal.registry import RegistryClient
     from shoal.worker.runtime.containerd import ContainerdRuntime
-    from shoal.worker.runtime.registry import RegistryClient
 
     # Each node has its own containerd namespace: several nodes can share one containerd.
     return ContainerdRuntime(
@@ -69,6 +77,10 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
         namespace=f"shoal-{node_id}",
         state_dir=config.state_dir,
         registry=RegistryClient(insecure=config.insecure_registries),
+        binds=BindPolicy(
+            allowed=config.allow_bind_mounts,
+            forbidden=(str(config.state_dir.resolve()), os.path.dirname(config.containerd_socket)),
+        ),
     )
 
 
@@ -97,12 +109,14 @@ class Agent:
         runtime: Runtime | None = None
         background: list[asyncio.Task[None]] = []
         try:
+            if cfg.runtime == "containerd":
+                check_same_mounts_as_containerd(cfg.containerd_socket)
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:
-                    raise ident_mod.JoinError("this node has not joined yet: give --join-token")
+                    raise JoinError("this node has not joined yet: give --join-token")
                 hostname = cfg.hostname or socket.gethostname()
-                self.identity = await ident_mod.join(cfg.join_addr, cfg.join_token, hostname)
+                self.identity = await join_with_retry(cfg.join_addr, cfg.join_token, hostname)
                 self.identity.save(cfg.state_dir)
                 log.info("joined the cluster as node %s", self.identity.node_id)
             else:
@@ -124,6 +138,10 @@ class Agent:
             background = [
                 asyncio.create_task(self.session.run(), name="session"),
                 asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
+                asyncio.create_task(
+                    LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files).run(),
+                    name="log-rotation",
+                ),
             ]
             await stop.wait()
             log.info("agent stopping; containers keep running")
@@ -143,12 +161,12 @@ class Agent:
     async def _renew_certificate(self) -> None:
         while True:
             ident = self._identity()
-            wait = (ident.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            wait = (ident.renew_at() - utcnow()).total_seconds()
             await asyncio.sleep(max(wait, 0))
             assert self.session is not None
             addr = self.session.current_manager or self.config.join_addr
             try:
-                renewed = await ident_mod.renew(ident, addr)
+                renewed = await renew(ident, addr)
             except Exception as err:
                 log.warning("certificate renewal via %s failed (%s); retrying in 30s", addr, err)
                 await asyncio.sleep(30)
@@ -159,3 +177,22 @@ class Agent:
                 "certificate renewed; valid until %s",
                 renewed.renew_at().isoformat(timespec="seconds"),
             )
+
+
+JOIN_BACKOFF_MAX_S = 30.0
+
+
+async def join_with_retry(addr: str, token: str, hostname: str) -> NodeIdentity:
+    """Joins, waiting out a busy or unreachable manager (a thousand hosts booting at once)
+    with jittered exponential backoff; a refused token or CSR ends it at once."""
+    delay = 0.5
+    while True:
+        try:
+            return await join(addr, token, hostname)
+        except JoinError as err:
+            if not err.transient:
+                raise
+            wait = random.uniform(delay / 2, delay)
+            log.warning("join: %s; trying again in %.1fs", err, wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, JOIN_BACKOFF_MAX_S)

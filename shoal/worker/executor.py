@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.clock import now_ms
 from shoal.defaults import ENDPOINT_DRAIN_MS
-from shoal.manager.store.kinds import now_ms
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (
@@ -26,6 +26,7 @@ from shoal.worker.runtime.base import (
     MountConfig,
     Runtime,
     RuntimeFailure,
+    RuntimeUnavailable,
 )
 from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
@@ -47,8 +48,6 @@ def container_config(
     task: pb.Task, log_path: Path, netns_path: str | None, resolv_conf: Path | None = None
 ) -> ContainerConfig:
     c = task.spec.container
-    # A task on overlay networks resolves through the cluster resolver in its namespace.
-    dns = [MountConfig("bind", str(resolv_conf), "/etc/resolv.conf", True)] if resolv_conf else []
     labels = dict(c.labels)
     labels.update(
         {
@@ -76,15 +75,22 @@ def container_config(
                 readonly=m.readonly,
             )
             for m in c.mounts
-        ]
-        + dns,
+        ],
         nano_cpus=task.spec.limits.nano_cpus,
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
         netns_path=netns_path,
+        # A task in a namespace of ours resolves through the cluster resolver there.
+        resolv_conf=str(resolv_conf) if resolv_conf else None,
+        cap_add=list(c.cap_add),
+        cap_drop=list(c.cap_drop),
+        seccomp_unconfined=c.seccomp == "unconfined",
+        pids_limit=c.pids_limit,
     )
 
 
+RUNTIME_RETRY_MIN_S = 0.2
+RUNTIME_RETRY_MAX_S = 5.0
 DEFAULT_HEALTH_INTERVAL_MS = 5_000
 DEFAULT_HEALTH_TIMEOUT_MS = 10_000
 DEFAULT_HEALTH_RETRIES = 3
@@ -145,9 +151,10 @@ class TaskRunner:
             if await self.runtime.state(self.task.id) is not None:
                 await self.runtime.stop(self.task.id, self._grace_s())
                 await self.runtime.remove(self.task.id)
-        except RuntimeFailure as err:
+        except (RuntimeFailure, RuntimeUnavailable) as err:
             log.warning("task %s: removing its container failed: %s", self.task.id, err)
-        self.log_path.unlink(missing_ok=True)
+        for path in (self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")):
+            path.unlink(missing_ok=True)  # and its rotated copies
         self.db.delete(self.task.id)
 
     # ------------------------------------------------------------ internals
@@ -243,7 +250,7 @@ class TaskRunner:
 
     async def _main(self) -> None:
         try:
-            await self._drive()
+            await self._drive_through_outages()
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -253,6 +260,19 @@ class TaskRunner:
         if self.state > pb.RUNNING:
             # Done for good: its address may be handed out again, so its namespace goes now.
             await self._detach()
+
+    async def _drive_through_outages(self) -> None:
+        """Drives the task; while the runtime is unreachable, tries again (every step
+        is idempotent: a running container is reattached, not replaced)."""
+        delay = RUNTIME_RETRY_MIN_S
+        while True:
+            try:
+                await self._drive()
+                return
+            except RuntimeUnavailable as err:
+                log.warning("task %s: %s; trying again in %.1fs", self.task.id, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RUNTIME_RETRY_MAX_S)
 
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
@@ -355,6 +375,10 @@ class TaskRunner:
             await asyncio.sleep(interval)
             try:
                 code = await self.runtime.exec(self.task.id, argv, timeout)
+            except RuntimeUnavailable as err:
+                # The runtime is away, not the container: no verdict on its health.
+                log.info("task %s: health check skipped: %s", self.task.id, err)
+                continue
             except RuntimeFailure as err:
                 log.info("task %s: health check could not run: %s", self.task.id, err)
                 code = -1

@@ -7,51 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from shoal.proto import dispatcher_pb2 as dpb
+from shoal.worker.inotify import Inotify
 
 CHUNK = 64 * 1024
-IN_MODIFY = 0x00000002
-IN_CLOSE_WRITE = 0x00000008
-IN_DELETE_SELF = 0x00000400
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
 
 Send = Callable[[dpb.LogChunk], Awaitable[None]]
-
-
-class _Inotify:
-    """One inotify watch on a file; `changed()` returns when it was written to."""
-
-    def __init__(self, path: Path) -> None:
-        self._libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        self.fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE_SELF
-        if self._libc.inotify_add_watch(self.fd, str(path).encode(), mask) < 0:
-            os.close(self.fd)
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path} failed")
-        self._event = asyncio.Event()
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.fd, 4096):
-                pass
-        self._event.set()
-
-    async def changed(self) -> None:
-        await self._event.wait()
-        self._event.clear()
-
-    def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.fd)
-        os.close(self.fd)
 
 
 def _tail_offset(path: Path, lines: int) -> int:
@@ -79,24 +43,45 @@ def _tail_offset(path: Path, lines: int) -> int:
     return 0
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 async def stream_log(task_id: str, path: Path, request: dpb.LogRequest, send: Send) -> None:
-    """Sends the task's log, then what is appended while following."""
+    """Sends the task's log, then what is appended while following, across rotations
+    (logrotate.py copies the file to NAME.1 and truncates it)."""
     if not path.exists():
         return
-    watch = _Inotify(path) if request.follow else None
+
+    async def chunk(data: bytes) -> None:
+        await send(dpb.LogChunk(request_id=request.request_id, task_id=task_id, data=data))
+
+    watch = Inotify(path) if request.follow else None
+    copy = path.with_name(f"{path.name}.1")
+    copied = _identity(copy)
     try:
         with open(path, "rb") as f:
             f.seek(_tail_offset(path, request.tail))
             while True:
                 data = f.read(CHUNK)
                 if data:
-                    await send(
-                        dpb.LogChunk(request_id=request.request_id, task_id=task_id, data=data)
-                    )
+                    await chunk(data)
                     continue
                 if watch is None:
                     return
                 await watch.changed()
+                if _identity(copy) != copied:
+                    # Rotated: the rest of what we were reading is in the copy.
+                    copied = _identity(copy)
+                    with contextlib.suppress(FileNotFoundError), open(copy, "rb") as old:
+                        old.seek(f.tell())
+                        while rest := old.read(CHUNK):
+                            await chunk(rest)
+                    f.seek(0)
     finally:
         if watch is not None:
             watch.close()

@@ -17,13 +17,15 @@ import grpc
 import grpc.aio
 
 from shoal.aiotasks import cancel_and_wait
+from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
 from shoal.proto import objects_pb2 as pb
-from shoal.worker.identity import NodeIdentity
 from shoal.worker.worker import Worker
 
 log = logging.getLogger(__name__)
+
+LOG_BACKLOG_BYTES = 1024 * 1024
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -106,16 +108,30 @@ class Session:
             )
         )
 
+        # Log data waiting to go out; past LOG_BACKLOG_BYTES a log stream waits
+        # (backpressure: inotify lets it resume where it was), heartbeats never do.
+        log_backlog = [0]
+        log_drained = asyncio.Event()
+
         async def outgoing() -> AsyncIterator[dpb.AgentMessage]:
             while True:
                 msg = await out.get()
                 yield msg
-                if msg.WhichOneof("msg") == "leave":
+                kind = msg.WhichOneof("msg")
+                if kind == "log":
+                    log_backlog[0] -= len(msg.log.data)
+                    if log_backlog[0] <= LOG_BACKLOG_BYTES:
+                        log_drained.set()
+                elif kind == "leave":
                     self._left.set()
 
         self._out = out
 
         async def send_log(chunk: dpb.LogChunk) -> None:
+            while log_backlog[0] > LOG_BACKLOG_BYTES:
+                log_drained.clear()
+                await log_drained.wait()
+            log_backlog[0] += len(chunk.data)
             out.put_nowait(dpb.AgentMessage(log=chunk))
 
         channel = self.identity().channel(addr)

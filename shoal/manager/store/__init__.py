@@ -3,15 +3,25 @@
 from shoal.manager.store.cache import Cache, Subscription
 from shoal.manager.store.errors import (
     AlreadyExists,
+    Compacted,
     Conflict,
+    LeaseExpired,
     NotFound,
     NotLeader,
+    Refused,
     StoreError,
     Unavailable,
 )
-from shoal.manager.store.etcd import EtcdConnection, EtcdTLS, parse_endpoints
+from shoal.manager.store.etcd import (
+    EtcdAuth,
+    EtcdConnection,
+    EtcdTLS,
+    client_config,
+    parse_endpoints,
+)
 from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, name_of
-from shoal.manager.store.store import Create, Delete, Fence, Op, Store, Update
+from shoal.manager.store.store import KeyClaim, Store
+from shoal.manager.store.txn import Create, Delete, Fence, Op, Update
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
 
 __all__ = [
@@ -19,25 +29,31 @@ __all__ = [
     "Cache",
     "Change",
     "Changes",
+    "Compacted",
     "Conflict",
     "Create",
     "Delete",
+    "EtcdAuth",
     "EtcdConnection",
     "EtcdTLS",
     "Fence",
+    "KeyClaim",
     "Keys",
     "Kind",
+    "LeaseExpired",
     "NotFound",
     "NotLeader",
     "Object",
     "ObjectWatcher",
     "Op",
+    "Refused",
     "Resync",
     "Store",
     "StoreError",
     "Subscription",
     "Unavailable",
     "Update",
+    "client_config",
     "kind_of",
     "name_of",
     "parse_endpoints",

@@ -18,7 +18,9 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
-from shoal.aiotasks import cancel_and_wait
+from shoal import defaults
+from shoal.aiotasks import cancel_and_wait, supervised
+from shoal.manager.store.errors import Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
@@ -30,14 +32,33 @@ log = logging.getLogger(__name__)
 # (etcd issue 15220), so progress is only asked for when a revision has no
 # event of Shoal's at all: after this long.
 PROGRESS_AFTER_S = 0.5
+# A read-your-writes wait longer than this means etcd or the watch is stuck.
+WAIT_LIMIT_S = 30.0
+# A subscriber further behind than this gets a resync instead of its backlog.
+MAX_PENDING_CHANGES = 50_000
 
 
 class Subscription:
-    """Batches of changes, in order; a Resync arrives as a batch with `resync` set."""
+    """Batches of changes, in order; a Resync arrives as a batch with `resync` set.
+
+    Bounded: a subscriber that falls more than MAX_PENDING_CHANGES behind (a slow
+    `service ps`/events reader) has its backlog dropped and gets one resync instead,
+    which says "look at everything again" and costs no memory.
+    """
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
         self.queue: asyncio.Queue[tuple[bool, list[Change]]] = asyncio.Queue()
+        self.pending = 0
+        self.overflows = 0
+
+    def offer(self, resync: bool, changes: list[Change]) -> None:
+        if self.pending + len(changes) > MAX_PENDING_CHANGES:
+            self.drain()
+            self.overflows += 1
+            resync, changes = True, []
+        self.pending += len(changes)
+        self.queue.put_nowait((resync, changes))
 
     def close(self) -> None:
         self._cache._subscribers.discard(self)
@@ -51,6 +72,7 @@ class Subscription:
     async def next(self) -> tuple[bool, list[Change]]:
         """Waits for the next batch; then drains whatever else is queued into it."""
         resync, changes = await self.queue.get()
+        self.pending -= len(changes)
         more_resync, more = self.drain()
         return resync or more_resync, changes + more
 
@@ -59,6 +81,7 @@ class Subscription:
         resync, changes = False, []
         while not self.queue.empty():
             more_resync, more = self.queue.get_nowait()
+            self.pending -= len(more)
             resync = resync or more_resync
             changes.extend(more)
         return resync, changes
@@ -83,7 +106,10 @@ class Cache:
         self._managers: dict[str, str] = {}
         self._session_feeds: set[asyncio.Queue[str | None]] = set()
         self._manager_feeds: set[asyncio.Queue[None]] = set()
-        self._advanced = asyncio.Condition()
+        # Set (and replaced) whenever the cache moves on. An Event, not a Condition:
+        # a waiter cancelled by a timeout must not have to re-take a lock (that is
+        # how Condition.wait under asyncio.wait_for failed with "Lock is not acquired").
+        self._advanced = asyncio.Event()
         self._watcher: ObjectWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -93,8 +119,13 @@ class Cache:
         objects, revision = await self.store.list_all()
         self._load(objects, revision)
         self._load_live(await self.store.list_live(revision))
-        self._watcher = ObjectWatcher(self.store, revision + 1)
-        self._task = asyncio.create_task(self._run(self._watcher), name="store-cache")
+        self._task = supervised("store cache watch", self._watch)
+
+    async def _watch(self) -> None:
+        """Follows etcd from what the cache has seen (also after a failure: resumed,
+        not lost)."""
+        self._watcher = ObjectWatcher(self.store, self.revision + 1)
+        await self._run(self._watcher)
 
     async def stop(self) -> None:
         await cancel_and_wait([self._task])
@@ -114,20 +145,28 @@ class Cache:
                 applied = self._apply(item)
                 if applied:
                     self._publish(False, applied)
-            async with self._advanced:
-                self._advanced.notify_all()
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
 
     # ------------------------------------------------------------ consistency
 
-    async def wait_for(self, revision: int) -> None:
-        """Returns once every change up to `revision` is in the cache."""
-        async with self._advanced:
-            while self.revision < revision:
-                try:
-                    await asyncio.wait_for(self._advanced.wait(), PROGRESS_AFTER_S)
-                except TimeoutError:
-                    if self._watcher is not None:
-                        self._watcher.request_progress()
+    async def wait_for(self, revision: int, timeout_s: float = WAIT_LIMIT_S) -> None:
+        """Returns once every change up to `revision` is in the cache; Unavailable if the
+        cache has not got there within `timeout_s` (etcd or the watch is stuck)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.revision < revision:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable(
+                    f"the store cache is at revision {self.revision}, not {revision}, "
+                    f"after {timeout_s:g}s"
+                )
+            try:
+                await asyncio.wait_for(self._advanced.wait(), min(PROGRESS_AFTER_S, left))
+            except TimeoutError:
+                if self._watcher is not None:
+                    self._watcher.request_progress()
 
     async def sync(self) -> None:
         """Catches up with etcd's current revision (read-your-writes)."""
@@ -140,6 +179,15 @@ class Cache:
 
     def list_objects(self, kind: Kind) -> list[Any]:
         return list(self._objects[kind].values())
+
+    def cluster(self) -> pb.Cluster | None:
+        """The cluster object (one per etcd), None before it is created."""
+        return next(iter(self._objects[Kind.CLUSTER].values()), None)  # type: ignore[return-value]
+
+    def cluster_spec(self) -> pb.ClusterSpec:
+        """The cluster's spec, or the defaults while there is no cluster yet."""
+        cluster = self.cluster()
+        return cluster.spec if cluster is not None else defaults.cluster_spec()
 
     def count(self, kind: Kind) -> int:
         return len(self._objects[kind])
@@ -312,7 +360,7 @@ class Cache:
 
     def _publish(self, resync: bool, changes: list[Change]) -> None:
         for sub in self._subscribers:
-            sub.queue.put_nowait((resync, list(changes)))
+            sub.offer(resync, list(changes))
 
 
 def _discard(index: dict[str, dict[str, pb.Task]], key: str, task_id: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -67,10 +66,6 @@ def claims(obj: Object) -> list[str]:
         ]
     name = name_of(obj)
     return [f"name/{name}"] if name else []
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Keys:

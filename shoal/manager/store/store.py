@@ -1,127 +1,64 @@
-"""A typed object store on etcd.
+"""A typed object store on etcd, and the only door to etcd.
 
-Each object is one key (`<prefix>/o/<kind>/<id>`) holding its serialized proto;
-its version is the key's mod_revision, so updates are compare-and-swap and a
-stale write fails with Conflict instead of overwriting. Unique values (names,
-VNIs, subnets) are reserved by claim keys written in the same transaction,
-which makes "create if the name is free" atomic even across managers.
+Objects are read and written here (see txn.py for how writes become
+transactions); so are the lease-bound keys of leader election and manager
+presence. Every etcd failure leaves this module as a StoreError (errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
-from shoal.manager.store.errors import AlreadyExists, Conflict, NotFound, NotLeader, Unavailable
-from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
-from shoal.manager.store.kinds import (
-    MESSAGE,
-    Keys,
-    Kind,
-    Object,
-    claims,
-    kind_of,
-    name_of,
-    now_ms,
-    prefix_end,
+from shoal.manager.store import txn
+from shoal.manager.store.errors import (
+    Conflict,
+    LeaseExpired,
+    NotFound,
+    NotLeader,
+    from_grpc,
 )
+from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
+from shoal.manager.store.kinds import Keys, Kind, Object, prefix_end
+from shoal.manager.store.txn import MAX_TXN_OPS, Fence, Op, Update, decode
+from shoal.proto import objects_pb2 as pb
 
 T = TypeVar("T", bound=Object)
 
-# etcd's default --max-txn-ops is 128; one slot is kept for the leader fence.
-MAX_TXN_OPS = 128
+# etcd refuses requests over --max-request-bytes (1.5 MiB by default); a task carries
+# its service's spec, so sixty tasks of a big spec would exceed it. Chunks stay under
+# this, which leaves room for keys and framing.
+MAX_TXN_BYTES = 1024 * 1024
 LIST_PAGE = 1000
 
 
-@dataclass
-class Create:
-    obj: Object
-
-
-@dataclass
-class Update:
-    """Compare-and-swap on obj.meta.version.
-
-    `previous` (the version being replaced) is needed when the update changes
-    the object's claims, e.g. a task's IP addresses: the claim keys follow.
-    """
-
-    obj: Object
-    previous: Object | None = None
-
-
-@dataclass
-class Delete:
-    """Deletes obj if it still has obj.meta.version (0 = any version)."""
-
-    obj: Object
-
-
-Op = Create | Update | Delete
-
-
 @dataclass(frozen=True)
-class Fence:
-    """A leader's claim: writes go through only while the leader key is still ours."""
+class KeyClaim:
+    """The answer to "create this key on my lease": created, or who holds it."""
 
-    key: bytes
-    create_revision: int
-
-    def compare(self) -> Any:
-        return rpc.Compare(
-            key=self.key,
-            target=rpc.Compare.CREATE,
-            result=rpc.Compare.EQUAL,
-            create_revision=self.create_revision,
-        )
+    created: bool
+    # The etcd revision of the answer: the key's create_revision when created.
+    revision: int
+    # When not created: the current holder's value and lease (None if it vanished).
+    value: bytes | None = None
+    lease: int = 0
 
 
-@dataclass
-class _Txn:
-    compares: list[Any] = field(default_factory=list)
-    success: list[Any] = field(default_factory=list)
-    objects: list[Object] = field(default_factory=list)
-
-
-def decode(kind: Kind, value: bytes, mod_revision: int) -> Object:
-    obj = MESSAGE[kind]()
-    obj.ParseFromString(value)
-    obj.meta.version = mod_revision
-    return obj
-
-
-def _encode(obj: Object) -> bytes:
-    # The version is the key's mod_revision: never stored, so it cannot drift.
-    version = obj.meta.version
-    obj.meta.version = 0
-    try:
-        return obj.SerializeToString()
-    finally:
-        obj.meta.version = version
-
-
-def _unavailable(err: grpc.aio.AioRpcError) -> Exception:
-    code = err.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"etcd unavailable: {err.details()}")
-    return err  # type: ignore[no-any-return]
-
-
-async def etcd_call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
+async def _call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
     try:
         # wait_for_ready: ride out a reconnect (etcd restart) within the deadline.
         return await fn(request, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
     except grpc.aio.AioRpcError as err:
-        raise _unavailable(err) from err
+        raise from_grpc(err) from err
 
 
 class Store:
-    """Typed CRUD, batches and listing over one etcd connection."""
+    """Typed CRUD, batches, listing and lease-bound keys over one etcd connection."""
 
     def __init__(self, conn: EtcdConnection, keys: Keys | None = None) -> None:
         self.conn = conn
@@ -133,7 +70,7 @@ class Store:
     # ------------------------------------------------------------ reads
 
     async def get(self, kind: Kind, object_id: str) -> Object:
-        resp = await etcd_call(
+        resp = await _call(
             self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id))
         )
         if not resp.kvs:
@@ -141,9 +78,14 @@ class Store:
         kv = resp.kvs[0]
         return decode(kind, kv.value, kv.mod_revision)
 
+    async def cluster(self) -> pb.Cluster | None:
+        """The cluster object (there is one per etcd), None before it is created."""
+        clusters = await self.list_objects(Kind.CLUSTER)
+        return clusters[0] if clusters else None  # type: ignore[return-value]
+
     async def revision(self) -> int:
         """The current etcd revision (a cheap, linearizable read)."""
-        resp = await etcd_call(
+        resp = await _call(
             self.conn.kv.Range, rpc.RangeRequest(key=self.keys.leader, count_only=True)
         )
         return int(resp.header.revision)
@@ -167,7 +109,7 @@ class Store:
         out: list[Object] = []
         start, end = prefix, prefix_end(prefix)
         while True:
-            resp = await etcd_call(
+            resp = await _call(
                 self.conn.kv.Range,
                 rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE, revision=revision),
             )
@@ -190,7 +132,7 @@ class Store:
             (self.keys.presence, prefix_end(self.keys.presence)),
             (self.keys.leader, b""),
         ):
-            resp = await etcd_call(
+            resp = await _call(
                 self.conn.kv.Range, rpc.RangeRequest(key=start, range_end=end, revision=revision)
             )
             out.update((kv.key, kv.value) for kv in resp.kvs)
@@ -199,7 +141,7 @@ class Store:
     # ------------------------------------------------------------ writes
 
     async def create(self, obj: T) -> T:
-        await self.batch([Create(obj)])
+        await self.batch([txn.Create(obj)])
         return obj
 
     async def update(self, obj: T) -> T:
@@ -207,7 +149,7 @@ class Store:
         return obj
 
     async def delete(self, obj: Object) -> None:
-        await self.batch([Delete(obj)])
+        await self.batch([txn.Delete(obj)])
 
     async def batch(self, ops: Sequence[Op], fence: Fence | None = None) -> int:
         """Applies ops in one etcd transaction: all or nothing.
@@ -217,26 +159,24 @@ class Store:
         (an object changed, exists already, or a name is taken), NotLeader
         when the fence no longer holds.
         """
-        txn = self._build(ops)
+        t = txn.build(self.keys, ops)
         if fence is not None:
-            txn.compares.append(fence.compare())
-        if len(txn.success) > MAX_TXN_OPS or len(txn.compares) > MAX_TXN_OPS:
+            t.compares.append(fence.compare())
+        if len(t.success) > MAX_TXN_OPS or len(t.compares) > MAX_TXN_OPS:
             raise ValueError(f"batch of {len(ops)} ops exceeds one etcd transaction")
-        failure = []
-        if fence is not None:
-            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=fence.key)))
-        resp = await etcd_call(
+        failure = [txn.get(fence.key)] if fence is not None else []
+        resp = await _call(
             self.conn.kv.Txn,
-            rpc.TxnRequest(compare=txn.compares, success=txn.success, failure=failure),
+            rpc.TxnRequest(compare=t.compares, success=t.success, failure=failure),
         )
         if not resp.succeeded:
             if fence is not None:
                 kvs = resp.responses[0].response_range.kvs
                 if not kvs or kvs[0].create_revision != fence.create_revision:
                     raise NotLeader("this manager is no longer the leader")
-            raise self._conflict(ops)
+            raise txn.conflict(ops)
         revision = int(resp.header.revision)
-        for obj in txn.objects:
+        for obj in t.objects:
             obj.meta.version = revision
         return revision
 
@@ -250,16 +190,17 @@ class Store:
         """
         conflicts = revision = 0
         chunk: list[Op] = []
-        size = 0
+        size = nbytes = 0
         for op in ops:
-            cost = 1 + len(claims(op.obj))
-            if isinstance(op, Update) and op.previous is not None:
-                cost += len(claims(op.previous))
-            if size + cost > MAX_TXN_OPS - 1 and chunk:
+            cost = txn.op_cost(op)
+            op_bytes = op.obj.ByteSize() + 64 * cost  # keys, claims and framing
+            full = size + cost > MAX_TXN_OPS - 1 or nbytes + op_bytes > MAX_TXN_BYTES
+            if full and chunk:
                 conflicts, revision = await self._try(chunk, fence, conflicts, revision)
-                chunk, size = [], 0
+                chunk, size, nbytes = [], 0, 0
             chunk.append(op)
             size += cost
+            nbytes += op_bytes
         if chunk:
             conflicts, revision = await self._try(chunk, fence, conflicts, revision)
         return conflicts, revision
@@ -272,85 +213,20 @@ class Store:
         except Conflict:
             return conflicts + 1, revision
 
-    def _build(self, ops: Sequence[Op]) -> _Txn:
-        txn = _Txn()
-        stamp = now_ms()
-        for op in ops:
-            obj = op.obj
-            kind = kind_of(obj)
-            key = self.keys.object(kind, obj.id)
-            claim_keys = [self.keys.claim(kind, c) for c in claims(obj)]
-            if isinstance(op, Create):
-                obj.meta.created_at_ms = obj.meta.created_at_ms or stamp
-                obj.meta.updated_at_ms = stamp
-                txn.compares.append(_absent(key))
-                txn.success.append(_put(key, _encode(obj)))
-                for claim_key in claim_keys:
-                    txn.compares.append(_absent(claim_key))
-                    txn.success.append(_put(claim_key, obj.id.encode()))
-                txn.objects.append(obj)
-            elif isinstance(op, Update):
-                obj.meta.updated_at_ms = stamp
-                txn.compares.append(_version_is(key, obj.meta.version))
-                txn.success.append(_put(key, _encode(obj)))
-                if op.previous is not None:
-                    old, new = set(claims(op.previous)), set(claims(obj))
-                    for claim in sorted(new - old):
-                        claim_key = self.keys.claim(kind, claim)
-                        txn.compares.append(_absent(claim_key))
-                        txn.success.append(_put(claim_key, obj.id.encode()))
-                    txn.success.extend(
-                        rpc.RequestOp(
-                            request_delete_range=rpc.DeleteRangeRequest(
-                                key=self.keys.claim(kind, claim)
-                            )
-                        )
-                        for claim in sorted(old - new)
-                    )
-                txn.objects.append(obj)
-            else:
-                if obj.meta.version:
-                    txn.compares.append(_version_is(key, obj.meta.version))
-                txn.success.append(
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-                )
-                txn.success.extend(
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=claim_key))
-                    for claim_key in claim_keys
-                )
-        return txn
-
-    def _conflict(self, ops: Sequence[Op]) -> Exception:
-        if len(ops) == 1 and isinstance(ops[0], Create):
-            obj = ops[0].obj
-            kind = kind_of(obj)
-            name = name_of(obj)
-            what = f"{kind.value[:-1]} {name!r}" if name else f"{kind.value[:-1]} {obj.id}"
-            if len(claims(obj)) > 1:
-                return AlreadyExists(
-                    f"{what} conflicts with an existing one ({', '.join(claims(obj))})"
-                )
-            return AlreadyExists(f"{what} already exists")
-        if len(ops) == 1:
-            obj = ops[0].obj
-            return Conflict(
-                f"{kind_of(obj).value[:-1]} {obj.id} was changed or removed by someone else "
-                f"(version {obj.meta.version} is out of date)"
-            )
-        return Conflict(f"a batch of {len(ops)} writes conflicted with a concurrent change")
+    async def compact(self, revision: int) -> None:
+        await _call(self.conn.kv.Compact, rpc.CompactionRequest(revision=revision, physical=True))
 
     # ------------------------------------------------------------ leases
 
     async def grant_lease(self, ttl_s: int) -> int:
-        resp = await etcd_call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        resp = await _call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(resp.ID)
 
     async def revoke_lease(self, lease_id: int) -> None:
         try:
-            await etcd_call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:  # already expired or revoked: fine
-                raise
+            await _call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        except LeaseExpired:
+            pass  # already expired or revoked: fine
 
     async def keep_alive(self, lease_id: int, period_s: float) -> AsyncIterator[int]:
         """Refreshes the lease every period_s; yields the TTL etcd granted each time.
@@ -371,27 +247,66 @@ class Store:
                     return
                 yield int(resp.TTL)
         except grpc.aio.AioRpcError as err:
-            raise _unavailable(err) from err
+            raise from_grpc(err) from err
         finally:
             call.cancel()
 
-    async def compact(self, revision: int) -> None:
-        await etcd_call(
-            self.conn.kv.Compact, rpc.CompactionRequest(revision=revision, physical=True)
+    # ------------------------------------------------------------ keys on leases
+
+    async def put_leased(self, items: Sequence[tuple[bytes, bytes]], lease: int) -> None:
+        """Writes keys that go when the lease does, in as few transactions as etcd allows."""
+        for i in range(0, len(items), MAX_TXN_OPS):
+            ops = [txn.put(key, value, lease) for key, value in items[i : i + MAX_TXN_OPS]]
+            await _call(self.conn.kv.Txn, rpc.TxnRequest(success=ops))
+
+    async def delete_if_value(self, key: bytes, value: bytes) -> bool:
+        """Deletes key only while it still holds value; says whether it did."""
+        resp = await _call(
+            self.conn.kv.Txn,
+            rpc.TxnRequest(compare=[txn.value_is(key, value)], success=[txn.delete(key)]),
+        )
+        return bool(resp.succeeded)
+
+    async def create_leased(self, key: bytes, value: bytes, lease: int) -> KeyClaim:
+        """Creates key on the lease if it does not exist; otherwise says who holds it."""
+        resp = await _call(
+            self.conn.kv.Txn,
+            rpc.TxnRequest(
+                compare=[txn.absent(key)],
+                success=[txn.put(key, value, lease)],
+                failure=[txn.get(key)],
+            ),
+        )
+        revision = int(resp.header.revision)
+        if resp.succeeded:
+            return KeyClaim(created=True, revision=revision)
+        kvs = resp.responses[0].response_range.kvs
+        if not kvs:
+            return KeyClaim(created=False, revision=revision)
+        return KeyClaim(False, revision, bytes(kvs[0].value), int(kvs[0].lease))
+
+    async def wait_deleted(self, key: bytes, after_revision: int) -> None:
+        """Returns once key is deleted after `after_revision`, or when etcd can no
+        longer tell (the watch was compacted or canceled): look at the key again."""
+        requests: asyncio.Queue[Any] = asyncio.Queue()
+        requests.put_nowait(
+            rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(key=key, start_revision=after_revision + 1)
+            )
         )
 
+        async def outgoing() -> AsyncIterator[Any]:
+            while True:
+                yield await requests.get()
 
-def _absent(key: bytes) -> Any:
-    return rpc.Compare(
-        key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
-    )
-
-
-def _version_is(key: bytes, version: int) -> Any:
-    return rpc.Compare(
-        key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=version
-    )
-
-
-def _put(key: bytes, value: bytes) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+        call = self.conn.watch.Watch(outgoing(), wait_for_ready=True)
+        try:
+            async for resp in call:
+                if resp.compact_revision or resp.canceled:
+                    return
+                if any(ev.type == rpc.Event.DELETE for ev in resp.events):
+                    return
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc(err) from err
+        finally:
+            call.cancel()

@@ -16,7 +16,8 @@ import grpc
 from aetcd import rpc
 
 from shoal.manager.store.kinds import Kind, prefix_end
-from shoal.manager.store.store import Store, decode
+from shoal.manager.store.store import Store
+from shoal.manager.store.txn import decode
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# The runtime's errors include the registry's.
+from shoal.registry import ImagePullError as ImagePullError
+
 
 class RuntimeFailure(Exception):
     """A runtime operation failed; the message is shown to users in `service ps`."""
 
 
-class ImagePullError(RuntimeFailure):
-    """The image could not be pulled (not found, registry unreachable, denied...)."""
-
-
 class ContainerNotFound(RuntimeFailure):
     pass
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot be reached right now (containerd restarting). Not a
+    RuntimeFailure on purpose: it says nothing about the task, which must neither fail
+    nor lose its network while its container keeps running; callers try again."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,14 @@ class ContainerConfig:
     log_path: Path | None = None
     # A network namespace to join (the task's overlay netns); None = a fresh, empty one.
     netns_path: str | None = None
+    # The agent's own file for the container's /etc/resolv.conf (the cluster resolver):
+    # mounted read-only, not a user bind (those may not come from the agent's state).
+    resolv_conf: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp_unconfined: bool = False
+    # 0: the default limit; -1: none.
+    pids_limit: int = 0
 
 
 @dataclass(frozen=True)

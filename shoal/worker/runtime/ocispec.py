@@ -1,8 +1,10 @@
 """OCI runtime specs for task containers (what containerd hands to runc).
 
 Docker-like defaults: the usual pseudo-filesystems, Docker's default
-capabilities, masked and read-only kernel paths, a device allow-list; then the
-task's command, env, user, working dir, mounts, and cgroup limits.
+capabilities, the default seccomp profile (seccomp.py), a pids limit, private
+pid/ipc/uts/mount/cgroup namespaces, masked and read-only kernel paths, a device
+allow-list; then the task's command, env, user, working dir, mounts (binds
+nosuid,nodev), and cgroup limits.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from shoal.mountpolicy import API_RULES, BindPolicy
+from shoal.worker.runtime import seccomp
 from shoal.worker.runtime.base import ContainerConfig, RuntimeFailure
 
 # Docker's default open-files limit, or what this host allows if that is less.
 NOFILE = min(1_048_576, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_PERIOD = 100_000
+# A fork bomb in one task must not take the node's pids; generous for real servers.
+DEFAULT_PIDS_LIMIT = 4096
 CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -148,7 +154,9 @@ def env(config: ContainerConfig, image: dict[str, Any]) -> list[str]:
     return list(merged.values())
 
 
-def mounts(config: ContainerConfig, volumes: Path) -> list[dict[str, Any]]:
+def mounts(
+    config: ContainerConfig, volumes: Path, binds: BindPolicy = API_RULES
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {
             "destination": "/proc",
@@ -193,11 +201,23 @@ def mounts(config: ContainerConfig, volumes: Path) -> list[dict[str, Any]]:
             "options": ["ro", "nosuid", "noexec", "nodev"],
         },
     ]
+    if config.resolv_conf:
+        out.append(
+            {
+                "destination": "/etc/resolv.conf",
+                "type": "bind",
+                "source": config.resolv_conf,
+                "options": ["rbind", "nosuid", "nodev", "noexec", "ro"],
+            }
+        )
     for m in config.mounts:
         if m.type == "volume":
             source = volumes / m.source
             source.mkdir(parents=True, exist_ok=True)
         else:
+            why = binds.refusal(m.source)
+            if why:
+                raise RuntimeFailure(why)
             source = Path(m.source)
             if not source.exists():
                 raise RuntimeFailure(f"bind source path does not exist: {m.source}")
@@ -206,10 +226,18 @@ def mounts(config: ContainerConfig, volumes: Path) -> list[dict[str, Any]]:
                 "destination": m.target,
                 "type": "bind",
                 "source": str(source),
-                "options": ["rbind", "ro" if m.readonly else "rw"],
+                "options": ["rbind", "nosuid", "nodev", "ro" if m.readonly else "rw"],
             }
         )
     return out
+
+
+def capabilities(config: ContainerConfig) -> list[str]:
+    """Docker's default set, less --cap-drop (ALL: every one), plus --cap-add."""
+    drop = set(config.cap_drop)
+    caps = [] if "ALL" in drop else [c for c in CAPABILITIES if c not in drop]
+    caps += [c for c in config.cap_add if c not in caps]
+    return caps
 
 
 def build(
@@ -218,6 +246,7 @@ def build(
     rootfs_dirs: list[Path],
     volumes: Path,
     cgroups_path: str,
+    binds: BindPolicy = API_RULES,
 ) -> dict[str, Any]:
     uid, gid, extra = resolve_user(
         config.user or (image.get("config") or {}).get("User", ""), rootfs_dirs
@@ -228,6 +257,7 @@ def build(
         {"type": "ipc"},
         {"type": "uts"},
         {"type": "mount"},
+        {"type": "cgroup"},
         {"type": "network", "path": config.netns_path}
         if config.netns_path
         else {"type": "network"},
@@ -245,6 +275,8 @@ def build(
             for t, major, minor in DEVICES
         ],
     }
+    if config.pids_limit >= 0:
+        resources["pids"] = {"limit": config.pids_limit or DEFAULT_PIDS_LIMIT}
     if config.memory_bytes:
         resources["memory"] = {"limit": config.memory_bytes}
     if config.nano_cpus:
@@ -252,6 +284,16 @@ def build(
             "period": CPU_PERIOD,
             "quota": config.nano_cpus * CPU_PERIOD // 1_000_000_000,
         }
+    caps = capabilities(config)
+    linux: dict[str, Any] = {
+        "resources": resources,
+        "cgroupsPath": cgroups_path,
+        "namespaces": namespaces,
+        "maskedPaths": MASKED,
+        "readonlyPaths": READONLY,
+    }
+    if not config.seccomp_unconfined:
+        linux["seccomp"] = seccomp.profile(set(caps))
     return {
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -260,18 +302,12 @@ def build(
             "args": process_args(config, image),
             "env": env(config, image),
             "cwd": config.workdir or img.get("WorkingDir") or "/",
-            "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE}],
             "noNewPrivileges": True,
         },
         "root": {"path": "rootfs", "readonly": False},
         "hostname": config.hostname,
-        "mounts": mounts(config, volumes),
-        "linux": {
-            "resources": resources,
-            "cgroupsPath": cgroups_path,
-            "namespaces": namespaces,
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
-        },
+        "mounts": mounts(config, volumes, binds),
+        "linux": linux,
     }

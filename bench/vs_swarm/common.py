@@ -1,0 +1,101 @@
+"""Shared by both sides of the Shoal vs Docker Swarm benchmark: constants, shell, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+REPO = Path(__file__).resolve().parents[2]
+# Debian's docker.io CLI, the daemon's own version (another `docker` may come first in PATH).
+DOCKER = "/usr/bin/docker"
+DOCKERD = "/usr/sbin/dockerd"
+SWARMCTL = Path(sys.executable).with_name("swarmctl")
+POLL_S = 0.1
+LIMIT_S = 180.0
+COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+STEPS = ("create", "scale", "replace", "remove")
+GOALS = {"create": 0.33, "scale": 0.33, "replace": 0.2}
+# Files and directories dockerd makes outside its data and exec roots; removed
+# afterwards unless they were there before.
+DOCKERD_SIDE_PATHS = (Path("/run/docker/plugins"), Path("/run/docker"))
+
+
+def sh(
+    argv: list[str], env: dict[str, str] | None = None, check: bool = True, timeout: float = 120
+) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:5])}: {out.stderr.strip()[-2000:]}")
+    return out.stdout
+
+
+def until(check: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> float:
+    """Polls `check` every POLL_S until it holds; returns time.perf_counter() then."""
+    deadline = time.perf_counter() + limit_s
+    while not check():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"not in {limit_s:.0f}s: {what}")
+        time.sleep(POLL_S)
+    return time.perf_counter()
+
+
+def ensure_docker() -> None:
+    """Debian's docker.io, installed if missing (apt-get update only if apt knows no candidate)."""
+    if Path(DOCKERD).exists() and Path(DOCKER).exists():
+        return
+    print("installing Debian's docker.io ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    policy = sh(["apt-cache", "policy", "docker.io"], check=False)
+    if "Candidate:" not in policy or "Candidate: (none)" in policy:
+        subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*apt, "install", "-y", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+
+
+class System(Protocol):
+    name: str
+
+    def create(self, service: str, n: int) -> float: ...
+    def scale(self, service: str, n: int) -> float: ...
+    def replace(self, service: str, n: int) -> float: ...
+    def remove(self, service: str) -> float: ...
+    def restart_delay_s(self, service: str) -> float: ...
+    def timeline(self, service: str) -> dict[str, float]: ...
+
+
+def parse_rfc3339(stamp: str) -> float:
+    """RFC 3339 with up to nanoseconds (Docker's) -> seconds since the epoch."""
+    m = re.match(r"(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", stamp.strip())
+    if m is None:
+        raise ValueError(f"not a timestamp: {stamp!r}")
+    whole = datetime.datetime.fromisoformat(m.group(1) + m.group(3).replace("Z", "+00:00"))
+    return whole.timestamp() + float(m.group(2) or 0)
+
+
+def raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def ignore_signals() -> None:
+    """While cleaning up: a second Ctrl-C must not leave half the mess behind."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def remove_new(paths: tuple[Path, ...], existed: set[Path]) -> None:
+    for p in paths:
+        if p not in existed:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if empty: never anything someone else put there

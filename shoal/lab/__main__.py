@@ -1,0 +1,3 @@
+from shoal.lab.cli import main
+
+main()

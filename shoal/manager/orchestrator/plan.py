@@ -1,0 +1,56 @@
+"""A pass's decisions: the store operations it makes, and how a task is ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shoal.manager.orchestrator.tasks import NOT_STARTED, without_addresses
+from shoal.manager.store import Create, Delete, Op, Update
+from shoal.proto import objects_pb2 as pb
+
+
+@dataclass
+class Plan:
+    """What one pass decided: store operations, and new tasks still to be scheduled."""
+
+    ops: list[Op] = field(default_factory=list)
+    # Ids of tasks the plan writes, so the scheduler does not write them again.
+    touched: set[str] = field(default_factory=set)
+    created: list[pb.Task] = field(default_factory=list)
+
+    # (time in ms, service id): passes to run then, for tasks held by a restart delay.
+    wakeups: list[tuple[int, str]] = field(default_factory=list)
+
+    def wake_at(self, at_ms: int, service_id: str) -> None:
+        self.wakeups.append((at_ms, service_id))
+
+    def create(self, task: pb.Task) -> None:
+        self.ops.append(Create(task))
+        self.touched.add(task.id)
+        self.created.append(task)
+
+    def update(self, task: pb.Task, previous: pb.Task) -> None:
+        self.ops.append(Update(task, previous))
+        self.touched.add(task.id)
+
+    def delete(self, task: pb.Task) -> None:
+        self.ops.append(Delete(task))
+        self.touched.add(task.id)
+
+
+def shut_down(t: pb.Task, plan: Plan, reason: str) -> None:
+    """Ends a task: a never-scheduled one is deleted, any other told to shut down."""
+    if t.id in plan.touched:
+        return
+    if t.status.state < NOT_STARTED:
+        # Never scheduled: nothing runs it, so the record just goes.
+        plan.delete(t)
+        return
+    updated = pb.Task()
+    updated.CopyFrom(t)
+    updated.desired_state = pb.SHUTDOWN
+    if reason:
+        updated.status.message = reason
+    if t.status.state > pb.RUNNING:
+        without_addresses(updated)
+    plan.update(updated, t)

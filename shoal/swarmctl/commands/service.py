@@ -1,0 +1,249 @@
+"""`swarmctl service ...`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import objects_pb2 as pb
+from shoal.swarmctl import listing, output, parse
+from shoal.swarmctl import spec as specs
+from shoal.swarmctl.commands.task import TASKS
+from shoal.swarmctl.errors import CLIError
+from shoal.swarmctl.session import client, remove_each, report, retry_conflicts
+from shoal.swarmctl.wait import wait_converged, wait_options
+
+
+def _views(infos: Sequence[api.ServiceInfo]) -> list[listing.View]:
+    wanted = any(s.service.spec.task.networks for s in infos)
+    names = listing.network_names() if wanted else {}
+    return [output.service_view(s, names) for s in infos]
+
+
+SERVICES = listing.Kind[api.ServiceInfo](
+    ident=lambda s: s.service.id,
+    views=_views,
+    headers=output.SERVICE_HEADERS,
+    rows=lambda _, views: output.service_rows(views),
+)
+
+
+@click.group("service")
+def group() -> None:
+    """Manage services."""
+
+
+listing.add_ls(group, SERVICES, lambda: client().list_services(), "List services.")
+listing.add_inspect(
+    group,
+    SERVICES,
+    lambda ref: client().get_service(ref),
+    "NAME|ID",
+    "Show a service (as JSON in both formats).",
+)
+
+
+@group.command(
+    "create",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": False},
+)
+@click.option("--name", required=True, help="Service name.")
+@click.option("--image", required=True, help="Image reference.")
+@click.option("--replicas", type=int, help="Tasks to run (replicated mode; default 1).")
+@click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated")
+@specs.spec_options
+@wait_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND [ARG...]]")
+def create(
+    name: str,
+    image: str,
+    replicas: int | None,
+    mode: str,
+    detach: bool,
+    timeout: str,
+    command: tuple[str, ...],
+    **flags: Any,
+) -> None:
+    """Create a service and wait until it runs.
+
+    swarmctl service create --name web --image IMAGE [--replicas N] [COMMAND [ARG...]]
+    """
+    timeout_ms = parse.duration_ms(timeout)
+    if mode == "global" and replicas is not None:
+        raise click.UsageError("--replicas cannot be used with --mode global")
+    spec = specs.new_service_spec(name, image, replicas, mode, command, specs.SpecFlags.take(flags))
+    info = client().create_service(spec)
+    warn(info)
+    created = info.service
+    if not detach:
+        wait_converged(created.id, name, timeout_ms)
+    click.echo(created.id)
+
+
+@group.command("update")
+@click.argument("ref", metavar="NAME|ID")
+@click.option("--image", help="New image reference.")
+@click.option("--replicas", type=int, help="New number of tasks (replicated mode).")
+@click.option("--rollback", is_flag=True, help="Go back to the previous spec.")
+@click.option("--force", is_flag=True, help="Replace every task, resolving the image tag again.")
+@specs.spec_options
+@specs.remove_options
+@wait_options
+def update(
+    ref: str,
+    image: str | None,
+    replicas: int | None,
+    rollback: bool,
+    force: bool,
+    detach: bool,
+    timeout: str,
+    **flags: Any,
+) -> None:
+    """Change a service; only what the flags name changes. Waits for the rollout."""
+    timeout_ms = parse.duration_ms(timeout)
+    spec_flags, rm_flags = specs.SpecFlags.take(flags), specs.RemoveFlags.take(flags)
+    changes = image is not None or replicas is not None
+    if rollback and (changes or force or spec_flags.any_given() or rm_flags.any_given()):
+        raise click.UsageError("--rollback cannot be combined with other changes")
+    if replicas is not None:
+        specs.check_replicas(replicas)
+    network_ids: dict[str, str] = {}
+
+    def network_id(net: str) -> str:
+        # The stored spec holds network IDs; compare like with like.
+        if net not in network_ids:
+            network_ids[net] = client().get_network(net).id
+        return network_ids[net]
+
+    def attempt() -> api.ServiceInfo:
+        current = client().get_service(ref).service
+        if rollback:
+            return client().update_service(current.id, current.meta.version, rollback=True)
+        spec = specs.updated_service_spec(
+            current.spec, image, replicas, spec_flags, rm_flags, network_id
+        )
+        return client().update_service(current.id, current.meta.version, spec, force=force)
+
+    info = retry_conflicts(attempt)
+    warn(info)
+    updated = info.service
+    name = updated.spec.annotations.name
+    if not detach:
+        wait_converged(updated.id, name, timeout_ms, rollback_asked=rollback)
+    click.echo(name)
+
+
+def warn(info: api.ServiceInfo) -> None:
+    for warning in info.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _scale_one(name: str, count: int) -> str:
+    def attempt() -> str:
+        current = client().get_service(name).service
+        spec = specs.scaled_service_spec(current.spec, name, count)
+        client().update_service(current.id, current.meta.version, spec)
+        return current.id
+
+    return retry_conflicts(attempt)
+
+
+@group.command("scale")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=REPLICAS...")
+@wait_options
+@click.pass_context
+def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool, timeout: str) -> None:
+    """Set the replicas of services: swarmctl service scale web=5 [db=2 ...]"""
+    try:
+        wanted = [parse.scale_pair(p) for p in pairs]
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    timeout_ms = parse.duration_ms(timeout)
+    for _, count in wanted:
+        specs.check_replicas(count)
+    failed = False
+    scaled: list[tuple[str, str]] = []
+    for name, count in wanted:
+        try:
+            scaled.append((name, _scale_one(name, count)))
+        except CLIError as err:
+            report(err)
+            failed = True
+    deadline = time.monotonic() + timeout_ms / 1000
+    for name, service_id in scaled:
+        try:
+            if not detach:
+                wait_converged(service_id, name, timeout_ms, deadline)
+            click.echo(name)
+        except CLIError as err:
+            report(err)
+            failed = True
+    if failed:
+        ctx.exit(1)
+
+
+@group.command("ps")
+@click.argument("ref", metavar="NAME|ID")
+@listing.quiet_option
+@listing.format_option
+def ps(ref: str, quiet: bool, fmt: str) -> None:
+    """List a service's tasks, the newest of each slot first, with its published ports."""
+    svc = client().get_service(ref).service
+    tasks = client().list_tasks(service_ref=svc.id)
+    if not svc.endpoint.ports:
+        listing.print_list(TASKS, tasks, quiet, fmt)
+        return
+    ports = svc.endpoint.ports
+    kind = listing.Kind[pb.Task](
+        ident=TASKS.ident,
+        views=lambda ts: output.with_port_views(TASKS.views(ts), ts, ports),
+        headers=[*output.TASK_HEADERS, "PORTS"],
+        rows=lambda ts, vs: output.with_ports(TASKS.rows(ts, vs), ts, svc),
+    )
+    listing.print_list(kind, tasks, quiet, fmt)
+
+
+@group.command("logs")
+@click.argument("ref", metavar="NAME|ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.option("--tail", type=click.IntRange(0), default=0, help="Only the last N lines per task.")
+def logs(ref: str, follow: bool, tail: int) -> None:
+    """Print the output of a service's tasks, each line prefixed with its task."""
+    info = client().get_service(ref)
+    name = info.service.spec.annotations.name
+    names = listing.hostnames()
+    partial: dict[str, bytes] = {}
+    prefixes: dict[str, bytes] = {}
+    out = sys.stdout.buffer
+    try:
+        for chunk in client().service_logs(info.service.id, follow, tail):
+            prefix = prefixes.setdefault(
+                chunk.task_id,
+                f"{name}.{chunk.slot}.{chunk.task_id[: output.SHORT_ID]}@"
+                f"{names.get(chunk.node_id, chunk.node_id[: output.SHORT_ID])} | ".encode(),
+            )
+            # Chunks cut lines anywhere; hold a tail until its newline arrives.
+            *lines, rest = (partial.pop(chunk.task_id, b"") + chunk.data).split(b"\n")
+            for line in lines:
+                out.write(prefix + line + b"\n")
+            if rest:
+                partial[chunk.task_id] = rest
+            out.flush()
+    except KeyboardInterrupt:
+        pass  # the way to stop --follow
+    for task_id, rest in partial.items():
+        out.write(prefixes[task_id] + rest + b"\n")
+    out.flush()
+
+
+@group.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME|ID...")
+@click.pass_context
+def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Remove services; their tasks are stopped."""
+    remove_each(ctx, refs, client().remove_service)

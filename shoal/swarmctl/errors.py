@@ -1,0 +1,28 @@
+"""The one error type of swarmctl: a failed request, printed as one line, exit 1.
+
+Kept apart from client.py so that commands can raise it (and the root group
+catch it) without loading gRPC: `--help` and usage errors never need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class CLIError(Exception):
+    """A failed request: printed as `Error: <message>`, exit code 1."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(one_line(message))
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -1,0 +1,88 @@
+"""What every command shares: the manager connection of this run, and the ways a
+command goes through several requests (conflict retries, one failure per item).
+
+Light on purpose: the gRPC client is imported when the first request is made, so
+`--help` and usage errors do not pay for loading gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from shoal.swarmctl.errors import CLIError
+
+if TYPE_CHECKING:
+    from shoal.swarmctl.client import Client
+
+T = TypeVar("T")
+
+DEFAULT_SOCKET = "/var/lib/shoal/control.sock"
+SOCKET_ENV = "SWARM_SOCKET"
+CONFLICT_RETRIES = 3
+
+
+def resolve_socket(flag: str | None) -> str:
+    """`--socket`, else $SWARM_SOCKET, else the default path."""
+    return flag or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class Session:
+    """The root context's object: the socket, and a client made on first use."""
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            from shoal.swarmctl.client import Client  # gRPC: only once a request is made
+
+            self._client = Client(self.socket)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def client() -> Client:
+    """The current run's client (commands run under the root group, which makes the session)."""
+    session = click.get_current_context().find_object(Session)
+    assert session is not None, "commands run under the root group"
+    return session.client
+
+
+def retry_conflicts(attempt: Callable[[], T]) -> T:
+    """Read-modify-write: a concurrent change (ABORTED) means read again and reapply."""
+    for n in range(CONFLICT_RETRIES):
+        try:
+            return attempt()
+        except CLIError as err:
+            import grpc  # loaded already: the attempt made a request
+
+            if err.code != grpc.StatusCode.ABORTED or n == CONFLICT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def report(err: CLIError) -> None:
+    """An error of one item of several; the command goes on and exits 1 at the end."""
+    click.echo(f"Error: {err}", err=True)
+
+
+def remove_each(ctx: click.Context, refs: Iterable[str], remove: Callable[[str], str]) -> None:
+    """Prints each removed ID; goes on past failures and exits 1 if there were any."""
+    failed = False
+    for ref in refs:
+        try:
+            click.echo(remove(ref))
+        except CLIError as err:
+            report(err)
+            failed = True
+    if failed:
+        ctx.exit(1)

@@ -1,0 +1,110 @@
+"""Waiting for a service to converge after `service create|update|scale`.
+
+Follows the service over WatchService (no polling) until every task it wants
+runs from its current spec; fails with the reason when time runs out or the
+manager paused (or rolled back) the update. Progress goes to stderr on a terminal.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from shoal.proto import control_pb2 as api
+from shoal.proto import objects_pb2 as pb
+from shoal.swarmctl import output
+from shoal.swarmctl.errors import CLIError
+from shoal.swarmctl.session import client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_UPDATE_PAUSED = (pb.UpdateStatus.PAUSED, pb.UpdateStatus.ROLLBACK_PAUSED)
+_ROLLED_BACK = (pb.UpdateStatus.ROLLBACK_STARTED, pb.UpdateStatus.ROLLBACK_COMPLETED)
+
+
+def wait_options(fn: F) -> F:
+    """`--detach` and `--timeout` of the commands that wait."""
+    fn = click.option(
+        "--timeout",
+        default="60s",
+        show_default=True,
+        help="How long to wait for the service to converge.",
+    )(fn)
+    fn = click.option("-d", "--detach", is_flag=True, help="Return at once; do not wait.")(fn)
+    return fn
+
+
+def converged(info: api.ServiceInfo) -> bool:
+    """Every task the service wants runs, made from its current spec."""
+    n = output.want(info)
+    if n == 0 and info.service.spec.WhichOneof("mode") == "global":
+        return False  # the orchestrator has not placed the global tasks yet
+    return info.desired == n and info.running == n and info.running_updated == n
+
+
+def status_line(progress: api.WatchServiceResponse | None) -> str:
+    if progress is None or not progress.HasField("service"):
+        return ""
+    info = progress.service
+    line = f"{info.running}/{output.want(info)} running"
+    if progress.task_errors:
+        line += f"; {progress.task_errors[0]}"
+    return line
+
+
+def _show(name: str, info: api.ServiceInfo) -> None:
+    """One progress line, rewritten in place."""
+    line = f"{name}: {info.running}/{output.want(info)} running"
+    width = shutil.get_terminal_size().columns - 1
+    sys.stderr.write(f"\r{line[:width]}\x1b[K")
+    sys.stderr.flush()
+
+
+def _stopped(update: pb.UpdateStatus, started_ms: int, rollback_asked: bool) -> bool:
+    """The manager paused or reverted the update this command started."""
+    stopped = update.state in _UPDATE_PAUSED or (
+        update.state in _ROLLED_BACK and not rollback_asked
+    )
+    return stopped and update.started_at_ms >= started_ms
+
+
+def wait_converged(
+    ref: str,
+    name: str,
+    timeout_ms: int,
+    deadline: float | None = None,
+    rollback_asked: bool = False,
+) -> None:
+    """Follows the service over WatchService until it converges; CLIError when time is up,
+    or when the manager paused the update (or rolled it back)."""
+    end = deadline if deadline is not None else time.monotonic() + timeout_ms / 1000
+    started_ms = int(time.time() * 1000) - 1000
+    tty = sys.stderr.isatty()
+    last: api.WatchServiceResponse | None = None
+    try:
+        # At least a moment, so a shared deadline that ran out still shows where it stands.
+        for progress in client().watch_service(ref, max(end - time.monotonic(), 1.0)):
+            if progress.removed:
+                raise CLIError(f"service {name} was removed while waiting for it to converge")
+            last = progress
+            if tty:
+                _show(name, progress.service)
+            update = progress.service.service.update_status
+            if _stopped(update, started_ms, rollback_asked):
+                # The manager stopped or reverted this update: say so, and why.
+                raise CLIError(f"service {name}: {update.message or 'update failed'}")
+            if converged(progress.service):
+                return
+    finally:
+        if tty and last is not None:
+            sys.stderr.write("\n")
+    status = status_line(last)
+    raise CLIError(
+        f"service {name} did not converge within {timeout_ms / 1000:g}s"
+        + (f": {status}" if status else "")
+    )

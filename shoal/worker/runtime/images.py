@@ -1,0 +1,306 @@
+"""Images in containerd: resolved and pulled by Shoal's registry client, not `ctr`.
+
+Blobs go into containerd's content store under a lease, with the garbage
+collection labels containerd's own client sets; layers are unpacked one by one
+(snapshots + diff service) and the image is recorded by name. An image already
+in containerd, content and snapshots complete, is used as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import field_mask_pb2
+
+from shoal.proto.containerd import content_pb2 as content
+from shoal.proto.containerd import descriptor_pb2 as descriptor
+from shoal.proto.containerd import diff_pb2 as diff
+from shoal.proto.containerd import images_pb2 as images
+from shoal.proto.containerd import snapshots_pb2 as snapshots
+from shoal.registry import (
+    INDEX_TYPES,
+    Descriptor,
+    RegistryClient,
+    ResolvedImage,
+    parse_reference,
+    this_platform,
+)
+from shoal.worker.runtime.base import ContainerNotFound, ImagePullError, RuntimeFailure
+from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a container needs of its image: the config and the top layer's chain ID."""
+
+    name: str
+    config: dict[str, Any]
+    chain_id: str
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The OCI chain IDs of layers: snapshot names in containerd."""
+    out: list[str] = []
+    for d in diff_ids:
+        if not out:
+            out.append(d)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def _desc_pb(d: Descriptor) -> descriptor.Descriptor:
+    return descriptor.Descriptor(
+        media_type=d.media_type, digest=d.digest, size=d.size, annotations=d.annotations
+    )
+
+
+class ImageStore:
+    """The images of one containerd namespace: each pulled once, however many tasks
+    want it at the same time."""
+
+    def __init__(self, ctrd: Containerd, registry: RegistryClient, snapshotter: str) -> None:
+        self.ctrd = ctrd
+        self.registry = registry
+        self.snapshotter = snapshotter
+        self._images: dict[str, ImageInfo] = {}
+        self._pulls: dict[str, asyncio.Future[ImageInfo]] = {}
+
+    async def get(self, image: str) -> ImageInfo:
+        """The image's info, pulling it first if containerd does not have it."""
+        cached = self._images.get(image)
+        if cached is not None:
+            return cached
+        running = self._pulls.get(image)
+        if running is None:
+            # One pull per image at a time, however many tasks want it.
+            running = asyncio.ensure_future(self._load_or_pull(image))
+            self._pulls[image] = running
+            running.add_done_callback(lambda _: self._pulls.pop(image, None))
+        info = await asyncio.shield(running)
+        self._images[image] = info
+        return info
+
+    async def _load_or_pull(self, image: str) -> ImageInfo:
+        try:
+            name = parse_reference(image).name
+        except ImagePullError:
+            raise
+        with contextlib.suppress(ContainerNotFound):
+            got = await self.ctrd.call(self.ctrd.images.Get, images.GetImageRequest(name=name))
+            info = await self._info_from_store(name, got.image.target)
+            if info is not None:
+                return info
+        return await self._pull(image)
+
+    async def _read(self, digest: str) -> bytes:
+        chunks = []
+        call = self.ctrd.content.Read(
+            content.ReadContentRequest(digest=digest),
+            metadata=self.ctrd.md(),
+            timeout=CALL_TIMEOUT_S,
+        )
+        try:
+            async for resp in call:
+                chunks.append(resp.data)
+        except grpc.aio.AioRpcError as err:
+            raise ContainerNotFound(f"content {digest}: {err.details()}") from None
+        return b"".join(chunks)
+
+    async def _info_from_store(self, name: str, target: Any) -> ImageInfo | None:
+        """An image already in containerd, if its content and snapshots are all there."""
+        try:
+            manifest_digest = target.digest
+            if target.media_type in INDEX_TYPES:
+                index = json.loads(await self._read(target.digest))
+                wanted = this_platform()
+                manifest_digest = next(
+                    m["digest"]
+                    for m in index["manifests"]
+                    if (m.get("platform", {}).get("os"), m.get("platform", {}).get("architecture"))
+                    == wanted
+                )
+            manifest = json.loads(await self._read(manifest_digest))
+            config = json.loads(await self._read(manifest["config"]["digest"]))
+            top = chain_ids(config["rootfs"]["diff_ids"])[-1]
+            await self.ctrd.call(
+                self.ctrd.snapshots.Stat,
+                snapshots.StatSnapshotRequest(snapshotter=self.snapshotter, key=top),
+            )
+        except (ContainerNotFound, KeyError, StopIteration, IndexError, ValueError):
+            return None
+        return ImageInfo(name, config, top)
+
+    async def _pull(self, image: str) -> ImageInfo:
+        resolved = await self.registry.resolve(image)
+        async with self.ctrd.lease("pull") as lease:
+            config_bytes = await self.registry.blob(resolved.ref, resolved.config)
+            config = json.loads(config_bytes)
+            diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+            if len(diff_ids) != len(resolved.layers):
+                raise ImagePullError(f"pull {image}: config and manifest disagree on layers")
+            for layer, diff_id in zip(resolved.layers, diff_ids, strict=True):
+                await self._fetch(resolved, layer, lease, {"containerd.io/uncompressed": diff_id})
+            chains = chain_ids(diff_ids)
+            await self._unpack(resolved, chains, lease)
+            await self._write(
+                config_bytes,
+                resolved.config,
+                lease,
+                {
+                    f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1],
+                },
+            )
+            refs = {"containerd.io/gc.ref.content.config": resolved.config.digest}
+            refs.update(
+                {
+                    f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                    for i, layer in enumerate(resolved.layers)
+                }
+            )
+            await self._write(resolved.manifest_body, resolved.manifest, lease, refs)
+            if resolved.index_body is not None:
+                await self._write(
+                    resolved.index_body,
+                    resolved.target,
+                    lease,
+                    {"containerd.io/gc.ref.content.m.0": resolved.manifest.digest},
+                )
+            record = images.Image(name=resolved.ref.name, target=_desc_pb(resolved.target))
+            try:
+                await self.ctrd.call(
+                    self.ctrd.images.Create, images.CreateImageRequest(image=record)
+                )
+            except RuntimeFailure:
+                await self.ctrd.call(
+                    self.ctrd.images.Update, images.UpdateImageRequest(image=record)
+                )
+            log.info("pulled %s (%d layers)", resolved.ref.name, len(resolved.layers))
+            return ImageInfo(resolved.ref.name, config, chains[-1])
+
+    async def _exists(self, digest: str) -> bool:
+        try:
+            await self.ctrd.call(self.ctrd.content.Info, content.InfoRequest(digest=digest))
+            return True
+        except ContainerNotFound:
+            return False
+
+    async def _fetch(
+        self, resolved: ResolvedImage, desc: Descriptor, lease: str, labels: dict[str, str]
+    ) -> None:
+        if await self._exists(desc.digest):
+            return
+        await self._write_stream(self.registry.blob_stream(resolved.ref, desc), desc, lease, labels)
+
+    async def _write(
+        self, data: bytes, desc: Descriptor, lease: str, labels: dict[str, str]
+    ) -> None:
+        if await self._exists(desc.digest):
+            # Already there: make sure it carries the GC labels (they keep it alive).
+            await self.ctrd.call(
+                self.ctrd.content.Update,
+                content.UpdateRequest(
+                    info=content.Info(digest=desc.digest, labels=labels),
+                    update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
+                ),
+            )
+            return
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        await self._write_stream(one(), desc, lease, labels)
+
+    async def _write_stream(
+        self, chunks: AsyncIterator[bytes], desc: Descriptor, lease: str, labels: dict[str, str]
+    ) -> None:
+        ref = f"shoal-{desc.digest}"
+
+        async def requests() -> AsyncIterator[content.WriteContentRequest]:
+            offset = 0
+            async for chunk in chunks:
+                for i in range(0, len(chunk), WRITE_CHUNK):
+                    part = chunk[i : i + WRITE_CHUNK]
+                    yield content.WriteContentRequest(
+                        action=content.WRITE,
+                        ref=ref,
+                        total=desc.size,
+                        expected=desc.digest,
+                        offset=offset,
+                        data=part,
+                    )
+                    offset += len(part)
+            yield content.WriteContentRequest(
+                action=content.COMMIT,
+                ref=ref,
+                total=desc.size,
+                expected=desc.digest,
+                offset=offset,
+                labels=labels,
+            )
+
+        call = self.ctrd.content.Write(requests(), metadata=self.ctrd.md(lease))
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise ImagePullError(f"storing {desc.digest}: {err.details()}") from None
+
+    async def _unpack(self, resolved: ResolvedImage, chains: list[str], lease: str) -> None:
+        parent = ""
+        for layer, chain in zip(resolved.layers, chains, strict=True):
+            try:
+                await self.ctrd.call(
+                    self.ctrd.snapshots.Stat,
+                    snapshots.StatSnapshotRequest(snapshotter=self.snapshotter, key=chain),
+                )
+                parent = chain
+                continue
+            except ContainerNotFound:
+                pass
+            key = f"extract-{uuid.uuid4().hex}-{chain}"
+            prepared = await self.ctrd.call(
+                self.ctrd.snapshots.Prepare,
+                snapshots.PrepareSnapshotRequest(
+                    snapshotter=self.snapshotter, key=key, parent=parent
+                ),
+                lease,
+            )
+            try:
+                await self.ctrd.call(
+                    self.ctrd.diff.Apply,
+                    diff.ApplyRequest(diff=_desc_pb(layer), mounts=prepared.mounts),
+                    lease,
+                    deadline_s=600,
+                )
+                await self.ctrd.call(
+                    self.ctrd.snapshots.Commit,
+                    snapshots.CommitSnapshotRequest(
+                        snapshotter=self.snapshotter, name=chain, key=key
+                    ),
+                    lease,
+                )
+            except RuntimeFailure as err:
+                with contextlib.suppress(RuntimeFailure, ContainerNotFound):
+                    await self.ctrd.call(
+                        self.ctrd.snapshots.Remove,
+                        snapshots.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
+                    )
+                if "already exists" not in str(err):
+                    raise ImagePullError(f"unpack {resolved.ref.name}: {err}") from None
+            parent = chain
