@@ -99,7 +99,8 @@ def _size(text: str, flag: str) -> int:
 @click.option(
     "--control-socket",
     type=click.Path(path_type=Path),
-    help="Unix socket of the control API [default: STATE_DIR/control.sock].",
+    help="Unix socket of the control API [default: STATE_DIR/control.sock]; the reads "
+    "are also served as HTTP/JSON beside it (control.http.sock).",
 )
 @click.option(
     "--etcd-endpoints", default="", help="Comma-separated etcd URLs; none starts an embedded etcd."

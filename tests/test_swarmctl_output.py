@@ -8,9 +8,10 @@ import json
 import click
 import pytest
 
-from shoal import defaults
+from shoal import defaults, views
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import cli, listing, output, wait
+from shoal.swarmctl.commands import reads
 
 from .swarmctl_samples import (
     CLUSTER_KEYS,
@@ -25,7 +26,7 @@ from .swarmctl_samples import (
 
 
 def test_service_view() -> None:
-    view = output.service_view(make_service(), {"net1": "front"})
+    view = views.service_view(make_service(), {"net1": "front"})
     assert view.keys() >= SERVICE_KEYS
     assert view["mode"] == "replicated" and view["replicas"] == 3 and view["running"] == 2
     assert view["networks"] == ["front", "net-unknown"]
@@ -45,7 +46,7 @@ def test_service_view() -> None:
 
 
 def test_global_service_view_has_null_replicas() -> None:
-    view = output.service_view(make_service("global"), {})
+    view = views.service_view(make_service("global"), {})
     assert view["mode"] == "global" and view["replicas"] is None
 
 
@@ -59,7 +60,7 @@ def test_task_view() -> None:
     t.status.container.exit_code = 3
     t.networks.add(network_id="net1", addresses=["10.0.1.5/24"])
     t.networks.add(network_id="net2", addresses=["10.0.2.7/24"])
-    view = output.task_view(t, {"n1": "worker1"})
+    view = views.task_view(t, {"n1": "worker1"})
     assert view.keys() >= TASK_KEYS
     assert view["node"] == "n1" and view["node_hostname"] == "worker1"
     assert view["desired_state"] == "running" and view["state"] == "rejected"
@@ -67,7 +68,7 @@ def test_task_view() -> None:
     assert view["addresses"] == ["10.0.1.5/24", "10.0.2.7/24"]
     assert view["container_id"] == "c1" and view["exit_code"] == 3
 
-    pending = output.task_view(pb.Task(id="t2", slot=1), {})
+    pending = views.task_view(pb.Task(id="t2", slot=1), {})
     assert pending["node"] is None and pending["node_hostname"] is None
     assert pending["state"] == "new" and pending["container_id"] == ""
     assert pending["exit_code"] is None
@@ -80,13 +81,13 @@ def test_node_view() -> None:
     n.status.addr = "10.0.0.1"
     n.spec.availability = pb.AVAILABILITY_DRAIN
     n.spec.labels["zone"] = "a"
-    view = output.node_view(n)
+    view = views.node_view(n)
     assert view.keys() >= NODE_KEYS and "manager_status" not in view
     assert (view["role"], view["status"], view["availability"]) == ("manager", "ready", "drain")
     assert view["addr"] == "10.0.0.1" and view["labels"] == {"zone": "a"}
     n.manager_status.leader = True
-    assert output.node_view(n)["manager_status"]["leader"] is True
-    down = output.node_view(pb.Node(id="n2", status=pb.NodeStatus(state=pb.NODE_DOWN)))
+    assert views.node_view(n)["manager_status"]["leader"] is True
+    down = views.node_view(pb.Node(id="n2", status=pb.NodeStatus(state=pb.NODE_DOWN)))
     assert (down["role"], down["status"], down["availability"]) == ("worker", "down", "active")
 
 
@@ -94,12 +95,12 @@ def test_network_view_prefers_the_allocated_subnet() -> None:
     n = pb.Network(id="x", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1")
     n.spec.annotations.name = "front"
     n.spec.driver = "overlay"
-    view = output.network_view(n)
+    view = views.network_view(n)
     assert view.keys() >= NETWORK_KEYS
     assert (view["subnet"], view["vni"], view["gateway"]) == ("10.0.1.0/24", 4097, "10.0.1.1")
     n.subnet = ""
     n.spec.subnet = "10.9.0.0/16"
-    assert output.network_view(n)["subnet"] == "10.9.0.0/16"
+    assert views.network_view(n)["subnet"] == "10.9.0.0/16"
 
 
 def test_cluster_views() -> None:
@@ -107,12 +108,12 @@ def test_cluster_views() -> None:
     c.meta.created_at_ms = 1_700_000_000_000
     c.join_tokens.worker = "SWMTKN-1-w"
     c.join_tokens.manager = "SWMTKN-1-m"
-    view = output.cluster_view(c)
+    view = views.cluster_view(c)
     assert view.keys() >= CLUSTER_KEYS
     assert view["name"] == "default" and view["created_at"] == "2023-11-14T22:13:20Z"
     assert view["task_history_limit"] == defaults.TASK_HISTORY_LIMIT
     assert "SWMTKN-1-w" not in json.dumps(view)
-    assert output.join_tokens_view(c) == {"worker": "SWMTKN-1-w", "manager": "SWMTKN-1-m"}
+    assert views.join_tokens_view(c) == {"worker": "SWMTKN-1-w", "manager": "SWMTKN-1-m"}
 
 
 # ---------------------------------------------------------------- tables
@@ -135,7 +136,8 @@ def test_task_rows_newest_first_per_slot() -> None:
     new.desired_state = new.status.state = pb.RUNNING
     new.status.timestamp_ms = 55_000
     glob = pb.Task(id="glb" + "x" * 22, service_name="agent", slot=0, node_id="n2")
-    rows = output.task_rows([old, new, glob], {"n1": "h1"}, now_ms=60_000)
+    tasks = [views.task_view(t, {"n1": "h1"}) for t in (old, new, glob)]
+    rows = output.task_rows(tasks, now_ms=60_000)
     assert [r[1] for r in rows] == ["agent.n2", "web.1", " \\_ web.1"]
     assert rows[1][0] == "new" + "x" * 9 and rows[1][3] == "h1"
     assert rows[1][5] == "running 5 seconds ago"
@@ -143,8 +145,16 @@ def test_task_rows_newest_first_per_slot() -> None:
     assert rows[0][3] == "n2"  # no hostname known: the node ID
 
 
+def test_task_rows_keep_the_managers_order_within_a_second() -> None:
+    # Views carry times in seconds; the manager lists a slot's tasks newest first.
+    a, b = (pb.Task(id=i * 25, service_name="web", slot=1, node_id="n1") for i in "ab")
+    a.meta.created_at_ms, b.meta.created_at_ms = 1_900, 1_100
+    rows = output.task_rows([views.task_view(t, {}) for t in (a, b)], now_ms=5_000)
+    assert [r[0][0] for r in rows] == ["a", "b"] and rows[1][1].startswith(" \\_")
+
+
 def test_service_rows() -> None:
-    rows = output.service_rows([output.service_view(make_service(), {})])
+    rows = output.service_rows([views.service_view(make_service(), {})])
     assert rows == [
         ["s" * 12, "web", "replicated", "2/3", "busybox:latest", "*:8080->80/tcp,*:53->53/udp"]
     ]
@@ -179,24 +189,25 @@ def test_converged() -> None:
 NETWORK = pb.Network(id="n" * 25, vni=4097, subnet="10.0.1.0/24")
 NETWORK.spec.annotations.name = "front"
 NETWORK.spec.driver = "overlay"
-NETWORKS = listing.simple_kind(output.network_view, output.NETWORK_HEADERS, output.network_rows)
+NETWORKS = reads.NETWORKS
+VIEW = views.network_view(NETWORK)
 
 
 def test_list_quiet_prints_ids_only_whatever_the_format(capsys: pytest.CaptureFixture[str]) -> None:
     for fmt in ("table", "json"):
-        listing.print_list(NETWORKS, [NETWORK, NETWORK], quiet=True, fmt=fmt)
+        listing.print_list(NETWORKS, [VIEW, VIEW], quiet=True, fmt=fmt)
         assert capsys.readouterr().out == f"{NETWORK.id}\n{NETWORK.id}\n"
 
 
 def test_list_json_is_an_array_of_views(capsys: pytest.CaptureFixture[str]) -> None:
-    listing.print_list(NETWORKS, [NETWORK], quiet=False, fmt="json")
-    assert json.loads(capsys.readouterr().out) == [output.network_view(NETWORK)]
+    listing.print_list(NETWORKS, [VIEW], quiet=False, fmt="json")
+    assert json.loads(capsys.readouterr().out) == [views.network_view(NETWORK)]
     listing.print_list(NETWORKS, [], quiet=False, fmt="json")
     assert json.loads(capsys.readouterr().out) == []
 
 
 def test_list_table(capsys: pytest.CaptureFixture[str]) -> None:
-    listing.print_list(NETWORKS, [NETWORK], quiet=False, fmt="table")
+    listing.print_list(NETWORKS, [VIEW], quiet=False, fmt="table")
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["ID", "NAME", "DRIVER", "SUBNET", "VNI"]
     assert row.split() == ["n" * 12, "front", "overlay", "10.0.1.0/24", "4097"]
@@ -205,7 +216,7 @@ def test_list_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_inspect_prints_one_json_object_in_both_formats(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    view = output.network_view(NETWORK)
+    view = views.network_view(NETWORK)
     for fmt in ("table", "json"):
         listing.print_one(view, fmt)
         assert json.loads(capsys.readouterr().out) == view

@@ -1,18 +1,22 @@
 """Container start cost: Shoal's containerd runtime against `ctr run -d`, same containerd.
 
-    python -m bench.runtime.run [--count 10]
+    python -m bench.runtime.run [--count 10] [--first-rounds 5] [--baseline DIR]
 
 A private containerd and a local registry with the tiny busybox image; the
 image is pulled once by each side first. Then, serially, N containers created
 and started by Shoal's runtime (gRPC, the product path) and N by `ctr run -d`
 (containerd's own CLI, the ANCHORS figure: ~180 ms each). Reports the median
-per container and the ratio. Everything is removed at the end.
+per container and the ratio. Then, on the same containerd, the whole system
+(bench/runtime/first.py): create -> first container running, for a one-replica
+service and for the first of 20, set against the runtime's own create + start.
+Everything is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.guard import exit_cleanly_on_signals
+from bench.runtime.first import first_container
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
 from shoal.lab.registry import Registry
@@ -75,19 +80,55 @@ def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--count", type=int, default=10)
+    p.add_argument("--first-rounds", type=int, default=5, help="0: skip the whole-system part")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="Another checkout of Shoal to run the whole-system part from too (before/after).",
+    )
     args = p.parse_args()
     exit_cleanly_on_signals()
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
-        shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
+        try:
+            shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)  # the containers' logs
         ctr = ctr_side(ctd, image, args.count)
+        first = (
+            first_container(ctd, image, args.first_rounds, args.baseline)
+            if args.first_rounds
+            else None
+        )
     s, c = statistics.median(shoal) * 1000, statistics.median(ctr) * 1000
     print("| what | median per container |\n|---|---|")
     print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
     print(f"| `ctr run -d` | {c:.0f} ms |")
     print(f"\nShoal / ctr: {s / c:.2f}x")
-
+    if first is None:
+        return
+    print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
+    print("| code | service | create RPC returned -> task RUNNING | vs runtime create + start |")
+    print("|---|---|---|---|")
+    for code, r in first.items():
+        for what, key in (
+            ("1 replica", "first_of_1_s"),
+            ("20 replicas, the first", "first_of_20_s"),
+            ("20 replicas, the last", "last_of_20_s"),
+        ):
+            ms = r[key] * 1000
+            print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
+    for code, r in first.items():
+        print(
+            f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
+            f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
+        )
+    if "baseline" in first:
+        for key in ("first_of_1_s", "first_of_20_s", "last_of_20_s"):
+            ratio = first["this checkout"][key] / first["baseline"][key]
+            print(f"{key}: this checkout / baseline {ratio:.2f}x")
 
 if __name__ == "__main__":
     main()

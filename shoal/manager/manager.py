@@ -28,6 +28,7 @@ from shoal.manager.nodeca import NodeCA, new_node
 from shoal.manager.pinning import ImagePinner
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
+from shoal.manager.restapi import RestAPI
 from shoal.manager.store import (
     AlreadyExists,
     Cache,
@@ -46,6 +47,7 @@ from shoal.pki.join import join, join_addr_for
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+from shoal.restsock import rest_socket
 from shoal.statedir import lock_state_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class ManagerConfig:
     @property
     def socket_path(self) -> Path:
         return self.control_socket or self.state_dir / "control.sock"
+
+    @property
+    def rest_socket_path(self) -> Path:
+        """The HTTP/JSON socket of the reads, beside the control socket."""
+        return Path(rest_socket(str(self.socket_path)))
 
     @property
     def join_listen_addr(self) -> str:
@@ -321,6 +328,7 @@ class Manager:
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
         pinner: ImagePinner | None = None
+        rest: RestAPI | None = None
         try:
             endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
             if not endpoints:
@@ -355,6 +363,9 @@ class Manager:
             )
 
             await self._serve_remote(cluster, control, servers)
+            # The reads' socket first: whoever sees the control socket answer can read.
+            rest = RestAPI(control, cfg.rest_socket_path)
+            await rest.start()
             server = await self._serve_local(control, servers)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
@@ -372,6 +383,8 @@ class Manager:
             await cancel_and_wait([presence])
             if self.presence is not None:
                 await self.presence.resign()
+            if rest is not None:
+                await rest.stop()
             for srv in servers:
                 await srv.stop(grace=2)
             if pinner is not None:

@@ -44,6 +44,18 @@ class Root(click.Group):
         group: click.Command = importlib.import_module(module).group
         return group
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # A read command runs from its light group: no protobuf or gRPC to load.
+        if len(args) > 1:
+            from shoal.swarmctl.commands import reads
+
+            light = reads.GROUPS.get(args[0])
+            if light is not None and args[1] in light.commands:
+                return args[0], light, args[1:]
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -4,23 +4,23 @@
 - `ls --format json` prints a JSON array of views, `ls` a table;
 - `inspect` prints one JSON object whatever `--format` says (scripts rely on it).
 
-A command group describes its objects once as a `Kind` and gets its `ls` and
-`inspect` from `add_ls` / `add_inspect` (or calls `print_list` when its list
-takes filters, like `task ls` and `service ps`).
+Reads go over the manager's HTTP socket (session.rest), which answers with the
+views themselves (shoal/views.py): nothing here loads gRPC or protobuf. A command
+group describes its objects once as a `Kind` and gets its `ls` and `inspect` from
+`ls_command` / `inspect_command` (or calls `print_list` when its list takes
+filters, like `task ls` and `service ps`); they live in commands/reads.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, NamedTuple
 
 import click
 
 from shoal.swarmctl import output
-from shoal.swarmctl.session import client
+from shoal.swarmctl.session import rest
 
-T = TypeVar("T")
 View = dict[str, Any]
 Rows = list[list[str]]
 
@@ -35,48 +35,23 @@ format_option = click.option(
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print IDs only.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Kind(Generic[T]):
-    """How one kind of object is listed and shown."""
+class Kind(NamedTuple):
+    """How one kind of object is read and listed."""
 
-    ident: Callable[[T], str]
-    # The JSON views of some objects; looks up what they refer to once for all.
-    views: Callable[[Sequence[T]], list[View]]
+    # Its collection on the manager's HTTP socket: /services, /services/REF.
+    path: str
     headers: Sequence[str]
-    rows: Callable[[Sequence[T], Sequence[View]], Rows]
+    rows: Callable[[Sequence[View]], Rows]
 
 
-class _HasId(Protocol):
-    @property
-    def id(self) -> str: ...
-
-
-H = TypeVar("H", bound=_HasId)
-
-
-def simple_kind(
-    view: Callable[[H], View], headers: Sequence[str], rows: Callable[[Sequence[View]], Rows]
-) -> Kind[H]:
-    """A kind whose objects carry their `id`, whose views need no lookups and whose
-    table rows come from the views alone (nodes, networks)."""
-    return Kind(
-        ident=lambda item: item.id,
-        views=lambda items: [view(item) for item in items],
-        headers=headers,
-        rows=lambda _, views: rows(views),
-    )
-
-
-def print_list(kind: Kind[T], items: Sequence[T], quiet: bool, fmt: str) -> None:
+def print_list(kind: Kind, views: Sequence[View], quiet: bool, fmt: str) -> None:
     if quiet:
-        for item in items:
-            click.echo(kind.ident(item))
-        return
-    views = kind.views(items)
-    if fmt == "json":
-        output.print_json(views)
+        for view in views:
+            click.echo(view["id"])
+    elif fmt == "json":
+        output.print_json(list(views))
     else:
-        output.print_table(kind.headers, kind.rows(items, views))
+        output.print_table(kind.headers, kind.rows(views))
 
 
 def print_one(view: View, fmt: str) -> None:
@@ -85,34 +60,25 @@ def print_one(view: View, fmt: str) -> None:
     output.print_json(view)
 
 
-def add_ls(group: click.Group, kind: Kind[T], fetch: Callable[[], Sequence[T]], help: str) -> None:
-    """`group ls [-q] [--format json]`."""
+def ls_command(kind: Kind, help: str) -> click.Command:
+    """`ls [-q] [--format json]`."""
 
-    @group.command("ls", help=help)
+    @click.command("ls", help=help)
     @quiet_option
     @format_option
     def ls(quiet: bool, fmt: str) -> None:
-        print_list(kind, fetch(), quiet, fmt)
+        print_list(kind, rest().get(kind.path), quiet, fmt)
+
+    return ls
 
 
-def add_inspect(
-    group: click.Group, kind: Kind[T], get: Callable[[str], T], metavar: str, help: str
-) -> None:
-    """`group inspect REF [--format json]`."""
+def inspect_command(kind: Kind, metavar: str, help: str) -> click.Command:
+    """`inspect REF [--format json]`."""
 
-    @group.command("inspect", help=help)
+    @click.command("inspect", help=help)
     @click.argument("ref", metavar=metavar)
     @format_option
     def inspect(ref: str, fmt: str) -> None:
-        print_one(kind.views([get(ref)])[0], fmt)
+        print_one(rest().get(kind.path, ref), fmt)
 
-
-# ------------------------------------------------------------ names views show
-
-
-def network_names() -> dict[str, str]:
-    return {n.id: n.spec.annotations.name for n in client().list_networks()}
-
-
-def hostnames() -> dict[str, str]:
-    return {n.id: n.description.hostname for n in client().list_nodes()}
+    return inspect

@@ -2,7 +2,8 @@
 command goes through several requests (conflict retries, one failure per item).
 
 Light on purpose: the gRPC client is imported when the first request is made, so
-`--help` and usage errors do not pay for loading gRPC.
+`--help` and usage errors do not pay for loading gRPC, and the read commands, which
+use the manager's HTTP socket (rest.py), never load it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from shoal.swarmctl.errors import CLIError
 
 if TYPE_CHECKING:
     from shoal.swarmctl.client import Client
+    from shoal.swarmctl.rest import RestClient
 
 T = TypeVar("T")
 
@@ -31,11 +33,20 @@ def resolve_socket(flag: str | None) -> str:
 
 
 class Session:
-    """The root context's object: the socket, and a client made on first use."""
+    """The root context's object: the socket, and clients made on first use."""
 
     def __init__(self, socket: str) -> None:
         self.socket = socket
         self._client: Client | None = None
+        self._rest: RestClient | None = None
+
+    @property
+    def rest(self) -> RestClient:
+        if self._rest is None:
+            from shoal.swarmctl.rest import RestClient
+
+            self._rest = RestClient(self.socket)
+        return self._rest
 
     @property
     def client(self) -> Client:
@@ -50,11 +61,21 @@ class Session:
             self._client.close()
 
 
-def client() -> Client:
-    """The current run's client (commands run under the root group, which makes the session)."""
+def _session() -> Session:
     session = click.get_current_context().find_object(Session)
     assert session is not None, "commands run under the root group"
-    return session.client
+    return session
+
+
+def client() -> Client:
+    """The current run's gRPC client (commands run under the root group, which makes the
+    session): writes, streams and the join tokens."""
+    return _session().client
+
+
+def rest() -> RestClient:
+    """The current run's client of the manager's HTTP socket: every read."""
+    return _session().rest
 
 
 def retry_conflicts(attempt: Callable[[], T]) -> T:

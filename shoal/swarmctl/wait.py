@@ -17,9 +17,9 @@ import click
 
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import output
 from shoal.swarmctl.errors import CLIError
 from shoal.swarmctl.session import client
+from shoal.views import want
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,7 +41,7 @@ def wait_options(fn: F) -> F:
 
 def converged(info: api.ServiceInfo) -> bool:
     """Every task the service wants runs, made from its current spec."""
-    n = output.want(info)
+    n = want(info)
     if n == 0 and info.service.spec.WhichOneof("mode") == "global":
         return False  # the orchestrator has not placed the global tasks yet
     return info.desired == n and info.running == n and info.running_updated == n
@@ -51,7 +51,7 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
     if progress is None or not progress.HasField("service"):
         return ""
     info = progress.service
-    line = f"{info.running}/{output.want(info)} running"
+    line = f"{info.running}/{want(info)} running"
     if progress.task_errors:
         line += f"; {progress.task_errors[0]}"
     return line
@@ -59,7 +59,7 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
 
 def _show(name: str, info: api.ServiceInfo) -> None:
     """One progress line, rewritten in place."""
-    line = f"{name}: {info.running}/{output.want(info)} running"
+    line = f"{name}: {info.running}/{want(info)} running"
     width = shutil.get_terminal_size().columns - 1
     sys.stderr.write(f"\r{line[:width]}\x1b[K")
     sys.stderr.flush()

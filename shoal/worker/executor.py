@@ -277,7 +277,10 @@ class TaskRunner:
     async def _drive(self) -> None:
         if self.state > pb.RUNNING:
             return  # finished: nothing to run, the container (if any) waits for removal
-        existing = await self.runtime.state(self.task.id)
+        # A task this agent never took up (state before ACCEPTED) has at most a created
+        # container (the record of a start is written before it): the steps below
+        # handle that, so only tasks it took up ask the runtime first.
+        existing = await self.runtime.state(self.task.id) if self.state >= pb.ACCEPTED else None
         if existing is not None and existing.status == "running":
             # Reattach: the container outlived an agent restart.
             if self.state < pb.RUNNING:

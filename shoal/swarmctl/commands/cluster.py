@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from shoal import views
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output
 from shoal.swarmctl import spec as specs
+from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client
 
 _JOIN_COMMAND = {
@@ -22,11 +24,7 @@ def group() -> None:
     """The cluster itself."""
 
 
-@group.command("inspect")
-@listing.format_option
-def inspect(fmt: str) -> None:
-    """Show the cluster's settings (as JSON in both formats)."""
-    listing.print_one(output.cluster_view(client().get_cluster()), fmt)
+reads.add_to(group)
 
 
 @group.command("update")
@@ -80,7 +78,7 @@ def join_token(role: str, rotate: bool, quiet: bool, fmt: str) -> None:
         c = client().rotate_join_token(new_role)
     else:
         c = client().get_cluster()
-    tokens = output.join_tokens_view(c)
+    tokens = views.join_tokens_view(c)
     if quiet:
         click.echo(tokens[role])
     elif fmt == "json":

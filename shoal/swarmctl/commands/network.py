@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
-from shoal.swarmctl import listing, output
 from shoal.swarmctl import spec as specs
+from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client, remove_each
-
-NETWORKS = listing.simple_kind(output.network_view, output.NETWORK_HEADERS, output.network_rows)
 
 
 @click.group("network")
@@ -28,14 +26,7 @@ def create(name: str, driver: str, subnet: str, label: tuple[str, ...], internal
     click.echo(client().create_network(spec).id)
 
 
-listing.add_ls(group, NETWORKS, lambda: client().list_networks(), "List networks.")
-listing.add_inspect(
-    group,
-    NETWORKS,
-    lambda ref: client().get_network(ref),
-    "NAME|ID",
-    "Show a network (as JSON in both formats).",
-)
+reads.add_to(group)
 
 
 @group.command("rm")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import listing, output, parse
+from shoal.swarmctl import parse
 from shoal.swarmctl import spec as specs
+from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client, remove_each, retry_conflicts
-
-NODES = listing.simple_kind(output.node_view, output.NODE_HEADERS, output.node_rows)
 
 
 @click.group("node")
@@ -17,14 +16,7 @@ def group() -> None:
     """Manage nodes."""
 
 
-listing.add_ls(group, NODES, lambda: client().list_nodes(), "List nodes.")
-listing.add_inspect(
-    group,
-    NODES,
-    lambda ref: client().get_node(ref),
-    "NODE",
-    "Show a node (as JSON in both formats).",
-)
+reads.add_to(group)
 
 
 @group.command("update")

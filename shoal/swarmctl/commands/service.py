@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
-from shoal.swarmctl import listing, output, parse
+from shoal.swarmctl import output, parse
 from shoal.swarmctl import spec as specs
-from shoal.swarmctl.commands.task import TASKS
+from shoal.swarmctl.commands import reads
 from shoal.swarmctl.errors import CLIError
 from shoal.swarmctl.session import client, remove_each, report, retry_conflicts
 from shoal.swarmctl.wait import wait_converged, wait_options
-
-
-def _views(infos: Sequence[api.ServiceInfo]) -> list[listing.View]:
-    wanted = any(s.service.spec.task.networks for s in infos)
-    names = listing.network_names() if wanted else {}
-    return [output.service_view(s, names) for s in infos]
-
-
-SERVICES = listing.Kind[api.ServiceInfo](
-    ident=lambda s: s.service.id,
-    views=_views,
-    headers=output.SERVICE_HEADERS,
-    rows=lambda _, views: output.service_rows(views),
-)
 
 
 @click.group("service")
@@ -38,14 +22,7 @@ def group() -> None:
     """Manage services."""
 
 
-listing.add_ls(group, SERVICES, lambda: client().list_services(), "List services.")
-listing.add_inspect(
-    group,
-    SERVICES,
-    lambda ref: client().get_service(ref),
-    "NAME|ID",
-    "Show a service (as JSON in both formats).",
-)
+reads.add_to(group)
 
 
 @group.command(
@@ -187,27 +164,6 @@ def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool, timeout: str
         ctx.exit(1)
 
 
-@group.command("ps")
-@click.argument("ref", metavar="NAME|ID")
-@listing.quiet_option
-@listing.format_option
-def ps(ref: str, quiet: bool, fmt: str) -> None:
-    """List a service's tasks, the newest of each slot first, with its published ports."""
-    svc = client().get_service(ref).service
-    tasks = client().list_tasks(service_ref=svc.id)
-    if not svc.endpoint.ports:
-        listing.print_list(TASKS, tasks, quiet, fmt)
-        return
-    ports = svc.endpoint.ports
-    kind = listing.Kind[pb.Task](
-        ident=TASKS.ident,
-        views=lambda ts: output.with_port_views(TASKS.views(ts), ts, ports),
-        headers=[*output.TASK_HEADERS, "PORTS"],
-        rows=lambda ts, vs: output.with_ports(TASKS.rows(ts, vs), ts, svc),
-    )
-    listing.print_list(kind, tasks, quiet, fmt)
-
-
 @group.command("logs")
 @click.argument("ref", metavar="NAME|ID")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
@@ -216,7 +172,7 @@ def logs(ref: str, follow: bool, tail: int) -> None:
     """Print the output of a service's tasks, each line prefixed with its task."""
     info = client().get_service(ref)
     name = info.service.spec.annotations.name
-    names = listing.hostnames()
+    names = reads.hostnames()
     partial: dict[str, bytes] = {}
     prefixes: dict[str, bytes] = {}
     out = sys.stdout.buffer

@@ -22,8 +22,8 @@ from google.protobuf import any_pb2
 
 from shoal.mountpolicy import API_RULES, BindPolicy
 from shoal.proto.containerd import containers_pb2 as containers
+from shoal.proto.containerd import mount_pb2, task_pb2
 from shoal.proto.containerd import snapshots_pb2 as snapshots
-from shoal.proto.containerd import task_pb2
 from shoal.proto.containerd import tasks_pb2 as tasks
 from shoal.registry import RegistryClient
 from shoal.worker.runtime import ocispec
@@ -64,6 +64,9 @@ class ContainerdRuntime:
         self.state_dir = state_dir or Path("/var/lib/shoal")
         self.ctrd = Containerd(socket, namespace)
         self.images = ImageStore(self.ctrd, registry or RegistryClient(), snapshotter)
+        # Containers this process just made, with what starting them needs (rootfs
+        # mounts, log URI): their start skips reading it back and looking for a task.
+        self._made: dict[str, tuple[list[mount_pb2.Mount], str]] = {}
 
     async def close(self) -> None:
         await self.images.registry.close()
@@ -73,11 +76,8 @@ class ContainerdRuntime:
         await self.images.get(image)
 
     async def create(self, config: ContainerConfig) -> None:
-        with contextlib.suppress(ContainerNotFound):
-            await self.ctrd.call(
-                self.ctrd.containers.Get, containers.GetContainerRequest(id=config.container_id)
-            )
-            return  # exists: creating is idempotent
+        """Makes the container; idempotent (a snapshot that exists already tells that
+        this container may: only then is its record looked for)."""
         info = await self.images.get(config.image)
         # Under a lease from the snapshot's making until the container record refers to
         # it: containerd's garbage collector removes unreferenced snapshots, and it may
@@ -95,6 +95,12 @@ class ContainerdRuntime:
             except RuntimeFailure as err:
                 if "already exists" not in str(err):
                     raise
+                with contextlib.suppress(ContainerNotFound):
+                    await self.ctrd.call(
+                        self.ctrd.containers.Get,
+                        containers.GetContainerRequest(id=config.container_id),
+                    )
+                    return  # made before (an agent restart): nothing to do
                 mounts = list(
                     (
                         await self.ctrd.call(
@@ -134,30 +140,24 @@ class ContainerdRuntime:
                 containers.CreateContainerRequest(container=record),
                 lease,
             )
+        self._made[config.container_id] = (mounts, labels.get("shoal.log.uri", ""))
 
     async def start(self, container_id: str) -> int:
-        got = await self.ctrd.call(
-            self.ctrd.containers.Get, containers.GetContainerRequest(id=container_id)
-        )
-        mounts = (
-            await self.ctrd.call(
-                self.ctrd.snapshots.Mounts,
-                snapshots.MountsRequest(
-                    snapshotter=got.container.snapshotter, key=got.container.snapshot_key
-                ),
-            )
-        ).mounts
-        log_uri = got.container.labels.get("shoal.log.uri", "")
-        with contextlib.suppress(ContainerNotFound):
-            # A task left from a start that failed half-way: clear it first.
-            existing = await self.ctrd.call(
-                self.ctrd.tasks.Get, tasks.GetRequest(container_id=container_id)
-            )
-            if existing.process.status == task_pb2.RUNNING:
-                return int(existing.process.pid)
-            await self.ctrd.call(
-                self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
-            )
+        made = self._made.pop(container_id, None)
+        if made is not None:
+            mounts, log_uri = made  # just made here: no task can exist yet
+        else:
+            mounts, log_uri = await self._prepared(container_id)
+            with contextlib.suppress(ContainerNotFound):
+                # A task left from a start that failed half-way: clear it first.
+                existing = await self.ctrd.call(
+                    self.ctrd.tasks.Get, tasks.GetRequest(container_id=container_id)
+                )
+                if existing.process.status == task_pb2.RUNNING:
+                    return int(existing.process.pid)
+                await self.ctrd.call(
+                    self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
+                )
         created = await self.ctrd.call(
             self.ctrd.tasks.Create,
             tasks.CreateTaskRequest(
@@ -166,6 +166,19 @@ class ContainerdRuntime:
         )
         await self.ctrd.call(self.ctrd.tasks.Start, tasks.StartRequest(container_id=container_id))
         return int(created.pid)
+
+    async def _prepared(self, container_id: str) -> tuple[list[mount_pb2.Mount], str]:
+        """A container's rootfs mounts and log URI, read back from containerd."""
+        got = await self.ctrd.call(
+            self.ctrd.containers.Get, containers.GetContainerRequest(id=container_id)
+        )
+        resp = await self.ctrd.call(
+            self.ctrd.snapshots.Mounts,
+            snapshots.MountsRequest(
+                snapshotter=got.container.snapshotter, key=got.container.snapshot_key
+            ),
+        )
+        return list(resp.mounts), got.container.labels.get("shoal.log.uri", "")
 
     async def wait(self, container_id: str) -> int:
         """The container's exit code. No deadline: a container may run for months; and a
@@ -217,6 +230,7 @@ class ContainerdRuntime:
                 await waiter
 
     async def remove(self, container_id: str) -> None:
+        self._made.pop(container_id, None)
         with contextlib.suppress(ContainerNotFound):
             await self.ctrd.call(
                 self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)

@@ -1,0 +1,158 @@
+"""Create -> first container running, through the whole system.
+
+A manager (embedded etcd) and one worker on the benchmark's containerd. Each round
+creates a service over the control API and takes the time from the create RPC's
+return to the first task's RUNNING time in its record (the agent's clock, this
+machine): schedule, dispatch, the agent's steps, containerd's create and start.
+Two shapes: a one-replica service, and the first of 20 replicas (the 19 others
+compete for the same two cores meanwhile). The image is on the node already (a
+warm-up service pulled it), as for every service after a node's first.
+
+`--baseline DIR` runs a second manager and worker, from another checkout of Shoal
+(say, main before a change), on the same containerd; the rounds alternate between
+the two, so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal.lab.containerd import Containerd
+from shoal.lab.procs import ManagerProcess, WorkerProcess, swarmctl, wait_for
+from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
+
+COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+LIMIT_S = 60.0
+
+
+def _spec(name: str, image: str, replicas: int) -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(annotations=pb.Annotations(name=name))
+    spec.replicated.replicas = replicas
+    spec.task.container.image = image
+    spec.task.container.command.extend(COMMAND)
+    return spec
+
+
+class FirstContainer:
+    """A manager and a worker, from this checkout or from the one at `code`."""
+
+    def __init__(self, root: Path, ctd: Containerd, image: str, code: Path | None) -> None:
+        self.root, self.ctd, self.image, self.code = root, ctd, image, code
+        self.manager = ManagerProcess(root / "m1")
+        self.worker: WorkerProcess | None = None
+        self.channel: grpc.Channel | None = None
+
+    def __enter__(self) -> FirstContainer:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        saved = os.environ.get("PYTHONPATH")
+        if self.code is not None:
+            os.environ["PYTHONPATH"] = str(self.code)  # the daemons' code, not the bench's
+        try:
+            self.manager.start()
+            socket = self.manager.socket
+            token = swarmctl(socket, "cluster", "join-token", "worker", "-q").out.strip()
+            self.worker = WorkerProcess(
+                self.root / "w1",
+                self.manager.addr,
+                token,
+                "--hostname",
+                "w1",
+                "--containerd-socket",
+                str(self.ctd.socket),
+            ).start()
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+        self.channel = grpc.insecure_channel(f"unix://{self.manager.socket}")
+        self.stub = api_grpc.ControlStub(self.channel)
+        self.run("warmup", 1)  # the node pulls the image once
+
+    def __exit__(self, *exc: object) -> None:  # also after a failed start
+        if self.channel is not None:
+            self.channel.close()
+        if self.worker is not None:
+            self.worker.stop()
+        self.manager.stop()
+
+    def run(self, name: str, replicas: int) -> tuple[float, float]:
+        """Seconds from the create RPC's return to the first and to the last task's
+        RUNNING; then removes the service and waits until its containers are gone."""
+        created = self.stub.CreateService(
+            api.CreateServiceRequest(spec=_spec(name, self.image, replicas)), timeout=LIMIT_S
+        ).service.service
+        returned_ms = time.time() * 1000
+        watch = self.stub.WatchService(api.WatchServiceRequest(ref=created.id), timeout=LIMIT_S)
+        try:
+            for progress in watch:
+                if progress.service.running == replicas:
+                    break
+        finally:
+            watch.cancel()
+        tasks = self.stub.ListTasks(api.ListTasksRequest(service_ref=created.id)).tasks
+        ran = [t.status.timestamp_ms for t in tasks if t.status.state == pb.RUNNING]
+        self.stub.RemoveService(api.RemoveServiceRequest(ref=created.id))
+        # The next round starts on an idle node: no container still being removed.
+        wait_for(lambda: not self._containers(), LIMIT_S, f"{name}: containers removed")
+        return (min(ran) - returned_ms) / 1000, (max(ran) - returned_ms) / 1000
+
+    def _containers(self) -> list[str]:
+        assert self.worker is not None
+        ns = f"shoal-{self.worker.node_id}"
+        ctr = ["ctr", "-a", str(self.ctd.socket), "-n", ns, "containers", "ls", "-q"]
+        return subprocess.run(ctr, check=True, capture_output=True, text=True).stdout.split()
+
+
+def first_container(
+    ctd: Containerd, image: str, rounds: int, baseline: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per bed ("this checkout", and "baseline" if given): medians over `rounds` of
+    create -> first running, for 1 and for 20 replicas (and the last of the 20)."""
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-first-"))
+    codes: dict[str, Path | None] = {"this checkout": None}
+    if baseline is not None:
+        codes["baseline"] = baseline
+    one: dict[str, list[float]] = {name: [] for name in codes}
+    twenty: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
+    try:
+        with contextlib.ExitStack() as stack:
+            beds = {
+                name: stack.enter_context(FirstContainer(root / str(i), ctd, image, code))
+                for i, (name, code) in enumerate(codes.items())
+            }
+            for i in range(rounds):
+                for name, bed in beds.items():
+                    one[name].append(bed.run(f"one{i}", 1)[0])
+                    twenty[name].append(bed.run(f"twenty{i}", 20))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        name: {
+            "first_of_1_s": statistics.median(one[name]),
+            "first_of_20_s": statistics.median(t[0] for t in twenty[name]),
+            "last_of_20_s": statistics.median(t[1] for t in twenty[name]),
+            "rounds_1": one[name],
+            "rounds_20": [t[0] for t in twenty[name]],
+        }
+        for name in codes
+    }
