@@ -44,7 +44,8 @@ task_inspect = inspect_command(TASKS, "TASK", "Show a task (as JSON in both form
 def service_ps(ref: str, quiet: bool, fmt: str) -> None:
     """List a service's tasks, the newest of each slot first, with its published ports."""
     tasks = rest().get("tasks", service=ref)
-    ports = rest().get("services", ref)["ports"] if tasks and not quiet else []
+    # The table gains a PORTS column; JSON stays the task views (= GET /tasks).
+    ports = rest().get("services", ref)["ports"] if tasks and not quiet and fmt != "json" else []
     if not ports:
         print_list(TASKS, tasks, quiet, fmt)
         return
