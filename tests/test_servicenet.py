@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from shoal.lab.svcprobe import (
     nft_tables,
     task_netns,
 )
+from shoal.overlay import netns
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.containerd import ContainerdRuntime
@@ -323,6 +325,53 @@ def test_published_port_of_a_service_on_no_network(tb: Bed) -> None:
         "--network", "sealed", "--publish", "8091:8080", "--detach", *WEB,
     )  # fmt: skip
     assert r.code == 1 and "8091/tcp" in r.err and "internal" in r.err, r.err
+
+
+def test_published_udp_port_on_every_worker(tb: Bed) -> None:
+    tb.ctl("network", "create", "front")
+    tb.create(
+        "echo", "--network", "front", "--constraint", "node.hostname==h2",
+        "--publish", "published=5353,target=5353,protocol=udp", command=SLEEPER,
+    )  # fmt: skip
+    (task,) = tb.running("echo")
+    # The UDP server: a socket in the task's namespace, served from here.
+    server = netns.socket_in(task_netns(task), socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 5353))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = server.recvfrom(2048)
+            except TimeoutError:
+                continue
+            server.sendto(b"echo:" + data, peer)
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    try:
+        for host in WORKERS:  # h1 and h3 have no task: they forward
+            client = netns.socket_in(
+                f"/var/run/netns/{tb.outside.netns}", socket.AF_INET, socket.SOCK_DGRAM
+            )
+            client.settimeout(1)
+
+            def answered(c: socket.socket = client, h: str = host) -> bool:
+                c.sendto(h.encode(), (tb.addr(h), 5353))
+                try:
+                    return c.recvfrom(2048)[0] == b"echo:" + h.encode()
+                except TimeoutError:
+                    return False
+
+            try:
+                wait_for(answered, 10, f"UDP through {host}")
+            finally:
+                client.close()
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
 
 
 def test_rolling_update_under_load_loses_no_request(tb: Bed) -> None:
