@@ -69,7 +69,10 @@ class ServiceTable:
 
     def _record(self, service: pb.Service) -> dpb.ServiceRecord:
         addrs = []
-        for node_id in sorted(self.nodes.get(service.id, ())):
+        # Only ingress ports need them (forwarding): other records then never change
+        # with tasks, and are not re-sent to every agent as tasks come and go.
+        ingress = any(p.mode == pb.PortConfig.INGRESS for p in service.endpoint.ports)
+        for node_id in sorted(self.nodes.get(service.id, ())) if ingress else ():
             node: pb.Node | None = self.cache.get(Kind.NODE, node_id)
             if node is not None and node.status.addr:
                 addrs.append(node.status.addr)

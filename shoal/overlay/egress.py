@@ -170,7 +170,10 @@ class Egress:
                 await self._remove_host(ipr)
 
     async def _remove_host(self, ipr: AsyncIPRoute) -> None:
-        for idx in await ipr.link_lookup(ifname=BRIDGE):
+        bridges = await ipr.link_lookup(ifname=BRIDGE)
+        if not bridges and self._nft is None:
+            return  # nothing of ours here (the NAT table comes and goes with the bridge)
+        for idx in bridges:
             with contextlib.suppress(NetlinkError):
                 await ipr.link("del", index=idx)
         nft = self._nft if self._nft is not None else await asyncio.to_thread(Nft)

@@ -83,10 +83,13 @@ def render(ports: list[Published]) -> str:
 class HostPorts:
     """The host's published-port table; replaced in one transaction when it changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: Path | None = None) -> None:
         self._nft: Nft | None = None
-        # None: not applied yet (a table left by a previous run is replaced or removed).
-        self._script: str | None = None
+        # Exists while this host has a table of ours: after an agent restart, a table
+        # the previous run left is replaced or removed; a host that never published
+        # anything is never touched (no nftables context made, no table looked for).
+        self.marker = marker
+        self._script: str | None = None if marker is not None and marker.exists() else ""
 
     async def apply(self, ports: list[Published]) -> None:
         script = render(ports) if ports else ""
@@ -94,6 +97,8 @@ class HostPorts:
             return
         if self._nft is None:
             self._nft = await asyncio.to_thread(Nft)
+        if self.marker is not None and script:
+            self.marker.touch()
         if script:
             # Forwarding to local tasks' legs and to other nodes (this namespace's own
             # setting; a node without local tasks has no egress bridge that set it).
@@ -102,6 +107,8 @@ class HostPorts:
         else:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._nft.run, f"delete table ip {TABLE}\n")
+            if self.marker is not None:
+                self.marker.unlink(missing_ok=True)
         self._script = script
 
     def close(self) -> None:

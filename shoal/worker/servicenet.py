@@ -16,6 +16,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.overlay.driver import OverlayDriver
@@ -68,6 +69,7 @@ class ServiceNet:
         resolver: Resolver,
         notify: Notify,
         current: Callable[[str], pb.Task | None],
+        state_dir: Path | None = None,
     ) -> None:
         self.overlay = overlay
         self.current = current
@@ -76,7 +78,7 @@ class ServiceNet:
         self.notify = notify
         self.records: dict[str, dpb.ServiceRecord] = {}
         self.tasks: dict[str, LocalTask] = {}
-        self.ports = HostPorts()
+        self.ports = HostPorts(state_dir / "published-ports" if state_dir is not None else None)
         self._dirty = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._port_errors: dict[str, str] = {}

@@ -37,7 +37,9 @@ class Worker:
         self.servicenet: ServiceNet | None = None
         self.resolv_conf: Path | None = None
         if overlay is not None and resolver is not None:
-            self.servicenet = ServiceNet(overlay, egress, resolver, self._note, self._current)
+            self.servicenet = ServiceNet(
+                overlay, egress, resolver, self._note, self._current, state_dir
+            )
             # What a task's /etc/resolv.conf says: the resolver in its namespace.
             self.resolv_conf = state_dir / "resolv.conf"
             self.resolv_conf.write_text(RESOLV_CONF)
