@@ -171,3 +171,56 @@ def test_publish_flag_forms() -> None:
     for bad in ("target=0", "published=8080", "target=80,mode=mesh", "target=80,foo=1"):
         with pytest.raises(ValueError, match="invalid port"):
             parse.port(bad)
+
+
+class Objects:
+    """What the service table reads from the cache: services, nodes (and tasks)."""
+
+    def __init__(self, *objects: Any) -> None:
+        self.by_kind: dict[Kind, dict[str, Any]] = {Kind.SERVICE: {}, Kind.NODE: {}, Kind.TASK: {}}
+        for o in objects:
+            kind = {pb.Service: Kind.SERVICE, pb.Node: Kind.NODE, pb.Task: Kind.TASK}[type(o)]
+            self.by_kind[kind][o.id] = o
+
+    def get(self, kind: Kind, object_id: str) -> Any:
+        return self.by_kind[kind].get(object_id)
+
+    def list_objects(self, kind: Kind) -> list[Any]:
+        return list(self.by_kind[kind].values())
+
+
+def running(task_id: str, service_id: str, node_id: str, **status: Any) -> pb.Task:
+    t = pb.Task(id=task_id, service_id=service_id, node_id=node_id, desired_state=pb.RUNNING)
+    t.status.state = pb.RUNNING
+    for key, value in status.items():
+        setattr(t.status, key, value)
+    return t
+
+
+def test_service_table_sends_serving_nodes_only_for_ingress_ports() -> None:
+    from shoal.manager.servicetable import ServiceTable
+    from shoal.manager.store import Change
+
+    web = service("web", ["n1"], [port(8080, 80)])
+    web.endpoint.ports.extend(web.spec.ports)
+    plain = service("plain", ["n1"])
+    node = pb.Node(id="node1")
+    node.status.addr = "172.29.0.11"
+    cache = Objects(web, plain, node)
+    table = ServiceTable(cache)  # type: ignore[arg-type]
+    table.rebuild()
+    assert {r.name: list(r.serving_nodes) for r in table.full().services} == {
+        "web": [],
+        "plain": [],
+    }
+    changes = [
+        Change(Kind.TASK, "t1", running("t1", web.id, "node1")),
+        Change(Kind.TASK, "t2", running("t2", plain.id, "node1")),
+        # Unhealthy: not serving, so not counted.
+        Change(Kind.TASK, "t3", running("t3", web.id, "node2", health=pb.HEALTH_UNHEALTHY)),
+    ]
+    update = table.apply(changes)
+    assert update is not None
+    assert [(r.name, list(r.serving_nodes)) for r in update.services] == [("web", ["172.29.0.11"])]
+    # A second serving task on the same node changes nothing: nothing is sent.
+    assert table.apply([Change(Kind.TASK, "t4", running("t4", web.id, "node1"))]) is None
