@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from shoal import defaults
 from shoal.manager.store import Cache, Kind
-from shoal.manager.validation import InvalidSpec
+from shoal.manager.validation import InvalidSpec, check_subnet
 from shoal.proto import objects_pb2 as pb
 
 DEFAULT_VIP_RANGE = ipaddress.IPv4Network(defaults.VIP_RANGE)
@@ -29,13 +29,9 @@ def vip_range(cluster: pb.Cluster | None) -> ipaddress.IPv4Network:
 
 
 def check_vip_range(cidr: str, networks: Iterable[pb.Network]) -> None:
-    """A VIP range must be IPv4, hold at least 254 VIPs and overlap no network's subnet."""
-    try:
-        rng = ipaddress.ip_network(cidr, strict=True)
-    except ValueError as err:
-        raise InvalidSpec(f"invalid VIP range {cidr!r}: {err}") from None
-    if not isinstance(rng, ipaddress.IPv4Network):
-        raise InvalidSpec(f"invalid VIP range {cidr!r}: only IPv4 is supported")
+    """A VIP range must be an IPv4 subnet (not a reserved one), hold at least 254 VIPs
+    and overlap no network's subnet."""
+    rng = check_subnet(cidr)
     if rng.prefixlen > 24:
         raise InvalidSpec(f"VIP range {cidr} is too small: use /24 or larger")
     for net in networks:

@@ -25,7 +25,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
-from shoal.overlay.nft import Nft
+from shoal.overlay.nft import Nft, fresh_chains
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,11 @@ class Egress:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         if self._nft is None:
             self._nft = await asyncio.to_thread(Nft)
-            script = (
-                f"table ip {TABLE} {{\n"
-                "  chain post { type nat hook postrouting priority 100; policy accept; }\n"
-                "}\n"
-                f"flush chain ip {TABLE} post\n"
-                f'add rule ip {TABLE} post ip saddr {self.pool} oifname != "{BRIDGE}" masquerade\n'
+            lines = fresh_chains(TABLE, {"post": "type nat hook postrouting priority 100"})
+            lines.append(
+                f'add rule ip {TABLE} post ip saddr {self.pool} oifname != "{BRIDGE}" masquerade'
             )
-            await asyncio.to_thread(self._nft.run, script)
+            await asyncio.to_thread(self._nft.run, "\n".join(lines) + "\n")
         return int(found[0])
 
     async def attach(self, task_id: str, path: str) -> str:

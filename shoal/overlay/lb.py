@@ -24,7 +24,7 @@ from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
-from shoal.overlay.nft import Nft, NftError
+from shoal.overlay.nft import Nft, NftError, fresh_chains
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,13 @@ class Vip:
 
 def render(vips: list[Vip]) -> str:
     """The namespace's whole LB table as one transaction."""
-    lines = [
-        f"table ip {TABLE} {{",
-        "  chain out { type nat hook output priority -100; policy accept; }",
-        "  chain refuse { type filter hook output priority 0; policy accept; }",
-        "}",
-        f"flush chain ip {TABLE} out",
-        f"flush chain ip {TABLE} refuse",
-    ]
+    lines = fresh_chains(
+        TABLE,
+        {
+            "out": "type nat hook output priority -100",
+            "refuse": "type filter hook output priority 0",
+        },
+    )
     for vip in sorted(vips, key=lambda v: v.addr):
         if not vip.backends:
             lines.append(

@@ -47,6 +47,17 @@ def available() -> bool:
     return _lib is not None
 
 
+def fresh_chains(table: str, chains: dict[str, str]) -> list[str]:
+    """Script lines that make the table and its base chains (name -> "type ... hook ...
+    priority N") if missing, then empty the chains: what follows refills them, all in
+    one transaction, without re-registering hooks (which costs far more)."""
+    lines = [f"table ip {table} {{"]
+    lines += [f"  chain {name} {{ {spec}; policy accept; }}" for name, spec in chains.items()]
+    lines.append("}")
+    lines += [f"flush chain ip {table} {name}" for name in chains]
+    return lines
+
+
 class Nft:
     """An nftables context bound to one network namespace (None: this process's)."""
 

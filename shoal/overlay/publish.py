@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.overlay.nft import Nft
+from shoal.overlay.nft import Nft, fresh_chains
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,14 @@ def _map(targets: list[str]) -> str:
 
 
 def render(ports: list[Published]) -> str:
-    lines = [
-        f"table ip {TABLE} {{",
-        "  chain pre { type nat hook prerouting priority -100; policy accept; }",
-        "  chain post { type nat hook postrouting priority 100; policy accept; }",
-        "}",
-        f"flush chain ip {TABLE} pre",
-        f"flush chain ip {TABLE} post",
-        f"add rule ip {TABLE} post meta mark {FORWARD_MARK:#x} masquerade",
-    ]
+    lines = fresh_chains(
+        TABLE,
+        {
+            "pre": "type nat hook prerouting priority -100",
+            "post": "type nat hook postrouting priority 100",
+        },
+    )
+    lines.append(f"add rule ip {TABLE} post meta mark {FORWARD_MARK:#x} masquerade")
     for p in sorted(ports, key=lambda x: (x.protocol, x.port)):
         match = f"add rule ip {TABLE} pre fib daddr type local {p.protocol} dport {p.port}"
         if p.local:
