@@ -67,8 +67,9 @@ def _read(s: socket.socket, n: int) -> bytes:
     return out
 
 
-def http_get(path: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
-    """The body of GET / ("" on any failure), from the namespace at path (None: ours)."""
+def http_get(path: str | None, ip: str, port: int, timeout: float = 2.0, hold_s: float = 0) -> str:
+    """The body of GET / ("" on any failure), from the namespace at path (None: ours).
+    hold_s: wait that long between connecting and asking (a request in flight)."""
     s = (
         netns.socket_in(path, socket.AF_INET, socket.SOCK_STREAM)
         if path
@@ -77,6 +78,7 @@ def http_get(path: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
     try:
         s.settimeout(timeout)
         s.connect((ip, port))
+        time.sleep(hold_s)
         s.sendall(f"GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
         data = b""
         while True:
@@ -92,9 +94,9 @@ def http_get(path: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
     return body.decode(errors="replace").strip() if b" 200 " in head.split(b"\r\n")[0] else ""
 
 
-def host_get(netns_name: str, ip: str, port: int, timeout: float = 2.0) -> str:
+def host_get(netns_name: str, ip: str, port: int, timeout: float = 2.0, hold_s: float = 0) -> str:
     """GET from a (lab) host namespace by name."""
-    return http_get(f"/var/run/netns/{netns_name}", ip, port, timeout)
+    return http_get(f"/var/run/netns/{netns_name}", ip, port, timeout, hold_s)
 
 
 def links(netns_name: str) -> str:
