@@ -1,215 +1,44 @@
-"""Service networking with real containers in the netns multi-host cluster.
-
-h0 runs the manager and a registry with the busybox image; h1-h3 run agents
-(real containers in the session's containerd); h4 is outside the cluster on
-the same underlay: the "internet" for egress and the client of published
-ports. Probes run inside tasks' namespaces from the test process (sockets
-created in the namespace), and once through a container's own /etc/resolv.conf.
-"""
+"""Service networking with real containers in the netns multi-host cluster
+(tests/servicenet_bed.py). Probes run inside tasks' namespaces from the test process
+(sockets created in the namespace), and once through a container's own
+/etc/resolv.conf."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from shoal.lab.cluster import Cluster
-from shoal.lab.containerd import Containerd
-from shoal.lab.hosts import Host, Hosts
 from shoal.lab.procs import swarmctl
-from shoal.lab.registry import Registry
-from shoal.lab.svcprobe import (
-    dns,
-    dns_tcp,
-    host_get,
-    http_get,
-    ip_of,
-    links,
-    nft_tables,
-    task_netns,
-)
+from shoal.lab.svcprobe import dns, dns_tcp, host_get, http_get, ip_of, task_netns
 from shoal.overlay import netns
-from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
-from shoal.worker.runtime.containerd import ContainerdRuntime
+
+from .servicenet_bed import (
+    HOLD_S,
+    SLEEPER,
+    WEB,
+    WORKERS,
+    Bed,
+    answering,
+    bed,
+    by_host,
+    diagnose,
+    tb,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-WORKERS = ("h1", "h2", "h3")
-# PID 1 exits on SIGTERM; httpd -v logs each client's address to the task's log.
-WEB = [
-    "sh", "-c",
-    "trap 'exit 0' TERM; mkdir -p /www && hostname > /www/index.html && "
-    "httpd -f -v -p 8080 -h /www & wait",
-]  # fmt: skip
-SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-# Each request of the load holds its connection this long before asking: requests are
-# in flight when a task is stopped (without a drain they would be cut).
-HOLD_S = 0.2
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(every)
-    return time.monotonic() - start
-
-
-class Bed:
-    def __init__(self, c: Cluster, containerd: Containerd, image: str) -> None:
-        self.c = c
-        self.containerd = containerd
-        self.image = image
-        self.nodes: dict[str, str] = {}
-        self.agents: dict[str, subprocess.Popen[bytes]] = {}
-        self.agent_args: list[str] = []
-        self.outside = c.hosts[4]
-
-    def start_agent(self, h: Host) -> None:
-        self.nodes[h.name] = self.c.start_worker(h, *self.agent_args)
-        self.agents[h.name] = h.procs[-1]
-
-    def ctl(self, *args: str) -> Any:
-        r = swarmctl(self.c.socket, *args, timeout=150)
-        assert r.code == 0, f"swarmctl {' '.join(args)}: {r.err}"
-        return r.json() if "--format" in args else r.out
-
-    def create(self, name: str, *flags: str, command: list[str] = WEB) -> None:
-        self.ctl(
-            "service", "create", "--name", name, "--image", self.image,
-            "--stop-grace-period", "2s", *flags, *command,
-        )  # fmt: skip
-
-    def running(self, service: str) -> list[pb.Task]:
-        tasks = self.c.control().ListTasks(api.ListTasksRequest(service_ref=service)).tasks
-        return [t for t in tasks if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING]
-
-    def host_of(self, t: pb.Task) -> str:
-        return next(h for h, n in self.nodes.items() if n == t.node_id)
-
-    def addr(self, hostname: str) -> str:
-        return next(h.addr for h in self.c.hosts.hosts if h.name == hostname)
-
-    def exec_in(self, t: pb.Task, argv: list[str]) -> int:
-        async def run() -> int:
-            rt = ContainerdRuntime(str(self.containerd.socket), f"shoal-{t.node_id}")
-            try:
-                return await rt.exec(t.id, argv, 10)
-            finally:
-                await rt.close()
-
-        return asyncio.run(run())
-
-    def clear(self) -> None:
-        for svc in self.ctl("service", "ls", "-q").split():
-            self.ctl("service", "rm", svc)
-        for net in self.ctl("network", "ls", "-q").split():
-            self.ctl("network", "rm", net)
-
-
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory, containerd: Containerd) -> Iterator[Bed]:
-    root = tmp_path_factory.mktemp("servicenet")
-    with Hosts(5) as hosts:
-        h0 = hosts[0]
-        registry = Registry(host=h0.addr, port=5000, wrap=h0.cmd()).start()
-        internet = None
-        try:
-            c = Cluster(hosts, root)
-            c.start_manager()
-            push = h0.run(sys.executable, "-m", "shoal.lab.images", registry.addr, cwd=str(REPO))
-            b = Bed(c, containerd, push.stdout.split()[0])
-            for h in hosts.hosts[1:4]:
-                b.agent_args = [
-                    "--containerd-socket", str(containerd.socket),
-                    "--insecure-registry", registry.addr,
-                    # Forwarded names go to the "internet" host only, never off the testbed.
-                    "--dns-upstream", hosts[4].addr,
-                ]  # fmt: skip
-                b.start_agent(h)
-            www = root / "internet"
-            www.mkdir()
-            (www / "index.html").write_text("internet")
-            internet = subprocess.Popen(
-                hosts[4].cmd("busybox", "httpd", "-f", "-p", "80", "-h", str(www)),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            yield b
-            b.clear()
-            check_teardown(b)
-        finally:
-            if internet is not None:
-                internet.kill()
-                internet.wait()
-            registry.stop()
-
-
-def check_teardown(b: Bed) -> None:
-    """No task namespace, veth, bridge, VXLAN device or nftables table is left behind."""
-
-    def leftovers() -> list[str]:
-        out = []
-        for h in b.c.hosts.hosts[1:4]:
-            for line in links(h.netns).splitlines():
-                name = line.split(":")[1].strip().split("@")[0]
-                if name.startswith(("sbr-", "svx-", "svh", "sge", "sgw0")):
-                    out.append(f"{h.name}: link {name}")
-            out += [f"{h.name}: {t}" for t in nft_tables(h.netns).splitlines() if t.strip()]
-        prefixes = tuple(f"shoal-{node[:10]}" for node in b.nodes.values())
-        out += [f"netns {n}" for n in os.listdir("/var/run/netns") if n.startswith(prefixes)]
-        return out
-
-    try:
-        wait_for(lambda: not leftovers(), 30, "clean teardown", 0.2)
-    except AssertionError:
-        raise AssertionError(f"left behind: {leftovers()}") from None
-
-
-@pytest.fixture
-def tb(bed: Bed) -> Iterator[Bed]:
-    yield bed
-    bed.clear()
-
-
-def diagnose(b: Bed, ns: str) -> str:
-    """What a task's namespace and its host's network namespaces hold (for failures)."""
-
-    def run(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True).stdout
-
-    out = [run("nsenter", f"--net={ns}", "nft", "list", "ruleset")]
-    out.append(run("nsenter", f"--net={ns}", "ip", "route"))
-    out.append(run("nsenter", f"--net={ns}", "ip", "neigh"))
-    for name in sorted(os.listdir("/var/run/netns")):
-        if any(name.startswith(f"shoal-{n[:10]}-n") for n in b.nodes.values()):
-            out.append(
-                f"== {name}\n"
-                + run("nsenter", f"--net=/var/run/netns/{name}", "bridge", "fdb", "show")
-            )
-            out.append(run("nsenter", f"--net=/var/run/netns/{name}", "ip", "neigh"))
-    return "\n".join(out)
-
-
-def by_host(tasks: list[pb.Task], b: Bed) -> Counter[str]:
-    return Counter(b.host_of(t) for t in tasks)
-
+__all__ = ["bed", "tb"]  # the fixtures, used by name
 
 # ---------------------------------------------------------------- names, VIPs, balancing
 
@@ -290,6 +119,8 @@ def test_published_port_on_every_worker_keeps_client_address(tb: Bed) -> None:
     assert by_host(web, tb) == {"h1": 1, "h2": 1}
     ids = {t.id[:12] for t in web}
     assert tb.ctl("service", "ps", "web").count("*:8080->8080/tcp") == 2
+    for host in ("h1", "h2"):
+        answering(tb, host, 8080, ids)
     for host in WORKERS:  # h3 has no task: it forwards
         got = {host_get(tb.outside.netns, tb.addr(host), 8080) for _ in range(6)}
         assert got <= ids and "" not in got, (host, got)
@@ -319,6 +150,7 @@ def test_published_port_of_a_service_on_no_network(tb: Bed) -> None:
     # The plain `service create --publish 8090:8080 IMAGE`: no overlay network at all.
     tb.create("plain", "--publish", "8090:8080", "--constraint", "node.hostname==h2")
     (plain,) = tb.running("plain")
+    answering(tb, "h2", 8090, {plain.id[:12]})
     for host in WORKERS:
         assert host_get(tb.outside.netns, tb.addr(host), 8090) == plain.id[:12], host
     # Internal networks only: no way in, so publishing is refused, naming the port.
@@ -439,6 +271,7 @@ def test_host_mode_port_only_where_a_task_runs_and_a_taken_port_is_reported(tb: 
         "--constraint", "node.hostname==h1",
     )  # fmt: skip
     (web,) = tb.running("web")
+    answering(tb, "h1", 8081, {web.id[:12]})
     assert host_get(tb.outside.netns, h1.addr, 8081) == web.id[:12]
     assert host_get(tb.outside.netns, h3.addr, 8081, timeout=1) == ""
     # A process on h1 holds port 8082: a service publishing it there is told so.
