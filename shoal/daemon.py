@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
@@ -58,6 +59,14 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await daemon.run(stop)
+
+
+def _check_http_addr(text: str) -> None:
+    if text:
+        try:
+            parse_http_addr(text)
+        except BadHttpAddr as err:
+            raise click.BadParameter(str(err), param_hint="--http-addr") from None
 
 
 @click.group()
@@ -140,6 +149,13 @@ def _size(text: str, flag: str) -> int:
     type=click.IntRange(2, 60),
     help="Seconds before a dead leader is replaced.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz (managers: also the web view at /); a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def manager(
     state_dir: Path,
     listen_addr: str,
@@ -157,8 +173,10 @@ def manager(
     hostname: str,
     insecure_registry: tuple[str, ...],
     leader_lease_ttl: int,
+    http_addr: str,
 ) -> None:
     """Run a manager."""
+    _check_http_addr(http_addr)
     join_token = _join_token(join_token, join_token_file)
     endpoints: list[str] = []
     tls: EtcdTLS | None = None
@@ -193,6 +211,7 @@ def manager(
         join_token=join_token,
         hostname=hostname,
         leader_ttl_s=leader_lease_ttl,
+        http_addr=http_addr,
         insecure_registries=set(insecure_registry),
     )
     try:
@@ -267,6 +286,13 @@ def manager(
     type=click.IntRange(1),
     help="Log files kept per task, the current one included.",
 )
+@click.option(
+    "--http-addr",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /healthz; a bare :PORT "
+    "is loopback; any other address requires a client certificate of the cluster (mTLS).",
+)
 def worker(
     state_dir: Path,
     join_addr: str,
@@ -279,11 +305,13 @@ def worker(
     runtime: str,
     egress_pool: str,
     dns_upstream: tuple[str, ...],
+    http_addr: str,
     allow_bind_mount: tuple[str, ...],
     log_max_size: str,
     log_max_files: int,
 ) -> None:
     """Run a worker agent."""
+    _check_http_addr(http_addr)
     join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
@@ -296,6 +324,7 @@ def worker(
         runtime=runtime,
         egress_pool=egress_pool,
         dns_upstreams=list(dns_upstream) or None,
+        http_addr=http_addr,
         allow_bind_mounts=tuple(allow_bind_mount),
         log_max_bytes=_size(log_max_size, "--log-max-size"),
         log_max_files=log_max_files,

@@ -212,24 +212,37 @@ class RegistryClient:
         _verify(ref, desc, data)
         return data
 
-    async def blob_stream(self, ref: Reference, desc: Descriptor) -> AsyncIterator[bytes]:
-        """The blob in chunks, its digest checked at the end."""
+    async def blob_stream(
+        self, ref: Reference, desc: Descriptor, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """The blob in chunks as they arrive, hashed on the way; its size and digest are
+        checked before the last chunk's consumer gets the end of the stream (ImagePullError
+        then), and a registry sending more than the size is cut off."""
         url = f"{self._base(ref)}/blobs/{desc.digest}"
         headers = {}
         token = self._tokens.get((ref.registry, ref.repository))
         if token:
             headers["Authorization"] = f"Bearer {token}"
         h = hashlib.sha256()
+        got = 0
         try:
             async with self.http.stream("GET", url, headers=headers) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise ImagePullError(f"pull {ref.name}: {_registry_error(resp)}")
-                async for chunk in resp.aiter_bytes(1 << 20):
+                async for chunk in resp.aiter_bytes(chunk_size):
+                    got += len(chunk)
+                    if got > desc.size:
+                        break
                     h.update(chunk)
                     yield chunk
         except httpx.HTTPError as err:
             raise ImagePullError(f"pull {ref.name}: {type(err).__name__}: {err}") from None
+        if got != desc.size:
+            raise ImagePullError(
+                f"pull {ref.name}: blob {desc.digest} is {desc.size} bytes, the registry sent "
+                f"{'more' if got > desc.size else got}"
+            )
         if f"sha256:{h.hexdigest()}" != desc.digest:
             raise ImagePullError(f"pull {ref.name}: blob {desc.digest} failed its digest check")
 

@@ -6,6 +6,8 @@ Agents run the simulated runtime: these tests are about the control plane."""
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,33 @@ def test_node_that_never_reconnects_after_a_manager_restart_goes_down(
     # The live agent registered again and stayed ready all along.
     assert nodes_json(m)["w2"]["status"] == "ready"
     assert time.monotonic() - started >= 2.5  # it got its heartbeat window (3 x 1 s)
+
+
+def test_a_silent_session_does_not_down_a_node_whose_agent_went_to_another_manager(
+    tmp_path: Path,
+    etcd: EmbeddedEtcd,
+    managers: list[ManagerProcess],
+    workers: list[WorkerProcess],
+) -> None:
+    """The agent's connection to m2 goes silent (the process stopped, as behind a cut
+    link) and the node's agent registers with m1 meanwhile: when m2's silent session
+    times out, the node stays ready (found by the chaos test: it was marked down and
+    stayed down while its agent heartbeated to m1)."""
+    m1, m2 = two_managers(tmp_path, etcd, managers)
+    assert m1.ctl("cluster", "update", "--heartbeat-period", "1s").code == 0
+    (old,) = start_workers(tmp_path, m2, workers, "w1")
+    wait_nodes_ready(m1, 1)
+    old.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        # The same node (a copy of its state: the stopped agent holds the dir's lock).
+        shutil.copytree(old.state_dir, tmp_path / "w1-again")
+        new = WorkerProcess(tmp_path / "w1-again", m1.addr, "", *old.extra)
+        workers.append(new.start(control_socket=m1.socket))
+        # m2's session times out after the heartbeat window (3 x 1 s); watch past it.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert nodes_json(m1)["w1"]["status"] == "ready", "node marked down"
+            time.sleep(0.2)
+    finally:
+        old.proc.kill()  # type: ignore[union-attr]
+        old.proc.wait()  # type: ignore[union-attr]

@@ -33,8 +33,9 @@ from typing import Any
 import grpc
 
 from bench.guard import exit_cleanly_on_signals
+from bench.scale.observe import EventLag, PageWatch, observe_figures
 from shoal.lab.procs import free_manager_addr
-from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
@@ -134,7 +135,9 @@ def wait_socket(
     raise RuntimeError("manager did not start")
 
 
-def start_manager(root: Path, etcd: EmbeddedEtcd) -> tuple[subprocess.Popen[bytes], str]:
+def start_manager(
+    root: Path, etcd: EmbeddedEtcd, http_port: int
+) -> tuple[subprocess.Popen[bytes], str]:
     addr = free_manager_addr()
     manager = subprocess.Popen(
         [
@@ -149,6 +152,8 @@ def start_manager(root: Path, etcd: EmbeddedEtcd) -> tuple[subprocess.Popen[byte
             "--listen-addr",
             addr,
             *etcd.manager_args(),
+            "--http-addr",
+            f":{http_port}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "manager.log", "wb"),
@@ -262,13 +267,15 @@ def run_once(
     keep: Path | None,
     profile: Path | None = None,
     join_limit_s: float = 300,
+    webview: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
     etcd = EmbeddedEtcd(root)
     try:
         asyncio.run(etcd.start())
-        manager, addr = start_manager(root, etcd)
+        http_port = free_port()
+        manager, addr = start_manager(root, etcd, http_port)
         started.append(manager)
         ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
@@ -292,8 +299,13 @@ def run_once(
             if profile is not None
             else []
         )
-        elapsed = create_and_converge(ctl, tasks, services)
-        stop_profilers(profilers)
+        events, page = EventLag(ctl), PageWatch(http_port, webview)
+        try:
+            elapsed = create_and_converge(ctl, tasks, services)
+            stop_profilers(profilers)
+            observe = observe_figures(http_port, events, page, tasks)
+        finally:
+            page.close()
         after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
@@ -322,6 +334,7 @@ def run_once(
             "manager_cpu_s": round(m_cpu, 1),
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
+            **observe,
         }
     finally:
         stop_all(started)
@@ -344,6 +357,12 @@ def main() -> None:
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     p.add_argument(
+        "--webview",
+        action="store_true",
+        help="keep the web view open in headless chromium during the run (it shares the "
+        "cores: the throughput figures of such a run are lower)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
     )
     args = p.parse_args()
@@ -352,7 +371,15 @@ def main() -> None:
     with ExitStack():
         for n in args.nodes:
             for t in args.tasks:
-                r = run_once(n, t, args.services, args.procs, args.keep_logs, args.profile)
+                r = run_once(
+                    n,
+                    t,
+                    args.services,
+                    args.procs,
+                    args.keep_logs,
+                    args.profile,
+                    webview=args.webview,
+                )
                 print(json.dumps(r), flush=True)
                 results.append(r)
                 if args.profile is not None:

@@ -22,6 +22,7 @@ from shoal.lab.sweep import children, mounts_under, processes_mentioning
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
 BINARY = "/usr/bin/containerd"
+RUNC_ROOT = Path("/run/containerd/runc")
 
 
 class Containerd:
@@ -46,11 +47,13 @@ class Containerd:
         self._launch()
         return self
 
-    def crash_and_restart(self) -> None:
-        """SIGKILL containerd alone (its shims and containers live on), start it again."""
+    def crash_and_restart(self, down_s: float = 0) -> None:
+        """SIGKILL containerd alone (its shims and containers live on), start it again
+        after down_s seconds."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        time.sleep(down_s)
         self.socket.unlink(missing_ok=True)
         self._launch()
 
@@ -86,7 +89,19 @@ class Containerd:
                     pids.append(pid)
         return pids
 
+    def namespaces(self) -> list[str]:
+        out = subprocess.run(
+            ["ctr", "-a", str(self.socket), "namespaces", "ls", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.split() if out.returncode == 0 else []
+
     def stop(self) -> None:
+        # runc keeps its state under /run/containerd/runc/<namespace> whatever
+        # containerd's own dirs: those of this containerd's namespaces go too.
+        runc_state = [RUNC_ROOT / ns for ns in self.namespaces() if self.proc is not None]
         shims = self.shims()
         # Container processes first (children of the shims), then the shims.
         for pid in [*children(shims), *shims]:
@@ -98,6 +113,8 @@ class Containerd:
             subprocess.run(["umount", "-l", target], capture_output=True)
         shutil.rmtree(self.run, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        for path in runc_state:
+            shutil.rmtree(path, ignore_errors=True)
 
     def containers(self, node_id: str) -> dict[str, tuple[str, int]]:
         return containers(self.socket, node_id)

@@ -131,8 +131,16 @@ def dir_layer(root: Path) -> bytes:
 
 def build_image(layer_tar: bytes | None = None, cmd: list[str] | None = None) -> dict[str, bytes]:
     """Blobs by digest, plus "manifest" and "manifest_digest". Default: the busybox image."""
-    layer_tar = build_layer() if layer_tar is None else layer_tar
-    layer_gz = gzip.compress(layer_tar, mtime=0)
+    return build_layered_image([build_layer() if layer_tar is None else layer_tar], cmd)
+
+
+def build_layered_image(
+    layer_tars: list[bytes], cmd: list[str] | None = None, level: int = 9
+) -> dict[str, bytes]:
+    """An image of these uncompressed layer tars, lowest first, each gzipped (`level`:
+    gzip's compression level; 9 keeps the one-layer images' digests as they were)."""
+    gzipped = [gzip.compress(t, compresslevel=level, mtime=0) for t in layer_tars]
+    history = [{"created_by": "shoal tests/testbed/images.py"}]
     config = json.dumps(
         {
             "architecture": ARCH,
@@ -142,10 +150,10 @@ def build_image(layer_tar: bytes | None = None, cmd: list[str] | None = None) ->
                 "Cmd": cmd or ["sh"],
                 "WorkingDir": "/",
             },
-            "rootfs": {"type": "layers", "diff_ids": [_sha(layer_tar)]},
+            "rootfs": {"type": "layers", "diff_ids": [_sha(t) for t in layer_tars]},
             # Kept as it was when this file lived in tests/testbed: the busybox image's
             # digest stays the same (benchmark results cite it).
-            "history": [{"created_by": "shoal tests/testbed/images.py"}],
+            "history": history * len(layer_tars),
         }
     ).encode()
     manifest = json.dumps(
@@ -160,15 +168,16 @@ def build_image(layer_tar: bytes | None = None, cmd: list[str] | None = None) ->
             "layers": [
                 {
                     "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": _sha(layer_gz),
-                    "size": len(layer_gz),
+                    "digest": _sha(gz),
+                    "size": len(gz),
                 }
+                for gz in gzipped
             ],
         }
     ).encode()
     return {
         _sha(config): config,
-        _sha(layer_gz): layer_gz,
+        **{_sha(gz): gz for gz in gzipped},
         "manifest": manifest,
         "manifest_digest": _sha(manifest).encode(),
     }

@@ -35,6 +35,10 @@ class JoinAdmission:
     def __init__(self, concurrency: int = CONCURRENT_JOINS) -> None:
         self._slots = asyncio.Semaphore(concurrency)
         self._failures: dict[str, tuple[int, float]] = {}
+        # For the metrics: joins waiting for a slot now; admitted and refused so far.
+        self.waiting = 0
+        self.admitted = 0
+        self.refused = 0
 
     def penalty_s(self, source: str) -> float:
         count, last = self._failures.get(source, (0, 0.0))
@@ -43,6 +47,7 @@ class JoinAdmission:
         return float(min(PENALTY_BASE_S * 2 ** (count - 1), PENALTY_MAX_S))
 
     def failed(self, source: str) -> None:
+        self.refused += 1
         count, last = self._failures.get(source, (0, 0.0))
         now = time.monotonic()
         if now - last > FORGET_AFTER_S:
@@ -58,7 +63,15 @@ class JoinAdmission:
         """Waits out the source's penalty, then for a free slot (the caller's deadline
         bounds both)."""
         penalty = self.penalty_s(source)
-        if penalty:
-            await asyncio.sleep(penalty)
-        async with self._slots:
+        self.waiting += 1
+        try:
+            if penalty:
+                await asyncio.sleep(penalty)
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.admitted += 1
+        try:
             yield
+        finally:
+            self._slots.release()

@@ -95,6 +95,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.status_writes = 0
         self.peers = PeerTable(cache)
         self.services = ServiceTable(cache)
+        # Nodes' own CPU/memory from their heartbeats (web view), sessions held here only.
+        self.usage: dict[str, dpb.NodeUsage] = {}
 
     async def start(self) -> None:
         self.peers.rebuild()
@@ -193,6 +195,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
+                self.usage.pop(node_id, None)
                 timer = self._timers.pop(node_id, None)
                 if timer is not None:
                     timer.cancel()
@@ -231,6 +234,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
                     self._arm_timer(session.node_id)
+                    if msg.heartbeat.HasField("usage"):
+                        self.usage[session.node_id] = msg.heartbeat.usage
                 elif kind == "statuses":
                     self._arm_timer(session.node_id)
                     self._queue(session.node_id, msg.statuses.updates)
@@ -265,6 +270,13 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             session.close()
         if self.presence is not None:
             self.presence.release_session(node_id)
+            # The agent may have gone on to another manager meanwhile (its connection
+            # here died without a word): that session is the node's, not this one.
+            await self.cache.sync()
+            owner = self.cache.session_owner(node_id)
+            if owner not in (None, self.presence.manager_id):
+                log.info("node %s: silent here; its agent has a session with %s", node_id, owner)
+                return
         log.warning(
             "node %s: no heartbeat for %.1fs, marking it down",
             node_id,

@@ -81,16 +81,20 @@ def _builder(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey) -> x509
 
 
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, cn: str, usages: list[x509.ObjectIdentifier]
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    usages: list[x509.ObjectIdentifier],
+    addresses: tuple[str, ...] = (),
 ) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
+    ips = [ipaddress.ip_address(a) for a in ("127.0.0.1", *addresses)]
     cert = (
         _builder(cn, "shoal-etcd-ca", key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName("localhost"), *(x509.IPAddress(ip) for ip in ips)]
             ),
             critical=False,
         )
@@ -99,8 +103,9 @@ def _leaf(
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def ensure_credentials(directory: Path) -> EtcdCredentials:
-    """The embedded etcd's CA, server and client certificates; made on first use."""
+def ensure_credentials(directory: Path, addresses: tuple[str, ...] = ()) -> EtcdCredentials:
+    """The embedded etcd's CA, server and client certificates; made on first use.
+    addresses: further IPs the server certificate names (etcd members on other hosts)."""
     creds = EtcdCredentials.under(directory)
     if creds.complete():
         return creds
@@ -114,7 +119,10 @@ def ensure_credentials(directory: Path) -> EtcdCredentials:
     )
     # etcd's peer side dials its own peer port with the server certificate: both usages.
     server_cert, server_key = _leaf(
-        ca_key, "shoal-etcd", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        ca_key,
+        "shoal-etcd",
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        addresses,
     )
     client_cert, client_key = _leaf(ca_key, "shoal-manager", [ExtendedKeyUsageOID.CLIENT_AUTH])
     # The CA key is not kept: nothing else is ever signed with it.

@@ -22,6 +22,7 @@ import asyncio
 import logging
 
 from shoal import defaults
+from shoal.clock import now_ms
 from shoal.manager.store import Cache, Conflict, Fence, Kind, Store, Update
 from shoal.proto import objects_pb2 as pb
 
@@ -99,6 +100,11 @@ class NodeLiveness:
                 continue
             node = self.cache.get(Kind.NODE, node_id)
             if node is None or node.status.state != pb.NODE_READY:
+                continue
+            if now_ms() - node.status.heartbeat_at_ms < SESSION_GRACE_S * 1000:
+                # It registered just now (the chaos test: 34 ms before): the manager
+                # holding its new session has not written the session key yet.
+                self._check(node_id, SESSION_GRACE_S)
                 continue
             down = pb.Node()
             down.CopyFrom(node)

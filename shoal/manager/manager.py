@@ -4,7 +4,6 @@ API on its socket, and a campaign for leadership that runs the reconcilers."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import os
 import socket
@@ -17,14 +16,18 @@ import grpc.aio
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, first_completed, supervised
 from shoal.clock import utcnow
+from shoal.httpd import parse_http_addr
 from shoal.manager.authz import RoleAuthorizer
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election
 from shoal.manager.etcd_embedded import EmbeddedEtcd
+from shoal.manager.events import Journal
 from shoal.manager.ids import new_id
 from shoal.manager.liveness import NodeLiveness
+from shoal.manager.metrics import ManagerMetrics
 from shoal.manager.nodeca import NodeCA, new_node
+from shoal.manager.observe import ManagerHttp
 from shoal.manager.pinning import ImagePinner
 from shoal.manager.presence import Presence
 from shoal.manager.reconciler import Reconciler
@@ -67,6 +70,9 @@ class ManagerConfig:
     hostname: str = ""
     # How long a dead leader holds on before another manager takes over.
     leader_ttl_s: int = 5
+    # /metrics, /healthz and the web view ("" = off).
+    http_addr: str = ""
+
     # Registries the manager reaches over plain HTTP to pin image tags (as the workers').
     insecure_registries: set[str] = field(default_factory=set)
 
@@ -208,6 +214,10 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.presence: Presence | None = None
         self.liveness: NodeLiveness | None = None
+        self.nodeca: NodeCA | None = None
+        self.metrics: ManagerMetrics | None = None
+        self.http: ManagerHttp | None = None
+        self.journal: Journal | None = None
 
     async def _identify(self) -> str:
         """This manager's node id: from its state dir, by joining, or new (first manager)."""
@@ -234,9 +244,16 @@ class Manager:
     async def _lead(self, fence: Fence) -> None:
         """The leader's work: the reconcilers, and node liveness across managers."""
         assert self.reconciler is not None and self.liveness is not None
-        await first_completed(
-            self.reconciler.run(fence), self.liveness.run(fence), self._watchdog()
-        )
+        if self.metrics is not None:
+            self.metrics.became_leader()
+            self.reconciler.on_pass = self.metrics.on_pass
+        try:
+            await first_completed(
+                self.reconciler.run(fence), self.liveness.run(fence), self._watchdog()
+            )
+        finally:
+            if self.metrics is not None:
+                self.metrics.lost_leadership()
 
     async def _watchdog(self) -> None:
         """A leader whose reconcile pass hangs gives leadership up (the election then
@@ -271,7 +288,7 @@ class Manager:
     ) -> None:
         assert self.store is not None and self.cache is not None and self.dispatcher is not None
         cfg = self.config
-        nodeca = NodeCA(self.store, self.cache)
+        nodeca = self.nodeca = NodeCA(self.store, self.cache)
         # Agents and remote managers: mTLS, each RPC allowed by the caller's role.
         remote = grpc.aio.server(
             interceptors=[RoleAuthorizer(cluster.id, self._node_exists)], options=SESSION_OPTIONS
@@ -319,6 +336,22 @@ class Manager:
         log.info("manager %s: control API on %s", self.id, sock)
         return server
 
+    async def _serve_http(self, cluster: pb.Cluster) -> None:
+        """--http-addr: /metrics, /healthz and the web view."""
+        if self.metrics is None:
+            return
+        assert self.store is not None and self.cache is not None and self.dispatcher is not None
+        if self.nodeca is not None:
+            self.metrics.watch_joins(self.nodeca.admission, self.cache)
+        self.http = ManagerHttp(
+            parse_http_addr(self.config.http_addr),
+            self.metrics,
+            (self.store, self.cache, self.dispatcher),
+            cluster,
+            self.id,
+        )
+        await self.http.start()
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -327,6 +360,7 @@ class Manager:
         servers: list[grpc.aio.Server] = []
         campaign: asyncio.Task[None] | None = None
         presence: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []
         pinner: ImagePinner | None = None
         rest: RestAPI | None = None
         try:
@@ -336,7 +370,10 @@ class Manager:
                 await self.etcd.start()
                 endpoints, tls = [self.etcd.endpoint], self.etcd.tls
                 log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
-            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth))
+            if cfg.http_addr:
+                self.metrics = ManagerMetrics()  # before the store: it times etcd calls
+            timers = [self.metrics.etcd_timer] if self.metrics is not None else None
+            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth, timers))
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)
@@ -361,12 +398,15 @@ class Manager:
                 pinner,
                 reconciler_idle=lambda: self.reconciler is not None and self.reconciler.idle(),
             )
+            self.journal = control.journal = Journal(self.cache)
+            background.append(asyncio.create_task(self.journal.run(), name="events"))
 
             await self._serve_remote(cluster, control, servers)
             # The reads' socket first: whoever sees the control socket answer can read.
             rest = RestAPI(control, cfg.rest_socket_path)
             await rest.start()
             server = await self._serve_local(control, servers)
+            await self._serve_http(cluster)
 
             self.election = Election(self.store, self.id, cfg.leader_ttl_s)
             self.reconciler = Reconciler(self.store, self.cache)
@@ -376,6 +416,9 @@ class Manager:
             log.info("manager %s: shutting down", self.id)
         finally:
             await cancel_and_wait([campaign])
+            if self.http is not None:
+                await self.http.stop()
+            await cancel_and_wait(background)
             if self.election is not None:
                 await self.election.resign()
             if self.dispatcher is not None:
@@ -413,21 +456,10 @@ class ServerIdentity:
         self.renew_at = utcnow()
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
-        key = ca.new_key()
-        validity = datetime.timedelta(milliseconds=self.cluster.spec.ca.node_cert_expiry_ms)
-        cert = ca.issue_cert(
-            self.cluster.root_ca,
-            ca.new_csr(key),
-            self.manager_id,
-            pb.ROLE_MANAGER,
-            self.cluster.id,
-            validity,
-        )
+        chain, key, validity = ca.manager_server_cert(self.cluster, self.manager_id)
         self.renew_at = utcnow() + validity / 2
-        root = self.cluster.root_ca.ca_cert_pem
-        # The chain carries the root so a joining node can pin it by its digest.
         return grpc.ssl_server_certificate_configuration(
-            [(ca.key_pem(key), cert + root)], root_certificates=root
+            [(key, chain)], root_certificates=self.cluster.root_ca.ca_cert_pem
         )
 
     def refresh(self) -> grpc.ServerCertificateConfiguration | None:

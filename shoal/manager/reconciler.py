@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from shoal.clock import now_ms
 from shoal.manager.allocator import IPAM
@@ -43,6 +43,8 @@ class Reconciler:
         self.scheduler = Scheduler(cache)
         self.ipam = IPAM(cache)
         self.passes = 0
+        # Told of every pass that wrote its plan: (seconds, restarts by reason).
+        self.on_pass: Callable[[float, dict[str, int]], None] | None = None
         self.busy_since = 0.0
         self._wakeups: list[tuple[int, str]] = []
         self._sub: Subscription | None = None
@@ -169,6 +171,7 @@ class Reconciler:
 
     async def _reconcile(self, service_ids: set[str], fence: Fence) -> bool:
         self.passes += 1
+        started = time.perf_counter()
         plan = Plan()
         self.orchestrator.reconcile(service_ids, plan)
         for wakeup in plan.wakeups:
@@ -195,10 +198,14 @@ class Reconciler:
             if c != originals[task_id]:
                 plan.ops.append(Update(c, originals[task_id]))
         if not plan.ops:
+            if self.on_pass is not None:
+                self.on_pass(time.perf_counter() - started, plan.restarts)
             return True
         conflicts, revision = await self.store.batch_chunked(plan.ops, fence)
         if conflicts:
             log.info("%d write batch(es) conflicted; deciding again", conflicts)
             revision = await self.store.revision()
         await self.cache.wait_for(revision)
+        if conflicts == 0 and self.on_pass is not None:
+            self.on_pass(time.perf_counter() - started, plan.restarts)
         return conflicts == 0

@@ -222,3 +222,16 @@ def identity_of(cert_pem: bytes) -> Identity | None:
 def cert_lifetime(cert_pem: bytes) -> tuple[datetime.datetime, datetime.datetime]:
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def manager_server_cert(
+    cluster: pb.Cluster, manager_id: str
+) -> tuple[bytes, bytes, datetime.timedelta]:
+    """A new key and certificate for one of a manager's TLS servers: (the chain, with
+    the root so a joining node can pin it by its digest; the key PEM; the validity)."""
+    key = new_key()
+    validity = datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms)
+    cert = issue_cert(
+        cluster.root_ca, new_csr(key), manager_id, pb.ROLE_MANAGER, cluster.id, validity
+    )
+    return cert + cluster.root_ca.ca_cert_pem, key_pem(key), validity

@@ -295,6 +295,7 @@ class WatchServiceResponse(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     TASK_ERRORS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    TASK_PROGRESS_FIELD_NUMBER: _builtins.int
     removed: _builtins.bool
     @_builtins.property
     def service(self) -> Global___ServiceInfo: ...
@@ -302,16 +303,21 @@ class WatchServiceResponse(_message.Message):
     def task_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Errors of tasks that are pending, rejected or failed (most recent first)."""
 
+    @_builtins.property
+    def task_progress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Image pulls the agents report for tasks still preparing ("pulling IMAGE: 3.1 of 57.0 MB")."""
+
     def __init__(
         self,
         *,
         service: Global___ServiceInfo | None = ...,
         task_errors: _abc.Iterable[_builtins.str] | None = ...,
         removed: _builtins.bool = ...,
+        task_progress: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "service", b"service", "task_errors", b"task_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "service", b"service", "task_errors", b"task_errors", "task_progress", b"task_progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,3 +888,92 @@ class ServiceLogsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceLogsResponse: _TypeAlias = ServiceLogsResponse  # noqa: Y015
+
+@_typing.final
+class EventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    since_revision: _builtins.int
+    """Replay from this etcd revision (0: from now, unless since_ms is set)."""
+    since_ms: _builtins.int
+    """Replay what happened since this time (unix ms), from this manager's journal."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these object types ("service", "task", "node"); none means all."""
+
+    def __init__(
+        self,
+        *,
+        since_revision: _builtins.int = ...,
+        since_ms: _builtins.int = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_ms", b"since_ms", "since_revision", b"since_revision", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventsRequest: _TypeAlias = EventsRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """One change of a cluster object, as `swarmctl events` prints it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    time_ms: _builtins.int
+    revision: _builtins.int
+    type: _builtins.str
+    action: _builtins.str
+    """create, update or remove"""
+    id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        time_ms: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        type: _builtins.str = ...,
+        action: _builtins.str = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "name", b"name", "revision", b"revision", "time_ms", b"time_ms", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class EventsResponse(_message.Message):
+    """Events in order; one message carries whatever happened together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventsResponse: _TypeAlias = EventsResponse  # noqa: Y015

@@ -134,6 +134,11 @@ class ControlStub:
                 request_serializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
                 response_deserializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_stream(
+                '/shoal.Control/Events',
+                request_serializer=shoal_dot_proto_dot_control__pb2.EventsRequest.SerializeToString,
+                response_deserializer=shoal_dot_proto_dot_control__pb2.EventsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -259,6 +264,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -361,6 +372,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RotateJoinToken,
                     request_deserializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.FromString,
                     response_serializer=shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.SerializeToString,
+            ),
+            'Events': grpc.unary_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=shoal_dot_proto_dot_control__pb2.EventsRequest.FromString,
+                    response_serializer=shoal_dot_proto_dot_control__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -903,6 +919,33 @@ class Control:
             '/shoal.Control/RotateJoinToken',
             shoal_dot_proto_dot_control__pb2.RotateJoinTokenRequest.SerializeToString,
             shoal_dot_proto_dot_control__pb2.RotateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.Control/Events',
+            shoal_dot_proto_dot_control__pb2.EventsRequest.SerializeToString,
+            shoal_dot_proto_dot_control__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,7 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.GetClusterResponse]
     UpdateCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _control_pb2.UpdateClusterResponse]
     RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.RotateJoinTokenResponse]
+    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -78,6 +79,7 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.GetClusterResponse]  # type: ignore[assignment]
     UpdateCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _control_pb2.UpdateClusterResponse]  # type: ignore[assignment]
     RotateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RotateJoinTokenRequest, _control_pb2.RotateJoinTokenResponse]  # type: ignore[assignment]
+    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -219,5 +221,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RotateJoinTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RotateJoinTokenResponse, _abc.Awaitable[_control_pb2.RotateJoinTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Events(
+        self,
+        request: _control_pb2.EventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.EventsResponse], _abc.AsyncIterator[_control_pb2.EventsResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -58,16 +58,49 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def usage(self) -> Global___NodeUsage:
+        """The node's own usage, for the web view's bars (not stored in etcd)."""
+
     def __init__(
         self,
+        *,
+        usage: Global___NodeUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class NodeUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FRACTION_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_fraction: _builtins.float
+    """CPU busy since the last heartbeat, 0..1 of all the node's CPUs."""
+    memory_used_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        cpu_fraction: _builtins.float = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_fraction", b"cpu_fraction", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeUsage: _TypeAlias = NodeUsage  # noqa: Y015
 
 @_typing.final
 class TaskStatusUpdate(_message.Message):

@@ -20,9 +20,11 @@ import click
 from shoal.swarmctl.errors import CLIError, one_line
 from shoal.swarmctl.session import Session, resolve_socket
 
-# Command groups by name, each a module defining `group`; imported when used.
+# Command groups by name, each a module defining `group` (`events` is a single
+# command); imported when used.
 GROUPS = {
     "cluster": "shoal.swarmctl.commands.cluster",
+    "events": "shoal.swarmctl.commands.events",
     "network": "shoal.swarmctl.commands.network",
     "node": "shoal.swarmctl.commands.node",
     "service": "shoal.swarmctl.commands.service",

@@ -126,6 +126,11 @@ class Client:
         )
         return it
 
+    def events(self, request: api.EventsRequest) -> Iterator[api.Event]:
+        """The cluster's changes, replayed as asked and then live, until interrupted."""
+        for batch in self._stream(self._stub.Events, request, None):
+            yield from batch.events
+
     # ------------------------------------------------------------ tasks
 
     def list_tasks(self, service_ref: str = "", node_ref: str = "") -> list[pb.Task]:

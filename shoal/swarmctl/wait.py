@@ -18,6 +18,7 @@ import click
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.errors import CLIError
+from shoal.swarmctl.progress import progress_line
 from shoal.swarmctl.session import client
 from shoal.views import want
 
@@ -57,11 +58,12 @@ def status_line(progress: api.WatchServiceResponse | None) -> str:
     return line
 
 
-def _show(name: str, info: api.ServiceInfo) -> None:
-    """One progress line, rewritten in place."""
-    line = f"{name}: {info.running}/{want(info)} running"
+def _show(name: str, progress: api.WatchServiceResponse) -> None:
+    """One progress bar line per service, rewritten in place."""
     width = shutil.get_terminal_size().columns - 1
-    sys.stderr.write(f"\r{line[:width]}\x1b[K")
+    info = progress.service
+    line = progress_line(name, info, want(info), width, progress.task_progress)
+    sys.stderr.write(f"\r{line}\x1b[K")
     sys.stderr.flush()
 
 
@@ -93,7 +95,7 @@ def wait_converged(
                 raise CLIError(f"service {name} was removed while waiting for it to converge")
             last = progress
             if tty:
-                _show(name, progress.service)
+                _show(name, progress)
             update = progress.service.service.update_status
             if _stopped(update, started_ms, rollback_asked):
                 # The manager stopped or reverted this update: say so, and why.

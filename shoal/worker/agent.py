@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.clock import utcnow
+from shoal.httpd import HttpServer, load_chain, mtls_context, parse_http_addr
 from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
 from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
@@ -24,6 +25,7 @@ from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
 from shoal.worker.hostcheck import check_same_mounts_as_containerd
 from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
+from shoal.worker.metrics import NodeUsageSampler, agent_registry
 from shoal.worker.resolver import Resolver, host_resolvers
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.session import Session
@@ -52,6 +54,8 @@ class WorkerConfig:
     egress_pool: str = DEFAULT_EGRESS_POOL
     # None: the host's resolvers (/etc/resolv.conf).
     dns_upstreams: list[str] | None = None
+    # /metrics and /healthz ("" = off).
+    http_addr: str = ""
 
 
 def _memory_bytes() -> int:
@@ -90,6 +94,7 @@ class Agent:
         self.identity: NodeIdentity | None = None
         self.session: Session | None = None
         self.worker: Worker | None = None
+        self.http: HttpServer | None = None
 
     def description(self) -> pb.NodeDescription:
         return pb.NodeDescription(
@@ -125,6 +130,8 @@ class Agent:
             self.session = Session(
                 lambda: self._identity(), [cfg.join_addr], self.description, cfg.advertise_addr
             )
+            # The node's CPU/memory ride on heartbeats (the web view's bars).
+            self.session.usage = NodeUsageSampler()
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
             egress = Egress(cfg.egress_pool)
@@ -135,6 +142,9 @@ class Agent:
             )
             self.session.worker = self.worker
             await self.worker.start()
+            if cfg.http_addr:
+                self.http = self._http_server(runtime)
+                await self.http.start()
             background = [
                 asyncio.create_task(self.session.run(), name="session"),
                 asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
@@ -147,12 +157,28 @@ class Agent:
             log.info("agent stopping; containers keep running")
             await self.session.leave()
         finally:
+            if self.http is not None:
+                await self.http.stop()
             await cancel_and_wait(background)
             if self.worker is not None:
                 await self.worker.close()
             if runtime is not None:
                 await runtime.close()
             os.close(lock_fd)
+
+    def _http_server(self, runtime: Runtime) -> HttpServer:
+        assert self.session is not None and self.identity is not None
+        session = self.session
+        addr = parse_http_addr(self.config.http_addr)
+        ident = self.identity
+        tls = None if addr.loopback else mtls_context(ident.cert_pem, ident.key_pem, ident.ca_pem)
+
+        async def health() -> tuple[bool, str]:
+            if session.connected.is_set():
+                return True, f"ok: session with manager {session.current_manager}"
+            return False, "no manager session"
+
+        return HttpServer(addr, agent_registry(self.worker, runtime, session), health, tls)
 
     def _identity(self) -> NodeIdentity:
         assert self.identity is not None
@@ -173,6 +199,8 @@ class Agent:
                 continue
             renewed.save(self.config.state_dir)
             self.identity = renewed
+            if self.http is not None and self.http.ssl_context is not None:
+                load_chain(self.http.ssl_context, renewed.cert_pem, renewed.key_pem)
             log.info(
                 "certificate renewed; valid until %s",
                 renewed.renew_at().isoformat(timespec="seconds"),

@@ -91,9 +91,13 @@ def container_config(
 
 RUNTIME_RETRY_MIN_S = 0.2
 RUNTIME_RETRY_MAX_S = 5.0
+# Tries to remove a container while containerd is away (~1 minute in all).
+REMOVE_TRIES = 15
 DEFAULT_HEALTH_INTERVAL_MS = 5_000
 DEFAULT_HEALTH_TIMEOUT_MS = 10_000
 DEFAULT_HEALTH_RETRIES = 3
+# A pull that takes longer reports its progress this often (one status write each).
+PULL_REPORT_S = 2.0
 
 
 class NetworkError(Exception):
@@ -147,12 +151,20 @@ class TaskRunner:
         """The task is gone from the manager: stop and delete its container and record."""
         await self.close()
         await self._detach()
-        try:
-            if await self.runtime.state(self.task.id) is not None:
-                await self.runtime.stop(self.task.id, self._grace_s())
-                await self.runtime.remove(self.task.id)
-        except (RuntimeFailure, RuntimeUnavailable) as err:
-            log.warning("task %s: removing its container failed: %s", self.task.id, err)
+        # containerd restarting (a call cut mid-way) is waited out: given up, the
+        # container would be left behind for good, its record gone (the chaos test).
+        for attempt in range(REMOVE_TRIES):
+            try:
+                if await self.runtime.state(self.task.id) is not None:
+                    await self.runtime.stop(self.task.id, self._grace_s())
+                    await self.runtime.remove(self.task.id)
+                break
+            except RuntimeUnavailable as err:
+                log.warning("task %s: removing its container: %s; again", self.task.id, err)
+                await asyncio.sleep(min(RUNTIME_RETRY_MIN_S * 2**attempt, RUNTIME_RETRY_MAX_S))
+            except RuntimeFailure as err:
+                log.warning("task %s: removing its container failed: %s", self.task.id, err)
+                break
         for path in (self.log_path, *self.log_path.parent.glob(f"{self.log_path.name}.*")):
             path.unlink(missing_ok=True)  # and its rotated copies
         self.db.delete(self.task.id)
@@ -195,6 +207,20 @@ class TaskRunner:
         out = pb.TaskStatus()
         out.CopyFrom(status)
         self.report(self.task.id, out)
+
+    async def _pull(self, image: str) -> None:
+        """Pulls the image; a long pull reports how far it is (swarmctl shows it)."""
+        pull = asyncio.ensure_future(self.runtime.pull(image))
+        progress = getattr(self.runtime, "pull_progress", None)
+        try:
+            while not (await asyncio.wait({pull}, timeout=PULL_REPORT_S))[0]:
+                got = progress(image) if progress is not None else None
+                if got is not None and got[1]:
+                    mb = f"{got[0] / 1e6:.1f} of {got[1] / 1e6:.1f} MB"
+                    self._set(pb.PREPARING, f"pulling {image}: {mb}")
+            pull.result()
+        finally:
+            pull.cancel()
 
     async def _attach(self) -> str | None:
         """The task's network namespace, wired into its overlay networks (None: none).
@@ -301,7 +327,7 @@ class TaskRunner:
             self._set(pb.ACCEPTED, "accepted")
         self._set(pb.PREPARING, "preparing")
         try:
-            await self.runtime.pull(self.task.spec.container.image)
+            await self._pull(self.task.spec.container.image)
             if self._wants_stop():
                 self._set(pb.SHUTDOWN, "shutdown before start")
                 return

@@ -48,6 +48,11 @@ class Session:
         self.worker: Worker | None = None
         self.connected = asyncio.Event()
         self.current_manager = ""
+        # Sessions established after the first (metrics).
+        self.reconnects = 0
+        self._sessions = 0
+        # The node's CPU/memory for heartbeats (set by the agent when it serves metrics).
+        self.usage: Callable[[], dpb.NodeUsage] | None = None
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_event = asyncio.Event()
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
@@ -151,6 +156,8 @@ class Session:
                     log.info("session with manager %s (node %s)", addr, info.node_id)
                     self.current_manager = addr
                     self.connected.set()
+                    self._sessions += 1
+                    self.reconnects = self._sessions - 1
                     helpers.append(
                         asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
                     )
@@ -172,7 +179,8 @@ class Session:
     async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
-            out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat()))
+            usage = self.usage() if self.usage is not None else None
+            out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat(usage=usage)))
 
     async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         while True:

@@ -5,8 +5,8 @@ own writes. Every write is one etcd transaction decided by compare-and-swap: a
 rejected request writes nothing.
 
 One module per object group, each a `ControlBase` subclass with that group's
-RPCs (services.py, tasks.py, nodes.py, networks.py, cluster.py); base.py has
-lookups and the error -> status code mapping. A new group is a new module whose
+RPCs (services.py, tasks.py, nodes.py, networks.py, cluster.py, events.py); base.py
+has lookups and the error -> status code mapping. A new group is a new module whose
 class joins the bases of `ControlAPI` below.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.controlapi.cluster import ClusterRPCs, public_cluster
+from shoal.manager.controlapi.events import EventRPCs
 from shoal.manager.controlapi.networks import NetworkRPCs
 from shoal.manager.controlapi.nodes import NodeRPCs
 from shoal.manager.controlapi.services import ServiceRPCs
@@ -29,6 +30,7 @@ class ControlAPI(
     NodeRPCs,
     NetworkRPCs,
     ClusterRPCs,
+    EventRPCs,
     # Last, so the groups' methods override its UNIMPLEMENTED defaults.
     api_grpc.ControlServicer,
 ):

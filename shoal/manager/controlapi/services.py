@@ -192,23 +192,28 @@ class ServiceRPCs(ControlBase):
             return api.WatchServiceResponse(removed=True)
         # Only tasks with an error are sorted: this runs at every change of a
         # watched service, and a big service has thousands of healthy tasks.
-        errored = sorted(
-            (
-                t
-                for t in self.cache.tasks_of_service(service_id)
-                if t.status.err
-                and (t.desired_state == pb.RUNNING or t.status.state in (pb.FAILED, pb.REJECTED))
-            ),
-            key=lambda t: t.status.timestamp_ms,
-            reverse=True,
-        )
+        errored: list[pb.Task] = []
+        pulls: dict[str, None] = {}
+        for t in self.cache.tasks_of_service(service_id):
+            if t.status.err and (
+                t.desired_state == pb.RUNNING or t.status.state in (pb.FAILED, pb.REJECTED)
+            ):
+                errored.append(t)
+            elif t.status.state == pb.PREPARING and t.status.message.startswith("pulling "):
+                # One pull per image and node: the tasks waiting on it say the same.
+                pulls[t.status.message] = None
+        errored.sort(key=lambda t: t.status.timestamp_ms, reverse=True)
         errors: list[str] = []
         for t in errored:
             if t.status.err not in errors:
                 errors.append(t.status.err)
             if len(errors) >= MAX_TASK_ERRORS:
                 break
-        return api.WatchServiceResponse(service=self.service_info(service), task_errors=errors)
+        return api.WatchServiceResponse(
+            service=self.service_info(service),
+            task_errors=errors,
+            task_progress=list(pulls)[:MAX_TASK_ERRORS],
+        )
 
     async def ServiceLogs(
         self, request: api.ServiceLogsRequest, context: Any

@@ -20,6 +20,11 @@ class Plan:
 
     # (time in ms, service id): passes to run then, for tasks held by a restart delay.
     wakeups: list[tuple[int, str]] = field(default_factory=list)
+    # Replacements of failed or stranded tasks, by reason (metrics).
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def restarted(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def wake_at(self, at_ms: int, service_id: str) -> None:
         self.wakeups.append((at_ms, service_id))

@@ -66,6 +66,7 @@ class Supervisor:
                 replacement = make()
                 replacement.attempt = keep.attempt
                 plan.create(replacement)
+                plan.restarted("node")
             elif keep.desired_state == pb.READY:
                 self._release(keep, plan)
             return
@@ -76,6 +77,7 @@ class Supervisor:
         for t in dead:
             shut_down(t, plan, "")
         attempt, start_after = decision
+        plan.restarted(pb.TaskState.Name(last.status.state).lower())
         replacement = make()
         replacement.attempt = attempt
         if start_after > now_ms():

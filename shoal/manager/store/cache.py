@@ -111,6 +111,8 @@ class Cache:
         # how Condition.wait under asyncio.wait_for failed with "Lock is not acquired").
         self._advanced = asyncio.Event()
         self._watcher: ObjectWatcher | None = None
+        # Times the watch fell behind etcd's compaction and everything was re-listed.
+        self.resyncs = 0
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -133,6 +135,7 @@ class Cache:
     async def _run(self, watcher: ObjectWatcher) -> None:
         async for item in watcher:
             if isinstance(item, Resync):
+                self.resyncs += 1
                 self._load(cast(list[Object], item.objects), item.revision)
                 self._load_live(item.live)
                 self._publish(True, [])
@@ -314,7 +317,7 @@ class Cache:
                 self._remove(change.kind, change.id)
             else:
                 self._put(cast(Object, change.obj))
-            applied.append(Change(change.kind, change.id, change.obj, old))
+            applied.append(Change(change.kind, change.id, change.obj, old, change.revision))
         self.revision = max(self.revision, item.revision)
         return applied
 

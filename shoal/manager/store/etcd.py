@@ -8,6 +8,7 @@ user/password auth and deadlines are decided here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from urllib.parse import urlparse
 import grpc
 import grpc.aio
 from aetcd import rpc
+
+log = logging.getLogger(__name__)
 
 # Every unary etcd call gets a deadline so a dead etcd never hangs a manager.
 CALL_TIMEOUT_S = 10.0
@@ -179,18 +182,29 @@ class _StreamAuth(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
 
 
 class EtcdConnection:
-    """One channel to the etcd cluster and the stubs on it."""
+    """Channels to the etcd cluster and the stubs on the one in use.
+
+    Several https:// members get one channel each: TLS checks a member's certificate
+    against the address dialled, and one gRPC channel over a static address list has a
+    single authority (the whole list), so no member would pass. Calls go to the current
+    member; a call that finds it unavailable or too slow (failover()) moves the next calls
+    on to the next member. Plain http:// members share one round_robin channel.
+    """
 
     def __init__(
-        self, endpoints: list[str], tls: EtcdTLS | None = None, auth: EtcdAuth | None = None
+        self,
+        endpoints: list[str],
+        tls: EtcdTLS | None = None,
+        auth: EtcdAuth | None = None,
+        observers: list[Any] | None = None,
     ) -> None:
         self.endpoints = endpoints
         # The ipv4/dns resolvers take one address; for several we use a static
         # list with round_robin so a dead member is skipped.
-        if len(endpoints) == 1:
-            target = endpoints[0]
+        if len(endpoints) == 1 or tls is not None:
+            targets = endpoints
         else:
-            target = "ipv4:" + ",".join(endpoints)
+            targets = ["ipv4:" + ",".join(endpoints)]
         options = [
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.keepalive_time_ms", 10_000),
@@ -200,17 +214,67 @@ class EtcdConnection:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
-        interceptors: list[Any] = []
-        if auth is not None:
-            # The token comes over a channel of its own, so the interceptors never recurse.
-            self._auth_channel = self._channel(target, tls, options, [])
-            token = _AuthToken(self._auth_channel, auth)
-            interceptors = [_UnaryAuth(token), _StreamAuth(token)]
-        self.channel = self._channel(target, tls, options, interceptors)
-        self.kv = rpc.KVStub(self.channel)
-        self.watch = rpc.WatchStub(self.channel)
-        self.lease = rpc.LeaseStub(self.channel)
-        self.maintenance = rpc.MaintenanceStub(self.channel)
+        self._channels: list[grpc.aio.Channel] = []
+        self._stubs: list[tuple[Any, Any, Any, Any]] = []
+        self._members: list[grpc.aio.Channel] = []
+        for target in targets:
+            interceptors: list[Any] = []
+            if auth is not None:
+                # The token comes over a channel of its own, so the interceptors never
+                # recurse; one per member (etcd's simple tokens are a member's own).
+                auth_channel = self._channel(target, tls, options, [])
+                self._channels.append(auth_channel)
+                token = _AuthToken(auth_channel, auth)
+                interceptors = [_UnaryAuth(token), _StreamAuth(token)]
+            # Observers (the manager's etcd request timer) see every call, after auth.
+            interceptors += observers or []
+            channel = self._channel(target, tls, options, interceptors)
+            self._channels.append(channel)
+            self._members.append(channel)
+            self._stubs.append(
+                (
+                    rpc.KVStub(channel),
+                    rpc.WatchStub(channel),
+                    rpc.LeaseStub(channel),
+                    rpc.MaintenanceStub(channel),
+                )
+            )
+        self.current = 0
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The current member's channel (for stubs of other etcd services)."""
+        return self._members[self.current]
+
+    @property
+    def kv(self) -> Any:
+        return self._stubs[self.current][0]
+
+    @property
+    def watch(self) -> Any:
+        return self._stubs[self.current][1]
+
+    @property
+    def lease(self) -> Any:
+        return self._stubs[self.current][2]
+
+    @property
+    def maintenance(self) -> Any:
+        return self._stubs[self.current][3]
+
+    @property
+    def wait_for_ready(self) -> bool:
+        """One channel: a call waits out a reconnect (an etcd restart) within its deadline.
+        One per member: it fails at once, and the next call tries the next member."""
+        return len(self._stubs) == 1
+
+    def failover(self, failed: int) -> None:
+        """A call on member `failed` found it unavailable: the next calls go to the next
+        member (once: the calls that failed alongside it do not skip a good one)."""
+        if failed == self.current and len(self._stubs) > 1:
+            self.current = (failed + 1) % len(self._stubs)
+            ends = self.endpoints
+            log.warning("etcd: %s unavailable, using %s", ends[failed], ends[self.current])
 
     @staticmethod
     def _channel(
@@ -223,6 +287,5 @@ class EtcdConnection:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
     async def close(self) -> None:
-        await self.channel.close()
-        if hasattr(self, "_auth_channel"):
-            await self._auth_channel.close()
+        for channel in self._channels:
+            await channel.close()

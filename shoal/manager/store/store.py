@@ -49,12 +49,11 @@ class KeyClaim:
     lease: int = 0
 
 
-async def _call(fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
-    try:
-        # wait_for_ready: ride out a reconnect (etcd restart) within the deadline.
-        return await fn(request, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
-    except grpc.aio.AioRpcError as err:
-        raise from_grpc(err) from err
+# A member that answers so, or not in time, is given up for the next (several members).
+FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# etcd ends a watch carrying this when its member loses the leader (a partitioned
+# member's watch would otherwise go quiet): the watcher then moves to another member.
+REQUIRE_LEADER = (("hasleader", "true"),)
 
 
 class Store:
@@ -67,10 +66,20 @@ class Store:
     async def close(self) -> None:
         await self.conn.close()
 
+    async def _call(self, fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        used = self.conn.current
+        try:
+            ready = self.conn.wait_for_ready
+            return await fn(request, timeout=CALL_TIMEOUT_S, wait_for_ready=ready)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in FAILOVER:
+                self.conn.failover(used)
+            raise from_grpc(err) from err
+
     # ------------------------------------------------------------ reads
 
     async def get(self, kind: Kind, object_id: str) -> Object:
-        resp = await _call(
+        resp = await self._call(
             self.conn.kv.Range, rpc.RangeRequest(key=self.keys.object(kind, object_id))
         )
         if not resp.kvs:
@@ -85,7 +94,7 @@ class Store:
 
     async def revision(self) -> int:
         """The current etcd revision (a cheap, linearizable read)."""
-        resp = await _call(
+        resp = await self._call(
             self.conn.kv.Range, rpc.RangeRequest(key=self.keys.leader, count_only=True)
         )
         return int(resp.header.revision)
@@ -109,7 +118,7 @@ class Store:
         out: list[Object] = []
         start, end = prefix, prefix_end(prefix)
         while True:
-            resp = await _call(
+            resp = await self._call(
                 self.conn.kv.Range,
                 rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE, revision=revision),
             )
@@ -132,7 +141,7 @@ class Store:
             (self.keys.presence, prefix_end(self.keys.presence)),
             (self.keys.leader, b""),
         ):
-            resp = await _call(
+            resp = await self._call(
                 self.conn.kv.Range, rpc.RangeRequest(key=start, range_end=end, revision=revision)
             )
             out.update((kv.key, kv.value) for kv in resp.kvs)
@@ -165,7 +174,7 @@ class Store:
         if len(t.success) > MAX_TXN_OPS or len(t.compares) > MAX_TXN_OPS:
             raise ValueError(f"batch of {len(ops)} ops exceeds one etcd transaction")
         failure = [txn.get(fence.key)] if fence is not None else []
-        resp = await _call(
+        resp = await self._call(
             self.conn.kv.Txn,
             rpc.TxnRequest(compare=t.compares, success=t.success, failure=failure),
         )
@@ -214,17 +223,19 @@ class Store:
             return conflicts + 1, revision
 
     async def compact(self, revision: int) -> None:
-        await _call(self.conn.kv.Compact, rpc.CompactionRequest(revision=revision, physical=True))
+        await self._call(
+            self.conn.kv.Compact, rpc.CompactionRequest(revision=revision, physical=True)
+        )
 
     # ------------------------------------------------------------ leases
 
     async def grant_lease(self, ttl_s: int) -> int:
-        resp = await _call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
+        resp = await self._call(self.conn.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s))
         return int(resp.ID)
 
     async def revoke_lease(self, lease_id: int) -> None:
         try:
-            await _call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+            await self._call(self.conn.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
         except LeaseExpired:
             pass  # already expired or revoked: fine
 
@@ -240,6 +251,7 @@ class Store:
                 yield rpc.LeaseKeepAliveRequest(ID=lease_id)
                 await asyncio.sleep(period_s)
 
+        used = self.conn.current
         call = self.conn.lease.LeaseKeepAlive(requests())
         try:
             async for resp in call:
@@ -247,6 +259,8 @@ class Store:
                     return
                 yield int(resp.TTL)
         except grpc.aio.AioRpcError as err:
+            if err.code() in FAILOVER:
+                self.conn.failover(used)
             raise from_grpc(err) from err
         finally:
             call.cancel()
@@ -257,11 +271,11 @@ class Store:
         """Writes keys that go when the lease does, in as few transactions as etcd allows."""
         for i in range(0, len(items), MAX_TXN_OPS):
             ops = [txn.put(key, value, lease) for key, value in items[i : i + MAX_TXN_OPS]]
-            await _call(self.conn.kv.Txn, rpc.TxnRequest(success=ops))
+            await self._call(self.conn.kv.Txn, rpc.TxnRequest(success=ops))
 
     async def delete_if_value(self, key: bytes, value: bytes) -> bool:
         """Deletes key only while it still holds value; says whether it did."""
-        resp = await _call(
+        resp = await self._call(
             self.conn.kv.Txn,
             rpc.TxnRequest(compare=[txn.value_is(key, value)], success=[txn.delete(key)]),
         )
@@ -269,7 +283,7 @@ class Store:
 
     async def create_leased(self, key: bytes, value: bytes, lease: int) -> KeyClaim:
         """Creates key on the lease if it does not exist; otherwise says who holds it."""
-        resp = await _call(
+        resp = await self._call(
             self.conn.kv.Txn,
             rpc.TxnRequest(
                 compare=[txn.absent(key)],
@@ -299,7 +313,10 @@ class Store:
             while True:
                 yield await requests.get()
 
-        call = self.conn.watch.Watch(outgoing(), wait_for_ready=True)
+        used = self.conn.current
+        call = self.conn.watch.Watch(
+            outgoing(), wait_for_ready=self.conn.wait_for_ready, metadata=REQUIRE_LEADER
+        )
         try:
             async for resp in call:
                 if resp.compact_revision or resp.canceled:
@@ -307,6 +324,8 @@ class Store:
                 if any(ev.type == rpc.Event.DELETE for ev in resp.events):
                     return
         except grpc.aio.AioRpcError as err:
+            if err.code() in FAILOVER:
+                self.conn.failover(used)
             raise from_grpc(err) from err
         finally:
             call.cancel()

@@ -16,7 +16,7 @@ import grpc
 from aetcd import rpc
 
 from shoal.manager.store.kinds import Kind, prefix_end
-from shoal.manager.store.store import Store
+from shoal.manager.store.store import FAILOVER, REQUIRE_LEADER, Store
 from shoal.manager.store.txn import decode
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class Change:
     obj: object | None
     # What the cache held before (filled in by the cache; None from the raw watch).
     old: object | None = None
+    # The etcd revision of the change (a delete's too).
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,10 @@ class ObjectWatcher:
                 while True:
                     yield await q.get()
 
-            call = self.store.conn.watch.Watch(outgoing(), wait_for_ready=True)
+            conn, used = self.store.conn, self.store.conn.current
+            call = conn.watch.Watch(
+                outgoing(), wait_for_ready=conn.wait_for_ready, metadata=REQUIRE_LEADER
+            )
             compacted = False
             try:
                 async for resp in call:
@@ -124,11 +129,12 @@ class ObjectWatcher:
                         if not ev.kv.key.startswith(keys.objects):
                             continue  # a claim: only the revision counts
                         kind, object_id = keys.parse_object_key(ev.kv.key)
+                        rev = int(ev.kv.mod_revision)
                         if ev.type == rpc.Event.DELETE:
-                            changes.append(Change(kind, object_id, None))
+                            changes.append(Change(kind, object_id, None, revision=rev))
                         else:
-                            obj = decode(kind, ev.kv.value, ev.kv.mod_revision)
-                            changes.append(Change(kind, object_id, obj))
+                            obj = decode(kind, ev.kv.value, rev)
+                            changes.append(Change(kind, object_id, obj, revision=rev))
                     last = int(resp.events[-1].kv.mod_revision)
                     self.revision = last + 1
                     yield Changes(last, changes, live)
@@ -136,6 +142,8 @@ class ObjectWatcher:
                 log.warning(
                     "etcd watch dropped (%s); resuming at revision %d", err.code(), self.revision
                 )
+                if err.code() in FAILOVER:
+                    conn.failover(used)
             finally:
                 self._requests = None
                 call.cancel()

@@ -76,12 +76,16 @@ class Containerd:
             self.leases.Create,
             leases.CreateRequest(id=lease, labels={"containerd.io/gc.expire": expire}),
         )
+        failed = True
         try:
             yield lease
+            failed = False
         finally:
             with contextlib.suppress(RuntimeFailure, RuntimeUnavailable):
-                # If containerd is away the lease expires by itself.
-                await self.call(self.leases.Delete, leases.DeleteRequest(id=lease))
+                # If containerd is away the lease expires by itself. After a failure,
+                # containerd collects what the lease alone kept (a failed pull's
+                # layers) before answering: nothing of it stays behind.
+                await self.call(self.leases.Delete, leases.DeleteRequest(id=lease, sync=failed))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -35,7 +35,7 @@ from shoal.worker.runtime.base import (
     RuntimeUnavailable,
 )
 from shoal.worker.runtime.connection import Containerd
-from shoal.worker.runtime.images import ImageStore
+from shoal.worker.runtime.images import ImageStore, PullStats
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ class ContainerdRuntime:
     async def close(self) -> None:
         await self.images.registry.close()
         await self.ctrd.close()
+
+    @property
+    def pull_stats(self) -> PullStats:
+        return self.images.stats
+
+    def pull_progress(self, image: str) -> tuple[int, int] | None:
+        """(bytes fetched, bytes in all) of the image's layers while it is being pulled."""
+        got = self.images.progress.get(image)
+        return (got[0], got[1]) if got else None
+
+    def cgroup_path(self, container_id: str) -> str:
+        """The container's cgroup, relative to the cgroup root (per controller on v1)."""
+        return f"/shoal/{self.namespace}/{container_id}"
 
     async def pull(self, image: str) -> None:
         await self.images.get(image)
@@ -118,7 +131,7 @@ class ContainerdRuntime:
                 info.config,
                 rootfs_dirs,
                 volumes,
-                cgroups_path=f"/shoal/{self.namespace}/{config.container_id}",
+                cgroups_path=self.cgroup_path(config.container_id),
                 binds=self.binds,
             )
             labels = dict(config.labels)

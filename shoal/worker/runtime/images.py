@@ -1,9 +1,11 @@
 """Images in containerd: resolved and pulled by Shoal's registry client, not `ctr`.
 
-Blobs go into containerd's content store under a lease, with the garbage
-collection labels containerd's own client sets; layers are unpacked one by one
-(snapshots + diff service) and the image is recorded by name. An image already
-in containerd, content and snapshots complete, is used as it is.
+Blobs stream into containerd's content store under a lease, with the garbage
+collection labels containerd's own client sets, their digests checked on the way
+(a bad blob is never committed, its ingest aborted). Layers download in parallel,
+and each is unpacked (snapshots + diff service) as soon as it and the layer below
+are in, while the later ones still download; the image is then recorded by name.
+An image already in containerd, content and snapshots complete, is used as it is.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +38,20 @@ from shoal.registry import (
     parse_reference,
     this_platform,
 )
-from shoal.worker.runtime.base import ContainerNotFound, ImagePullError, RuntimeFailure
+from shoal.worker.runtime.base import (
+    ContainerNotFound,
+    ImagePullError,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
 from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
 
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 1 << 20
+# Layers downloading at once (as `ctr image pull`: more only slow the lowest layers,
+# which the unpacking waits for, when the download is CPU-bound as on loopback).
+FETCHES = 3
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,15 @@ def _desc_pb(d: Descriptor) -> descriptor.Descriptor:
     )
 
 
+@dataclass
+class PullStats:
+    """Totals of image pulls from registries (the agent's metrics read them)."""
+
+    pulls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
 class ImageStore:
     """The images of one containerd namespace: each pulled once, however many tasks
     want it at the same time."""
@@ -79,6 +99,9 @@ class ImageStore:
         self.snapshotter = snapshotter
         self._images: dict[str, ImageInfo] = {}
         self._pulls: dict[str, asyncio.Future[ImageInfo]] = {}
+        self.stats = PullStats()
+        # image -> [layer bytes fetched, layer bytes in all], while it is being pulled.
+        self.progress: dict[str, list[int]] = {}
 
     async def get(self, image: str) -> ImageInfo:
         """The image's info, pulling it first if containerd does not have it."""
@@ -146,6 +169,15 @@ class ImageStore:
         return ImageInfo(name, config, top)
 
     async def _pull(self, image: str) -> ImageInfo:
+        started = time.monotonic()
+        try:
+            return await self._pull_image(image)
+        finally:
+            self.progress.pop(image, None)
+            self.stats.pulls += 1
+            self.stats.seconds += time.monotonic() - started
+
+    async def _pull_image(self, image: str) -> ImageInfo:
         resolved = await self.registry.resolve(image)
         async with self.ctrd.lease("pull") as lease:
             config_bytes = await self.registry.blob(resolved.ref, resolved.config)
@@ -153,44 +185,71 @@ class ImageStore:
             diff_ids = config.get("rootfs", {}).get("diff_ids", [])
             if len(diff_ids) != len(resolved.layers):
                 raise ImagePullError(f"pull {image}: config and manifest disagree on layers")
-            for layer, diff_id in zip(resolved.layers, diff_ids, strict=True):
-                await self._fetch(resolved, layer, lease, {"containerd.io/uncompressed": diff_id})
             chains = chain_ids(diff_ids)
-            await self._unpack(resolved, chains, lease)
-            await self._write(
+            # Every layer downloads at once (FETCHES at a time, in order) straight into
+            # the content store; layer N unpacks as soon as it and layer N-1 are in.
+            slots = asyncio.Semaphore(FETCHES)
+            progress = self.progress[image] = [0, sum(layer.size for layer in resolved.layers)]
+            fetches = [
+                asyncio.ensure_future(
+                    self._fetch(
+                        resolved,
+                        layer,
+                        lease,
+                        {"containerd.io/uncompressed": d},
+                        slots,
+                        progress,
+                    )
+                )
+                for layer, d in zip(resolved.layers, diff_ids, strict=True)
+            ]
+            try:
+                await self._unpack(resolved, chains, lease, fetches)
+                await asyncio.gather(*fetches)
+            finally:
+                for f in fetches:
+                    f.cancel()
+                await asyncio.gather(*fetches, return_exceptions=True)
+            await self._write_records(resolved, config_bytes, chains[-1], lease)
+            log.info("pulled %s (%d layers)", resolved.ref.name, len(resolved.layers))
+            return ImageInfo(resolved.ref.name, config, chains[-1])
+
+    async def _write_records(
+        self, resolved: ResolvedImage, config_bytes: bytes, top: str, lease: str
+    ) -> None:
+        """The config, manifest (and index) with the labels that keep the layers and the
+        snapshot chain from containerd's GC, then the image record naming them."""
+        refs = {"containerd.io/gc.ref.content.config": resolved.config.digest}
+        refs.update(
+            {
+                f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                for i, layer in enumerate(resolved.layers)
+            }
+        )
+        writes = [
+            self._write(
                 config_bytes,
                 resolved.config,
                 lease,
-                {
-                    f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chains[-1],
-                },
-            )
-            refs = {"containerd.io/gc.ref.content.config": resolved.config.digest}
-            refs.update(
-                {
-                    f"containerd.io/gc.ref.content.l.{i}": layer.digest
-                    for i, layer in enumerate(resolved.layers)
-                }
-            )
-            await self._write(resolved.manifest_body, resolved.manifest, lease, refs)
-            if resolved.index_body is not None:
-                await self._write(
+                {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": top},
+            ),
+            self._write(resolved.manifest_body, resolved.manifest, lease, refs),
+        ]
+        if resolved.index_body is not None:
+            writes.append(
+                self._write(
                     resolved.index_body,
                     resolved.target,
                     lease,
                     {"containerd.io/gc.ref.content.m.0": resolved.manifest.digest},
                 )
-            record = images.Image(name=resolved.ref.name, target=_desc_pb(resolved.target))
-            try:
-                await self.ctrd.call(
-                    self.ctrd.images.Create, images.CreateImageRequest(image=record)
-                )
-            except RuntimeFailure:
-                await self.ctrd.call(
-                    self.ctrd.images.Update, images.UpdateImageRequest(image=record)
-                )
-            log.info("pulled %s (%d layers)", resolved.ref.name, len(resolved.layers))
-            return ImageInfo(resolved.ref.name, config, chains[-1])
+            )
+        await asyncio.gather(*writes)
+        record = images.Image(name=resolved.ref.name, target=_desc_pb(resolved.target))
+        try:
+            await self.ctrd.call(self.ctrd.images.Create, images.CreateImageRequest(image=record))
+        except RuntimeFailure:
+            await self.ctrd.call(self.ctrd.images.Update, images.UpdateImageRequest(image=record))
 
     async def _exists(self, digest: str) -> bool:
         try:
@@ -200,11 +259,26 @@ class ImageStore:
             return False
 
     async def _fetch(
-        self, resolved: ResolvedImage, desc: Descriptor, lease: str, labels: dict[str, str]
+        self,
+        resolved: ResolvedImage,
+        desc: Descriptor,
+        lease: str,
+        labels: dict[str, str],
+        slots: asyncio.Semaphore,
+        progress: list[int],
     ) -> None:
-        if await self._exists(desc.digest):
-            return
-        await self._write_stream(self.registry.blob_stream(resolved.ref, desc), desc, lease, labels)
+        async with slots:
+            if await self._exists(desc.digest):
+                progress[0] += desc.size
+                return
+
+            async def counted() -> AsyncIterator[bytes]:
+                async for chunk in self.registry.blob_stream(resolved.ref, desc):
+                    progress[0] += len(chunk)
+                    yield chunk
+
+            await self._write_stream(counted(), desc, lease, labels)
+            self.stats.bytes += desc.size
 
     async def _write(
         self, data: bytes, desc: Descriptor, lease: str, labels: dict[str, str]
@@ -221,29 +295,36 @@ class ImageStore:
             return
 
         async def one() -> AsyncIterator[bytes]:
-            yield data
+            for i in range(0, len(data), WRITE_CHUNK):
+                yield data[i : i + WRITE_CHUNK]
 
         await self._write_stream(one(), desc, lease, labels)
 
     async def _write_stream(
         self, chunks: AsyncIterator[bytes], desc: Descriptor, lease: str, labels: dict[str, str]
     ) -> None:
+        """The chunks into the content store as they come; committed (with the labels)
+        only once the source has checked its digest: a bad blob is never committed and
+        its ingest is aborted."""
         ref = f"shoal-{desc.digest}"
+        failed: list[ImagePullError] = []
 
         async def requests() -> AsyncIterator[content.WriteContentRequest]:
             offset = 0
-            async for chunk in chunks:
-                for i in range(0, len(chunk), WRITE_CHUNK):
-                    part = chunk[i : i + WRITE_CHUNK]
+            try:
+                async for chunk in chunks:
                     yield content.WriteContentRequest(
                         action=content.WRITE,
                         ref=ref,
                         total=desc.size,
                         expected=desc.digest,
                         offset=offset,
-                        data=part,
+                        data=chunk,
                     )
-                    offset += len(part)
+                    offset += len(chunk)
+            except ImagePullError as err:
+                failed.append(err)  # ends the stream without the commit
+                return
             yield content.WriteContentRequest(
                 action=content.COMMIT,
                 ref=ref,
@@ -258,12 +339,32 @@ class ImageStore:
             async for _ in call:
                 pass
         except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise ImagePullError(f"storing {desc.digest}: {err.details()}") from None
+            if err.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return
+            await self._abort(ref)
+            why = ImagePullError(f"storing {desc.digest}: {err.details()}")
+            raise (failed or [why])[0] from None
+        except BaseException:
+            call.cancel()  # a cancelled pull: its ingest goes too
+            await asyncio.shield(self._abort(ref))
+            raise
+        if failed:
+            await self._abort(ref)
+            raise failed[0]
 
-    async def _unpack(self, resolved: ResolvedImage, chains: list[str], lease: str) -> None:
+    async def _abort(self, ref: str) -> None:
+        with contextlib.suppress(ContainerNotFound, RuntimeFailure, RuntimeUnavailable):
+            await self.ctrd.call(self.ctrd.content.Abort, content.AbortRequest(ref=ref))
+
+    async def _unpack(
+        self,
+        resolved: ResolvedImage,
+        chains: list[str],
+        lease: str,
+        fetches: Sequence[asyncio.Future[None]],
+    ) -> None:
         parent = ""
-        for layer, chain in zip(resolved.layers, chains, strict=True):
+        for layer, chain, fetched in zip(resolved.layers, chains, fetches, strict=True):
             try:
                 await self.ctrd.call(
                     self.ctrd.snapshots.Stat,
@@ -273,34 +374,37 @@ class ImageStore:
                 continue
             except ContainerNotFound:
                 pass
-            key = f"extract-{uuid.uuid4().hex}-{chain}"
-            prepared = await self.ctrd.call(
-                self.ctrd.snapshots.Prepare,
-                snapshots.PrepareSnapshotRequest(
-                    snapshotter=self.snapshotter, key=key, parent=parent
-                ),
+            await fetched
+            await self._apply(resolved, layer, chain, parent, lease)
+            parent = chain
+
+    async def _apply(
+        self, resolved: ResolvedImage, layer: Descriptor, chain: str, parent: str, lease: str
+    ) -> None:
+        """One layer into the snapshot `chain` on top of `parent` (snapshots + diff)."""
+        key = f"extract-{uuid.uuid4().hex}-{chain}"
+        prepared = await self.ctrd.call(
+            self.ctrd.snapshots.Prepare,
+            snapshots.PrepareSnapshotRequest(snapshotter=self.snapshotter, key=key, parent=parent),
+            lease,
+        )
+        try:
+            await self.ctrd.call(
+                self.ctrd.diff.Apply,
+                diff.ApplyRequest(diff=_desc_pb(layer), mounts=prepared.mounts),
+                lease,
+                deadline_s=600,
+            )
+            await self.ctrd.call(
+                self.ctrd.snapshots.Commit,
+                snapshots.CommitSnapshotRequest(snapshotter=self.snapshotter, name=chain, key=key),
                 lease,
             )
-            try:
+        except RuntimeFailure as err:
+            with contextlib.suppress(RuntimeFailure, ContainerNotFound):
                 await self.ctrd.call(
-                    self.ctrd.diff.Apply,
-                    diff.ApplyRequest(diff=_desc_pb(layer), mounts=prepared.mounts),
-                    lease,
-                    deadline_s=600,
+                    self.ctrd.snapshots.Remove,
+                    snapshots.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
                 )
-                await self.ctrd.call(
-                    self.ctrd.snapshots.Commit,
-                    snapshots.CommitSnapshotRequest(
-                        snapshotter=self.snapshotter, name=chain, key=key
-                    ),
-                    lease,
-                )
-            except RuntimeFailure as err:
-                with contextlib.suppress(RuntimeFailure, ContainerNotFound):
-                    await self.ctrd.call(
-                        self.ctrd.snapshots.Remove,
-                        snapshots.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
-                    )
-                if "already exists" not in str(err):
-                    raise ImagePullError(f"unpack {resolved.ref.name}: {err}") from None
-            parent = chain
+            if "already exists" not in str(err):
+                raise ImagePullError(f"unpack {resolved.ref.name}: {err}") from None
