@@ -123,6 +123,7 @@ class TaskRunner:
         self._changed = asyncio.Event()
         self._run: asyncio.Task[None] | None = None
         self._detaching: asyncio.Future[None] | None = None
+        self._no_drain = False
 
     @property
     def state(self) -> int:
@@ -131,8 +132,11 @@ class TaskRunner:
     def start(self) -> None:
         self._run = asyncio.create_task(self._main(), name=f"task-{self.task.id[:12]}")
 
-    def update(self, assigned: pb.Task) -> None:
-        """A new version from the manager: take its spec and desired state, keep our status."""
+    def update(self, assigned: pb.Task, drain: bool = True) -> None:
+        """A new version from the manager: take its spec and desired state, keep our status.
+        drain=False: a stop it asks for skips the endpoint drain."""
+        if not drain and assigned.desired_state > pb.RUNNING >= self.task.desired_state:
+            self._no_drain = True
         status = pb.TaskStatus()
         status.CopyFrom(self.task.status)
         if assigned.status.state > status.state:
@@ -447,7 +451,7 @@ class TaskRunner:
     async def _drain(self) -> None:
         """Out of DNS and load balancers (the manager stopped listing it) before SIGTERM."""
         c = self.task.spec.container
-        if self.task.networks and self.state == pb.RUNNING:
+        if self.task.networks and self.state == pb.RUNNING and not self._no_drain:
             drain = c.endpoint_drain_ms if c.HasField("endpoint_drain_ms") else ENDPOINT_DRAIN_MS
             await asyncio.sleep(drain / 1000)
 

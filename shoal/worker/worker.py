@@ -165,7 +165,9 @@ class Worker:
         for task in assignments.tasks:
             runner = self.runners.get(task.id)
             if runner is not None:
-                runner.update(task)
+                # A stop learned from a full set (the session just (re)started) is no
+                # graceful one: the task was replaced while this node was away.
+                runner.update(task, drain=not assignments.full)
                 if self.servicenet is not None:
                     self.servicenet.peers_changed()  # maybe desired to stop: out of ports
             elif task.status.state <= pb.RUNNING:
