@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,12 +36,10 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
-    tmp_path: Path,
-    browser: object,
-    managers: list[ManagerProcess],
-    workers: list[WorkerProcess],
-) -> None:
+def start_cluster(
+    tmp_path: Path, managers: list[ManagerProcess], workers: list[WorkerProcess]
+) -> tuple[ManagerProcess, int]:
+    """A manager with the web view on loopback, two simulated agents, web x3."""
     port = free_port()
     m = ManagerProcess(tmp_path / "m1", "--http-addr", f":{port}").start()
     managers.append(m)
@@ -54,6 +53,41 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
     r = m.ctl("service", "create", "--name", "web", "--image", "busybox", "--replicas", "3",
               "sleep", "1000")  # fmt: skip
     assert r.code == 0, r.err
+    return m, port
+
+
+def check_update_bars_and_detail(page: Any, m: ManagerProcess) -> None:
+    # A rolling update shows its progress, batch by batch, then its end.
+    r = m.ctl("service", "update", "-d", "--image", "busybox:2", "--update-parallelism", "1",
+              "--update-delay", "2s", "web")  # fmt: skip
+    assert r.code == 0, r.err
+    page.wait_for_function(
+        "document.querySelector('tr[data-service=web]').textContent.includes('batch 2 of 2')",
+        timeout=30_000,
+    )
+    page.wait_for_function(
+        "document.querySelector('tr[data-service=web]').textContent.includes('completed')",
+        timeout=30_000,
+    )
+    # CPU and memory bars from the agents' heartbeats, on both workers' columns.
+    page.wait_for_function(
+        "document.querySelectorAll('.col .bar.cpu').length >= 2", timeout=30_000
+    )
+    assert page.locator(".col .bar.mem").count() >= 2
+    # A card opens the task: its state and node.
+    page.locator(".card").first.click()
+    page.wait_for_selector("#detail:not([hidden]) dd")
+    detail = page.locator("#detail").inner_text()
+    assert "running" in detail and ("w1" in detail or "w2" in detail)
+
+
+def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
+    tmp_path: Path,
+    browser: object,
+    managers: list[ManagerProcess],
+    workers: list[WorkerProcess],
+) -> None:
+    m, port = start_cluster(tmp_path, managers, workers)
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
     errors: list[str] = []
@@ -89,30 +123,11 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
     # Scaling down: the shut-down tasks go; "running only" keeps just the running ones.
     assert m.ctl("service", "scale", "web=2").code == 0
     page.check("#running-only")
-    page.wait_for_function("document.querySelectorAll('.card').length === 2", timeout=20_000)
-
-    # A rolling update shows its progress, batch by batch, then its end.
-    r = m.ctl("service", "update", "-d", "--image", "busybox:2", "--update-parallelism", "1",
-              "--update-delay", "2s", "web")  # fmt: skip
-    assert r.code == 0, r.err
     page.wait_for_function(
-        "document.querySelector('tr[data-service=web]').textContent.includes('batch 2 of 2')",
-        timeout=30_000,
-    )
-    page.wait_for_function(
-        "document.querySelector('tr[data-service=web]').textContent.includes('completed')",
-        timeout=30_000,
+        "document.querySelectorAll('.card').length === 2", timeout=20_000
     )
 
-    # CPU and memory bars from the agents' heartbeats, on both workers' columns.
-    page.wait_for_function("document.querySelectorAll('.col .bar.cpu').length >= 2", timeout=30_000)
-    assert page.locator(".col .bar.mem").count() >= 2
-
-    # A card opens the task: its state and node.
-    page.locator(".card").first.click()
-    page.wait_for_selector("#detail:not([hidden]) dd")
-    detail = page.locator("#detail").inner_text()
-    assert "running" in detail and ("w1" in detail or "w2" in detail)
+    check_update_bars_and_detail(page, m)
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "webview.png"
@@ -126,7 +141,7 @@ def test_web_view_shows_services_nodes_tasks_and_follows_a_scale(
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+@pytest.mark.usefixtures("root")
 def test_non_loopback_http_requires_a_cluster_certificate(tmp_path: Path) -> None:
     """On a host's address the web view and /metrics are HTTPS with client certificates
     from the cluster CA: a worker's node certificate gets in, no certificate does not."""

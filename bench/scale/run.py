@@ -259,6 +259,26 @@ def stop_all(started: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+def start_latencies(ctl: api_grpc.ControlStub) -> list[float]:
+    """Create -> running per running task, sorted."""
+    return sorted(
+        (t.status.timestamp_ms - t.meta.created_at_ms) / 1000
+        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=120).tasks
+        if t.status.state == pb.RUNNING
+    )
+
+
+def etcd_delta(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """(writes, transactions) between two readings of etcd's counters."""
+    writes = (
+        after["etcd_mvcc_put_total"]
+        - before["etcd_mvcc_put_total"]
+        + after["etcd_mvcc_delete_total"]
+        - before["etcd_mvcc_delete_total"]
+    )
+    return writes, after["etcd_mvcc_txn_total"] - before["etcd_mvcc_txn_total"]
+
+
 def run_once(
     nodes: int,
     tasks: int,
@@ -309,18 +329,8 @@ def run_once(
         after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
-        latencies = sorted(
-            (t.status.timestamp_ms - t.meta.created_at_ms) / 1000
-            for t in ctl.ListTasks(api.ListTasksRequest(), timeout=120).tasks
-            if t.status.state == pb.RUNNING
-        )
-        writes = (
-            after["etcd_mvcc_put_total"]
-            - before["etcd_mvcc_put_total"]
-            + after["etcd_mvcc_delete_total"]
-            - before["etcd_mvcc_delete_total"]
-        )
-        txns = after["etcd_mvcc_txn_total"] - before["etcd_mvcc_txn_total"]
+        latencies = start_latencies(ctl)
+        writes, txns = etcd_delta(before, after)
         return {
             "nodes": nodes,
             "tasks": tasks,

@@ -26,6 +26,7 @@ from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.servicetable import ServiceTable
+from shoal.manager.session import AgentSession
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.validation import clean_description
 from shoal.proto import dispatcher_pb2 as dpb
@@ -37,25 +38,6 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.05
 MAX_HEARTBEATS_PER_S = 200
 REGISTER_TIMEOUT_S = 10.0
-
-
-class _Session:
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.id = uuid.uuid4().hex
-        # None ends the session.
-        self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
-        self.logs: dict[str, LogBuffer] = {}
-        # The agent said it stops cleanly (and comes back).
-        self.leaving = False
-
-    def send(self, msg: dpb.DispatcherMessage) -> None:
-        self.outbox.put_nowait(msg)
-
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
-        for q in self.logs.values():
-            q.put(None)
 
 
 def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
@@ -83,7 +65,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.managers = managers or (lambda: [])
         # Where this manager records which sessions it holds (None in unit tests).
         self.presence = presence
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, AgentSession] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._periods: dict[str, int] = {}
         self._stopping = False
@@ -156,7 +138,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
         peer = context.peer()
         await self._node_up(node_id, first.register, peer)
-        session = _Session(node_id)
+        session = AgentSession(node_id)
         old = self.sessions.get(node_id)
         if old is not None:
             old.close()
@@ -213,7 +195,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
 
-    async def _probe_lost(self, node_id: str, session: _Session, peer: str) -> None:
+    async def _probe_lost(self, node_id: str, session: AgentSession, peer: str) -> None:
         """A session that ended without Leave was released at once (a host that is gone
         fails over fast); but a host that still answers lost only its agent process
         (crashed, OOM-killed: its containers run on). Such a node's session is taken
@@ -228,7 +210,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.presence.claim_session(node_id)
         self.presence.release_session(node_id, self._down_after_s(node_id))
 
-    async def _read(self, session: _Session, requests: AsyncIterator[dpb.AgentMessage]) -> None:
+    async def _read(self, session: AgentSession, requests: AsyncIterator[dpb.AgentMessage]) -> None:
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("msg")

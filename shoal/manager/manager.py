@@ -352,6 +352,20 @@ class Manager:
         )
         await self.http.start()
 
+    async def _open_store(self) -> Store:
+        """The store on the configured etcd, or on an embedded one started here."""
+        cfg = self.config
+        endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
+        if not endpoints:
+            self.etcd = EmbeddedEtcd(cfg.state_dir)
+            await self.etcd.start()
+            endpoints, tls = [self.etcd.endpoint], self.etcd.tls
+            log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
+        if cfg.http_addr:
+            self.metrics = ManagerMetrics()  # before the store: it times etcd calls
+        timers = [self.metrics.etcd_timer] if self.metrics is not None else None
+        return Store(EtcdConnection(endpoints, tls, cfg.etcd_auth, timers))
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -364,16 +378,7 @@ class Manager:
         pinner: ImagePinner | None = None
         rest: RestAPI | None = None
         try:
-            endpoints, tls = cfg.etcd_endpoints, cfg.etcd_tls
-            if not endpoints:
-                self.etcd = EmbeddedEtcd(cfg.state_dir)
-                await self.etcd.start()
-                endpoints, tls = [self.etcd.endpoint], self.etcd.tls
-                log.info("embedded etcd on %s (TLS, client certificates only)", self.etcd.url)
-            if cfg.http_addr:
-                self.metrics = ManagerMetrics()  # before the store: it times etcd calls
-            timers = [self.metrics.etcd_timer] if self.metrics is not None else None
-            self.store = Store(EtcdConnection(endpoints, tls, cfg.etcd_auth, timers))
+            self.store = await self._open_store()
             self.id = await self._identify()
             cluster = await ensure_cluster(self.store)
             await ensure_manager_node(self.store, self.id, self._hostname(), cfg.remote_addr)

@@ -1,0 +1,28 @@
+"""One agent's session on this manager: what goes out to it, and its log readers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from shoal.manager.logbuffer import LogBuffer
+from shoal.proto import dispatcher_pb2 as dpb
+
+
+class AgentSession:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.id = uuid.uuid4().hex
+        # None ends the session.
+        self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
+        self.logs: dict[str, LogBuffer] = {}
+        # The agent said it stops cleanly (and comes back).
+        self.leaving = False
+
+    def send(self, msg: dpb.DispatcherMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+        for q in self.logs.values():
+            q.put(None)
