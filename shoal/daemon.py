@@ -14,6 +14,8 @@ from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
 from shoal.manager.store import EtcdAuth, EtcdTLS, StoreError, client_config
+from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
+from shoal.overlay.egress import EgressError
 from shoal.pki.join import JoinError
 from shoal.statedir import StateDirLocked
 from shoal.swarmctl.parse import memory_bytes
@@ -252,6 +254,19 @@ def manager(
     help="simulated runs nothing: only for scale tests.",
 )
 @click.option(
+    "--egress-pool",
+    default=DEFAULT_EGRESS_POOL,
+    show_default=True,
+    metavar="CIDR",
+    help="Addresses of tasks' legs to this host's gateway bridge (must not overlap its routes).",
+)
+@click.option(
+    "--dns-upstream",
+    multiple=True,
+    metavar="ADDR",
+    help="Where tasks' other DNS queries go [default: this host's /etc/resolv.conf].",
+)
+@click.option(
     "--allow-bind-mount",
     multiple=True,
     metavar="PREFIX",
@@ -288,6 +303,8 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    egress_pool: str,
+    dns_upstream: tuple[str, ...],
     http_addr: str,
     allow_bind_mount: tuple[str, ...],
     log_max_size: str,
@@ -305,6 +322,8 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        egress_pool=egress_pool,
+        dns_upstreams=list(dns_upstream) or None,
         http_addr=http_addr,
         allow_bind_mounts=tuple(allow_bind_mount),
         log_max_bytes=_size(log_max_size, "--log-max-size"),
@@ -312,7 +331,7 @@ def worker(
     )
     try:
         asyncio.run(_run_until_signalled(Agent(config)))
-    except (JoinError, StateDirLocked, OSError) as err:
+    except (JoinError, StateDirLocked, OSError, EgressError, ValueError) as err:
         click.echo(f"swarmd: {err}", err=True)
         sys.exit(1)
 

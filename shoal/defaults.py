@@ -20,6 +20,10 @@ HEARTBEAT_MISSES = 3
 TASK_HISTORY_LIMIT = 5
 NODE_CERT_EXPIRY_MS = 90 * 24 * 3600 * 1000
 MAX_REPLICAS = 100_000
+# Services' virtual IPs: kept out of the networks' 10/8 subnet pool.
+VIP_RANGE = "10.255.0.0/16"
+# A stopping task is out of DNS and load balancers this long before its SIGTERM.
+ENDPOINT_DRAIN_MS = 2_000
 
 
 def restart_policy() -> pb.RestartPolicy:

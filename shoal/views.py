@@ -13,6 +13,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from shoal import defaults
 from shoal.proto import objects_pb2 as pb
 
 if TYPE_CHECKING:
@@ -62,9 +63,20 @@ def ports_view(ports: Sequence[pb.PortConfig]) -> list[dict[str, Any]]:
             "published": int(p.published_port),
             "target": int(p.target_port),
             "protocol": "udp" if p.protocol == pb.PortConfig.UDP else "tcp",
+            "mode": "host" if p.mode == pb.PortConfig.HOST else "ingress",
         }
         for p in ports
     ]
+
+
+def endpoint_view(svc: pb.Service, network_names: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "mode": "dnsrr" if svc.spec.endpoint_mode == pb.ENDPOINT_DNSRR else "vip",
+        "virtual_ips": [
+            {"network": network_names.get(v.network_id, v.network_id), "addr": v.addr}
+            for v in svc.endpoint.virtual_ips
+        ],
+    }
 
 
 def _resources(r: pb.Resources) -> dict[str, Any]:
@@ -114,7 +126,9 @@ def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dic
         "desired": int(info.desired),
         "running_updated": int(info.running_updated),
         "networks": [network_names.get(n.target, n.target) for n in task.networks],
-        "ports": ports_view(spec.ports),
+        # The allocated ports (published ports picked by the manager filled in).
+        "ports": ports_view(svc.endpoint.ports if svc.HasField("endpoint") else spec.ports),
+        "endpoint": endpoint_view(svc, network_names),
         "version": int(svc.meta.version),
         "spec_version": int(svc.spec_version),
         "labels": dict(spec.annotations.labels),
@@ -233,6 +247,7 @@ def network_view(n: pb.Network) -> dict[str, Any]:
         "subnet": n.subnet or n.spec.subnet,
         "vni": int(n.vni),
         "gateway": n.gateway,
+        "internal": n.spec.internal,
         "labels": dict(n.spec.annotations.labels),
         "created_at": iso(n.meta.created_at_ms),
     }
@@ -248,6 +263,7 @@ def cluster_view(c: pb.Cluster) -> dict[str, Any]:
         "heartbeat_misses": int(c.spec.dispatcher.heartbeat_misses),
         "task_history_limit": int(c.spec.orchestration.task_history_limit),
         "rebalance": c.spec.orchestration.rebalance,
+        "vip_range": c.spec.vip_range or defaults.VIP_RANGE,
         "node_cert_expiry_ms": int(c.spec.ca.node_cert_expiry_ms),
         "ca_digest": c.root_ca.ca_digest,
         "version": int(c.meta.version),

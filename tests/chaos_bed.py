@@ -138,8 +138,10 @@ class Bed:
     # ------------------------------------------------------------ reaching it
 
     def socket(self, d: Daemon) -> Path:
-        return self.cluster.manager_dir / "control.sock" if d.name == "m1" else (
-            self.root / d.name / "control.sock"
+        return (
+            self.cluster.manager_dir / "control.sock"
+            if d.name == "m1"
+            else (self.root / d.name / "control.sock")
         )
 
     def api(self) -> api_grpc.ControlStub:

@@ -54,6 +54,14 @@ def converged(bed: Bed) -> dict[str, bool]:
     }
 
 
+def stopping(bed: Bed) -> str:
+    """A task being stopped (still running, out of DNS and load balancers for its
+    endpoint drain): the cluster has not settled until it stopped."""
+    tasks = bed.api().ListTasks(api.ListTasksRequest(), timeout=10).tasks
+    n = sum(1 for t in tasks if t.desired_state > pb.RUNNING and t.status.state == pb.RUNNING)
+    return f"{n} task(s) still stopping" if n else ""
+
+
 def nodes_ready(bed: Bed) -> bool:
     nodes = bed.api().ListNodes(api.ListNodesRequest(), timeout=5).nodes
     workers = [n for n in nodes if n.role == pb.ROLE_WORKER]
@@ -85,6 +93,7 @@ def settle(bed: Bed, limit_s: float) -> float | str:
             state = converged(bed)
             why = "" if nodes_ready(bed) else "a worker node not ready"
             why = why or ", ".join(f"{n} not converged" for n, ok in state.items() if not ok)
+            why = why or stopping(bed)
             if not why:
                 why = "no leader idle"
                 leader_idle(bed, 5)
@@ -188,9 +197,11 @@ def remove_all(bed: Bed) -> float:
         stub.RemoveNetwork(api.RemoveNetworkRequest(ref=net.id), timeout=30)
     try:
         return wait_for(
-            lambda: not any(bed.containers().values())
-            and not bed.task_namespaces()
-            and not any(bed.worker_links().values()),
+            lambda: (
+                not any(bed.containers().values())
+                and not bed.task_namespaces()
+                and not any(bed.worker_links().values())
+            ),
             90,
             "containers, task namespaces and overlay devices gone",
             0.5,

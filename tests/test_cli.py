@@ -236,7 +236,7 @@ async def test_service_json_keys_and_quiet(manager: ManagerProcess, web: str) ->
     assert SERVICE_KEYS <= svc.keys()
     assert svc["id"] == web and svc["mode"] == "replicated" and svc["replicas"] == 2
     assert svc["networks"] == ["front"]
-    assert svc["ports"] == [{"published": 8080, "target": 80, "protocol": "tcp"}]
+    assert svc["ports"] == [{"published": 8080, "target": 80, "protocol": "tcp", "mode": "ingress"}]
     assert json.loads(manager.ctl("service", "inspect", "web", "--format", "json").out)["id"] == web
     assert manager.ctl("service", "ls", "-q").out.split() == [web]
 

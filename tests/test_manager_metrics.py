@@ -107,6 +107,7 @@ async def test_join_counters(cache: Cache) -> None:
     admission = JoinAdmission(concurrency=1)
     metrics = ManagerMetrics()
     metrics.watch_joins(admission, cache)
+
     async def join(source: str) -> None:
         async with admission.admit(source):
             pass

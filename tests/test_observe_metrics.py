@@ -71,8 +71,7 @@ def check_agent(m: ManagerProcess, wport: int) -> None:
     assert value(agent, "shoal_task_network_bytes_total", task=running[0], direction="rx") == 0
     # Only running tasks are reported: the scaled-down ones go once their containers stop.
     wait_for(
-        lambda: {lbl["task"] for lbl, _ in scrape(wport)["shoal_task_memory_bytes"]}
-        == set(running)
+        lambda: {lbl["task"] for lbl, _ in scrape(wport)["shoal_task_memory_bytes"]} == set(running)
     )
     assert (value(agent, "shoal_image_pulls_total") or 0) >= 1
     assert (value(agent, "shoal_image_pull_bytes_total") or 0) > 0

@@ -104,10 +104,22 @@ def on_network(name: str, replicas: int, net: str) -> pb.ServiceSpec:
     return spec
 
 
+def network_ns(c: Cluster, host_index: int, vni: int) -> str:
+    """Where a network's bridge and VXLAN device live on a host: a namespace of their own."""
+    node = next(n for n, h in c.workers.items() if h is c.hosts[host_index])
+    return f"/var/run/netns/shoal-{node[:10]}-n{vni}"
+
+
+def in_network_ns(c: Cluster, host_index: int, vni: int, *argv: str) -> str:
+    path = network_ns(c, host_index, vni)
+    return subprocess.run(
+        ["nsenter", f"--net={path}", *argv], capture_output=True, text=True
+    ).stdout
+
+
 def vxlan_entries(c: Cluster, host_index: int, vni: int) -> tuple[set[str], set[str]]:
-    h = c.hosts[host_index]
-    fdb = h.run("bridge", "fdb", "show", "dev", f"svx-{vni}", check=False).stdout
-    neigh = h.run("ip", "neigh", "show", "dev", f"svx-{vni}", check=False).stdout
+    fdb = in_network_ns(c, host_index, vni, "bridge", "fdb", "show", "dev", f"svx-{vni}")
+    neigh = in_network_ns(c, host_index, vni, "ip", "neigh", "show", "dev", f"svx-{vni}")
     macs = {line.split()[0] for line in fdb.splitlines() if " dst " in line}
     ips = {line.split()[0] for line in neigh.splitlines() if line.strip()}
     return macs, ips
@@ -140,6 +152,11 @@ def test_cross_host_reachability_isolation_and_cleanup(cluster: Cluster, servers
         assert macs == {t.networks[0].mac for t in remote}
         assert ips == {ip_of(t) for t in remote}
 
+    # Each network's devices live in a namespace of their own, none in the host's.
+    for i in (1, 2):
+        assert f"svx-{front.vni}" not in c.hosts[i].run("ip", "-o", "link").stdout
+        assert f"svx-{front.vni}" in in_network_ns(c, i, front.vni, "ip", "-o", "link")
+
     # Scale down: entries and namespaces of removed tasks are gone on every host.
     svc = c.control().GetService(api.GetServiceRequest(ref="web")).service.service
     spec = pb.ServiceSpec()
@@ -166,12 +183,8 @@ def test_cross_host_reachability_isolation_and_cleanup(cluster: Cluster, servers
     c.control().RemoveService(api.RemoveServiceRequest(ref="other"))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        links = "".join(c.hosts[i].run("ip", "-o", "link").stdout for i in (1, 2))
-        if (
-            f"svx-{front.vni}" not in links
-            and f"sbr-{front.vni}" not in links
-            and f"svx-{back.vni}" not in links
-        ):
+        spaces = [network_ns(c, i, vni) for i in (1, 2) for vni in (front.vni, back.vni)]
+        if not any(os.path.exists(path) for path in spaces):
             break
         time.sleep(0.1)
     else:
@@ -209,30 +222,17 @@ def test_convergence_and_agent_restart(cluster: Cluster, servers: Servers, bound
     agent = next(p for p in host_b.procs if p.poll() is None)
     agent.kill()
     agent.wait()
-    host_b.run(
-        "bridge",
-        "fdb",
-        "add",
-        "02:de:ad:be:ef:01",
-        "dev",
-        f"svx-{front.vni}",
-        "dst",
-        "172.29.0.99",
-        "self",
-        "permanent",
-    )
-    host_b.run(
-        "ip",
-        "neigh",
-        "add",
-        "10.0.99.99",
-        "lladdr",
-        "02:de:ad:be:ef:01",
-        "dev",
-        f"svx-{front.vni}",
-        "nud",
-        "permanent",
-    )
+    b_index = c.hosts.hosts.index(host_b)
+    in_network_ns(
+        c, b_index, front.vni,
+        "bridge", "fdb", "add", "02:de:ad:be:ef:01", "dev", f"svx-{front.vni}",
+        "dst", "172.29.0.99", "self", "permanent",
+    )  # fmt: skip
+    in_network_ns(
+        c, b_index, front.vni,
+        "ip", "neigh", "add", "10.0.99.99", "lladdr", "02:de:ad:be:ef:01",
+        "dev", f"svx-{front.vni}", "nud", "permanent",
+    )  # fmt: skip
     stale_ns = f"shoal-{node_b[:10]}-deadbeefdeadbeef"
     subprocess.run(["ip", "netns", "add", stale_ns], check=True)
     # Connectivity of running tasks survives the agent being away.

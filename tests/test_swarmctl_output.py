@@ -31,8 +31,8 @@ def test_service_view() -> None:
     assert view["mode"] == "replicated" and view["replicas"] == 3 and view["running"] == 2
     assert view["networks"] == ["front", "net-unknown"]
     assert view["ports"] == [
-        {"published": 8080, "target": 80, "protocol": "tcp"},
-        {"published": 53, "target": 53, "protocol": "udp"},
+        {"published": 8080, "target": 80, "protocol": "tcp", "mode": "ingress"},
+        {"published": 53, "target": 53, "protocol": "udp", "mode": "ingress"},
     ]
     assert view["version"] == 42
     assert view["labels"] == {"tier": "front"} and view["env"] == ["A=1"]

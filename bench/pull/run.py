@@ -151,8 +151,13 @@ def archive(ref: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--before", metavar="GIT_REF", nargs="+", default=[],
-                   help="also time the agent of these commits (side `before` for the first)")
+    p.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        nargs="+",
+        default=[],
+        help="also time the agent of these commits (side `before` for the first)",
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the agent in round 1")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "pull" / "results.json")
     args = p.parse_args()
@@ -171,7 +176,7 @@ def main() -> None:
         with Registry() as reg:
             image = push_image(reg.addr, "pull/host", "v1", blobs)
             for r in range(args.rounds):
-                order = sides[r % len(sides):] + sides[: r % len(sides)]
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
                 for side in order:
                     if side == "ctr":
                         took = ctr_round(image)

@@ -130,5 +130,6 @@ def main() -> None:
             ratio = first["this checkout"][key] / first["baseline"][key]
             print(f"{key}: this checkout / baseline {ratio:.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -77,9 +77,7 @@ class Containerd:
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "containerd did not start: " + log.read_text()[-2000:]
-                )
+                raise RuntimeError("containerd did not start: " + log.read_text()[-2000:])
             time.sleep(0.05)
 
     def shims(self) -> list[int]:

@@ -129,9 +129,7 @@ def dir_layer(root: Path) -> bytes:
     return buf.getvalue()
 
 
-def build_image(
-    layer_tar: bytes | None = None, cmd: list[str] | None = None
-) -> dict[str, bytes]:
+def build_image(layer_tar: bytes | None = None, cmd: list[str] | None = None) -> dict[str, bytes]:
     """Blobs by digest, plus "manifest" and "manifest_digest". Default: the busybox image."""
     return build_layered_image([build_layer() if layer_tar is None else layer_tar], cmd)
 

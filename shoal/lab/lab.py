@@ -299,7 +299,7 @@ def _stop(pids: list[int], grace_s: float = 20) -> None:
     slow = [p for p in pids if alive(p)]
     for pid in slow:
         if grace_s:
-                print(f"shoal-lab: {pid} ({_cmdline(pid)[:80]!r}) ignored SIGTERM", file=sys.stderr)
+            print(f"shoal-lab: {pid} ({_cmdline(pid)[:80]!r}) ignored SIGTERM", file=sys.stderr)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not any(alive(p) for p in pids), 10, "killed processes gone")

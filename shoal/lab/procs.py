@@ -36,9 +36,7 @@ def control(target: Path | HasSocket) -> api_grpc.ControlStub:
     return api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
 
 
-def wait_for(
-    check: Callable[[], object], timeout: float, what: str, every: float = 0.05
-) -> float:
+def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> float:
     """Polls check() until it is true; returns the seconds it took. For conditions the
     API has no watch for (node state, containerd, files)."""
     start = time.monotonic()
@@ -71,9 +69,7 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 20, group: bool = 
     return proc.returncode
 
 
-def spawn(
-    argv: list[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A daemon with its output appended to `log`, in a session of its own: it outlives
     the command that started it (`shoal-lab up`) and a terminal's signals."""
     with open(log, "ab") as out:

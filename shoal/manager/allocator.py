@@ -1,6 +1,7 @@
 """The allocator: VNIs and subnets for overlay networks, IPs and MACs for tasks.
 
-A network gets the lowest free VNI (4096..2^24-1) and either the subnet asked
+A network gets a random free VNI (4096..2^24-1: a VNI is not reused at once,
+while tasks of a removed network may still be stopping) and either the subnet asked
 for or the first free /24 of the default pool. The store's claim keys on VNI
 and subnet make two managers allocating at once fail instead of colliding.
 """
@@ -29,14 +30,21 @@ def allocate_network(
     net: pb.Network,
     existing: Iterable[pb.Network],
     requested: ipaddress.IPv4Network | None,
+    reserved: ipaddress.IPv4Network | None = None,
 ) -> None:
-    """Fills in net.vni, net.subnet and net.gateway, in place."""
+    """Fills in net.vni, net.subnet and net.gateway, in place (never in `reserved`,
+    the services' VIP range)."""
     existing = list(existing)
     used_vnis = {n.vni for n in existing}
-    vni = next((v for v in range(VNI_MIN, VNI_MAX + 1) if v not in used_vnis), None)
-    if vni is None:
+    if len(used_vnis) > VNI_MAX - VNI_MIN:
         raise InvalidSpec("no free VNI left")
+    vni = secrets.randbelow(VNI_MAX - VNI_MIN + 1) + VNI_MIN
+    while vni in used_vnis:
+        vni = secrets.randbelow(VNI_MAX - VNI_MIN + 1) + VNI_MIN
     used = [(n, _subnet(n)) for n in existing if n.subnet]
+    if reserved is not None and requested is not None and requested.overlaps(reserved):
+        raise InvalidSpec(f"subnet {requested} overlaps the services' VIP range {reserved}")
+    blocked = [u for _, u in used] + ([reserved] if reserved is not None else [])
     if requested is not None:
         for other, subnet in used:
             if subnet.overlaps(requested):
@@ -50,7 +58,7 @@ def allocate_network(
             (
                 s
                 for s in DEFAULT_POOL.subnets(new_prefix=DEFAULT_PREFIX)
-                if not any(s.overlaps(u) for _, u in used)
+                if not any(s.overlaps(u) for u in blocked)
             ),
             None,
         )

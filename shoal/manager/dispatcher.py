@@ -27,6 +27,7 @@ from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
+from shoal.manager.servicetable import ServiceTable
 from shoal.manager.session import AgentSession
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.validation import clean_description
@@ -79,11 +80,13 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self._probes: set[asyncio.Task[None]] = set()
         self.status_writes = 0
         self.peers = PeerTable(cache)
+        self.services = ServiceTable(cache)
         # Nodes' own CPU/memory from their heartbeats (web view), sessions held here only.
         self.usage: dict[str, dpb.NodeUsage] = {}
 
     async def start(self) -> None:
         self.peers.rebuild()
+        self.services.rebuild()
         self._background = [
             supervised("dispatcher assignments", self._push_assignments),
             supervised("dispatcher status writes", self._flush_statuses),
@@ -165,7 +168,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     managers=self.managers(),
                 )
             )
-            # Assignments first: they carry the networks the peer table refers to.
+            # Services (does a task need a namespace), assignments (networks), peers.
+            yield dpb.DispatcherMessage(services=self.services.full())
             yield dpb.DispatcherMessage(assignments=full)
             yield dpb.DispatcherMessage(peers=peers)
             while True:
@@ -331,6 +335,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 resync, changes = await sub.next()
                 if resync:
                     self.peers.rebuild()
+                    self.services.resync(self.sessions.values())
                     for node_id, session in self.sessions.items():
                         session.send(
                             dpb.DispatcherMessage(
@@ -357,6 +362,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                                 )
                             )
                         )
+                self.services.publish(changes, self.sessions.values())
                 updated: dict[str, dict[str, pb.Task]] = defaultdict(dict)
                 removed: dict[str, set[str]] = defaultdict(set)
                 for c in changes:

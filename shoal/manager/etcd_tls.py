@@ -119,7 +119,9 @@ def ensure_credentials(directory: Path, addresses: tuple[str, ...] = ()) -> Etcd
     )
     # etcd's peer side dials its own peer port with the server certificate: both usages.
     server_cert, server_key = _leaf(
-        ca_key, "shoal-etcd", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        ca_key,
+        "shoal-etcd",
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         addresses,
     )
     client_cert, client_key = _leaf(ca_key, "shoal-manager", [ExtendedKeyUsageOID.CLIENT_AUTH])

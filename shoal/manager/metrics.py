@@ -114,9 +114,7 @@ class ClusterCollector(Collector):
             labels=["service", "state"],
         )
         tasks = GaugeMetricFamily("shoal_tasks", "Tasks by observed state", labels=["state"])
-        nodes = GaugeMetricFamily(
-            "shoal_nodes", "Nodes", labels=["role", "status", "availability"]
-        )
+        nodes = GaugeMetricFamily("shoal_nodes", "Nodes", labels=["role", "status", "availability"])
         if self.is_leader():
             self._services(replicas, tasks)
             self._nodes(nodes)

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shoal.manager.servicetable import serving
 from shoal.manager.store import Cache, Change, Kind
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
@@ -37,7 +38,9 @@ class PeerTable:
         self.members: dict[str, Counter[str]] = defaultdict(Counter)
 
     def _endpoints_of(self, task: pb.Task | None) -> list[dpb.Endpoint]:
-        if task is None or not task.node_id or task.desired_state > pb.RUNNING:
+        # A task being stopped keeps its endpoint (not serving) until it stopped: it
+        # leaves DNS and load balancers first, its in-flight connections finish.
+        if task is None or not task.node_id or task.desired_state > pb.SHUTDOWN:
             return []
         if task.status.state > pb.RUNNING or task.status.state < pb.ASSIGNED:
             return []
@@ -51,6 +54,8 @@ class PeerTable:
                 mac=a.mac,
                 node_id=task.node_id,
                 vtep=vtep,
+                service_id=task.service_id,
+                serving=serving(task),
             )
             for a in task.networks
             if a.addresses

@@ -1,9 +1,13 @@
 """The overlay driver of one host (the flannel/libnetwork model, programmed statically).
 
-Per network on this host: a bridge and a VXLAN device (the network's VNI,
-UDP 4789, learning off, ARP answered from the neighbour table), MTU =
-underlay MTU - 50. Per task: a network namespace with a veth into the bridge
-of each network, the task's IP and MAC, lo up. Remote tasks are programmed
+Per network on this host: a namespace of its own (`<prefix>-n<VNI>`, as
+libnetwork does) holding a bridge and a VXLAN device (the network's VNI, UDP
+4789, learning off, ARP answered from the neighbour table), MTU = underlay
+MTU - 50. The VXLAN device is made in the host's namespace, where its UDP
+socket stays, then moved in; per-network settings (the bridge's netfilter
+hooks) are that namespace's own and never touch the host's. Per task: a
+network namespace with a veth into the bridge of each network, the task's IP
+and MAC, lo up. Remote tasks are programmed
 from the manager's peer table as an FDB entry (MAC -> remote VTEP) and a
 permanent neighbour entry (IP -> MAC) on the VXLAN device: no flooding, no
 learning, no gossip. Every change is idempotent, and `reconcile` removes what
@@ -19,6 +23,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -68,6 +73,9 @@ class OverlayDriver:
         self.networks: dict[str, pb.Network] = {}
         self.attached: dict[str, list[Attachment]] = {}
         self.peers: dict[str, dpb.Endpoint] = {}
+        # Which network a VNI's namespace serves now: a network removed and made again
+        # can get the same VNI while a task of the old one still drains here.
+        self.owner: dict[int, str] = {}
         self.underlay_mtu = 1500
         self._lock = asyncio.Lock()
 
@@ -78,6 +86,16 @@ class OverlayDriver:
 
     def netns_path(self, task_id: str) -> str:
         return f"{NETNS_DIR}/{self.netns_name(task_id)}"
+
+    def network_ns(self, vni: int) -> str:
+        """The namespace of a network's bridge and VXLAN device on this host."""
+        return f"{self.netns_prefix}-n{vni}"
+
+    def _vni_of_ns(self, name: str) -> int | None:
+        tail = name[len(self.netns_prefix) + 2 :]
+        if name.startswith(self.netns_prefix + "-n") and tail.isdigit():
+            return int(tail)
+        return None
 
     @property
     def mtu(self) -> int:
@@ -105,12 +123,13 @@ class OverlayDriver:
         self.attached[task_id] = attachments
         for att in attachments:
             self.networks[att.network.id] = att.network
+            self.owner[att.network.vni] = att.network.id
 
     async def reconcile(self, keep_tasks: set[str]) -> None:
         """Removes namespaces of tasks this node no longer has, and unused networks."""
         async with self._lock:
             for name in netns.names():
-                if not name.startswith(self.netns_prefix + "-"):
+                if not name.startswith(self.netns_prefix + "-") or self._vni_of_ns(name):
                     continue
                 if not any(self.netns_name(t) == name for t in keep_tasks):
                     log.info("overlay: removing stale namespace %s", name)
@@ -120,64 +139,103 @@ class OverlayDriver:
 
     # ------------------------------------------------------------ networks
 
-    async def _ensure_network(self, ipr: AsyncIPRoute, net: pb.Network) -> int:
-        """The network's bridge and VXLAN device; returns the bridge's index."""
+    async def _ensure_network(self, ipr: AsyncIPRoute, net: pb.Network) -> None:
+        """The network's namespace, bridge and VXLAN device (idempotent)."""
+        # A network removed and made again may get the same VNI: the old one's record
+        # must not act on the new one's devices (e.g. delete its peers as stale).
+        for other in [n for n in self.networks.values() if n.vni == net.vni and n.id != net.id]:
+            del self.networks[other.id]
         self.networks[net.id] = net
+        ns_name = self.network_ns(net.vni)
+        if ns_name not in netns.names():
+            netns.create(ns_name)
+        path = f"{NETNS_DIR}/{ns_name}"
         br, vx = bridge_name(net.vni), vxlan_name(net.vni)
-        br_idx = await _lookup(ipr, br)
-        if br_idx is None:
-            await ipr.link("add", ifname=br, kind="bridge", mtu=self.mtu)
-            br_idx = await _lookup(ipr, br)
-            assert br_idx is not None
-        vx_idx = await _lookup(ipr, vx)
-        if vx_idx is None:
-            spec: dict[str, Any] = {
-                "ifname": vx,
-                "kind": "vxlan",
-                "vxlan_id": net.vni,
-                "vxlan_port": self.port,
-                "vxlan_learning": 0,
-                # Answer ARP for remote tasks from the neighbour table: no flooding.
-                "vxlan_proxy": 1,
-                # No outer UDP checksum, as the kernel and iproute2 default (the inner
-                # packet has its own): it costs CPU on every packet.
-                "vxlan_udp_csum": 0,
-                "mtu": self.mtu,
-            }
-            if self.local_addr:
-                spec["vxlan_local"] = self.local_addr
-            await ipr.link("add", **spec)
-            vx_idx = await _lookup(ipr, vx)
+        async with _in_netns(path) as nsr:
+            br_idx = await _lookup(nsr, br)
+            if br_idx is None:
+                await nsr.link("add", ifname=br, kind="bridge", mtu=self.mtu)
+                br_idx = await _lookup(nsr, br)
+                assert br_idx is not None
+                netns.in_thread(lambda: _no_bridge_netfilter(path))
+            if await _lookup(nsr, vx) is not None:
+                if self.owner.get(net.vni) != net.id:
+                    # The namespace served the VNI's previous network: program ours.
+                    self.owner[net.vni] = net.id
+                    await self._remove_stale_in(nsr, net)
+                    await self._program(nsr, net, self._known(net))
+                return
+            stray = await _lookup(ipr, vx)  # an agent died between making and moving it
+            if stray is not None:
+                await ipr.link("del", index=stray)
+            await ipr.link("add", **self._vxlan_spec(net))
+            vx_host = await _lookup(ipr, vx)
+            assert vx_host is not None
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                await ipr.link("set", index=vx_host, net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            vx_idx = await _lookup(nsr, vx)
             assert vx_idx is not None
-            await ipr.link("set", index=vx_idx, master=br_idx)
-            await ipr.link("set", index=vx_idx, state="up")
-            await ipr.link("set", index=br_idx, state="up")
+            await nsr.link("set", index=vx_idx, master=br_idx)
+            await nsr.link("set", index=vx_idx, state="up")
+            await nsr.link("set", index=br_idx, state="up")
             # A fresh device: program what is already known about this network.
-            await self._program(ipr, [p for p in self.peers.values() if p.network_id == net.id])
-        return br_idx
+            self.owner[net.vni] = net.id
+            await self._program(nsr, net, self._known(net))
+
+    def _known(self, net: pb.Network) -> list[dpb.Endpoint]:
+        return [p for p in self.peers.values() if p.network_id == net.id]
+
+    def _vxlan_spec(self, net: pb.Network) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "ifname": vxlan_name(net.vni),
+            "kind": "vxlan",
+            "vxlan_id": net.vni,
+            "vxlan_port": self.port,
+            "vxlan_learning": 0,
+            # Answer ARP for remote tasks from the neighbour table: no flooding.
+            "vxlan_proxy": 1,
+            # No outer UDP checksum, as the kernel and iproute2 default (the inner
+            # packet has its own): it costs CPU on every packet.
+            "vxlan_udp_csum": 0,
+            "mtu": self.mtu,
+        }
+        if self.local_addr:
+            spec["vxlan_local"] = self.local_addr
+        return spec
+
+    def _net_ns(self, net: pb.Network) -> AsyncIPRoute:
+        return _in_netns(f"{NETNS_DIR}/{self.network_ns(net.vni)}")
 
     async def _collect_networks(self) -> None:
-        """Deletes the devices of networks no local task uses any more.
-
-        The networks are those this agent knew and those a link dump shows; each device
-        is then looked up by name. A dump alone misses devices: one that runs while other
-        links go away (a task namespace just removed takes its veth with it, later, in the
-        kernel) may skip entries, and left a VXLAN device behind (the chaos test)."""
+        """Deletes the namespaces (and so the devices) of networks no local task uses."""
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
+        self.networks = {i: n for i, n in self.networks.items() if n.vni in in_use}
+        self.owner = {v: i for v, i in self.owner.items() if v in in_use}
+        for name in netns.names():
+            vni = self._vni_of_ns(name)
+            if vni is not None and vni not in in_use:
+                log.info("overlay: removing %s (network no longer used here)", name)
+                # The devices first, at once: a namespace is destroyed in the background,
+                # and until then its VXLAN device would hold the VNI on the host's UDP
+                # socket (a network made again with that VNI could not have it).
+                with contextlib.suppress(OSError, NetlinkError):
+                    async with _in_netns(f"{NETNS_DIR}/{name}") as nsr:
+                        for dev in (vxlan_name(vni), bridge_name(vni)):
+                            idx = await _lookup(nsr, dev)
+                            if idx is not None:
+                                await nsr.link("del", index=idx)
+                with contextlib.suppress(OSError):
+                    netns.remove(name)
+        # Devices a version that kept them in the host's namespace left behind.
         async with AsyncIPRoute() as ipr:
-            vnis = {net.vni for net in self.networks.values()}
             for link in await _all(await ipr.link("dump")):
                 name = link.get("IFLA_IFNAME") or ""
-                if name[:4] in ("svx-", "sbr-") and name[4:].isdigit():
-                    vnis.add(int(name[4:]))
-            for vni in sorted(vnis - in_use):
-                for name in (vxlan_name(vni), bridge_name(vni)):
-                    index = await _lookup(ipr, name)
-                    if index is None:
-                        continue
-                    log.info("overlay: removing %s (network no longer used here)", name)
+                if name.startswith(("svx-", "sbr-")) and name[4:].isdigit():
                     with contextlib.suppress(NetlinkError):
-                        await ipr.link("del", index=index)
+                        await ipr.link("del", index=link["index"])
 
     # ------------------------------------------------------------ tasks
 
@@ -190,36 +248,39 @@ class OverlayDriver:
             self.attached[task_id] = attachments
             async with AsyncIPRoute() as ipr:
                 for i, att in enumerate(attachments):
-                    br_idx = await self._ensure_network(ipr, att.network)
-                    await self._wire(ipr, task_id, name, i, att, br_idx)
+                    await self._ensure_network(ipr, att.network)
+                    await self._wire(ipr, task_id, i, att)
             async with _in_netns(self.netns_path(task_id)) as ns:
                 lo = await _lookup(ns, "lo")
                 if lo is not None:
                     await ns.link("set", index=lo, state="up")
             return self.netns_path(task_id)
 
-    async def _wire(
-        self, ipr: AsyncIPRoute, task_id: str, ns_name: str, i: int, att: Attachment, br_idx: int
-    ) -> None:
+    async def _wire(self, ipr: AsyncIPRoute, task_id: str, i: int, att: Attachment) -> None:
         host_if = veth_name(task_id, att.network.id)
         peer_tmp = host_if.replace("svh", "svp", 1)
-        if await _lookup(ipr, host_if) is not None:
-            stray = await _lookup(ipr, peer_tmp)
-            if stray is None:
+        async with self._net_ns(att.network) as nsr:
+            if await _lookup(nsr, host_if) is not None:
                 return  # wired already (agent restart): keep what runs
-            # An agent died between making the pair and moving its end into the
-            # task's namespace: start over (deleting one end deletes both).
-            await ipr.link("del", index=stray)
-        await ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": peer_tmp}, mtu=self.mtu)
-        host_idx = await _lookup(ipr, host_if)
-        peer_idx = await _lookup(ipr, peer_tmp)
-        assert host_idx is not None and peer_idx is not None
-        await ipr.link("set", index=host_idx, master=br_idx, state="up")
-        fd = os.open(self.netns_path(task_id), os.O_RDONLY)
-        try:
-            await ipr.link("set", index=peer_idx, net_ns_fd=fd)
-        finally:
-            os.close(fd)
+            # An agent that died between making the pair and moving its ends left
+            # it here: start over (deleting one end deletes both).
+            for stray in (host_if, peer_tmp):
+                idx = await _lookup(ipr, stray)
+                if idx is not None:
+                    with contextlib.suppress(NetlinkError):
+                        await ipr.link("del", index=idx)
+            await ipr.link(
+                "add", ifname=host_if, kind="veth", peer={"ifname": peer_tmp}, mtu=self.mtu
+            )
+            host_idx = await _lookup(ipr, host_if)
+            peer_idx = await _lookup(ipr, peer_tmp)
+            assert host_idx is not None and peer_idx is not None
+            await _move(ipr, host_idx, f"{NETNS_DIR}/{self.network_ns(att.network.vni)}")
+            await _move(ipr, peer_idx, self.netns_path(task_id))
+            br_idx = await _lookup(nsr, bridge_name(att.network.vni))
+            moved = await _lookup(nsr, host_if)
+            assert br_idx is not None and moved is not None
+            await nsr.link("set", index=moved, master=br_idx, state="up")
         ip, _, prefix = att.address.partition("/")
         async with _in_netns(self.netns_path(task_id)) as ns:
             idx = await _lookup(ns, peer_tmp)
@@ -257,29 +318,39 @@ class OverlayDriver:
                     if old is not None and (old.mac, old.address) != (ep.mac, ep.address):
                         gone.append(old)
                     self.peers[f"{ep.network_id}/{ep.task_id}"] = ep
-            async with AsyncIPRoute() as ipr:
-                await self._unprogram(ipr, gone)
-                await self._program(ipr, list(update.endpoints))
-                if update.full:
-                    await self._remove_stale(ipr)
+            changed: dict[str, tuple[list[dpb.Endpoint], list[dpb.Endpoint]]] = {}
+            for ep in gone:
+                changed.setdefault(ep.network_id, ([], []))[0].append(ep)
+            for ep in update.endpoints:
+                changed.setdefault(ep.network_id, ([], []))[1].append(ep)
+            for net_id, (removed, added) in changed.items():
+                net = self.networks.get(net_id)
+                if net is None or self.owner.get(net.vni) != net_id:
+                    continue  # no local task on this network yet: programmed when it comes
+                async with self._net_ns(net) as nsr:
+                    await self._unprogram(nsr, net, removed)
+                    await self._program(nsr, net, added)
+            if update.full:
+                await self._remove_stale()
 
     def _remote(self, ep: dpb.Endpoint) -> pb.Network | None:
         if ep.node_id == self.node_id or not ep.vtep or not ep.address:
             return None
         return self.networks.get(ep.network_id)
 
-    async def _program(self, ipr: AsyncIPRoute, endpoints: list[dpb.Endpoint]) -> None:
+    async def _program(
+        self, nsr: AsyncIPRoute, net: pb.Network, endpoints: list[dpb.Endpoint]
+    ) -> None:
+        vx = await _lookup(nsr, vxlan_name(net.vni))
+        if vx is None:
+            return
         for ep in endpoints:
-            net = self._remote(ep)
-            if net is None:
+            if self._remote(ep) is None:
                 continue
-            vx = await _lookup(ipr, vxlan_name(net.vni))
-            if vx is None:
-                continue  # no local task on this network yet: programmed when it comes
             ip = ep.address.partition("/")[0]
             # NTF_SELF: an entry of the VXLAN device itself (MAC -> remote VTEP),
             # not of the bridge it is enslaved to.
-            await ipr.fdb(
+            await nsr.fdb(
                 "replace",
                 ifindex=vx,
                 lladdr=ep.mac,
@@ -287,28 +358,34 @@ class OverlayDriver:
                 state=NUD_PERMANENT,
                 flags=NTF_SELF,
             )
-            await ipr.neigh("replace", ifindex=vx, dst=ip, lladdr=ep.mac, state=NUD_PERMANENT)
+            await nsr.neigh("replace", ifindex=vx, dst=ip, lladdr=ep.mac, state=NUD_PERMANENT)
 
-    async def _unprogram(self, ipr: AsyncIPRoute, endpoints: list[dpb.Endpoint]) -> None:
+    async def _unprogram(
+        self, nsr: AsyncIPRoute, net: pb.Network, endpoints: list[dpb.Endpoint]
+    ) -> None:
+        vx = await _lookup(nsr, vxlan_name(net.vni))
+        if vx is None:
+            return
         for ep in endpoints:
-            net = self.networks.get(ep.network_id)
-            if net is None or ep.node_id == self.node_id:
-                continue
-            vx = await _lookup(ipr, vxlan_name(net.vni))
-            if vx is None:
+            if ep.node_id == self.node_id:
                 continue
             ip = ep.address.partition("/")[0]
             with contextlib.suppress(NetlinkError):
-                await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=ep.mac)
+                await nsr.neigh("del", ifindex=vx, dst=ip, lladdr=ep.mac)
             with contextlib.suppress(NetlinkError):
-                await ipr.fdb("del", ifindex=vx, lladdr=ep.mac, dst=ep.vtep, flags=NTF_SELF)
+                await nsr.fdb("del", ifindex=vx, lladdr=ep.mac, dst=ep.vtep, flags=NTF_SELF)
 
-    async def _remove_stale(self, ipr: AsyncIPRoute) -> None:
+    async def _remove_stale(self) -> None:
         """Deletes FDB and neighbour entries on our VXLAN devices that no peer explains."""
+        here = netns.names()
         for net in list(self.networks.values()):
-            vx = await _lookup(ipr, vxlan_name(net.vni))
-            if vx is None:
-                continue
+            if self.network_ns(net.vni) in here and self.owner.get(net.vni) == net.id:
+                async with self._net_ns(net) as nsr:
+                    await self._remove_stale_in(nsr, net)
+
+    async def _remove_stale_in(self, ipr: AsyncIPRoute, net: pb.Network) -> None:
+        vx = await _lookup(ipr, vxlan_name(net.vni))
+        if vx is not None:
             wanted = [p for p in self.peers.values() if self._remote(p) is net]
             macs = {p.mac.lower() for p in wanted}
             ips = {p.address.partition("/")[0]: p.mac.lower() for p in wanted}
@@ -332,6 +409,27 @@ class OverlayDriver:
                     log.info("overlay: removing stale neighbour %s on %s", ip, vxlan_name(net.vni))
                     with contextlib.suppress(NetlinkError):
                         await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac or None)
+
+
+async def _move(ipr: AsyncIPRoute, index: int, path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        await ipr.link("set", index=index, net_ns_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _no_bridge_netfilter(path: str) -> None:
+    """Bridged packets skip iptables/nftables in this (the network's) namespace only."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        netns.enter(fd)
+    finally:
+        os.close(fd)
+    for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
+        # Absent without br_netfilter loaded: then nothing hooks bridged packets anyway.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/bridge/{key}").write_text("0\n")
 
 
 def _in_netns(path: str) -> AsyncIPRoute:

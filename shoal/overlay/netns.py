@@ -54,6 +54,30 @@ def _in_thread(fn: Callable[[], T]) -> T:
     return result[0]
 
 
+def in_thread(fn: Callable[[], T]) -> T:
+    """Runs fn in a fresh thread that may enter another namespace (see `enter`)."""
+    return _in_thread(fn)
+
+
+def enter(fd: int) -> None:
+    """Moves the calling thread into the network namespace open at fd."""
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+
+
+def socket_in(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket that lives in the namespace at path (it stays there wherever it is used)."""
+
+    def work() -> socket.socket:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            enter(target)
+            return socket.socket(family, kind, proto)
+        finally:
+            os.close(target)
+
+    return _in_thread(work)
+
+
 def _ensure_dir() -> None:
     """/var/run/netns as a shared mount, as iproute2 sets it up."""
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
@@ -101,13 +125,5 @@ def names() -> list[str]:
 def netlink_socket(path: str) -> socket.socket:
     """A NETLINK_ROUTE socket that lives in the namespace at path."""
 
-    def work() -> socket.socket:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            _check(_libc.setns(target, CLONE_NEWNET), "setns")
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-        finally:
-            os.close(target)
-            # The thread ends here; its namespace does not leak to others.
-
-    return _in_thread(work)
+    # The thread ends right after; its namespace does not leak to others.
+    return socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)

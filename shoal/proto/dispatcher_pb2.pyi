@@ -313,6 +313,8 @@ class Endpoint(_message.Message):
     MAC_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     VTEP_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     network_id: _builtins.str
     address: _builtins.str
@@ -321,6 +323,12 @@ class Endpoint(_message.Message):
     node_id: _builtins.str
     vtep: _builtins.str
     """The node's underlay address: where VXLAN packets for this MAC go."""
+    service_id: _builtins.str
+    """The task's service, and whether it takes new connections (running, healthy
+    or without a health check, not being stopped): DNS and load balancers use
+    only serving endpoints.
+    """
+    serving: _builtins.bool
     def __init__(
         self,
         *,
@@ -330,10 +338,12 @@ class Endpoint(_message.Message):
         mac: _builtins.str = ...,
         node_id: _builtins.str = ...,
         vtep: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        serving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "network_id", b"network_id", "node_id", b"node_id", "task_id", b"task_id", "vtep", b"vtep"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "network_id", b"network_id", "node_id", b"node_id", "service_id", b"service_id", "serving", b"serving", "task_id", b"task_id", "vtep", b"vtep"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,6 +380,88 @@ class PeerUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerUpdate: _TypeAlias = PeerUpdate  # noqa: Y015
+
+@_typing.final
+class ServiceRecord(_message.Message):
+    """A service as agents see it: its name, VIPs and published ports, and the
+    underlay addresses of the nodes with a serving task (where a worker without
+    one forwards a published port's connections).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    VIRTUAL_IPS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    SERVING_NODES_FIELD_NUMBER: _builtins.int
+    NETWORK_IDS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    mode: _objects_pb2.EndpointMode.ValueType
+    @_builtins.property
+    def virtual_ips(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.VirtualIP]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]: ...
+    @_builtins.property
+    def serving_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def network_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Networks of the service's tasks (a task resolves services it shares one with)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mode: _objects_pb2.EndpointMode.ValueType = ...,
+        virtual_ips: _abc.Iterable[_objects_pb2.VirtualIP] | None = ...,
+        ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
+        serving_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        network_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "mode", b"mode", "name", b"name", "network_ids", b"network_ids", "ports", b"ports", "serving_nodes", b"serving_nodes", "virtual_ips", b"virtual_ips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRecord: _TypeAlias = ServiceRecord  # noqa: Y015
+
+@_typing.final
+class ServiceUpdate(_message.Message):
+    """The service table (every agent gets every service: records carry no tasks;
+    the task addresses come with the peer table, per network).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FULL_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    full: _builtins.bool
+    """A full table replaces whatever the agent had; otherwise it is a change."""
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRecord]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IDs of services that are gone."""
+
+    def __init__(
+        self,
+        *,
+        full: _builtins.bool = ...,
+        services: _abc.Iterable[Global___ServiceRecord] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "removed", b"removed", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceUpdate: _TypeAlias = ServiceUpdate  # noqa: Y015
 
 @_typing.final
 class LogRequest(_message.Message):
@@ -429,6 +521,7 @@ class DispatcherMessage(_message.Message):
     LOG_REQUEST_FIELD_NUMBER: _builtins.int
     LOG_CANCEL_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> Global___SessionInfo: ...
     @_builtins.property
@@ -439,6 +532,8 @@ class DispatcherMessage(_message.Message):
     def log_cancel(self) -> Global___LogCancel: ...
     @_builtins.property
     def peers(self) -> Global___PeerUpdate: ...
+    @_builtins.property
+    def services(self) -> Global___ServiceUpdate: ...
     def __init__(
         self,
         *,
@@ -447,12 +542,13 @@ class DispatcherMessage(_message.Message):
         log_request: Global___LogRequest | None = ...,
         log_cancel: Global___LogCancel | None = ...,
         peers: Global___PeerUpdate | None = ...,
+        services: Global___ServiceUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel", "peers"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel", "peers", "services"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

@@ -74,6 +74,26 @@ NODE_READY: NodeState.ValueType  # 2
 NODE_DISCONNECTED: NodeState.ValueType  # 3
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
+class _EndpointMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EndpointModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndpointMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENDPOINT_VIP: _EndpointMode.ValueType  # 0
+    """The name resolves to a virtual IP load-balanced over the tasks."""
+    ENDPOINT_DNSRR: _EndpointMode.ValueType  # 1
+    """The name resolves to the task IPs (DNS round robin)."""
+
+class EndpointMode(_EndpointMode, metaclass=_EndpointModeEnumTypeWrapper):
+    """How a service's name resolves inside the cluster."""
+
+ENDPOINT_VIP: EndpointMode.ValueType  # 0
+"""The name resolves to a virtual IP load-balanced over the tasks."""
+ENDPOINT_DNSRR: EndpointMode.ValueType  # 1
+"""The name resolves to the task IPs (DNS round robin)."""
+Global___EndpointMode: _TypeAlias = EndpointMode  # noqa: Y015
+
 class _TaskState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -516,6 +536,7 @@ class ContainerSpec(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     HEALTHCHECK_FIELD_NUMBER: _builtins.int
     STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_DRAIN_MS_FIELD_NUMBER: _builtins.int
     CAP_ADD_FIELD_NUMBER: _builtins.int
     CAP_DROP_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
@@ -526,6 +547,10 @@ class ContainerSpec(_message.Message):
     dir: _builtins.str
     user: _builtins.str
     stop_grace_period_ms: _builtins.int
+    endpoint_drain_ms: _builtins.int
+    """How long a stopping task stays out of DNS and load balancers before its
+    SIGTERM (in-flight requests finish); unset means the default, 2 s.
+    """
     seccomp: _builtins.str
     """"" (the default profile) or "unconfined" """
     pids_limit: _builtins.int
@@ -572,6 +597,7 @@ class ContainerSpec(_message.Message):
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         healthcheck: Global___HealthCheck | None = ...,
         stop_grace_period_ms: _builtins.int = ...,
+        endpoint_drain_ms: _builtins.int | None = ...,
         cap_add: _abc.Iterable[_builtins.str] | None = ...,
         cap_drop: _abc.Iterable[_builtins.str] | None = ...,
         seccomp: _builtins.str = ...,
@@ -579,11 +605,13 @@ class ContainerSpec(_message.Message):
         secrets: _abc.Iterable[Global___FileReference] | None = ...,
         configs: _abc.Iterable[Global___FileReference] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms", "endpoint_drain_ms", b"endpoint_drain_ms", "healthcheck", b"healthcheck"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "secrets", b"secrets", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms", "args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "dir", b"dir", "endpoint_drain_ms", b"endpoint_drain_ms", "env", b"env", "healthcheck", b"healthcheck", "image", b"image", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "seccomp", b"seccomp", "secrets", b"secrets", "stop_grace_period_ms", b"stop_grace_period_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__endpoint_drain_ms: _TypeAlias = _typing.Literal["endpoint_drain_ms"]  # noqa: Y015
+    _WhichOneofArgType__endpoint_drain_ms: _TypeAlias = _typing.Literal["_endpoint_drain_ms", b"_endpoint_drain_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__endpoint_drain_ms) -> _WhichOneofReturnType__endpoint_drain_ms | None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
 
@@ -850,26 +878,100 @@ class PortConfig(_message.Message):
     TCP: PortConfig.Protocol.ValueType  # 0
     UDP: PortConfig.Protocol.ValueType  # 1
 
+    class _PublishMode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PublishModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PortConfig._PublishMode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        INGRESS: PortConfig._PublishMode.ValueType  # 0
+        """Every worker answers on the port (the routing mesh)."""
+        HOST: PortConfig._PublishMode.ValueType  # 1
+        """Only workers running a task of the service answer."""
+
+    class PublishMode(_PublishMode, metaclass=_PublishModeEnumTypeWrapper): ...
+    INGRESS: PortConfig.PublishMode.ValueType  # 0
+    """Every worker answers on the port (the routing mesh)."""
+    HOST: PortConfig.PublishMode.ValueType  # 1
+    """Only workers running a task of the service answer."""
+
     PROTOCOL_FIELD_NUMBER: _builtins.int
     TARGET_PORT_FIELD_NUMBER: _builtins.int
     PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     protocol: Global___PortConfig.Protocol.ValueType
     target_port: _builtins.int
     published_port: _builtins.int
+    mode: Global___PortConfig.PublishMode.ValueType
     def __init__(
         self,
         *,
         protocol: Global___PortConfig.Protocol.ValueType = ...,
         target_port: _builtins.int = ...,
         published_port: _builtins.int = ...,
+        mode: Global___PortConfig.PublishMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PortConfig: _TypeAlias = PortConfig  # noqa: Y015
+
+@_typing.final
+class VirtualIP(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    addr: _builtins.str
+    """A single address (no prefix), from the cluster's VIP range."""
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VirtualIP: _TypeAlias = VirtualIP  # noqa: Y015
+
+@_typing.final
+class ServiceEndpoint(_message.Message):
+    """What the manager allocated for a service: its VIPs and its published ports
+    (with the ports it picked when the spec gave only a target).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    VIRTUAL_IPS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    mode: Global___EndpointMode.ValueType
+    @_builtins.property
+    def virtual_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___VirtualIP]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]: ...
+    def __init__(
+        self,
+        *,
+        mode: Global___EndpointMode.ValueType = ...,
+        virtual_ips: _abc.Iterable[Global___VirtualIP] | None = ...,
+        ports: _abc.Iterable[Global___PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "ports", b"ports", "virtual_ips", b"virtual_ips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceEndpoint: _TypeAlias = ServiceEndpoint  # noqa: Y015
 
 @_typing.final
 class ReplicatedService(_message.Message):
@@ -916,12 +1018,14 @@ class ServiceSpec(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_HEALTHY_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     rebalance: _builtins.bool
     """Move tasks onto nodes that join or come back (replicated services), so
     the service is spread evenly again; update.parallelism tasks at a time.
     """
+    endpoint_mode: Global___EndpointMode.ValueType
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
@@ -951,12 +1055,13 @@ class ServiceSpec(_message.Message):
         update: Global___UpdateConfig | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
         rebalance: _builtins.bool = ...,
+        endpoint_mode: Global___EndpointMode.ValueType = ...,
         depends_on_healthy: _abc.Iterable[_builtins.str] | None = ...,
         rollback: Global___UpdateConfig | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "depends_on_healthy", b"depends_on_healthy", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "depends_on_healthy", b"depends_on_healthy", "endpoint_mode", b"endpoint_mode", "global", b"global", "mode", b"mode", "ports", b"ports", "rebalance", b"rebalance", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
@@ -1025,6 +1130,7 @@ class Service(_message.Message):
     PREVIOUS_SPEC_FIELD_NUMBER: _builtins.int
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     PINNED_IMAGE_FIELD_NUMBER: _builtins.int
     PREVIOUS_PINNED_IMAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -1046,6 +1152,8 @@ class Service(_message.Message):
     def previous_spec(self) -> Global___ServiceSpec: ...
     @_builtins.property
     def update_status(self) -> Global___UpdateStatus: ...
+    @_builtins.property
+    def endpoint(self) -> Global___ServiceEndpoint: ...
     def __init__(
         self,
         *,
@@ -1055,12 +1163,13 @@ class Service(_message.Message):
         previous_spec: Global___ServiceSpec | None = ...,
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
+        endpoint: Global___ServiceEndpoint | None = ...,
         pinned_image: _builtins.str = ...,
         previous_pinned_image: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "pinned_image", b"pinned_image", "previous_pinned_image", b"previous_pinned_image", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "pinned_image", b"pinned_image", "previous_pinned_image", b"previous_pinned_image", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1228,9 +1337,12 @@ class NetworkSpec(_message.Message):
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
+    INTERNAL_FIELD_NUMBER: _builtins.int
     driver: _builtins.str
     subnet: _builtins.str
     """Requested subnet (CIDR); empty means "pick one from the default pool"."""
+    internal: _builtins.bool
+    """No egress: a task whose networks are all internal reaches nothing outside them."""
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     def __init__(
@@ -1239,10 +1351,11 @@ class NetworkSpec(_message.Message):
         annotations: Global___Annotations | None = ...,
         driver: _builtins.str = ...,
         subnet: _builtins.str = ...,
+        internal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "driver", b"driver", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "driver", b"driver", "internal", b"internal", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1360,6 +1473,9 @@ class ClusterSpec(_message.Message):
     DISPATCHER_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
     CA_FIELD_NUMBER: _builtins.int
+    VIP_RANGE_FIELD_NUMBER: _builtins.int
+    vip_range: _builtins.str
+    """Where services' virtual IPs come from (CIDR); empty means the default range."""
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
@@ -1375,10 +1491,11 @@ class ClusterSpec(_message.Message):
         dispatcher: Global___DispatcherConfig | None = ...,
         orchestration: Global___OrchestrationConfig | None = ...,
         ca: Global___CAConfig | None = ...,
+        vip_range: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca", b"ca", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca", b"ca", "dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca", b"ca", "dispatcher", b"dispatcher", "orchestration", b"orchestration", "vip_range", b"vip_range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,6 +112,20 @@ def task_rows(views: Sequence[Mapping[str, Any]], now_ms: int | None = None) -> 
     return rows
 
 
+def ports_text(ports: Sequence[Mapping[str, Any]]) -> str:
+    return ",".join(
+        f"*:{p['published']}->{p['target']}/{p['protocol']}"
+        + (" (host)" if p.get("mode") == "host" else "")
+        for p in ports
+    )
+
+
+def task_rows_with_ports(views: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """task_rows plus a PORTS column (matched back to the views by short id)."""
+    ports = {v["id"][:SHORT_ID]: ports_text(v.get("ports") or []) for v in views}
+    return [[*row, ports.get(row[0], "")] for row in task_rows(views)]
+
+
 def manager_status(view: Mapping[str, Any]) -> str:
     ms = view.get("manager_status")
     if not ms:

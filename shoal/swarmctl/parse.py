@@ -72,7 +72,10 @@ def scale_pair(value: str) -> tuple[str, int]:
 
 
 def port(value: str) -> pb.PortConfig:
-    """`PUBLISHED:TARGET[/tcp|udp]`."""
+    """`PUBLISHED:TARGET[/tcp|udp]`, or `published=P,target=T[,protocol=P][,mode=M]`
+    (without `published`, the manager picks a free port from 30000-32767)."""
+    if "=" in value:
+        return _port_fields(value)
     ports, _, proto = value.partition("/")
     proto = proto.lower() or "tcp"
     if proto not in ("tcp", "udp"):
@@ -88,6 +91,42 @@ def port(value: str) -> pb.PortConfig:
         published_port=pub,
         target_port=tgt,
     )
+
+
+PUBLISH_MODE = {"ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
+
+
+def _port_fields(value: str) -> pb.PortConfig:
+    fields: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, val = item.partition("=")
+        if not sep or key not in ("published", "target", "protocol", "mode") or key in fields:
+            raise ValueError(
+                f"invalid port {value!r}: expected published=P,target=T"
+                "[,protocol=tcp|udp][,mode=ingress|host]"
+            )
+        fields[key] = val.strip().lower()
+    out = pb.PortConfig()
+    for key in ("published", "target"):
+        text = fields.get(key, "0" if key == "published" else "")
+        if not text.isdigit() or not (int(text) <= 65535 and (key == "published" or int(text))):
+            raise ValueError(f"invalid port {value!r}: {key} must be a port 1-65535")
+    out.published_port = int(fields.get("published", "0"))
+    out.target_port = int(fields["target"])
+    proto = fields.get("protocol", "tcp")
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"invalid port {value!r}: the protocol is tcp or udp")
+    out.protocol = pb.PortConfig.UDP if proto == "udp" else pb.PortConfig.TCP
+    mode = fields.get("mode", "ingress")
+    if mode not in PUBLISH_MODE:
+        raise ValueError(f"invalid port {value!r}: the mode is ingress or host")
+    out.mode = PUBLISH_MODE[mode]
+    return out
+
+
+def port_key(p: pb.PortConfig) -> tuple[int, int, int]:
+    """Which port a flag replaces: the same published port, or (without one) target."""
+    return (p.published_port, p.protocol, 0 if p.published_port else p.target_port)
 
 
 _MOUNT_KEYS = {

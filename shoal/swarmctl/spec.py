@@ -52,6 +52,8 @@ class SpecFlags:
     stop_grace_period: str | None = None
     max_replicas_per_node: int | None = None
     rebalance: bool | None = None
+    endpoint_mode: str | None = None
+    endpoint_drain: str | None = None
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
@@ -96,7 +98,23 @@ _SPEC_OPTIONS = [
         "--constraint", multiple=True, metavar="EXPR", help="Placement, e.g. node.labels.K==V."
     ),
     click.option("--network", multiple=True, metavar="NET", help="Overlay network to attach."),
-    click.option("--publish", "-p", multiple=True, metavar="PUB:TARGET[/PROTO]", help="Port."),
+    click.option(
+        "--publish",
+        "-p",
+        multiple=True,
+        metavar="PUB:TARGET[/PROTO]",
+        help="Port; or published=P,target=T[,protocol=tcp|udp][,mode=ingress|host].",
+    ),
+    click.option(
+        "--endpoint-mode",
+        type=click.Choice(["vip", "dnsrr"]),
+        help="The name resolves to a virtual IP (vip) or to the task IPs (dnsrr).",
+    ),
+    click.option(
+        "--endpoint-drain",
+        metavar="DURATION",
+        help="Time a stopping task is out of DNS and load balancers before SIGTERM (2s).",
+    ),
     click.option(
         "--mount",
         multiple=True,
@@ -193,7 +211,11 @@ def apply_spec_flags(
         if all(a.target != target for a in task.networks):
             task.networks.add(target=target)
     for text in f.publish:
-        _upsert(spec.ports, parse.port(text), lambda p: (p.published_port, p.protocol))
+        _upsert(spec.ports, parse.port(text), parse.port_key)
+    if f.endpoint_mode is not None:
+        spec.endpoint_mode = pb.ENDPOINT_DNSRR if f.endpoint_mode == "dnsrr" else pb.ENDPOINT_VIP
+    if f.endpoint_drain is not None:
+        c.endpoint_drain_ms = parse.duration_ms(f.endpoint_drain)
     for text in f.mount:
         _upsert(c.mounts, parse.mount(text), lambda m: m.target)
     if f.user is not None:
@@ -439,8 +461,12 @@ def node_spec(
     return spec
 
 
-def network_spec(name: str, driver: str, subnet: str, labels: tuple[str, ...]) -> pb.NetworkSpec:
-    spec = pb.NetworkSpec(annotations=pb.Annotations(name=name), driver=driver, subnet=subnet)
+def network_spec(
+    name: str, driver: str, subnet: str, labels: tuple[str, ...], internal: bool = False
+) -> pb.NetworkSpec:
+    spec = pb.NetworkSpec(
+        annotations=pb.Annotations(name=name), driver=driver, subnet=subnet, internal=internal
+    )
     for item in labels:
         key, value = parse.key_value(item, "label")
         spec.annotations.labels[key] = value
@@ -454,6 +480,7 @@ def cluster_spec(
     task_history_limit: int | None,
     cert_expiry: str | None,
     rebalance: bool | None,
+    vip_range: str | None = None,
 ) -> pb.ClusterSpec:
     """`cluster update`: only the flags given change."""
     spec = pb.ClusterSpec()
@@ -468,4 +495,6 @@ def cluster_spec(
         spec.ca.node_cert_expiry_ms = parse.duration_ms(cert_expiry)
     if rebalance is not None:
         spec.orchestration.rebalance = rebalance
+    if vip_range is not None:
+        spec.vip_range = vip_range
     return spec

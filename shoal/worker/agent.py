@@ -12,11 +12,13 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.aiotasks import cancel_and_wait
+from shoal.aiotasks import cancel_and_wait, supervised
 from shoal.clock import utcnow
 from shoal.httpd import HttpServer, load_chain, mtls_context, parse_http_addr
 from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
+from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
+from shoal.overlay.egress import Egress
 from shoal.pki.identity import NodeIdentity
 from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
@@ -24,6 +26,7 @@ from shoal.statedir import lock_state_dir
 from shoal.worker.hostcheck import check_same_mounts_as_containerd
 from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
 from shoal.worker.metrics import NodeUsageSampler, agent_registry
+from shoal.worker.resolver import Resolver, host_resolvers
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.secrets import DEFAULT_ROOT as secrets_root
 from shoal.worker.secrets import TaskFiles, fetch_over
@@ -50,6 +53,9 @@ class WorkerConfig:
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
+    egress_pool: str = DEFAULT_EGRESS_POOL
+    # None: the host's resolvers (/etc/resolv.conf).
+    dns_upstreams: list[str] | None = None
     # /metrics and /healthz ("" = off).
     http_addr: str = ""
 
@@ -130,7 +136,12 @@ class Agent:
             self.session.usage = NodeUsageSampler()
             overlay = OverlayDriver(self.identity.node_id, cfg.advertise_addr)
             await overlay.start(cfg.join_addr)
-            self.worker = Worker(runtime, cfg.state_dir, self.session.report, overlay)
+            egress = Egress(cfg.egress_pool)
+            await egress.start()
+            upstreams = cfg.dns_upstreams if cfg.dns_upstreams is not None else host_resolvers()
+            self.worker = Worker(
+                runtime, cfg.state_dir, self.session.report, overlay, egress, Resolver(upstreams)
+            )
             session = self.session
             self.worker.files = TaskFiles(
                 secrets_root / self.identity.node_id,
@@ -145,11 +156,11 @@ class Agent:
                 self.http = self._http_server(runtime)
                 await self.http.start()
             background = [
-                asyncio.create_task(self.session.run(), name="session"),
-                asyncio.create_task(self._renew_certificate(), name="cert-renewal"),
-                asyncio.create_task(
-                    LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files).run(),
-                    name="log-rotation",
+                supervised("session", self.session.run),
+                supervised("certificate renewal", self._renew_certificate),
+                supervised(
+                    "log rotation",
+                    LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files).run,
                 ),
             ]
             await stop.wait()

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from shoal.aiotasks import cancel_and_wait
 from shoal.clock import now_ms
+from shoal.defaults import ENDPOINT_DRAIN_MS
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (
@@ -28,6 +29,7 @@ from shoal.worker.runtime.base import (
     RuntimeUnavailable,
 )
 from shoal.worker.secrets import FilesUnavailable, TaskFiles
+from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,18 @@ class NetworkProvider(Protocol):
     overlay: OverlayDriver | None
     # The task's secrets and configs (None: this worker mounts none).
     files: TaskFiles | None
+    servicenet: ServiceNet | None
+    resolv_conf: Path | None
 
     def attachments(self, task: pb.Task) -> list[Attachment]: ...
 
 
 def container_config(
-    task: pb.Task, log_path: Path, netns_path: str | None, files: list[MountConfig] | None = None
+    task: pb.Task,
+    log_path: Path,
+    netns_path: str | None,
+    files: list[MountConfig] | None = None,
+    resolv_conf: Path | None = None,
 ) -> ContainerConfig:
     c = task.spec.container
     labels = dict(c.labels)
@@ -80,6 +88,8 @@ def container_config(
         memory_bytes=task.spec.limits.memory_bytes,
         log_path=log_path,
         netns_path=netns_path,
+        # A task in a namespace of ours resolves through the cluster resolver there.
+        resolv_conf=str(resolv_conf) if resolv_conf else None,
         cap_add=list(c.cap_add),
         cap_drop=list(c.cap_drop),
         seccomp_unconfined=c.seccomp == "unconfined",
@@ -120,6 +130,8 @@ class TaskRunner:
         self.log_path = logs_dir / f"{task.id}.log"
         self._changed = asyncio.Event()
         self._run: asyncio.Task[None] | None = None
+        self._detaching: asyncio.Future[None] | None = None
+        self._no_drain = False
 
     @property
     def state(self) -> int:
@@ -128,8 +140,11 @@ class TaskRunner:
     def start(self) -> None:
         self._run = asyncio.create_task(self._main(), name=f"task-{self.task.id[:12]}")
 
-    def update(self, assigned: pb.Task) -> None:
-        """A new version from the manager: take its spec and desired state, keep our status."""
+    def update(self, assigned: pb.Task, drain: bool = True) -> None:
+        """A new version from the manager: take its spec and desired state, keep our status.
+        drain=False: a stop it asks for skips the endpoint drain."""
+        if not drain and assigned.desired_state > pb.RUNNING >= self.task.desired_state:
+            self._no_drain = True
         status = pb.TaskStatus()
         status.CopyFrom(self.task.status)
         if assigned.status.state > status.state:
@@ -221,22 +236,49 @@ class TaskRunner:
             pull.cancel()
 
     async def _attach(self) -> str | None:
-        """The task's network namespace, wired into its overlay networks (None: no networks)."""
+        """The task's network namespace, wired into its overlay networks (None: none).
+
+        A task on no network whose service publishes ports gets a namespace with only
+        its egress leg: published ports reach it through that."""
+        net = self.networks
         if not self.task.networks:
-            return None
-        if self.networks is None or self.networks.overlay is None:
+            sn = net.servicenet if net is not None else None
+            if net is None or net.overlay is None or sn is None or not sn.wants_netns(self.task):
+                return None
+            atts = []
+        elif self.networks is None or self.networks.overlay is None:
             raise NetworkError("this node has no overlay driver")
-        atts = self.networks.attachments(self.task)
-        if not atts:
-            raise NetworkError("the task's networks are unknown on this node")
+        else:
+            atts = self.networks.attachments(self.task)
+            if not atts:
+                raise NetworkError("the task's networks are unknown on this node")
+        assert self.networks is not None and self.networks.overlay is not None
         try:
-            return await self.networks.overlay.attach(self.task.id, atts)
+            path = await self.networks.overlay.attach(self.task.id, atts)
+            if self.networks.servicenet is not None:
+                await self.networks.servicenet.task_up(self.task, path)
+            return path
         except Exception as err:
             raise NetworkError(f"network setup failed: {err}") from err
 
     async def _detach(self) -> None:
-        """Frees the task's namespace and addresses on this host once it stopped."""
+        """Frees the task's namespace and addresses on this host once it stopped.
+
+        Shielded: a removal that cancels the runner mid-way must not leave half a
+        teardown (a popped record with its devices still there)."""
+        if self._detaching is None:
+            self._detaching = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._detaching)
+
+    async def _teardown(self) -> None:
         if self.networks is not None and self.networks.overlay is not None:
+            if self.networks.servicenet is not None:
+                try:
+                    await self.networks.servicenet.task_down(self.task.id)
+                except Exception as err:
+                    log.warning(
+                        "task %s: service networking teardown failed: %s", self.task.id, err
+                    )
             try:
                 await self.networks.overlay.detach(self.task.id)
             except Exception as err:
@@ -320,7 +362,10 @@ class TaskRunner:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             netns = await self._attach()
             files = await self._files()
-            await self.runtime.create(container_config(self.task, self.log_path, netns, files))
+            resolv = self.networks.resolv_conf if netns and self.networks is not None else None
+            await self.runtime.create(
+                container_config(self.task, self.log_path, netns, files, resolv)
+            )
         except (NetworkError, FilesUnavailable) as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return
@@ -430,7 +475,20 @@ class TaskRunner:
         else:
             self._set(pb.FAILED, "failed", f"task: non-zero exit ({code})", exit_code=code)
 
+    def note(self, err: str) -> None:
+        """A problem of a running task that does not stop it (a published port taken)."""
+        if self.state == pb.RUNNING and self.task.status.err != err:
+            self._set(pb.RUNNING, self.task.status.message, err)
+
+    async def _drain(self) -> None:
+        """Out of DNS and load balancers (the manager stopped listing it) before SIGTERM."""
+        c = self.task.spec.container
+        if self.task.networks and self.state == pb.RUNNING and not self._no_drain:
+            drain = c.endpoint_drain_ms if c.HasField("endpoint_drain_ms") else ENDPOINT_DRAIN_MS
+            await asyncio.sleep(drain / 1000)
+
     async def _stop_and_report(self) -> None:
+        await self._drain()
         try:
             await self.runtime.stop(self.task.id, self._grace_s())
         except RuntimeFailure as err:

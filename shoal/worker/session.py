@@ -167,6 +167,8 @@ class Session:
                     worker.serve_logs(msg.log_request, send_log)
                 elif kind == "peers":
                     worker.peers(msg.peers)
+                elif kind == "services":
+                    worker.services(msg.services)
                 elif kind == "log_cancel":
                     worker.cancel_logs(msg.log_cancel.request_id)
         finally:

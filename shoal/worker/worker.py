@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from shoal.overlay.driver import Attachment, OverlayDriver
+from shoal.overlay.egress import Egress
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.executor import Reporter, TaskRunner
 from shoal.worker.logs import serve_logs
+from shoal.worker.resolver import RESOLV_CONF, Resolver
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.secrets import TaskFiles
+from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
@@ -26,18 +30,29 @@ class Worker:
         state_dir: Path,
         report: Reporter,
         overlay: OverlayDriver | None = None,
+        egress: Egress | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.runtime = runtime
         self.overlay = overlay
         # Set by the agent: where tasks' secrets and configs are fetched and mounted.
         self.files: TaskFiles | None = None
+        self.servicenet: ServiceNet | None = None
+        self.resolv_conf: Path | None = None
+        if overlay is not None and resolver is not None:
+            self.servicenet = ServiceNet(
+                overlay, egress, resolver, self._note, self._current, state_dir
+            )
+            # What a task's /etc/resolv.conf says: the resolver in its namespace.
+            self.resolv_conf = state_dir / "resolv.conf"
+            self.resolv_conf.write_text(RESOLV_CONF)
         self.networks: dict[str, pb.Network] = {}
         self._peer_updates: asyncio.Queue[dpb.PeerUpdate] = asyncio.Queue()
         self._peer_task: asyncio.Task[None] | None = None
         self.db = TaskDB(state_dir / "tasks")
         self.logs_dir = state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.report = report
+        self._report = report
         self.runners: dict[str, TaskRunner] = {}
         self._log_streams: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
@@ -54,6 +69,7 @@ class Worker:
                     if atts:
                         self.overlay.restore(task.id, atts)
             await self.overlay.reconcile({t.id for t in tasks if t.status.state <= pb.RUNNING})
+            await self._restore_services(tasks)
             self._peer_task = asyncio.create_task(self._apply_peers())
         for task in tasks:
             self._run(task)
@@ -70,8 +86,44 @@ class Worker:
             out.append(Attachment(net, a.addresses[0], a.mac))
         return out
 
+    async def _restore_services(self, tasks: list[pb.Task]) -> None:
+        """Resolver, load balancer and egress of tasks a previous run wired."""
+        if self.servicenet is None or self.overlay is None:
+            return
+        kept = set()
+        for task in tasks:
+            if task.status.state <= pb.RUNNING and os.path.exists(self.overlay.netns_path(task.id)):
+                try:
+                    await self.servicenet.task_up(task, self.overlay.netns_path(task.id), True)
+                    kept.add(task.id)
+                except Exception as err:
+                    log.warning("task %s: restoring its service networking: %s", task.id, err)
+        if self.servicenet.egress is not None:
+            await self.servicenet.egress.reconcile(kept)
+        self.servicenet.start()
+
+    def report(self, task_id: str, status: pb.TaskStatus) -> None:
+        self._report(task_id, status)
+        if self.servicenet is not None:
+            # A local task started, became healthy or stopped: published ports follow
+            # at once (a task on no network is not in the peer table).
+            self.servicenet.peers_changed()
+
+    def _current(self, task_id: str) -> pb.Task | None:
+        runner = self.runners.get(task_id)
+        return runner.task if runner is not None else None
+
+    def _note(self, task_id: str, err: str) -> None:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.note(err)
+
     def peers(self, update: dpb.PeerUpdate) -> None:
         self._peer_updates.put_nowait(update)
+
+    def services(self, update: dpb.ServiceUpdate) -> None:
+        if self.servicenet is not None:
+            self.servicenet.services(update)
 
     async def _apply_peers(self) -> None:
         # One at a time, in order: a removal must not overtake the addition it undoes.
@@ -82,6 +134,8 @@ class Worker:
                 await self.overlay.set_peers(update)
             except Exception:
                 log.exception("programming overlay peers failed")
+            if self.servicenet is not None:
+                self.servicenet.peers_changed()
 
     async def close(self) -> None:
         """Agent shutdown: stop supervising; containers keep running."""
@@ -92,6 +146,8 @@ class Worker:
         await asyncio.gather(*(r.close() for r in self.runners.values()))
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+        if self.servicenet is not None:
+            await self.servicenet.close()
 
     def statuses(self) -> list[dpb.TaskStatusUpdate]:
         return [
@@ -112,7 +168,11 @@ class Worker:
         for task in assignments.tasks:
             runner = self.runners.get(task.id)
             if runner is not None:
-                runner.update(task)
+                # A stop learned from a full set (the session just (re)started) is no
+                # graceful one: the task was replaced while this node was away.
+                runner.update(task, drain=not assignments.full)
+                if self.servicenet is not None:
+                    self.servicenet.peers_changed()  # maybe desired to stop: out of ports
             elif task.status.state <= pb.RUNNING:
                 self._run(task)
             # A finished task we hold no record of has no container here: nothing to do.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal.manager import endpoints
 from shoal.manager.controlapi.base import ControlBase, rpc
-from shoal.manager.store import Conflict
+from shoal.manager.store import Conflict, Kind
 from shoal.manager.validation import InvalidSpec, check_cluster_spec, check_enum
 from shoal.pki import ca
 from shoal.proto import control_pb2 as api
@@ -41,6 +42,8 @@ class ClusterRPCs(ControlBase):
         if request.version and request.version != current.meta.version:
             raise Conflict("the cluster changed since it was read; try again")
         check_cluster_spec(request.spec)
+        if request.spec.vip_range and request.spec.vip_range != current.spec.vip_range:
+            endpoints.check_vip_range(request.spec.vip_range, self.cache.list_objects(Kind.NETWORK))
         if request.spec.annotations.name != current.spec.annotations.name:
             raise InvalidSpec("the cluster cannot be renamed")
         updated = pb.Cluster()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoal.manager import allocator
+from shoal.manager import allocator, endpoints
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.ids import new_id
 from shoal.manager.store import AlreadyExists, Kind
@@ -26,7 +26,12 @@ class NetworkRPCs(ControlBase):
         if self.cache.id_by_name(Kind.NETWORK, spec.annotations.name):
             raise AlreadyExists(f"network {spec.annotations.name!r} already exists")
         net = pb.Network(id=new_id(), spec=spec)
-        allocator.allocate_network(net, self.cache.list_objects(Kind.NETWORK), requested)
+        allocator.allocate_network(
+            net,
+            self.cache.list_objects(Kind.NETWORK),
+            requested,
+            reserved=endpoints.vip_range(self.cluster()),
+        )
         await self.store.create(net)
         return api.CreateNetworkResponse(network=net)
 

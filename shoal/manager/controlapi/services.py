@@ -12,7 +12,7 @@ import grpc
 
 from shoal import defaults
 from shoal.clock import now_ms
-from shoal.manager import secrets
+from shoal.manager import endpoints, secrets
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.ids import new_id
 from shoal.manager.orchestrator.tasks import is_current, ready_for_update
@@ -45,12 +45,19 @@ class ServiceRPCs(ControlBase):
         defaults.fill_service_spec(out)
         check_service_spec(out)
         seen: set[str] = set()
+        internal = []
         for attachment in out.task.networks:
             net = self.resolve(Kind.NETWORK, attachment.target)
             if net.id in seen:
                 raise InvalidSpec(f"network {net.spec.annotations.name!r} is attached twice")
             seen.add(net.id)
             attachment.target = net.id
+            internal.append(net.spec.internal)
+        if out.ports and internal and all(internal):
+            raise InvalidSpec(
+                f"port {endpoints.port_name(out.ports[0])} cannot be published: every network "
+                "of the service is internal (no way in or out); add a non-internal one"
+            )
         secrets.resolve_refs(self, out)
         depends = [self.resolve(Kind.SERVICE, ref).id for ref in out.depends_on_healthy]
         out.ClearField("depends_on_healthy")
@@ -67,6 +74,7 @@ class ServiceRPCs(ControlBase):
             raise AlreadyExists(f"service {spec.annotations.name!r} already exists")
         pinned, warning = await self.pinner.pin(spec.task.container.image)
         service = pb.Service(id=new_id(), spec=spec, spec_version=1, pinned_image=pinned)
+        endpoints.allocate(service, self.cache, self.cluster())
         await self.store.create(service)
         info = api.ServiceInfo(service=service, warnings=[warning] if warning else [])
         return api.CreateServiceResponse(service=info)
@@ -99,6 +107,7 @@ class ServiceRPCs(ControlBase):
         updated.CopyFrom(current)
         updated.spec.CopyFrom(spec)
         updated.previous_spec.CopyFrom(current.spec)
+        endpoints.allocate(updated, self.cache, self.cluster())
         updated.previous_pinned_image = current.pinned_image
         warning = ""
         if request.rollback:

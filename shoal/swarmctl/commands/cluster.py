@@ -44,17 +44,25 @@ reads.add_to(group)
     default=None,
     help="Rebalance every replicated service when nodes join or come back.",
 )
+@click.option("--vip-range", metavar="CIDR", help="Where new services' virtual IPs come from.")
 def update(
     heartbeat_period: str | None,
     heartbeat_misses: int | None,
     task_history_limit: int | None,
     cert_expiry: str | None,
     rebalance: bool | None,
+    vip_range: str | None,
 ) -> None:
     """Change the cluster's settings (only the flags given change)."""
     current = client().get_cluster()
     spec = specs.cluster_spec(
-        current.spec, heartbeat_period, heartbeat_misses, task_history_limit, cert_expiry, rebalance
+        current.spec,
+        heartbeat_period,
+        heartbeat_misses,
+        task_history_limit,
+        cert_expiry,
+        rebalance,
+        vip_range,
     )
     click.echo(client().update_cluster(current.meta.version, spec).id)
 

@@ -19,9 +19,11 @@ def group() -> None:
 @click.option("--driver", default="overlay", show_default=True, help="Network driver.")
 @click.option("--subnet", default="", metavar="CIDR", help="Picked from the pool if not given.")
 @click.option("--label", multiple=True, metavar="K=V", help="Network label.")
-def create(name: str, driver: str, subnet: str, label: tuple[str, ...]) -> None:
+@click.option("--internal", is_flag=True, help="No egress: tasks reach nothing outside.")
+def create(name: str, driver: str, subnet: str, label: tuple[str, ...], internal: bool) -> None:
     """Create an overlay network."""
-    click.echo(client().create_network(specs.network_spec(name, driver, subnet, label)).id)
+    spec = specs.network_spec(name, driver, subnet, label, internal)
+    click.echo(client().create_network(spec).id)
 
 
 reads.add_to(group)

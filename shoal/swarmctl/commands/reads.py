@@ -24,6 +24,7 @@ from shoal.swarmctl.session import rest
 
 SERVICES = Kind("services", output.SERVICE_HEADERS, output.service_rows)
 TASKS = Kind("tasks", output.TASK_HEADERS, output.task_rows)
+TASKS_WITH_PORTS = Kind("tasks", [*output.TASK_HEADERS, "PORTS"], output.task_rows_with_ports)
 NODES = Kind("nodes", output.NODE_HEADERS, output.node_rows)
 NETWORKS = Kind("networks", output.NETWORK_HEADERS, output.network_rows)
 
@@ -41,8 +42,16 @@ task_inspect = inspect_command(TASKS, "TASK", "Show a task (as JSON in both form
 @quiet_option
 @format_option
 def service_ps(ref: str, quiet: bool, fmt: str) -> None:
-    """List a service's tasks, the newest of each slot first."""
-    print_list(TASKS, rest().get("tasks", service=ref), quiet, fmt)
+    """List a service's tasks, the newest of each slot first, with its published ports."""
+    tasks = rest().get("tasks", service=ref)
+    # The table gains a PORTS column; JSON stays the task views (= GET /tasks).
+    ports = rest().get("services", ref)["ports"] if tasks and not quiet and fmt != "json" else []
+    if not ports:
+        print_list(TASKS, tasks, quiet, fmt)
+        return
+    for view in tasks:  # the service's ports, on the tasks meant to run
+        view["ports"] = ports if view["desired_state"] == "running" else []
+    print_list(TASKS_WITH_PORTS, tasks, quiet, fmt)
 
 
 @click.command("ls")

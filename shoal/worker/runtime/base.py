@@ -60,6 +60,9 @@ class ContainerConfig:
     log_path: Path | None = None
     # A network namespace to join (the task's overlay netns); None = a fresh, empty one.
     netns_path: str | None = None
+    # The agent's own file for the container's /etc/resolv.conf (the cluster resolver):
+    # mounted read-only, not a user bind (those may not come from the agent's state).
+    resolv_conf: str | None = None
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp_unconfined: bool = False

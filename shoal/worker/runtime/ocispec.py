@@ -15,7 +15,7 @@ from typing import Any
 
 from shoal.mountpolicy import API_RULES, BindPolicy
 from shoal.worker.runtime import seccomp
-from shoal.worker.runtime.base import ContainerConfig, RuntimeFailure
+from shoal.worker.runtime.base import ContainerConfig, MountConfig, RuntimeFailure
 
 # Docker's default open-files limit, or what this host allows if that is less.
 NOFILE = min(1_048_576, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -154,84 +154,95 @@ def env(config: ContainerConfig, image: dict[str, Any]) -> list[str]:
     return list(merged.values())
 
 
+# The pseudo-filesystems every container gets (as Docker's defaults).
+SYSTEM_MOUNTS: list[dict[str, Any]] = [
+    {
+        "destination": "/proc",
+        "type": "proc",
+        "source": "proc",
+        "options": ["nosuid", "noexec", "nodev"],
+    },
+    {
+        "destination": "/dev",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+        "destination": "/dev/pts",
+        "type": "devpts",
+        "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+    },
+    {
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    },
+    {
+        "destination": "/dev/mqueue",
+        "type": "mqueue",
+        "source": "mqueue",
+        "options": ["nosuid", "noexec", "nodev"],
+    },
+    {
+        "destination": "/sys",
+        "type": "sysfs",
+        "source": "sysfs",
+        "options": ["nosuid", "noexec", "nodev", "ro"],
+    },
+    {
+        "destination": "/sys/fs/cgroup",
+        "type": "cgroup",
+        "source": "cgroup",
+        "options": ["ro", "nosuid", "noexec", "nodev"],
+    },
+]
+
+
+def _user_mount(m: MountConfig, volumes: Path, binds: BindPolicy) -> dict[str, Any]:
+    if m.type == "file":
+        # A secret or config the agent itself wrote on the task's tmpfs (under
+        # /run/shoal, which user binds may not reach): read-only, nothing runs from it.
+        return {
+            "destination": m.target,
+            "type": "bind",
+            "source": m.source,
+            "options": ["bind", "nosuid", "nodev", "noexec", "ro"],
+        }
+    if m.type == "volume":
+        source = volumes / m.source
+        source.mkdir(parents=True, exist_ok=True)
+    else:
+        why = binds.refusal(m.source)
+        if why:
+            raise RuntimeFailure(why)
+        source = Path(m.source)
+        if not source.exists():
+            raise RuntimeFailure(f"bind source path does not exist: {m.source}")
+    return {
+        "destination": m.target,
+        "type": "bind",
+        "source": str(source),
+        "options": ["rbind", "nosuid", "nodev", "ro" if m.readonly else "rw"],
+    }
+
+
 def mounts(
     config: ContainerConfig, volumes: Path, binds: BindPolicy = API_RULES
 ) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [
-        {
-            "destination": "/proc",
-            "type": "proc",
-            "source": "proc",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["ro", "nosuid", "noexec", "nodev"],
-        },
-    ]
-    for m in config.mounts:
-        if m.type == "file":
-            # A secret or config the agent itself wrote on the task's tmpfs (under
-            # /run/shoal, which user binds may not reach): read-only, nothing runs from it.
-            out.append(
-                {
-                    "destination": m.target,
-                    "type": "bind",
-                    "source": m.source,
-                    "options": ["bind", "nosuid", "nodev", "noexec", "ro"],
-                }
-            )
-            continue
-        if m.type == "volume":
-            source = volumes / m.source
-            source.mkdir(parents=True, exist_ok=True)
-        else:
-            why = binds.refusal(m.source)
-            if why:
-                raise RuntimeFailure(why)
-            source = Path(m.source)
-            if not source.exists():
-                raise RuntimeFailure(f"bind source path does not exist: {m.source}")
+    out = [dict(m, options=list(m["options"])) for m in SYSTEM_MOUNTS]
+    if config.resolv_conf:
         out.append(
             {
-                "destination": m.target,
+                "destination": "/etc/resolv.conf",
                 "type": "bind",
-                "source": str(source),
-                "options": ["rbind", "nosuid", "nodev", "ro" if m.readonly else "rw"],
+                "source": config.resolv_conf,
+                "options": ["rbind", "nosuid", "nodev", "noexec", "ro"],
             }
         )
+    out.extend(_user_mount(m, volumes, binds) for m in config.mounts)
     return out
 
 
