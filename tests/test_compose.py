@@ -378,3 +378,35 @@ def test_interpolation_properties(text: str, value: str) -> None:
     else:
         with pytest.raises(ComposeError, match="needed"):
             subst("${V:?needed}", [])
+
+
+def test_service_networking_keys_map_to_the_spec(tmp_path: Path) -> None:
+    """Host-mode and target-only ports, dnsrr and internal networks are honoured."""
+    path = write(
+        tmp_path,
+        "net.yml",
+        """\
+        services:
+          web:
+            image: busybox
+            ports:
+              - {target: 80, published: 8080, mode: host}
+              - {target: 53, protocol: udp}
+              - "9000"
+            networks: [back]
+            deploy: {endpoint_mode: dnsrr}
+        networks:
+          back: {internal: true}
+        """,
+    )
+    stack = build([path], "st", environ={})
+    (web,) = stack.request.services
+    ports = [(p.published_port, p.target_port, p.protocol, p.mode) for p in web.ports]
+    assert ports == [
+        (8080, 80, pb.PortConfig.TCP, pb.PortConfig.HOST),
+        (0, 53, pb.PortConfig.UDP, pb.PortConfig.INGRESS),
+        (0, 9000, pb.PortConfig.TCP, pb.PortConfig.INGRESS),
+    ]
+    assert web.endpoint_mode == pb.ENDPOINT_DNSRR
+    (back,) = stack.request.networks
+    assert back.internal is True

@@ -84,6 +84,11 @@ class ServiceTable:
             ports=service.endpoint.ports,
             serving_nodes=addrs,
             network_ids=[n.target for n in service.spec.task.networks],
+            aliases=[
+                dpb.NetworkAliases(network_id=n.target, names=n.aliases)
+                for n in service.spec.task.networks
+                if n.aliases
+            ],
         )
 
     def apply(self, changes: Iterable[Change]) -> dpb.ServiceUpdate | None:

@@ -397,6 +397,7 @@ class ServiceRecord(_message.Message):
     PORTS_FIELD_NUMBER: _builtins.int
     SERVING_NODES_FIELD_NUMBER: _builtins.int
     NETWORK_IDS_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     mode: _objects_pb2.EndpointMode.ValueType
@@ -410,6 +411,10 @@ class ServiceRecord(_message.Message):
     def network_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Networks of the service's tasks (a task resolves services it shares one with)."""
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAliases]:
+        """More names per network (a stack's short name, compose aliases)."""
+
     def __init__(
         self,
         *,
@@ -420,14 +425,38 @@ class ServiceRecord(_message.Message):
         ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
         serving_nodes: _abc.Iterable[_builtins.str] | None = ...,
         network_ids: _abc.Iterable[_builtins.str] | None = ...,
+        aliases: _abc.Iterable[Global___NetworkAliases] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "mode", b"mode", "name", b"name", "network_ids", b"network_ids", "ports", b"ports", "serving_nodes", b"serving_nodes", "virtual_ips", b"virtual_ips"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "id", b"id", "mode", b"mode", "name", b"name", "network_ids", b"network_ids", "ports", b"ports", "serving_nodes", b"serving_nodes", "virtual_ips", b"virtual_ips"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceRecord: _TypeAlias = ServiceRecord  # noqa: Y015
+
+@_typing.final
+class NetworkAliases(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAliases: _TypeAlias = NetworkAliases  # noqa: Y015
 
 @_typing.final
 class ServiceUpdate(_message.Message):

@@ -217,6 +217,7 @@ class ServiceNet:
                 backends = tuple(index.backends.get((record.id, vip.network_id), []))
                 vips.append(Vip(vip.addr, local.ifnames[vip.network_id], backends))
                 names.setdefault(name, [vip.addr])
+            _alias_names(record, local, index, names, shuffle)
         self.resolver.set_names(local.task.id, names, shuffle)
         await local.lb.apply(vips, index.alive)
 
@@ -248,3 +249,27 @@ class ServiceNet:
                 with contextlib.suppress(Exception):
                     self.notify(task_id, errors.get(task_id, ""))
         self._port_errors = errors
+
+
+def _alias_names(
+    record: dpb.ServiceRecord,
+    local: LocalTask,
+    index: _Index,
+    names: dict[str, list[str]],
+    shuffle: set[str],
+) -> None:
+    """A service's other names (a stack's short name, compose aliases), on the networks
+    they were given for: like its own name there, a service's real name wins a clash."""
+    for aliases in record.aliases:
+        if aliases.network_id not in local.ifnames:
+            continue
+        ips = sorted(index.backends.get((record.id, aliases.network_id), []))
+        vip = next((v.addr for v in record.virtual_ips if v.network_id == aliases.network_id), "")
+        for alias in (a.lower() for a in aliases.names):
+            names.setdefault(f"tasks.{alias}", ips)
+            shuffle.add(f"tasks.{alias}")
+            if record.mode == pb.ENDPOINT_DNSRR or not vip:
+                names.setdefault(alias, ips)
+                shuffle.add(alias)
+            else:
+                names.setdefault(alias, [vip])

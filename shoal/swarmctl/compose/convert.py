@@ -79,8 +79,6 @@ def _networks(ctx: Context) -> None:
                     "encrypted underlay",
                 )
             ctx.fail([*where, "driver_opts", key], f"driver option {key!r} is not supported")
-        if spec.get("internal"):
-            ctx.fail([*where, "internal"], "internal networks are not supported by this Shoal")
         if spec.get("external") and set(spec) - {"external", "name"}:
             ctx.fail(where, "an external network takes only `external` and `name`")
     ctx.networks.setdefault("default", f"{ctx.stack}_default")
@@ -92,6 +90,7 @@ def _network_spec(ctx: Context, short: str, spec: dict[str, Any]) -> pb.NetworkS
     out = pb.NetworkSpec(
         annotations=pb.Annotations(name=ctx.networks[short], labels=labels), driver="overlay"
     )
+    out.internal = bool(spec.get("internal"))
     configs = (spec.get("ipam") or {}).get("config") or []
     if configs and configs[0].get("subnet"):
         out.subnet = configs[0]["subnet"]

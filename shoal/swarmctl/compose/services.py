@@ -160,30 +160,39 @@ def _file_ref(ctx: Context, where: list[Any], kind: str, item: Any) -> pb.FileRe
 
 
 def _ports(ctx: Context, where: list[Any], item: Any) -> list[pb.PortConfig]:
+    mode = pb.PortConfig.INGRESS
     if isinstance(item, dict):
-        if item.get("mode", "ingress") != "ingress":
-            ctx.fail([*where, "mode"], "only ingress-mode published ports are supported")
-        if "published" not in item:
-            ctx.fail(where, "`published` is required (Shoal does not pick ports)")
-        text = f"{item['published']}:{item['target']}/{item.get('protocol', 'tcp')}"
+        if item.get("mode", "ingress") not in parse.PUBLISH_MODE:
+            ctx.fail([*where, "mode"], f"port mode {item['mode']!r}: ingress or host")
+        mode = parse.PUBLISH_MODE[item.get("mode", "ingress")]
+        published = item.get("published")
+        text = f"{'' if published is None else f'{published}:'}{item['target']}"
+        text += f"/{item.get('protocol', 'tcp')}"
     else:
         text = str(item)
     ports, slash, proto = text.partition("/")
     parts = ports.split(":")
     if len(parts) == 3:
         ctx.fail(where, "binding a published port to one host address is not supported")
-    if len(parts) == 1:
-        ctx.fail(where, f"{text!r}: give PUBLISHED:TARGET (Shoal does not pick ports)")
+    if len(parts) == 1:  # a target alone: the manager picks the published port
+        return [_port(ctx, where, f"target={t},protocol={proto or 'tcp'}", mode)
+                for t in _range(ctx, where, parts[0])]  # fmt: skip
     published, target = (_range(ctx, where, p) for p in parts)
     if len(published) != len(target):
         ctx.fail(where, f"{text!r}: the two port ranges differ in length")
-    out = []
-    for pub, tgt in zip(published, target, strict=True):
-        try:
-            out.append(parse.port(f"{pub}:{tgt}{slash}{proto}"))
-        except ValueError as err:
-            ctx.fail(where, str(err))
-    return out
+    return [
+        _port(ctx, where, f"{pub}:{tgt}{slash}{proto}", mode)
+        for pub, tgt in zip(published, target, strict=True)
+    ]
+
+
+def _port(ctx: Context, where: list[Any], text: str, mode: int) -> pb.PortConfig:
+    try:
+        port = parse.port(text)
+    except ValueError as err:
+        ctx.fail(where, str(err))
+    port.mode = mode  # type: ignore[assignment]
+    return port
 
 
 def _range(ctx: Context, where: list[Any], text: str) -> list[int]:
@@ -230,8 +239,8 @@ def _deploy(ctx: Context, where: list[Any], d: dict[str, Any], spec: pb.ServiceS
     else:
         spec.replicated.replicas = int(d.get("replicas", 1))
     spec.annotations.labels.update(strings(d.get("labels")))
-    if d.get("endpoint_mode", "vip") != "vip":
-        ctx.fail([*where, "endpoint_mode"], "endpoint_mode dnsrr is not supported by this Shoal")
+    if d.get("endpoint_mode") == "dnsrr":
+        spec.endpoint_mode = pb.ENDPOINT_DNSRR
     task = spec.task
     placement = d.get("placement") or {}
     task.placement.constraints.extend(str(x) for x in placement.get("constraints") or [])
