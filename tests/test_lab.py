@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,8 +162,13 @@ def test_up_swarmctl_down_leaves_nothing() -> None:
             assert any(status == "running" for status, _ in found.values()), found
             pids += [pid for _, pid in found.values() if pid]
         assert all(running(p) for p in pids)
-        task_ns = tuple(f"shoal-{n['id'][:10]}-" for n in workers)
-        assert len([n for n in os.listdir(NETNS) if n.startswith(task_ns)]) == 3
+        node_ns = tuple(f"shoal-{n['id'][:10]}-" for n in workers)
+        ours = [n for n in os.listdir(NETNS) if n.startswith(node_ns)]
+        # One namespace per task, and one per network on each worker that runs one
+        # (its bridge and VXLAN device: `-n<VNI>`).
+        tasks_ns = [n for n in ours if not re.fullmatch(r"n\d+", n.rsplit("-", 1)[1])]
+        assert len(tasks_ns) == 3, ours
+        assert len(ours) - len(tasks_ns) == len({t["node"] for t in live}), ours
 
         ex = lab("exec", "--name", name, "worker1", "--", "ip", "-br", "addr", "show", "eth0")
         worker1 = next(h for h in record["hosts"] if h["name"] == "worker1")
@@ -179,7 +185,7 @@ def test_up_swarmctl_down_leaves_nothing() -> None:
         assert not mentioning(f"{state}/") and not mentioning(f"{data}/")
         assert not [m for m in Path("/proc/mounts").read_text().splitlines() if name in m]
         left = [n for n in os.listdir(NETNS) if n.startswith(f"shlab-{name}-")]
-        left += [n for n in os.listdir(NETNS) if n.startswith(task_ns)]
+        left += [n for n in os.listdir(NETNS) if n.startswith(node_ns)]
         assert not left, f"namespaces left: {left}"
         assert root_links() <= links_before
         assert not state.exists() and not data.exists()
