@@ -2,11 +2,16 @@
 
 Shared by the manager, which fills in whatever a request leaves unset, and by
 swarmctl, which starts from these when a flag changes one field of a group.
+Free of protobuf at import (the functions that build messages load it): swarmctl's
+service commands use the JSON forms and never load protobuf.
 """
 
 from __future__ import annotations
 
-from shoal.proto import objects_pb2 as pb
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.proto import objects_pb2 as pb
 
 RESTART_DELAY_MS = 5_000
 STOP_GRACE_PERIOD_MS = 10_000
@@ -26,20 +31,40 @@ VIP_RANGE = "10.255.0.0/16"
 ENDPOINT_DRAIN_MS = 2_000
 
 
+# The groups' defaults in the specs' JSON form (swarmctl/spec.py); the messages
+# below are made from these, so the two cannot differ.
+def restart_policy_json() -> dict[str, Any]:
+    return {"condition": "ANY", "delay_ms": RESTART_DELAY_MS}
+
+
+def update_config_json() -> dict[str, Any]:
+    return {
+        "parallelism": UPDATE_PARALLELISM,
+        "failure_action": "PAUSE",
+        "order": "STOP_FIRST",
+        "monitor_ms": UPDATE_MONITOR_MS,
+    }
+
+
 def restart_policy() -> pb.RestartPolicy:
-    return pb.RestartPolicy(condition=pb.RestartPolicy.ANY, delay_ms=RESTART_DELAY_MS)
+    from google.protobuf import json_format
+
+    from shoal.proto import objects_pb2 as pb
+
+    return json_format.ParseDict(restart_policy_json(), pb.RestartPolicy())
 
 
 def update_config() -> pb.UpdateConfig:
-    return pb.UpdateConfig(
-        parallelism=UPDATE_PARALLELISM,
-        failure_action=pb.UpdateConfig.PAUSE,
-        order=pb.UpdateConfig.STOP_FIRST,
-        monitor_ms=UPDATE_MONITOR_MS,
-    )
+    from google.protobuf import json_format
+
+    from shoal.proto import objects_pb2 as pb
+
+    return json_format.ParseDict(update_config_json(), pb.UpdateConfig())
 
 
 def cluster_spec(name: str = "default") -> pb.ClusterSpec:
+    from shoal.proto import objects_pb2 as pb
+
     return pb.ClusterSpec(
         annotations=pb.Annotations(name=name),
         dispatcher=pb.DispatcherConfig(

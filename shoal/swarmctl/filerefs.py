@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.proto import objects_pb2 as pb
+from typing import Any
 
 _KEYS = ("source", "target", "uid", "gid", "mode")
 _MAX_ID = 2**32 - 1
@@ -18,10 +18,11 @@ def _number(text: str, what: str, base: int = 10) -> int:
     return value
 
 
-def file_ref(value: str, what: str = "secret") -> pb.FileReference:
-    """A reference by name (the manager resolves it); NAME@N pins version N."""
+def file_ref(value: str, what: str = "secret") -> dict[str, Any]:
+    """A reference by name (the manager resolves it); NAME@N pins version N. In the
+    specs' JSON form (FileReference's fields, see spec.py)."""
     parts = [p.strip() for p in value.split(",")]
-    ref = pb.FileReference()
+    ref: dict[str, Any] = {}
     name = ""
     for i, part in enumerate(parts):
         key, eq, val = part.partition("=")
@@ -35,20 +36,20 @@ def file_ref(value: str, what: str = "secret") -> pb.FileReference:
         if key == "source":
             name = val
         elif key == "target":
-            ref.target = val
+            ref["target"] = val
         elif key == "mode":
-            ref.mode = _number(val, "mode", 8)
-            if ref.mode > 0o777:
+            ref["mode"] = _number(val, "mode", 8)
+            if ref["mode"] > 0o777:
                 raise ValueError(f"--{what}: mode {val} is not a file mode (0 to 0777)")
         else:
-            setattr(ref, key, _number(val, key))
+            ref[key] = _number(val, key)
     name, at, version = name.partition("@")
     if not name:
         raise ValueError(f"--{what} {value!r}: a name is required")
-    ref.name = name
+    ref["name"] = name
     if at:
-        ref.version = _number(version, f"--{what} version")
-        if ref.version < 1:
+        ref["version"] = _number(version, f"--{what} version")
+        if ref["version"] < 1:
             raise ValueError(f"--{what} {value!r}: versions count from 1")
-        ref.pinned = True
+        ref["pinned"] = True
     return ref

@@ -1,16 +1,16 @@
 """Flag values to API fields.
 
-Pure functions: each returns the proto value for one flag or raises ValueError
-with a sentence the user can act on (swarmctl prints it and exits 1).
+Pure functions: each returns the value for one flag in the specs' JSON form (the
+protobuf JSON mapping with the .proto's field names and enum value names, see
+spec.py) or raises ValueError with a sentence the user can act on (swarmctl
+prints it and exits 1). Free of protobuf: the service commands send these as JSON.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import TypeVar
-
-from shoal.proto import objects_pb2 as pb
+from typing import Any, TypeVar
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
@@ -71,7 +71,7 @@ def scale_pair(value: str) -> tuple[str, int]:
     return name, int(count)
 
 
-def port(value: str) -> pb.PortConfig:
+def port(value: str) -> dict[str, Any]:
     """`PUBLISHED:TARGET[/tcp|udp]`, or `published=P,target=T[,protocol=P][,mode=M]`
     (without `published`, the manager picks a free port from 30000-32767)."""
     if "=" in value:
@@ -86,17 +86,14 @@ def port(value: str) -> pb.PortConfig:
     pub, tgt = int(published), int(target)
     if not (1 <= pub <= 65535 and 1 <= tgt <= 65535):
         raise ValueError(f"invalid port {value!r}: ports are 1-65535")
-    return pb.PortConfig(
-        protocol=pb.PortConfig.UDP if proto == "udp" else pb.PortConfig.TCP,
-        published_port=pub,
-        target_port=tgt,
-    )
+    return {"protocol": proto.upper(), "published_port": pub, "target_port": tgt, "mode": "INGRESS"}
 
 
-PUBLISH_MODE = {"ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
+# PortConfig.PublishMode's names by flag spelling.
+PUBLISH_MODE = {"ingress": "INGRESS", "host": "HOST"}
 
 
-def _port_fields(value: str) -> pb.PortConfig:
+def _port_fields(value: str) -> dict[str, Any]:
     fields: dict[str, str] = {}
     for item in value.split(","):
         key, sep, val = item.partition("=")
@@ -106,27 +103,29 @@ def _port_fields(value: str) -> pb.PortConfig:
                 "[,protocol=tcp|udp][,mode=ingress|host]"
             )
         fields[key] = val.strip().lower()
-    out = pb.PortConfig()
     for key in ("published", "target"):
         text = fields.get(key, "0" if key == "published" else "")
         if not text.isdigit() or not (int(text) <= 65535 and (key == "published" or int(text))):
             raise ValueError(f"invalid port {value!r}: {key} must be a port 1-65535")
-    out.published_port = int(fields.get("published", "0"))
-    out.target_port = int(fields["target"])
     proto = fields.get("protocol", "tcp")
     if proto not in ("tcp", "udp"):
         raise ValueError(f"invalid port {value!r}: the protocol is tcp or udp")
-    out.protocol = pb.PortConfig.UDP if proto == "udp" else pb.PortConfig.TCP
     mode = fields.get("mode", "ingress")
     if mode not in PUBLISH_MODE:
         raise ValueError(f"invalid port {value!r}: the mode is ingress or host")
-    out.mode = PUBLISH_MODE[mode]
-    return out
+    return {
+        "protocol": proto.upper(),
+        "published_port": int(fields.get("published", "0")),
+        "target_port": int(fields["target"]),
+        "mode": PUBLISH_MODE[mode],
+    }
 
 
-def port_key(p: pb.PortConfig) -> tuple[int, int, int]:
-    """Which port a flag replaces: the same published port, or (without one) target."""
-    return (p.published_port, p.protocol, 0 if p.published_port else p.target_port)
+def port_key(p: dict[str, Any]) -> tuple[int, str, int]:
+    """Which port a flag replaces: the same published port, or (without one) target.
+    (The JSON form leaves out fields at their default: 0, TCP.)"""
+    published = int(p.get("published_port", 0))
+    return (published, p.get("protocol", "TCP"), 0 if published else int(p.get("target_port", 0)))
 
 
 _MOUNT_KEYS = {
@@ -141,7 +140,7 @@ _TRUE = ("", "1", "true", "yes")
 _FALSE = ("0", "false", "no")
 
 
-def mount(value: str) -> pb.Mount:
+def mount(value: str) -> dict[str, Any]:
     """`type=bind|volume,source=S,target=T[,readonly]` (type defaults to volume)."""
     fields: dict[str, str] = {}
     readonly = False
@@ -161,12 +160,12 @@ def mount(value: str) -> pb.Mount:
         raise ValueError(f"invalid mount {value!r}: type is bind or volume")
     if not fields.get("source") or not fields.get("target"):
         raise ValueError(f"invalid mount {value!r}: source and target are required")
-    return pb.Mount(
-        type=pb.Mount.BIND if kind == "bind" else pb.Mount.VOLUME,
-        source=fields["source"],
-        target=fields["target"],
-        readonly=readonly,
-    )
+    return {
+        "type": kind.upper(),
+        "source": fields["source"],
+        "target": fields["target"],
+        "readonly": readonly,
+    }
 
 
 def user(value: str) -> str:
@@ -179,26 +178,16 @@ def user(value: str) -> str:
     return value
 
 
-# Flag spellings of the API's enums; the keys are also the click choices.
-AVAILABILITY: dict[str, pb.NodeAvailability.ValueType] = {
-    "active": pb.AVAILABILITY_ACTIVE,
-    "pause": pb.AVAILABILITY_PAUSE,
-    "drain": pb.AVAILABILITY_DRAIN,
+# Flag spellings of the API's enums -> their .proto value names; the keys are also
+# the click choices.
+AVAILABILITY = {
+    "active": "AVAILABILITY_ACTIVE",
+    "pause": "AVAILABILITY_PAUSE",
+    "drain": "AVAILABILITY_DRAIN",
 }
-RESTART_CONDITION: dict[str, pb.RestartPolicy.Condition.ValueType] = {
-    "any": pb.RestartPolicy.ANY,
-    "on-failure": pb.RestartPolicy.ON_FAILURE,
-    "none": pb.RestartPolicy.NONE,
-}
-FAILURE_ACTION: dict[str, pb.UpdateConfig.FailureAction.ValueType] = {
-    "pause": pb.UpdateConfig.PAUSE,
-    "continue": pb.UpdateConfig.CONTINUE,
-    "rollback": pb.UpdateConfig.ROLLBACK,
-}
-UPDATE_ORDER: dict[str, pb.UpdateConfig.Order.ValueType] = {
-    "stop-first": pb.UpdateConfig.STOP_FIRST,
-    "start-first": pb.UpdateConfig.START_FIRST,
-}
+RESTART_CONDITION = {"any": "ANY", "on-failure": "ON_FAILURE", "none": "NONE"}
+FAILURE_ACTION = {"pause": "PAUSE", "continue": "CONTINUE", "rollback": "ROLLBACK"}
+UPDATE_ORDER = {"stop-first": "STOP_FIRST", "start-first": "START_FIRST"}
 
 
 def _choice(table: dict[str, V], value: str, what: str) -> V:
@@ -208,19 +197,19 @@ def _choice(table: dict[str, V], value: str, what: str) -> V:
         raise ValueError(f"invalid {what} {value!r}: use {', '.join(table)}") from None
 
 
-def availability(value: str) -> pb.NodeAvailability.ValueType:
+def availability(value: str) -> str:
     return _choice(AVAILABILITY, value, "availability")
 
 
-def restart_condition(value: str) -> pb.RestartPolicy.Condition.ValueType:
+def restart_condition(value: str) -> str:
     return _choice(RESTART_CONDITION, value, "restart condition")
 
 
-def failure_action(value: str) -> pb.UpdateConfig.FailureAction.ValueType:
+def failure_action(value: str) -> str:
     return _choice(FAILURE_ACTION, value, "update failure action")
 
 
-def update_order(value: str) -> pb.UpdateConfig.Order.ValueType:
+def update_order(value: str) -> str:
     return _choice(UPDATE_ORDER, value, "update order")
 
 

@@ -1,13 +1,21 @@
-"""Flags to specs: the one place where command-line flags become API specs.
+"""Flags to service specs: the one place where command-line flags become a ServiceSpec.
+
+The spec is built in its JSON form: the protobuf JSON mapping of ServiceSpec with
+the .proto's field names (`published_port`) and enum value names (`"UDP"`), fields
+at their default left out as the mapping does. That is what the manager's HTTP
+socket takes (POST /services, shoal/manager/restservices.py) and what swarmctl's
+service commands send, so they load neither protobuf nor gRPC; a gRPC caller
+turns it into the message with `json_format.ParseDict`.
 
 `service create` and `service update` share the spec flags (`SpecFlags`); update
 also takes the `--*-rm` flags (`RemoveFlags`). Node, network and cluster specs
-are built here too, so every command module only wires flags to these.
+(commands that stay on gRPC) are built in objspecs.py.
 Bad values raise ValueError with a sentence the user can act on (exit 1).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,11 +23,12 @@ from typing import Any, TypeVar
 import click
 
 from shoal import defaults
-from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import filerefs, parse
 from shoal.swarmctl.errors import CLIError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A message in the JSON form (see above).
+Spec = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,134 +185,148 @@ def spec_options(fn: F) -> F:
     return fn
 
 
-def _upsert(items: Any, new: Any, key: Callable[[Any], object]) -> None:
+def _sub(obj: Spec, *keys: str) -> Spec:
+    """The message at `obj.keys...`, made (empty) where it is not there yet."""
+    for key in keys:
+        obj = obj.setdefault(key, {})
+    return obj
+
+
+def _list(obj: Spec, key: str) -> list[Any]:
+    items: list[Any] = obj.setdefault(key, [])
+    return items
+
+
+def _upsert(items: list[Any], new: Any, key: Callable[[Any], object]) -> None:
     """Replaces the items with `new`'s key by `new` (in place), or appends it."""
     if all(key(x) != key(new) for x in items):
         items.append(new)
         return
-    merged = [new if key(x) == key(new) else x for x in items]
-    del items[:]
-    items.extend(merged)
+    items[:] = [new if key(x) == key(new) else x for x in items]
 
 
-def _keep(items: Any, keep: Callable[[Any], bool]) -> None:
-    kept = [x for x in items if keep(x)]
-    del items[:]
-    items.extend(kept)
+def _keep(obj: Spec, field: str, keep: Callable[[Any], bool]) -> None:
+    if field in obj:
+        obj[field] = [x for x in obj[field] if keep(x)]
 
 
 def apply_spec_flags(
-    spec: pb.ServiceSpec, f: SpecFlags, network_id: Callable[[str], str] = lambda ref: ref
+    spec: Spec, f: SpecFlags, network_id: Callable[[str], str] = lambda ref: ref
 ) -> None:
     """Changes only what the given flags name; list flags add (or replace the same key)."""
-    task, c = spec.task, spec.task.container
+    task = _sub(spec, "task")
+    c = _sub(task, "container")
     for item in f.env:
         parse.key_value(item, "env")
-        _upsert(c.env, item, lambda e: e.partition("=")[0])
+        _upsert(_list(c, "env"), item, lambda e: e.partition("=")[0])
     for item in f.label:
         key, value = parse.key_value(item, "label")
-        spec.annotations.labels[key] = value
+        _sub(spec, "annotations", "labels")[key] = value
     for expr in f.constraint:
-        if expr not in task.placement.constraints:
-            task.placement.constraints.append(expr)
+        constraints = _list(_sub(task, "placement"), "constraints")
+        if expr not in constraints:
+            constraints.append(expr)
     for ref in f.network:
         target = network_id(ref)
-        if all(a.target != target for a in task.networks):
-            task.networks.add(target=target)
+        networks = _list(task, "networks")
+        if all(a.get("target") != target for a in networks):
+            networks.append({"target": target})
     for text in f.publish:
-        _upsert(spec.ports, parse.port(text), parse.port_key)
+        _upsert(_list(spec, "ports"), parse.port(text), parse.port_key)
     if f.endpoint_mode is not None:
-        spec.endpoint_mode = pb.ENDPOINT_DNSRR if f.endpoint_mode == "dnsrr" else pb.ENDPOINT_VIP
+        spec["endpoint_mode"] = "ENDPOINT_" + f.endpoint_mode.upper()
     if f.endpoint_drain is not None:
-        c.endpoint_drain_ms = parse.duration_ms(f.endpoint_drain)
+        c["endpoint_drain_ms"] = parse.duration_ms(f.endpoint_drain)
     for text in f.mount:
-        _upsert(c.mounts, parse.mount(text), lambda m: m.target)
+        _upsert(_list(c, "mounts"), parse.mount(text), lambda m: m.get("target", ""))
     if f.user is not None:
-        c.user = parse.user(f.user)
+        c["user"] = parse.user(f.user)
     if f.workdir is not None:
-        c.dir = f.workdir
-    if f.cpu_limit is not None:
-        task.limits.nano_cpus = parse.nano_cpus(f.cpu_limit)
-    if f.memory_limit is not None:
-        task.limits.memory_bytes = parse.memory_bytes(f.memory_limit)
-    if f.cpu_reservation is not None:
-        task.reservations.nano_cpus = parse.nano_cpus(f.cpu_reservation)
-    if f.memory_reservation is not None:
-        task.reservations.memory_bytes = parse.memory_bytes(f.memory_reservation)
-    if f.health_cmd is not None:
-        c.ClearField("healthcheck")
-        if f.health_cmd:  # an empty command removes the check
-            c.healthcheck.test.extend(["CMD-SHELL", f.health_cmd])
-    if f.health_interval is not None:
-        c.healthcheck.interval_ms = parse.duration_ms(f.health_interval)
-    if f.health_retries is not None:
-        c.healthcheck.retries = f.health_retries
+        c["dir"] = f.workdir
+    _apply_resources(task, f)
+    _apply_health(c, f)
     if f.stop_grace_period is not None:
-        c.stop_grace_period_ms = parse.duration_ms(f.stop_grace_period)
+        c["stop_grace_period_ms"] = parse.duration_ms(f.stop_grace_period)
     if f.max_replicas_per_node is not None:
-        task.placement.max_replicas_per_node = f.max_replicas_per_node
+        _sub(task, "placement")["max_replicas_per_node"] = f.max_replicas_per_node
     if f.rebalance is not None:
-        spec.rebalance = f.rebalance
+        spec["rebalance"] = f.rebalance
     for text in f.secret:
-        _upsert(c.secrets, filerefs.file_ref(text, "secret"), lambda r: r.name)
+        _upsert(_list(c, "secrets"), filerefs.file_ref(text, "secret"), lambda r: r["name"])
     for text in f.config:
-        _upsert(c.configs, filerefs.file_ref(text, "config"), lambda r: r.name)
+        _upsert(_list(c, "configs"), filerefs.file_ref(text, "config"), lambda r: r["name"])
     _apply_confinement(c, f)
     _apply_restart(task, f)
     _apply_update(spec, f)
 
 
-def _apply_confinement(c: pb.ContainerSpec, f: SpecFlags) -> None:
+def _apply_resources(task: Spec, f: SpecFlags) -> None:
+    if f.cpu_limit is not None:
+        _sub(task, "limits")["nano_cpus"] = parse.nano_cpus(f.cpu_limit)
+    if f.memory_limit is not None:
+        _sub(task, "limits")["memory_bytes"] = parse.memory_bytes(f.memory_limit)
+    if f.cpu_reservation is not None:
+        _sub(task, "reservations")["nano_cpus"] = parse.nano_cpus(f.cpu_reservation)
+    if f.memory_reservation is not None:
+        _sub(task, "reservations")["memory_bytes"] = parse.memory_bytes(f.memory_reservation)
+
+
+def _apply_health(c: Spec, f: SpecFlags) -> None:
+    if f.health_cmd is not None:
+        c.pop("healthcheck", None)
+        if f.health_cmd:  # an empty command removes the check
+            c["healthcheck"] = {"test": ["CMD-SHELL", f.health_cmd]}
+    if f.health_interval is not None:
+        _sub(c, "healthcheck")["interval_ms"] = parse.duration_ms(f.health_interval)
+    if f.health_retries is not None:
+        _sub(c, "healthcheck")["retries"] = f.health_retries
+
+
+def _apply_confinement(c: Spec, f: SpecFlags) -> None:
     """Looser than the defaults only by name: unknown capabilities and options fail."""
     for name in f.cap_add:
         cap = parse.capability(name)
-        if cap in c.cap_drop:
-            c.cap_drop.remove(cap)
-        if cap not in c.cap_add:
-            c.cap_add.append(cap)
+        _keep(c, "cap_drop", lambda x, cap=cap: x != cap)
+        if cap not in c.get("cap_add", []):
+            _list(c, "cap_add").append(cap)
     for name in f.cap_drop:
         cap = "ALL" if name.upper() == "ALL" else parse.capability(name)
-        if cap in c.cap_add:
-            c.cap_add.remove(cap)
-        if cap not in c.cap_drop:
-            c.cap_drop.append(cap)
+        _keep(c, "cap_add", lambda x, cap=cap: x != cap)
+        if cap not in c.get("cap_drop", []):
+            _list(c, "cap_drop").append(cap)
     for opt in f.security_opt:
-        c.seccomp = parse.security_opt(opt)
+        c["seccomp"] = parse.security_opt(opt)
     if f.pids_limit is not None:
-        c.pids_limit = f.pids_limit
+        c["pids_limit"] = f.pids_limit
 
 
-def _apply_restart(task: pb.TaskSpec, f: SpecFlags) -> None:
+def _apply_restart(task: Spec, f: SpecFlags) -> None:
     if not f.restart_given():
         return
     # One flag must not zero the group's other fields: start from the defaults.
-    if not task.HasField("restart"):
-        task.restart.CopyFrom(defaults.restart_policy())
-    r = task.restart
+    r = task.setdefault("restart", defaults.restart_policy_json())
     if f.restart_condition is not None:
-        r.condition = parse.restart_condition(f.restart_condition)
+        r["condition"] = parse.restart_condition(f.restart_condition)
     if f.restart_delay is not None:
-        r.delay_ms = parse.duration_ms(f.restart_delay)
+        r["delay_ms"] = parse.duration_ms(f.restart_delay)
     if f.restart_max_attempts is not None:
-        r.max_attempts = f.restart_max_attempts
+        r["max_attempts"] = f.restart_max_attempts
     if f.restart_window is not None:
-        r.window_ms = parse.duration_ms(f.restart_window)
+        r["window_ms"] = parse.duration_ms(f.restart_window)
 
 
-def _apply_update(spec: pb.ServiceSpec, f: SpecFlags) -> None:
+def _apply_update(spec: Spec, f: SpecFlags) -> None:
     if not f.update_given():
         return
-    if not spec.HasField("update"):
-        spec.update.CopyFrom(defaults.update_config())
-    u = spec.update
+    u = spec.setdefault("update", defaults.update_config_json())
     if f.update_parallelism is not None:
-        u.parallelism = f.update_parallelism
+        u["parallelism"] = f.update_parallelism
     if f.update_delay is not None:
-        u.delay_ms = parse.duration_ms(f.update_delay)
+        u["delay_ms"] = parse.duration_ms(f.update_delay)
     if f.update_failure_action is not None:
-        u.failure_action = parse.failure_action(f.update_failure_action)
+        u["failure_action"] = parse.failure_action(f.update_failure_action)
     if f.update_order is not None:
-        u.order = parse.update_order(f.update_order)
+        u["order"] = parse.update_order(f.update_order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,36 +370,37 @@ def remove_options(fn: F) -> F:
     return fn
 
 
-def _published(text: str) -> tuple[int, pb.PortConfig.Protocol.ValueType]:
+def _published(text: str) -> tuple[int, str]:
     number, _, proto = text.partition("/")
     if not number.isdigit() or proto.lower() not in ("", "tcp", "udp"):
         raise ValueError(f"invalid port {text!r}: expected PUBLISHED[/tcp|udp]")
-    return int(number), pb.PortConfig.UDP if proto.lower() == "udp" else pb.PortConfig.TCP
+    return int(number), proto.upper() or "TCP"
 
 
 def remove_spec_items(
-    spec: pb.ServiceSpec, r: RemoveFlags, network_id: Callable[[str], str] = lambda ref: ref
+    spec: Spec, r: RemoveFlags, network_id: Callable[[str], str] = lambda ref: ref
 ) -> None:
     """Removing what is not there is fine: the result is what was asked for."""
-    task, c = spec.task, spec.task.container
+    task = _sub(spec, "task")
+    c = _sub(task, "container")
     if r.env_rm:
-        _keep(c.env, lambda e: e.partition("=")[0] not in r.env_rm)
+        _keep(c, "env", lambda e: e.partition("=")[0] not in r.env_rm)
     for key in r.label_rm:
-        spec.annotations.labels.pop(key, None)
+        spec.get("annotations", {}).get("labels", {}).pop(key, None)
     if r.constraint_rm:
-        _keep(task.placement.constraints, lambda x: x not in r.constraint_rm)
+        _keep(task.get("placement", {}), "constraints", lambda x: x not in r.constraint_rm)
     if r.network_rm:
         gone = {network_id(ref) for ref in r.network_rm}
-        _keep(task.networks, lambda a: a.target not in gone)
+        _keep(task, "networks", lambda a: a.get("target") not in gone)
     if r.publish_rm:
         ports = {_published(text) for text in r.publish_rm}
-        _keep(spec.ports, lambda p: (p.published_port, p.protocol) not in ports)
+        _keep(spec, "ports", lambda p: parse.port_key(p)[:2] not in ports)
     if r.mount_rm:
-        _keep(c.mounts, lambda m: m.target not in r.mount_rm)
+        _keep(c, "mounts", lambda m: m.get("target", "") not in r.mount_rm)
     if r.secret_rm:
-        _keep(c.secrets, lambda ref: ref.name not in r.secret_rm)
+        _keep(c, "secrets", lambda ref: ref.get("name") not in r.secret_rm)
     if r.config_rm:
-        _keep(c.configs, lambda ref: ref.name not in r.config_rm)
+        _keep(c, "configs", lambda ref: ref.get("name") not in r.config_rm)
 
 
 def check_replicas(n: int) -> int:
@@ -390,6 +414,11 @@ def check_replicas(n: int) -> int:
 # ---------------------------------------------------------------- whole specs
 
 
+def mode(spec: Spec) -> str:
+    """`replicated` or `global`: the spec's `mode` oneof (unset means replicated)."""
+    return "global" if "global" in spec else "replicated"
+
+
 def new_service_spec(
     name: str,
     image: str,
@@ -397,104 +426,37 @@ def new_service_spec(
     mode: str,
     command: tuple[str, ...],
     flags: SpecFlags,
-) -> pb.ServiceSpec:
+) -> Spec:
     """`service create`'s spec (the caller refused `--replicas` with `--mode global`)."""
-    spec = pb.ServiceSpec(annotations=pb.Annotations(name=name))
-    spec.task.container.image = image
+    container: Spec = {"image": image}
     if command:
-        spec.task.container.command.append(command[0])
-        spec.task.container.args.extend(command[1:])
+        container["command"] = [command[0]]
+        container["args"] = list(command[1:])
+    spec: Spec = {"annotations": {"name": name}, "task": {"container": container}}
     if mode == "global":
-        getattr(spec, "global").SetInParent()  # `global` is a Python keyword
+        spec["global"] = {}
     else:
-        spec.replicated.replicas = check_replicas(1 if replicas is None else replicas)
+        spec["replicated"] = {"replicas": check_replicas(1 if replicas is None else replicas)}
     apply_spec_flags(spec, flags)
     return spec
 
 
 def updated_service_spec(
-    current: pb.ServiceSpec,
+    current: Spec,
     image: str | None,
     replicas: int | None,
     flags: SpecFlags,
     rm_flags: RemoveFlags,
     network_id: Callable[[str], str],
-) -> pb.ServiceSpec:
+) -> Spec:
     """`service update`: a copy of the stored spec with what the flags name changed."""
-    spec = pb.ServiceSpec()
-    spec.CopyFrom(current)
+    spec = copy.deepcopy(current)
     if image is not None:
-        spec.task.container.image = image
+        _sub(spec, "task", "container")["image"] = image
     if replicas is not None:
-        if spec.WhichOneof("mode") != "replicated":
+        if mode(spec) != "replicated":
             raise CLIError("--replicas can only be used with replicated services")
-        spec.replicated.replicas = replicas
+        _sub(spec, "replicated")["replicas"] = replicas
     remove_spec_items(spec, rm_flags, network_id)
     apply_spec_flags(spec, flags, network_id)
-    return spec
-
-
-def scaled_service_spec(current: pb.ServiceSpec, name: str, count: int) -> pb.ServiceSpec:
-    if current.WhichOneof("mode") != "replicated":
-        raise CLIError(f"{name}: scale can only be used with replicated services")
-    spec = pb.ServiceSpec()
-    spec.CopyFrom(current)
-    spec.replicated.replicas = count
-    return spec
-
-
-def node_spec(
-    current: pb.NodeSpec,
-    availability: str | None,
-    label_add: list[tuple[str, str]],
-    label_rm: tuple[str, ...],
-) -> pb.NodeSpec:
-    """`node update`: the labels come parsed, so bad ones fail before any request."""
-    spec = pb.NodeSpec()
-    spec.CopyFrom(current)
-    if availability is not None:
-        spec.availability = parse.availability(availability)
-    for key in label_rm:
-        spec.labels.pop(key, None)
-    for key, value in label_add:
-        spec.labels[key] = value
-    return spec
-
-
-def network_spec(
-    name: str, driver: str, subnet: str, labels: tuple[str, ...], internal: bool = False
-) -> pb.NetworkSpec:
-    spec = pb.NetworkSpec(
-        annotations=pb.Annotations(name=name), driver=driver, subnet=subnet, internal=internal
-    )
-    for item in labels:
-        key, value = parse.key_value(item, "label")
-        spec.annotations.labels[key] = value
-    return spec
-
-
-def cluster_spec(
-    current: pb.ClusterSpec,
-    heartbeat_period: str | None,
-    heartbeat_misses: int | None,
-    task_history_limit: int | None,
-    cert_expiry: str | None,
-    rebalance: bool | None,
-    vip_range: str | None = None,
-) -> pb.ClusterSpec:
-    """`cluster update`: only the flags given change."""
-    spec = pb.ClusterSpec()
-    spec.CopyFrom(current)
-    if heartbeat_period is not None:
-        spec.dispatcher.heartbeat_period_ms = parse.duration_ms(heartbeat_period)
-    if heartbeat_misses is not None:
-        spec.dispatcher.heartbeat_misses = heartbeat_misses
-    if task_history_limit is not None:
-        spec.orchestration.task_history_limit = task_history_limit
-    if cert_expiry is not None:
-        spec.ca.node_cert_expiry_ms = parse.duration_ms(cert_expiry)
-    if rebalance is not None:
-        spec.orchestration.rebalance = rebalance
-    if vip_range is not None:
-        spec.vip_range = vip_range
     return spec

@@ -8,7 +8,7 @@ from shoal import views
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import listing, output
-from shoal.swarmctl import spec as specs
+from shoal.swarmctl import objspecs as specs
 from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shoal.swarmctl import spec as specs
+from shoal.swarmctl import objspecs as specs
 from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client, remove_each
 

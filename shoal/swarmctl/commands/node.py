@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from shoal.proto import objects_pb2 as pb
+from shoal.swarmctl import objspecs as specs
 from shoal.swarmctl import parse
-from shoal.swarmctl import spec as specs
 from shoal.swarmctl.commands import reads
 from shoal.swarmctl.session import client, remove_each, retry_conflicts
 
