@@ -182,6 +182,33 @@ def service_view(info: api.ServiceInfo, network_names: Mapping[str, str]) -> dic
     }
 
 
+def progress_view(progress: api.WatchServiceResponse) -> dict[str, Any]:
+    """One step of a service converging (WatchService's answer), what swarmctl needs to
+    draw its progress bar and decide it is done: a line of GET /services/REF/watch."""
+    if progress.removed:
+        return {"removed": True}
+    info = progress.service
+    spec, status = info.service.spec, info.service.update_status
+    return {
+        "removed": False,
+        "id": info.service.id,
+        "name": spec.annotations.name,
+        "mode": "global" if spec.WhichOneof("mode") == "global" else "replicated",
+        "want": want(info),
+        "desired": int(info.desired),
+        "running": int(info.running),
+        "running_updated": int(info.running_updated),
+        "update_parallelism": int(spec.update.parallelism),
+        "update_status": {
+            "state": pb.UpdateStatus.State.Name(status.state).lower(),
+            "message": status.message,
+            "started_at_ms": int(status.started_at_ms),
+        },
+        "task_errors": list(progress.task_errors),
+        "task_progress": list(progress.task_progress),
+    }
+
+
 _FINISHED = (pb.COMPLETE, pb.FAILED, pb.SHUTDOWN, pb.REJECTED)
 
 

@@ -285,19 +285,21 @@ def _apply_health(c: Spec, f: SpecFlags) -> None:
 def _apply_confinement(c: Spec, f: SpecFlags) -> None:
     """Looser than the defaults only by name: unknown capabilities and options fail."""
     for name in f.cap_add:
-        cap = parse.capability(name)
-        _keep(c, "cap_drop", lambda x, cap=cap: x != cap)
-        if cap not in c.get("cap_add", []):
-            _list(c, "cap_add").append(cap)
+        _swap(c, parse.capability(name), "cap_add", "cap_drop")
     for name in f.cap_drop:
-        cap = "ALL" if name.upper() == "ALL" else parse.capability(name)
-        _keep(c, "cap_add", lambda x, cap=cap: x != cap)
-        if cap not in c.get("cap_drop", []):
-            _list(c, "cap_drop").append(cap)
+        _swap(c, "ALL" if name.upper() == "ALL" else parse.capability(name), "cap_drop", "cap_add")
     for opt in f.security_opt:
         c["seccomp"] = parse.security_opt(opt)
     if f.pids_limit is not None:
         c["pids_limit"] = f.pids_limit
+
+
+def _swap(c: Spec, cap: str, into: str, out_of: str) -> None:
+    """`cap` leaves the `out_of` list and joins `into` (once)."""
+    if cap in c.get(out_of, []):
+        c[out_of] = [x for x in c[out_of] if x != cap]
+    if cap not in c.get(into, []):
+        _list(c, into).append(cap)
 
 
 def _apply_restart(task: Spec, f: SpecFlags) -> None:

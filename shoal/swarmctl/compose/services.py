@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from google.protobuf import json_format
+
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import parse
 from shoal.swarmctl.compose.context import (
@@ -164,7 +166,7 @@ def _ports(ctx: Context, where: list[Any], item: Any) -> list[pb.PortConfig]:
     if isinstance(item, dict):
         if item.get("mode", "ingress") not in parse.PUBLISH_MODE:
             ctx.fail([*where, "mode"], f"port mode {item['mode']!r}: ingress or host")
-        mode = parse.PUBLISH_MODE[item.get("mode", "ingress")]
+        mode = pb.PortConfig.PublishMode.Value(parse.PUBLISH_MODE[item.get("mode", "ingress")])
         published = item.get("published")
         text = f"{'' if published is None else f'{published}:'}{item['target']}"
         text += f"/{item.get('protocol', 'tcp')}"
@@ -188,7 +190,7 @@ def _ports(ctx: Context, where: list[Any], item: Any) -> list[pb.PortConfig]:
 
 def _port(ctx: Context, where: list[Any], text: str, mode: int) -> pb.PortConfig:
     try:
-        port = parse.port(text)
+        port = json_format.ParseDict(parse.port(text), pb.PortConfig())
     except ValueError as err:
         ctx.fail(where, str(err))
     port.mode = mode  # type: ignore[assignment]
