@@ -25,15 +25,16 @@ _TRANSPORT_ERRORS = ("failed to connect", "socket closed", "connection reset", "
 
 
 def rpc_error(err: grpc.RpcError, socket: str) -> CLIError:
-    code = err.code()
-    details = one_line(err.details() or "") or code.name.lower().replace("_", " ")
-    if code == grpc.StatusCode.UNAVAILABLE and any(
+    status = err.code()
+    code = status.name.lower()
+    details = one_line(err.details() or "") or code.replace("_", " ")
+    if status == grpc.StatusCode.UNAVAILABLE and any(
         marker in details.lower() for marker in _TRANSPORT_ERRORS
     ):
         # gRPC core's text repeats the address; the OS reason ends it.
         reason = details.rsplit("error: ", 1)[-1]
         return CLIError(f"cannot reach the manager at {socket}: {reason}", code)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CLIError(f"the manager at {socket} did not answer in time", code)
     # The manager's details are a sentence meant for the user.
     return CLIError(details, code)

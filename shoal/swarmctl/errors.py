@@ -6,16 +6,13 @@ catch it) without loading gRPC: `--help` and usage errors never need it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import grpc
-
 
 class CLIError(Exception):
-    """A failed request: printed as `Error: <message>`, exit code 1."""
+    """A failed request: printed as `Error: <message>`, exit code 1. `code` is the
+    manager's status code by name, lower-case (`aborted`), as both of its sockets say
+    it (gRPC status, or the HTTP socket's `code` key); None when no request failed."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(one_line(message))
         self.code = code
 

@@ -1,25 +1,23 @@
 """The progress bar `service create|update|scale` draw on a terminal while they wait:
-tasks running of those wanted, and during a rolling update which batch it is at."""
+tasks running of those wanted, and during a rolling update which batch it is at.
+Drawn from a line of the manager's watch (views.progress_view)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
+from typing import Any
 
 BAR_WIDTH = 24
-_UPDATING = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
+_UPDATING = ("updating", "rollback_started")
 
 
-def update_batch(info: api.ServiceInfo, want: int) -> tuple[int, int] | None:
+def update_batch(progress: dict[str, Any]) -> tuple[int, int] | None:
     """(n, m): a rolling update is at batch n of m; None when no update runs."""
-    svc = info.service
-    if svc.update_status.state not in _UPDATING or want <= 0:
+    want = int(progress["want"])
+    if progress["update_status"]["state"] not in _UPDATING or want <= 0:
         return None
-    per = int(svc.spec.update.parallelism) or want  # 0: all at once
+    per = int(progress["update_parallelism"]) or want  # 0: all at once
     batches = -(-want // per)
-    done = min(int(info.running_updated), want)
+    done = min(int(progress["running_updated"]), want)
     return min(done // per + 1, batches), batches
 
 
@@ -28,16 +26,15 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def progress_line(
-    name: str, info: api.ServiceInfo, want: int, width: int, pulls: Sequence[str] = ()
-) -> str:
+def progress_line(name: str, progress: dict[str, Any], width: int) -> str:
     """`web [##########------] 3/5 running, update batch 2 of 3`, and the image pulls
     the agents report, cut to `width`."""
-    running = min(int(info.running), want) if want else int(info.running)
-    line = f"{name} {bar(running, want)} {int(info.running)}/{want} running"
-    batch = update_batch(info, want)
+    want, running = int(progress["want"]), int(progress["running"])
+    line = f"{name} {bar(min(running, want) if want else running, want)} {running}/{want} running"
+    batch = update_batch(progress)
+    pulls = progress["task_progress"]
     if batch is not None:
-        updating = info.service.update_status.state == pb.UpdateStatus.UPDATING
+        updating = progress["update_status"]["state"] == "updating"
         verb = "update" if updating else "rollback"
         line += f", {verb} batch {batch[0]} of {batch[1]}"
     if pulls:

@@ -2,8 +2,8 @@
 command goes through several requests (conflict retries, one failure per item).
 
 Light on purpose: the gRPC client is imported when the first request is made, so
-`--help` and usage errors do not pay for loading gRPC, and the read commands, which
-use the manager's HTTP socket (rest.py), never load it.
+`--help` and usage errors do not pay for loading gRPC, and the commands that use
+the manager's HTTP socket (rest.py: every read, and the service writes) never load it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def client() -> Client:
 
 
 def rest() -> RestClient:
-    """The current run's client of the manager's HTTP socket: every read."""
+    """The current run's client of the manager's HTTP socket: every read, and the
+    service writes."""
     return _session().rest
 
 
@@ -84,9 +85,7 @@ def retry_conflicts(attempt: Callable[[], T]) -> T:
         try:
             return attempt()
         except CLIError as err:
-            import grpc  # loaded already: the attempt made a request
-
-            if err.code != grpc.StatusCode.ABORTED or n == CONFLICT_RETRIES - 1:
+            if err.code != "aborted" or n == CONFLICT_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 

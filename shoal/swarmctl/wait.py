@@ -1,8 +1,10 @@
 """Waiting for a service to converge after `service create|update|scale`.
 
-Follows the service over WatchService (no polling) until every task it wants
-runs from its current spec; fails with the reason when time runs out or the
-manager paused (or rolled back) the update. Progress goes to stderr on a terminal.
+Follows the service (no polling) over the manager's HTTP socket, GET
+/services/REF/watch: a line per change, the progress view of WatchService's
+messages (views.progress_view), until every task it wants runs from its current
+spec; fails with the reason when time runs out or the manager paused (or rolled
+back) the update. Progress goes to stderr on a terminal.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ from typing import Any, TypeVar
 
 import click
 
-from shoal.proto import control_pb2 as api
-from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.errors import CLIError
 from shoal.swarmctl.progress import progress_line
-from shoal.swarmctl.session import client
-from shoal.views import want
+from shoal.swarmctl.session import rest
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A line of the watch (views.progress_view).
+Progress = dict[str, Any]
 
-_UPDATE_PAUSED = (pb.UpdateStatus.PAUSED, pb.UpdateStatus.ROLLBACK_PAUSED)
-_ROLLED_BACK = (pb.UpdateStatus.ROLLBACK_STARTED, pb.UpdateStatus.ROLLBACK_COMPLETED)
+_UPDATE_PAUSED = ("paused", "rollback_paused")
+_ROLLED_BACK = ("rollback_started", "rollback_completed")
 
 
 def wait_options(fn: F) -> F:
@@ -40,39 +41,39 @@ def wait_options(fn: F) -> F:
     return fn
 
 
-def converged(info: api.ServiceInfo) -> bool:
+def converged(progress: Progress) -> bool:
     """Every task the service wants runs, made from its current spec."""
-    n = want(info)
-    if n == 0 and info.service.spec.WhichOneof("mode") == "global":
+    n = progress["want"]
+    if n == 0 and progress["mode"] == "global":
         return False  # the orchestrator has not placed the global tasks yet
-    return info.desired == n and info.running == n and info.running_updated == n
+    return bool(
+        progress["desired"] == n and progress["running"] == n and progress["running_updated"] == n
+    )
 
 
-def status_line(progress: api.WatchServiceResponse | None) -> str:
-    if progress is None or not progress.HasField("service"):
+def status_line(progress: Progress | None) -> str:
+    if progress is None or progress["removed"]:
         return ""
-    info = progress.service
-    line = f"{info.running}/{want(info)} running"
-    if progress.task_errors:
-        line += f"; {progress.task_errors[0]}"
+    line = f"{progress['running']}/{progress['want']} running"
+    if progress["task_errors"]:
+        line += f"; {progress['task_errors'][0]}"
     return line
 
 
-def _show(name: str, progress: api.WatchServiceResponse) -> None:
+def _show(name: str, progress: Progress) -> None:
     """One progress bar line per service, rewritten in place."""
     width = shutil.get_terminal_size().columns - 1
-    info = progress.service
-    line = progress_line(name, info, want(info), width, progress.task_progress)
+    line = progress_line(name, progress, width)
     sys.stderr.write(f"\r{line}\x1b[K")
     sys.stderr.flush()
 
 
-def _stopped(update: pb.UpdateStatus, started_ms: int, rollback_asked: bool) -> bool:
+def _stopped(update: dict[str, Any], started_ms: int, rollback_asked: bool) -> bool:
     """The manager paused or reverted the update this command started."""
-    stopped = update.state in _UPDATE_PAUSED or (
-        update.state in _ROLLED_BACK and not rollback_asked
+    stopped = update["state"] in _UPDATE_PAUSED or (
+        update["state"] in _ROLLED_BACK and not rollback_asked
     )
-    return stopped and update.started_at_ms >= started_ms
+    return stopped and int(update["started_at_ms"]) >= started_ms
 
 
 def wait_converged(
@@ -82,25 +83,26 @@ def wait_converged(
     deadline: float | None = None,
     rollback_asked: bool = False,
 ) -> None:
-    """Follows the service over WatchService until it converges; CLIError when time is up,
-    or when the manager paused the update (or rolled it back)."""
+    """Follows the service until it converges; CLIError when time is up, or when the
+    manager paused the update (or rolled it back)."""
     end = deadline if deadline is not None else time.monotonic() + timeout_ms / 1000
     started_ms = int(time.time() * 1000) - 1000
     tty = sys.stderr.isatty()
-    last: api.WatchServiceResponse | None = None
+    last: Progress | None = None
     try:
         # At least a moment, so a shared deadline that ran out still shows where it stands.
-        for progress in client().watch_service(ref, max(end - time.monotonic(), 1.0)):
-            if progress.removed:
+        timeout_s = max(end - time.monotonic(), 1.0)
+        for progress in rest().stream("services", ref, "watch", timeout_s=timeout_s):
+            if progress["removed"]:
                 raise CLIError(f"service {name} was removed while waiting for it to converge")
             last = progress
             if tty:
                 _show(name, progress)
-            update = progress.service.service.update_status
+            update = progress["update_status"]
             if _stopped(update, started_ms, rollback_asked):
                 # The manager stopped or reverted this update: say so, and why.
-                raise CLIError(f"service {name}: {update.message or 'update failed'}")
-            if converged(progress.service):
+                raise CLIError(f"service {name}: {update['message'] or 'update failed'}")
+            if converged(progress):
                 return
     finally:
         if tty and last is not None:

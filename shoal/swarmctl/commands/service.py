@@ -1,4 +1,9 @@
-"""`swarmctl service ...`."""
+"""`swarmctl service ...`.
+
+create, update, scale and rm (and the wait for convergence) go over the manager's
+HTTP socket with specs in their JSON form (spec.py), like the reads: they load
+neither gRPC nor protobuf. `logs` streams over gRPC (loaded when it runs).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,11 @@ from typing import Any
 
 import click
 
-from shoal.proto import control_pb2 as api
 from shoal.swarmctl import output, parse
 from shoal.swarmctl import spec as specs
 from shoal.swarmctl.commands import reads
 from shoal.swarmctl.errors import CLIError
-from shoal.swarmctl.session import client, remove_each, report, retry_conflicts
+from shoal.swarmctl.session import client, remove_each, report, rest, retry_conflicts
 from shoal.swarmctl.wait import wait_converged, wait_options
 
 
@@ -54,12 +58,11 @@ def create(
     if mode == "global" and replicas is not None:
         raise click.UsageError("--replicas cannot be used with --mode global")
     spec = specs.new_service_spec(name, image, replicas, mode, command, specs.SpecFlags.take(flags))
-    info = client().create_service(spec)
-    warn(info)
-    created = info.service
+    created = rest().post("services", body={"spec": spec})
+    warn(created)
     if not detach:
-        wait_converged(created.id, name, timeout_ms)
-    click.echo(created.id)
+        wait_converged(created["id"], name, timeout_ms)
+    click.echo(created["id"])
 
 
 @group.command("update")
@@ -94,40 +97,39 @@ def update(
     def network_id(net: str) -> str:
         # The stored spec holds network IDs; compare like with like.
         if net not in network_ids:
-            network_ids[net] = client().get_network(net).id
-        return network_ids[net]
+            network_ids[net] = rest().get("networks", net)["id"]
+        return str(network_ids[net])
 
-    def attempt() -> api.ServiceInfo:
-        current = client().get_service(ref).service
+    def attempt() -> Any:
+        current = rest().get("services", ref, "spec")
+        change: dict[str, Any] = {"version": current["version"]}
         if rollback:
-            return client().update_service(current.id, current.meta.version, rollback=True)
-        spec = specs.updated_service_spec(
-            current.spec, image, replicas, spec_flags, rm_flags, network_id
-        )
-        return client().update_service(current.id, current.meta.version, spec, force=force)
+            change["rollback"] = True
+        else:
+            change["spec"] = specs.updated_service_spec(
+                current["spec"], image, replicas, spec_flags, rm_flags, network_id
+            )
+            change["force"] = force
+        return rest().post("services", current["id"], "update", body=change)
 
-    info = retry_conflicts(attempt)
-    warn(info)
-    updated = info.service
-    name = updated.spec.annotations.name
+    updated = retry_conflicts(attempt)
+    warn(updated)
+    name = updated["name"]
     if not detach:
-        wait_converged(updated.id, name, timeout_ms, rollback_asked=rollback)
+        wait_converged(updated["id"], name, timeout_ms, rollback_asked=rollback)
     click.echo(name)
 
 
-def warn(info: api.ServiceInfo) -> None:
-    for warning in info.warnings:
+def warn(service: dict[str, Any]) -> None:
+    for warning in service["warnings"]:
         click.echo(f"warning: {warning}", err=True)
 
 
 def _scale_one(name: str, count: int) -> str:
-    def attempt() -> str:
-        current = client().get_service(name).service
-        spec = specs.scaled_service_spec(current.spec, name, count)
-        client().update_service(current.id, current.meta.version, spec)
-        return current.id
-
-    return retry_conflicts(attempt)
+    # The manager reads the spec and writes it back with `count` in one request.
+    body = {"replicas": count}
+    scaled = retry_conflicts(lambda: rest().post("services", name, "scale", body=body))
+    return str(scaled["id"])
 
 
 @group.command("scale")
@@ -202,4 +204,4 @@ def logs(ref: str, follow: bool, tail: int) -> None:
 @click.pass_context
 def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove services; their tasks are stopped."""
-    remove_each(ctx, refs, client().remove_service)
+    remove_each(ctx, refs, lambda ref: str(rest().delete("services", ref)["id"]))
