@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import json_format
+
 from shoal import defaults
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
@@ -14,8 +16,8 @@ def make_service(mode: str = "replicated") -> api.ServiceInfo:
     spec.task.container.env.append("A=1")
     spec.task.networks.add(target="net1")
     spec.task.networks.add(target="net-unknown")
-    spec.ports.append(parse.port("8080:80"))
-    spec.ports.append(parse.port("53:53/udp"))
+    spec.ports.append(json_format.ParseDict(parse.port("8080:80"), pb.PortConfig()))
+    spec.ports.append(json_format.ParseDict(parse.port("53:53/udp"), pb.PortConfig()))
     spec.task.placement.constraints.append("node.labels.zone==a")
     if mode == "global":
         getattr(spec, "global").SetInParent()

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from shoal.lab.procs import ManagerProcess, Result
+from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.filerefs import file_ref
 
 
@@ -34,7 +36,9 @@ def ok(m: ManagerProcess, *args: str, stdin: bytes | None = None) -> Any:
 
 
 def test_file_ref_flags() -> None:
-    ref = file_ref("db_pw@2,target=/etc/pw,uid=5,gid=6,mode=0400")
+    ref = json_format.ParseDict(
+        file_ref("db_pw@2,target=/etc/pw,uid=5,gid=6,mode=0400"), pb.FileReference()
+    )
     assert (ref.name, ref.version, ref.pinned, ref.target, ref.uid, ref.gid, ref.mode) == (
         "db_pw",
         2,
@@ -44,7 +48,7 @@ def test_file_ref_flags() -> None:
         6,
         0o400,
     )
-    assert file_ref("source=site,target=/etc/site.conf", "config").name == "site"
+    assert file_ref("source=site,target=/etc/site.conf", "config")["name"] == "site"
     for bad, why in (
         ("pw@0", "count from 1"),
         ("pw,mode=999", "octal|number|not a file mode"),

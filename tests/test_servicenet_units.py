@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from dnslib import RCODE, DNSRecord
+from google.protobuf import json_format
 
 from shoal.manager import allocator, endpoints
 from shoal.manager.store import Kind
@@ -159,14 +160,16 @@ def test_resolver_answers_names_tasks_nxdomain_and_forwards() -> None:
 
 
 def test_publish_flag_forms() -> None:
-    p = parse.port("published=8080,target=80,protocol=udp,mode=host")
+    p = json_format.ParseDict(
+        parse.port("published=8080,target=80,protocol=udp,mode=host"), pb.PortConfig()
+    )
     assert (p.published_port, p.target_port, p.protocol, p.mode) == (
         8080,
         80,
         pb.PortConfig.UDP,
         pb.PortConfig.HOST,
     )
-    auto = parse.port("target=80")
+    auto = json_format.ParseDict(parse.port("target=80"), pb.PortConfig())
     assert auto.published_port == 0 and auto.mode == pb.PortConfig.INGRESS
     for bad in ("target=0", "published=8080", "target=80,mode=mesh", "target=80,foo=1"):
         with pytest.raises(ValueError, match="invalid port"):

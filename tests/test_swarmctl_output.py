@@ -9,6 +9,7 @@ import click
 import pytest
 
 from shoal import defaults, views
+from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl import cli, listing, output, wait
 from shoal.swarmctl.commands import reads
@@ -171,17 +172,21 @@ def test_ago() -> None:
 
 
 def test_converged() -> None:
+    def seen(info: api.ServiceInfo) -> dict[str, object]:
+        """What the wait sees of it: a line of the manager's watch."""
+        return views.progress_view(api.WatchServiceResponse(service=info))
+
     info = make_service()
-    assert not wait.converged(info)  # 2/3
+    assert not wait.converged(seen(info))  # 2/3
     info.running = info.running_updated = 3
-    assert wait.converged(info)
+    assert wait.converged(seen(info))
     info.running_updated = 2  # one task still runs the old spec
-    assert not wait.converged(info)
+    assert not wait.converged(seen(info))
     g = make_service("global")
     g.desired = g.running = g.running_updated = 0
-    assert not wait.converged(g)  # nothing placed yet
+    assert not wait.converged(seen(g))  # nothing placed yet
     g.desired = g.running = g.running_updated = 2
-    assert wait.converged(g)
+    assert wait.converged(seen(g))
 
 
 # ---------------------------------------------------------------- the ls / inspect path

@@ -3,12 +3,16 @@ codes of bad flags."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from google.protobuf import json_format
 
 from shoal import defaults
 from shoal.proto import objects_pb2 as pb
@@ -130,12 +134,22 @@ def test_user_rejects(text: str) -> None:
 # ---------------------------------------------------------------- ports and mounts
 
 
+def as_pb(obj: dict[str, Any], message: Any) -> Any:
+    """A JSON-form value as the manager reads it (json_format refuses unknown fields)."""
+    return json_format.ParseDict(obj, message)
+
+
+def as_json(spec: pb.ServiceSpec) -> dict[str, Any]:
+    """A stored spec as GET /services/REF/spec serves it."""
+    return json_format.MessageToDict(spec, preserving_proto_field_name=True)
+
+
 def test_port() -> None:
-    p = parse.port("8080:80")
+    p = as_pb(parse.port("8080:80"), pb.PortConfig())
     assert (p.published_port, p.target_port, p.protocol) == (8080, 80, pb.PortConfig.TCP)
-    p = parse.port("53:5353/udp")
+    p = as_pb(parse.port("53:5353/udp"), pb.PortConfig())
     assert (p.published_port, p.target_port, p.protocol) == (53, 5353, pb.PortConfig.UDP)
-    assert parse.port("1:65535/TCP").protocol == pb.PortConfig.TCP
+    assert as_pb(parse.port("1:65535/TCP"), pb.PortConfig()).protocol == pb.PortConfig.TCP
 
 
 @pytest.mark.parametrize(
@@ -154,14 +168,19 @@ def test_port_rejects(text: str, why: str) -> None:
         parse.port(text)
 
 
+def mount(text: str) -> pb.Mount:
+    m: pb.Mount = as_pb(parse.mount(text), pb.Mount())
+    return m
+
+
 def test_mount() -> None:
-    m = parse.mount("type=bind,source=/srv,target=/data,readonly")
+    m = mount("type=bind,source=/srv,target=/data,readonly")
     assert (m.type, m.source, m.target, m.readonly) == (pb.Mount.BIND, "/srv", "/data", True)
-    m = parse.mount("type=volume,src=db,dst=/var/lib/db")
+    m = mount("type=volume,src=db,dst=/var/lib/db")
     assert (m.type, m.source, m.target, m.readonly) == (pb.Mount.VOLUME, "db", "/var/lib/db", False)
-    assert parse.mount("source=db,target=/x").type == pb.Mount.VOLUME
-    assert not parse.mount("type=bind,source=/a,target=/b,readonly=false").readonly
-    assert parse.mount("type=bind,source=/a,target=/b,ro=1").readonly
+    assert mount("source=db,target=/x").type == pb.Mount.VOLUME
+    assert not mount("type=bind,source=/a,target=/b,readonly=false").readonly
+    assert mount("type=bind,source=/a,target=/b,ro=1").readonly
 
 
 @pytest.mark.parametrize(
@@ -184,11 +203,15 @@ def test_mount_rejects(text: str, why: str) -> None:
 
 
 def test_enum_names() -> None:
-    assert parse.availability("drain") == pb.AVAILABILITY_DRAIN
-    assert parse.availability("Active") == pb.AVAILABILITY_ACTIVE
-    assert parse.restart_condition("on-failure") == pb.RestartPolicy.ON_FAILURE
-    assert parse.failure_action("rollback") == pb.UpdateConfig.ROLLBACK
-    assert parse.update_order("start-first") == pb.UpdateConfig.START_FIRST
+    # The .proto's value names, as the JSON form carries them.
+    assert pb.NodeAvailability.Value(parse.availability("drain")) == pb.AVAILABILITY_DRAIN
+    assert pb.NodeAvailability.Value(parse.availability("Active")) == pb.AVAILABILITY_ACTIVE
+    condition = parse.restart_condition("on-failure")
+    assert pb.RestartPolicy.Condition.Value(condition) == pb.RestartPolicy.ON_FAILURE
+    action = parse.failure_action("rollback")
+    assert pb.UpdateConfig.FailureAction.Value(action) == pb.UpdateConfig.ROLLBACK
+    order = parse.update_order("start-first")
+    assert pb.UpdateConfig.Order.Value(order) == pb.UpdateConfig.START_FIRST
     with pytest.raises(ValueError, match="invalid availability 'sideways': use active, pause"):
         parse.availability("sideways")
     with pytest.raises(ValueError, match="invalid restart condition"):
@@ -199,11 +222,10 @@ def test_enum_names() -> None:
 
 
 def test_apply_spec_flags_changes_only_what_is_given() -> None:
-    spec = make_service().service.spec
-    before = pb.ServiceSpec()
-    before.CopyFrom(spec)
-    specs.apply_spec_flags(spec, specs.SpecFlags())
-    assert spec == before
+    stored = as_json(make_service().service.spec)
+    before = copy.deepcopy(stored)
+    specs.apply_spec_flags(stored, specs.SpecFlags())
+    assert stored == before
 
     flags = specs.SpecFlags(
         env=("A=2", "B=1"),
@@ -214,7 +236,8 @@ def test_apply_spec_flags_changes_only_what_is_given() -> None:
         memory_limit="64M",
         health_cmd="true",
     )
-    specs.apply_spec_flags(spec, flags)
+    specs.apply_spec_flags(stored, flags)
+    spec = as_pb(stored, pb.ServiceSpec())
     assert list(spec.task.container.env) == ["A=2", "B=1"]
     assert [(p.published_port, p.target_port) for p in spec.ports] == [(8080, 81), (53, 53)]
     assert spec.task.restart.delay_ms == 1_000
@@ -226,18 +249,55 @@ def test_apply_spec_flags_changes_only_what_is_given() -> None:
 
 
 def test_restart_flag_starts_from_the_defaults() -> None:
-    spec = pb.ServiceSpec()
-    specs.apply_spec_flags(spec, specs.SpecFlags(restart_max_attempts=3))
+    made: dict[str, Any] = {}
+    specs.apply_spec_flags(made, specs.SpecFlags(restart_max_attempts=3))
+    spec = as_pb(made, pb.ServiceSpec())
     expected = defaults.restart_policy()
     expected.max_attempts = 3
     assert spec.task.restart == expected
     assert not spec.HasField("update")
 
 
+def test_every_spec_flag_makes_a_spec_the_manager_reads() -> None:
+    """Each flag's JSON form parses as a ServiceSpec (field and enum names right)."""
+    flags = specs.SpecFlags(
+        env=("A=1",), label=("k=v",), constraint=("node.role==worker",), network=("n1",),
+        publish=("8080:80/udp", "published=9,target=9,mode=host"), mount=("source=v,target=/v",),
+        user="1:1", workdir="/w", cpu_limit="1.5", memory_limit="1G", cpu_reservation="0.5",
+        memory_reservation="1M", restart_condition="on-failure", restart_delay="1s",
+        restart_max_attempts=2, restart_window="1m", update_parallelism=2, update_delay="1s",
+        update_failure_action="rollback", update_order="start-first", health_cmd="true",
+        health_interval="2s", health_retries=4, stop_grace_period="3s", max_replicas_per_node=2,
+        rebalance=True, endpoint_mode="dnsrr", endpoint_drain="1s", cap_add=("net_admin",),
+        cap_drop=("ALL",), security_opt=("seccomp=unconfined",), pids_limit=-1,
+        secret=("s@2,target=/t,uid=1,gid=2,mode=0400",), config=("c,target=/c",),
+    )  # fmt: skip
+    assert all(f.name in flags.__dict__ for f in dataclasses.fields(flags))
+    made = specs.new_service_spec("w", "img", 3, "replicated", ("sh", "-c", "x"), flags)
+    spec = as_pb(made, pb.ServiceSpec())
+    c = spec.task.container
+    assert (spec.replicated.replicas, c.command, c.args) == (3, ["sh"], ["-c", "x"])
+    assert spec.ports[0].protocol == pb.PortConfig.UDP and spec.ports[1].mode == pb.PortConfig.HOST
+    assert spec.endpoint_mode == pb.ENDPOINT_DNSRR and c.endpoint_drain_ms == 1000
+    assert (c.cap_add, c.cap_drop, c.seccomp, c.pids_limit) == (
+        ["CAP_NET_ADMIN"], ["ALL"], "unconfined", -1
+    )
+    assert spec.task.restart.condition == pb.RestartPolicy.ON_FAILURE
+    assert spec.update.failure_action == pb.UpdateConfig.ROLLBACK
+    assert (c.secrets[0].version, c.secrets[0].pinned, c.secrets[0].mode) == (2, True, 0o400)
+    assert (c.healthcheck.test, c.healthcheck.interval_ms) == (["CMD-SHELL", "true"], 2000)
+    assert spec.task.limits.nano_cpus == 1_500_000_000
+    # And what the manager stores comes back through the JSON form unchanged.
+    assert as_pb(as_json(spec), pb.ServiceSpec()) == spec
+    glob = as_pb(specs.new_service_spec("g", "i", None, "global", (), specs.SpecFlags()),
+                 pb.ServiceSpec())  # fmt: skip
+    assert glob.WhichOneof("mode") == "global"
+
+
 def test_remove_spec_items() -> None:
-    spec = make_service().service.spec
+    stored = as_json(make_service().service.spec)
     specs.remove_spec_items(
-        spec,
+        stored,
         specs.RemoveFlags(
             env_rm=("A", "NOPE"),
             label_rm=("tier",),
@@ -246,6 +306,7 @@ def test_remove_spec_items() -> None:
             publish_rm=("53/udp",),
         ),
     )
+    spec = as_pb(stored, pb.ServiceSpec())
     assert list(spec.task.container.env) == []
     assert dict(spec.annotations.labels) == {}
     assert list(spec.task.placement.constraints) == []

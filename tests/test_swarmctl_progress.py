@@ -8,22 +8,28 @@ import pty
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shoal import views
 from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
 from shoal.swarmctl.progress import bar, progress_line, update_batch
 
 
-def info(running: int, updated: int, state: int = 0, parallelism: int = 0) -> api.ServiceInfo:
+def info(
+    running: int, updated: int, state: int = 0, parallelism: int = 0, pulls: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A line of the manager's watch: the view of a WatchService message."""
     svc = pb.Service()
     svc.spec.annotations.name = "web"
     svc.spec.replicated.replicas = 6
     svc.spec.update.parallelism = parallelism
     svc.update_status.state = state  # type: ignore[assignment]
-    return api.ServiceInfo(service=svc, desired=6, running=running, running_updated=updated)
+    service = api.ServiceInfo(service=svc, desired=6, running=running, running_updated=updated)
+    return views.progress_view(api.WatchServiceResponse(service=service, task_progress=list(pulls)))
 
 
 def test_bar() -> None:
@@ -34,29 +40,29 @@ def test_bar() -> None:
 
 
 def test_line_without_update() -> None:
-    line = progress_line("web", info(3, 3), 6, 200)
+    line = progress_line("web", info(3, 3), 200)
     assert line == "web [############------------] 3/6 running"
-    assert progress_line("web", info(3, 3), 6, 10) == line[:10]
+    assert progress_line("web", info(3, 3), 10) == line[:10]
 
 
 def test_pulls_the_agents_report() -> None:
     pulls = ["pulling r/img:1: 3.1 of 57.0 MB", "pulling r/img:1: 9.0 of 57.0 MB"]
-    line = progress_line("web", info(0, 0), 6, 200, pulls)
+    line = progress_line("web", info(0, 0, pulls=tuple(pulls)), 200)
     assert line.endswith("0/6 running; pulling r/img:1: 3.1 of 57.0 MB (+1 more)")
-    assert progress_line("web", info(0, 0), 6, 200, pulls[:1]).endswith("57.0 MB")
+    assert progress_line("web", info(0, 0, pulls=tuple(pulls[:1])), 200).endswith("57.0 MB")
 
 
 def test_update_batches() -> None:
     updating = pb.UpdateStatus.UPDATING
-    assert update_batch(info(6, 0, updating, 2), 6) == (1, 3)
-    assert update_batch(info(6, 2, updating, 2), 6) == (2, 3)
-    assert update_batch(info(6, 5, updating, 2), 6) == (3, 3)
-    assert update_batch(info(6, 6, updating, 2), 6) == (3, 3)
-    assert update_batch(info(6, 0, updating, 0), 6) == (1, 1)  # all at once
-    assert update_batch(info(6, 6, pb.UpdateStatus.COMPLETED, 2), 6) is None
-    line = progress_line("web", info(6, 2, updating, 2), 6, 200)
+    assert update_batch(info(6, 0, updating, 2)) == (1, 3)
+    assert update_batch(info(6, 2, updating, 2)) == (2, 3)
+    assert update_batch(info(6, 5, updating, 2)) == (3, 3)
+    assert update_batch(info(6, 6, updating, 2)) == (3, 3)
+    assert update_batch(info(6, 0, updating, 0)) == (1, 1)  # all at once
+    assert update_batch(info(6, 6, pb.UpdateStatus.COMPLETED, 2)) is None
+    line = progress_line("web", info(6, 2, updating, 2), 200)
     assert line.endswith("6/6 running, update batch 2 of 3")
-    rollback = progress_line("web", info(6, 0, pb.UpdateStatus.ROLLBACK_STARTED, 3), 6, 200)
+    rollback = progress_line("web", info(6, 0, pb.UpdateStatus.ROLLBACK_STARTED, 3), 200)
     assert rollback.endswith("rollback batch 1 of 2")
 
 
