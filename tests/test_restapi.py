@@ -164,10 +164,12 @@ async def test_bad_requests(manager: ManagerProcess) -> None:
         code, headers, body = http(sock, req.format(path))
         assert (code, headers["content-type"]) == (status, "application/json"), path
         assert words in body["error"], (path, body)
-    code, headers, body = http(sock, "DELETE /services/web HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert code == 405 and headers["allow"] == "GET" and headers["connection"] == "close"
+    code, headers, body = http(sock, "PUT /services/web HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert code == 405 and headers["allow"] == "GET, DELETE" and headers["connection"] == "close"
+    code, headers, body = http(sock, "POST /nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert code == 405 and headers["allow"] == "GET"
     code, _, body = http(sock, "nonsense\r\n\r\n")
-    assert code == 400 and body == {"error": "malformed request"}
+    assert code == 400 and body == {"error": "malformed request", "code": "invalid_argument"}
 
 
 async def test_keep_alive_serves_several_requests(manager: ManagerProcess) -> None:
