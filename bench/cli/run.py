@@ -1,4 +1,5 @@
-"""swarmctl's start-up: `swarmctl service ls` against a running manager.
+"""swarmctl's start-up: `swarmctl service ls`, `service scale -d` and `service
+create -d` against a running manager.
 
     python -m bench.cli.run [--rounds 20] [--services 10] [--baseline DIR]
 
@@ -10,8 +11,16 @@ by round so every command sees the same machine load, the wall time of:
 - the same listing over gRPC, as swarmctl did it before (click, the gRPC client,
   protobuf views, the table): the "before" of the same run;
 - `swarmctl --help`, and `curl --unix-socket` on the same endpoint if curl exists;
-- with `--baseline DIR`, `swarmctl service ls` from another checkout of Shoal (say,
-  main before the HTTP socket; it reads over gRPC, which this manager serves too).
+- `swarmctl service scale s0=N --detach` (N alternates 1, 2: a real change each
+  round) and `swarmctl service create --detach` (a new service each round), both
+  over the HTTP socket;
+- with `--baseline DIR`, the same `service ls`, `scale` and `create` from another
+  checkout of Shoal (say, main: ls over the HTTP socket, writes over gRPC, which
+  this manager serves too).
+
+Services use an image on a closed loopback port (`127.0.0.1:9/busybox`): the
+manager's attempt to pin it to a digest fails at once, without leaving the host
+(no workers run them anyway).
 
 Medians of the rounds; also each command's import time (`python -X importtime`,
 the sum of the top-level imports' cumulative times, least of 5 runs) and whether gRPC or protobuf
@@ -50,25 +59,37 @@ output.print_table(output.SERVICE_HEADERS, output.service_rows(vs))
 """
 
 
-def commands(socket: Path, baseline: Path | None) -> dict[str, list[str]]:
+IMAGE = "127.0.0.1:9/busybox"
+
+
+def writes(ctl: list[str], n: int, tag: str) -> dict[str, list[str]]:
+    """Round n's `service scale` and `service create`, both detached (a new name each)."""
+    return {
+        "service scale s0=N --detach": [*ctl, "service", "scale", f"s0={1 + n % 2}", "-d"],
+        "service create --detach": [
+            *ctl, "service", "create", "-d", "--name", f"{tag}{n}", "--image", IMAGE,
+        ],
+    }  # fmt: skip
+
+
+def commands(socket: Path, baseline: Path | None, n: int = 0) -> dict[str, list[str]]:
+    """The commands of round n (the writes change something every round)."""
     rest = str(socket).removesuffix(".sock") + ".http.sock"
+    ctl = [SWARMCTL, "--socket", str(socket)]
     cmds = {
         "python -c pass": [sys.executable, "-c", "pass"],
-        "swarmctl service ls (HTTP socket)": [SWARMCTL, "--socket", str(socket), "service", "ls"],
+        "swarmctl service ls (HTTP socket)": [*ctl, "service", "ls"],
         "service ls over gRPC (before)": [sys.executable, "-c", GRPC_LS, str(socket)],
         "swarmctl --help": [SWARMCTL, "--help"],
     }
+    for name, cmd in writes(ctl, n, "h").items():
+        cmds[f"swarmctl {name} (HTTP socket)"] = cmd
     if baseline is not None:
         # The entry point's code comes from PYTHONPATH: the baseline's swarmctl.
-        cmds["swarmctl service ls, baseline checkout"] = [
-            "env",
-            f"PYTHONPATH={baseline}",
-            SWARMCTL,
-            "--socket",
-            str(socket),
-            "service",
-            "ls",
-        ]
+        base = ["env", f"PYTHONPATH={baseline}", *ctl]
+        cmds["swarmctl service ls, baseline checkout"] = [*base, "service", "ls"]
+        for name, cmd in writes(base, n, "b").items():
+            cmds[f"swarmctl {name}, baseline checkout"] = cmd
     if shutil.which("curl"):
         cmds["curl --unix-socket .../services"] = [
             "curl",
@@ -85,17 +106,17 @@ def wall(cmd: list[str]) -> tuple[float, float]:
     loaded machine than wall time does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return elapsed, cpu
 
 
-def import_profile(cmd: list[str], runs: int = 5) -> tuple[float, bool]:
-    """(ms of imports, gRPC or protobuf among them) of a Python command: the least of
-    `runs` runs, the one the machine's load disturbed least."""
-    profiles = [_imports(cmd) for _ in range(runs)]
+def import_profile(cmds: list[list[str]]) -> tuple[float, bool]:
+    """(ms of imports, gRPC or protobuf among them) of a Python command (one run of
+    each form given): the least, the one the machine's load disturbed least."""
+    profiles = [_imports(cmd) for cmd in cmds]
     return min(ms for ms, _ in profiles), any(heavy for _, heavy in profiles)
 
 
@@ -133,15 +154,18 @@ def main() -> None:
     manager = ManagerProcess(state / "m").start()
     try:
         for i in range(args.services):
-            manager.ctl("service", "create", "-d", "--name", f"s{i}", "--image", "busybox")
-        cmds = commands(manager.socket, args.baseline)
+            manager.ctl("service", "create", "-d", "--name", f"s{i}", "--image", IMAGE)
+        sock, base = manager.socket, args.baseline
+        cmds = commands(sock, base, -1)
         for cmd in cmds.values():  # warm the page cache
             wall(cmd)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
-        for _ in range(args.rounds):
-            for name, cmd in cmds.items():
+        for n in range(args.rounds):
+            for name, cmd in commands(sock, base, n).items():
                 times[name].append(wall(cmd))
-        imports = {name: import_profile(cmd) for name, cmd in cmds.items()}
+        # Five more runs of each, under -X importtime.
+        more = [commands(sock, base, args.rounds + i) for i in range(5)]
+        imports = {name: import_profile([c[name] for c in more]) for name in cmds}
     finally:
         manager.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -177,6 +201,11 @@ def report(
     before = median("service ls over gRPC (before)", 0)
     after = median("swarmctl service ls (HTTP socket)", 0)
     print(f"\nservice ls, HTTP socket / gRPC: {after / before:.2f}x")
+    for write in ("service scale s0=N --detach", "service create --detach"):
+        base = f"swarmctl {write}, baseline checkout"
+        if base in times:
+            ratio = median(f"swarmctl {write} (HTTP socket)", 0) / median(base, 0)
+            print(f"{write}, HTTP socket / baseline checkout: {ratio:.2f}x")
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2) + "\n")
 
