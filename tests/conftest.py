@@ -13,7 +13,7 @@ import pytest
 
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
-from shoal.lab.procs import ManagerProcess, WorkerProcess
+from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr
 from shoal.lab.registry import Registry
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Keys, Store
@@ -141,6 +141,16 @@ def managers(tmp_path: Path) -> Iterator[list[ManagerProcess]]:
     finally:
         for m in started:
             m.stop()
+
+
+@pytest.fixture
+def manager(
+    tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
+) -> Iterator[ManagerProcess]:
+    """One manager (no workers) on the test's etcd."""
+    m = ManagerProcess(tmp_path / "m1", *etcd.manager_args(), "--listen-addr", free_manager_addr())
+    managers.append(m.start())
+    yield m
 
 
 @pytest.fixture

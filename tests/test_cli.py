@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.lab.procs import ManagerProcess, free_manager_addr, swarmctl
+from shoal.lab.procs import ManagerProcess, swarmctl
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 
@@ -17,20 +17,6 @@ from .helpers import make_node
 from .swarmctl_samples import CLUSTER_KEYS, NETWORK_KEYS, NODE_KEYS, SERVICE_KEYS, TASK_KEYS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def manager(
-    tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
-) -> Iterator[ManagerProcess]:
-    m = ManagerProcess(
-        tmp_path / "m1",
-        *etcd.manager_args(),
-        "--listen-addr",
-        free_manager_addr(),
-    ).start()
-    managers.append(m)
-    yield m
 
 
 @pytest.fixture

@@ -12,20 +12,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 
-from shoal.lab.procs import ManagerProcess, free_manager_addr
-from shoal.manager.etcd_embedded import EmbeddedEtcd
-from shoal.manager.store import EtcdConnection, Store
+from shoal.lab.procs import ManagerProcess
+from shoal.manager.store import Store
 from shoal.proto import objects_pb2 as pb
 from shoal.restsock import rest_socket
 from shoal.swarmctl.client import Client
 from shoal.swarmctl.errors import CLIError
+
+# test_restapi's probe: runs swarmctl, and lists what got loaded.
+from .test_restapi import _PROBE
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +38,6 @@ SPEC = {
     "task": {"container": {"image": IMAGE, "command": ["sleep", "1000"]}},
     "replicated": {"replicas": 2},
 }
-
-
-@pytest.fixture
-def manager(
-    tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
-) -> Iterator[ManagerProcess]:
-    m = ManagerProcess(tmp_path / "m1", *etcd.manager_args(), "--listen-addr", free_manager_addr())
-    managers.append(m.start())
-    yield m
-
-
-@pytest.fixture
-async def store(etcd: EmbeddedEtcd) -> AsyncIterator[Store]:
-    s = Store(EtcdConnection([etcd.endpoint], etcd.tls))
-    yield s
-    await s.close()
 
 
 def exchange(
@@ -153,7 +138,7 @@ async def test_refusals_are_the_grpc_apis_and_write_nothing(
     sock = manager.socket
     assert call(sock, "POST", "/services", {"spec": SPEC})[0] == 201
     bad_image = {**SPEC, "annotations": {"name": "w2"}, "task": {"container": {"image": ""}}}
-    no_net = {**SPEC, "annotations": {"name": "w3"}}
+    no_net: dict[str, Any] = {**SPEC, "annotations": {"name": "w3"}}
     no_net["task"] = {"container": {"image": IMAGE}, "networks": [{"target": "nope"}]}
     too_many = {**SPEC, "annotations": {"name": "w4"}, "replicated": {"replicas": 10**9}}
     for spec, status, code in (
@@ -167,23 +152,25 @@ async def test_refusals_are_the_grpc_apis_and_write_nothing(
         # The same sentence and code the gRPC API gives for the same spec.
         expected = grpc_error(sock, spec)
         assert (err["error"], err["code"]) == (str(expected), expected.code)
-    for body, words in (
+    bodies: tuple[tuple[Any, str], ...] = (
         ({"spec": {**SPEC, "colour": "red"}}, "invalid spec: "),
         ({"spec": {**SPEC, "endpoint_mode": "ENDPOINT_NOPE"}}, "invalid spec: "),
         ({"spek": SPEC}, "unknown field 'spek'"),
         ({}, "a spec is required"),
         ([], "the request body must be a JSON object"),
-    ):
+    )
+    for body, words in bodies:
         got, err = await refused_without_writing(store, sock, "POST", "/services", body)
         assert got == 400 and err["error"].startswith(words), (body, err)
-    for path, body, status, words in (
+    writes: tuple[tuple[str, Any, int, str], ...] = (
         ("/services/web/scale", {"replicas": -1}, 400, "replicas must be 0 or more"),
         ("/services/web/scale", {"replicas": "3"}, 400, "wrong type"),
         ("/services/nope/scale", {"replicas": 3}, 404, "service 'nope' not found"),
         ("/services/web/update", {"rollback": True}, 409, "no previous spec"),
         ("/services/web/update", {"spec": SPEC, "rollback": True}, 400, "either a spec or"),
         ("/services/web/update", {"spec": {**SPEC, "global": {}}}, 400, "invalid spec"),
-    ):
+    )
+    for path, body, status, words in writes:
         got, err = await refused_without_writing(store, sock, "POST", path, body)
         assert got == status and words in err["error"], (path, body, err)
     # Not JSON; a chunked body; a method the path does not take.
@@ -203,7 +190,7 @@ def chunks(answer: bytes) -> list[Any]:
     """The JSON lines of a chunked answer (which must end with its last chunk)."""
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head and b"application/x-ndjson" in head
-    out = []
+    out: list[Any] = []
     while True:
         size_line, _, body = body.partition(b"\r\n")
         size = int(size_line, 16)
@@ -236,18 +223,6 @@ async def test_watch_streams_progress_until_its_timeout(manager: ManagerProcess)
         while chunk := s.recv(65536):
             out += chunk
     assert chunks(out)[-1] == {"removed": True}
-
-
-_PROBE = """
-import sys
-from shoal.swarmctl.cli import main
-sys.argv = ["swarmctl", *sys.argv[1:]]
-try:
-    main()
-finally:
-    loaded = sorted({m.split(".")[0] for m in sys.modules} & {"grpc", "google"})
-    print("LOADED", loaded, file=sys.stderr)
-"""
 
 
 def swarmctl(m: ManagerProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,14 +11,14 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal import views
-from shoal.lab.procs import ManagerProcess, free_manager_addr
+from shoal.lab.procs import ManagerProcess
 from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import EtcdConnection, Store
 from shoal.restsock import rest_socket
@@ -27,15 +27,6 @@ from shoal.swarmctl.client import Client
 from .helpers import make_node
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def manager(
-    tmp_path: Path, etcd: EmbeddedEtcd, managers: list[ManagerProcess]
-) -> Iterator[ManagerProcess]:
-    m = ManagerProcess(tmp_path / "m1", *etcd.manager_args(), "--listen-addr", free_manager_addr())
-    managers.append(m.start())
-    yield m
 
 
 @pytest.fixture
