@@ -167,7 +167,8 @@ class RestAPI:
             return 200, answer, keep_alive, ""
         except HTTPError as err:
             return err.status, err.body(), keep_alive, ""
-        except Exception as err:  # a bug: logged once by the RPC wrapper
+        except Exception as err:  # a bug
+            log.exception("HTTP %s %s failed", method, url.path)
             return 500, HTTPError(500, f"internal error: {type(err).__name__}").body(), False, ""
 
     def _handlers(self, path: str) -> dict[str, Handler]:
