@@ -34,6 +34,9 @@ GROUPS = {
     "task": "shoal.swarmctl.commands.task",
 }
 
+# Writes with a light group of their own (commands/light.py).
+LIGHT_WRITES = {("service", "scale"), ("service", "rm")}
+
 
 class Root(click.Group):
     """Loads a command group only when it runs, and turns failed requests and bad
@@ -52,11 +55,15 @@ class Root(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        # A read command runs from its light group: no protobuf or gRPC to load.
+        # A read command runs from its light group: no protobuf or gRPC to load;
+        # so do `service scale` and `service rm`, without the spec flags.
         if len(args) > 1:
-            from shoal.swarmctl.commands import reads
+            if (args[0], args[1]) in LIGHT_WRITES:
+                from shoal.swarmctl.commands import light as module
+            else:
+                from shoal.swarmctl.commands import reads as module  # type: ignore[no-redef]
 
-            light = reads.GROUPS.get(args[0])
+            light = module.GROUPS.get(args[0])
             if light is not None and args[1] in light.commands:
                 return args[0], light, args[1:]
         return super().resolve_command(ctx, args)

@@ -12,6 +12,8 @@ import math
 import re
 from typing import Any, TypeVar
 
+from shoal.defaults import MAX_REPLICAS
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 _DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
@@ -53,6 +55,14 @@ def nano_cpus(value: str) -> int:
     if not math.isfinite(cpus) or cpus < 0:
         raise ValueError(f"invalid CPU count {value!r}: must be 0 or more")
     return round(cpus * 1_000_000_000)
+
+
+def check_replicas(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"replicas must be 0 or more, got {n}")
+    if n > MAX_REPLICAS:
+        raise ValueError(f"replicas must be between 0 and {MAX_REPLICAS}, got {n}")
+    return n
 
 
 def key_value(value: str, what: str) -> tuple[str, str]:

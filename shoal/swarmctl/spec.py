@@ -405,14 +405,6 @@ def remove_spec_items(
         _keep(c, "configs", lambda ref: ref.get("name") not in r.config_rm)
 
 
-def check_replicas(n: int) -> int:
-    if n < 0:
-        raise ValueError(f"replicas must be 0 or more, got {n}")
-    if n > defaults.MAX_REPLICAS:
-        raise ValueError(f"replicas must be between 0 and {defaults.MAX_REPLICAS}, got {n}")
-    return n
-
-
 # ---------------------------------------------------------------- whole specs
 
 
@@ -438,7 +430,7 @@ def new_service_spec(
     if mode == "global":
         spec["global"] = {}
     else:
-        spec["replicated"] = {"replicas": check_replicas(1 if replicas is None else replicas)}
+        spec["replicated"] = {"replicas": parse.check_replicas(1 if replicas is None else replicas)}
     apply_spec_flags(spec, flags)
     return spec
 

@@ -1,23 +1,22 @@
 """`swarmctl service ...`.
 
-create, update, scale and rm (and the wait for convergence) go over the manager's
-HTTP socket with specs in their JSON form (spec.py), like the reads: they load
-neither gRPC nor protobuf. `logs` streams over gRPC (loaded when it runs).
+create and update (and the wait for convergence) go over the manager's HTTP
+socket with specs in their JSON form (spec.py), like the reads: they load neither
+gRPC nor protobuf; scale and rm are in light.py. `logs` streams over gRPC (loaded
+when it runs).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import click
 
 from shoal.swarmctl import output, parse
 from shoal.swarmctl import spec as specs
-from shoal.swarmctl.commands import reads
-from shoal.swarmctl.errors import CLIError
-from shoal.swarmctl.session import client, remove_each, report, rest, retry_conflicts
+from shoal.swarmctl.commands import light, reads
+from shoal.swarmctl.session import client, rest, retry_conflicts
 from shoal.swarmctl.wait import wait_converged, wait_options
 
 
@@ -27,6 +26,7 @@ def group() -> None:
 
 
 reads.add_to(group)
+light.add_to(group)
 
 
 @group.command(
@@ -91,7 +91,7 @@ def update(
     if rollback and (changes or force or spec_flags.any_given() or rm_flags.any_given()):
         raise click.UsageError("--rollback cannot be combined with other changes")
     if replicas is not None:
-        specs.check_replicas(replicas)
+        parse.check_replicas(replicas)
     network_ids: dict[str, str] = {}
 
     def network_id(net: str) -> str:
@@ -125,47 +125,6 @@ def warn(service: dict[str, Any]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-def _scale_one(name: str, count: int) -> str:
-    # The manager reads the spec and writes it back with `count` in one request.
-    body = {"replicas": count}
-    scaled = retry_conflicts(lambda: rest().post("services", name, "scale", body=body))
-    return str(scaled["id"])
-
-
-@group.command("scale")
-@click.argument("pairs", nargs=-1, required=True, metavar="NAME=REPLICAS...")
-@wait_options
-@click.pass_context
-def scale(ctx: click.Context, pairs: tuple[str, ...], detach: bool, timeout: str) -> None:
-    """Set the replicas of services: swarmctl service scale web=5 [db=2 ...]"""
-    try:
-        wanted = [parse.scale_pair(p) for p in pairs]
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-    timeout_ms = parse.duration_ms(timeout)
-    for _, count in wanted:
-        specs.check_replicas(count)
-    failed = False
-    scaled: list[tuple[str, str]] = []
-    for name, count in wanted:
-        try:
-            scaled.append((name, _scale_one(name, count)))
-        except CLIError as err:
-            report(err)
-            failed = True
-    deadline = time.monotonic() + timeout_ms / 1000
-    for name, service_id in scaled:
-        try:
-            if not detach:
-                wait_converged(service_id, name, timeout_ms, deadline)
-            click.echo(name)
-        except CLIError as err:
-            report(err)
-            failed = True
-    if failed:
-        ctx.exit(1)
-
-
 @group.command("logs")
 @click.argument("ref", metavar="NAME|ID")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
@@ -186,22 +145,14 @@ def logs(ref: str, follow: bool, tail: int) -> None:
                 f"{names.get(chunk.node_id, chunk.node_id[: output.SHORT_ID])} | ".encode(),
             )
             # Chunks cut lines anywhere; hold a tail until its newline arrives.
-            *lines, rest = (partial.pop(chunk.task_id, b"") + chunk.data).split(b"\n")
+            *lines, pending = (partial.pop(chunk.task_id, b"") + chunk.data).split(b"\n")
             for line in lines:
                 out.write(prefix + line + b"\n")
-            if rest:
-                partial[chunk.task_id] = rest
+            if pending:
+                partial[chunk.task_id] = pending
             out.flush()
     except KeyboardInterrupt:
         pass  # the way to stop --follow
-    for task_id, rest in partial.items():
-        out.write(prefixes[task_id] + rest + b"\n")
+    for task_id, pending in partial.items():
+        out.write(prefixes[task_id] + pending + b"\n")
     out.flush()
-
-
-@group.command("rm")
-@click.argument("refs", nargs=-1, required=True, metavar="NAME|ID...")
-@click.pass_context
-def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
-    """Remove services; their tasks are stopped."""
-    remove_each(ctx, refs, lambda ref: str(rest().delete("services", ref)["id"]))
