@@ -34,6 +34,21 @@ GROUPS = {
     "task": "shoal.swarmctl.commands.task",
 }
 
+# What `swarmctl --help` lists: the groups' own first help lines, kept here so the
+# root help loads no group (and with them gRPC and protobuf). tests/test_cli.py
+# checks that they match.
+SUMMARIES = {
+    "cluster": "The cluster itself.",
+    "config": "Manage configs (the data is never shown).",
+    "events": "Print the cluster's changes as they happen (Ctrl-C stops).",
+    "network": "Manage overlay networks.",
+    "node": "Manage nodes.",
+    "secret": "Manage secrets (the data is never shown).",
+    "service": "Manage services.",
+    "stack": "Deploy and manage stacks (apps from compose files).",
+    "task": "Inspect tasks.",
+}
+
 # Writes with a light group of their own (commands/light.py).
 LIGHT_WRITES = {("service", "scale"), ("service", "rm")}
 
@@ -44,6 +59,10 @@ class Root(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(GROUPS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(SUMMARIES.items()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = GROUPS.get(cmd_name)
