@@ -99,3 +99,19 @@ def remove_new(paths: tuple[Path, ...], existed: set[Path]) -> None:
         if p not in existed:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if empty: never anything someone else put there
+
+
+def task_timeline(since: float, tasks: list[tuple[float, float | None]]) -> dict[str, float]:
+    """From tasks' own records (created, running since or None), those created at or
+    after `since` (seconds since the epoch): seconds from `since` until the last of them
+    was created, the first and the last of them ran."""
+    # Records are in ms (Shoal) or from another clock reading (Docker): a little slack.
+    new = [(c, r) for c, r in tasks if c >= since - 0.002]
+    ran = [r for _, r in new if r is not None]
+    if not new or not ran:
+        raise RuntimeError(f"no task created and running since {since}")
+    return {
+        "tasks_created": max(c for c, _ in new) - since,
+        "first_running": min(ran) - since,
+        "last_running": max(ran) - since,
+    }

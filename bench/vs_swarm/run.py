@@ -257,7 +257,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    left = [*mounts_under(root), *map(str, processes_mentioning(root))]
+    left = [*mounts_under(root), *map(str, processes_mentioning(str(root)))]
     if left or root.exists():
         print(f"WARNING: left behind under {root}: {left}")
 
