@@ -1,6 +1,11 @@
 """Shoal against Docker Swarm on real containers, side by side on this machine.
 
-    python -m bench.vs_swarm.run [--rounds 3] [--replicas 20] [--scale-to 40] [--out PATH]
+    python -m bench.vs_swarm.run [--hosts 1|3] [--rounds 3] [--replicas N] [--scale-to M]
+                                 [--out PATH]
+
+--hosts 3 (defaults: 60 replicas, scaled to 120): three netns worker hosts per
+system, a host lost step; see bench/vs_swarm/hosts3.py. What follows is the
+one-node mode (the default; 20 replicas, scaled to 40).
 
 Docker side: Debian's docker.io (installed with apt-get if missing; its system
 service is neither started nor used), a dockerd of our own: own data root, exec
@@ -54,7 +59,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -63,6 +67,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.guard import exit_cleanly_on_signals
 from bench.vs_swarm.common import (
     COMMAND,
     DOCKERD_SIDE_PATHS,
@@ -73,10 +78,10 @@ from bench.vs_swarm.common import (
     System,
     ensure_docker,
     ignore_signals,
-    raise_exit,
     remove_new,
     sh,
 )
+from bench.vs_swarm.hosts3 import run_hosts, summarise_hosts
 from bench.vs_swarm.shoal_side import Shoal
 from bench.vs_swarm.swarm import Swarm
 from shoal.lab.containerd import Containerd
@@ -233,26 +238,32 @@ def summarise(result: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--hosts", type=int, choices=(1, 3), default=1, help="worker hosts per system")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--replicas", type=int, default=20, help="replicas created (N)")
-    p.add_argument("--scale-to", type=int, default=40, help="replicas after the scale (M)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "vs_swarm" / "results.json")
+    p.add_argument("--replicas", type=int, help="replicas created (N; 20, or 60 on 3 hosts)")
+    p.add_argument("--scale-to", type=int, help="replicas after the scale (M; 2N)")
+    p.add_argument("--out", type=Path, help="JSON results (bench/vs_swarm/results[-3hosts].json)")
     args = p.parse_args()
+    args.replicas = args.replicas or (20 if args.hosts == 1 else 60)
+    args.scale_to = args.scale_to or 2 * args.replicas
+    name = "results.json" if args.hosts == 1 else "results-3hosts.json"
+    args.out = args.out or REPO / "bench" / "vs_swarm" / name
+    if args.rounds < 1 or not 0 < args.replicas < args.scale_to:
+        p.error("need --rounds >= 1 and 0 < --replicas < --scale-to")
     if os.geteuid() != 0:
         sys.exit("needs root (dockerd, containerd, network namespaces)")
     ensure_docker()
     existed = {q for q in DOCKERD_SIDE_PATHS if q.exists()}
     root = Path(tempfile.mkdtemp(prefix="shoal-vs-swarm-", dir="/var/tmp"))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_exit)
+    exit_cleanly_on_signals()
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, root, True)
         stack.callback(remove_new, DOCKERD_SIDE_PATHS, existed)
         try:
-            result = run_bench(args, root, stack)
+            result = (run_hosts if args.hosts == 3 else run_bench)(args, root, stack)
         finally:
             ignore_signals()
-    table = summarise(result)
+    table = summarise_hosts(result) if args.hosts == 3 else summarise(result)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
