@@ -33,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,9 +94,10 @@ def run_rounds(systems: list[HostsSystem], rounds: int, n: int, m: int) -> dict[
 
 
 def run_hosts(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str, Any]:
-    hosts = Hosts(len(NAMES), names=NAMES)
+    prefix = f"sh{uuid.uuid4().hex[:6]}"
+    stack.callback(check_clean, root, prefix)  # runs last
+    hosts = Hosts(len(NAMES), prefix=prefix, names=NAMES)
     stack.callback(hosts.close)
-    stack.callback(check_clean, root, hosts.prefix)
     reg_host = hosts[0]
     registry = Registry(
         host=reg_host.addr, port=5000, wrap=reg_host.cmd(), data_dir=root / "registry"

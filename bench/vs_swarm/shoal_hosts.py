@@ -69,6 +69,11 @@ class ShoalHosts(Shoal):
     def containers(self, host: str) -> int:
         return len(self.ctr_on(host, "containers", "ls", "-q").split())
 
+    def running_on(self, host: str) -> int:
+        """Containers whose process runs (`ctr task ls`: TASK PID STATUS)."""
+        rows = self.ctr_on(host, "task", "ls").splitlines()[1:]
+        return sum(1 for r in rows if r.split()[-1:] == ["RUNNING"])
+
     def load(self, image: str) -> str:
         """A warm-up service with two replicas per host (each agent pulls the image);
         returns the image's manifest digest, checked to be the same on every host."""
@@ -130,12 +135,17 @@ class ShoalHosts(Shoal):
 
     def restore(self, service: str, victim: int) -> float:
         """As SwarmHosts.restore: link up, the agent started again; seconds until it is
-        registered and the containers of its old tasks are gone."""
+        registered and no container of its old tasks runs (they stay, stopped, until
+        their tasks are removed, as Docker's do)."""
         host = self.workers[victim]
         t = time.perf_counter()
         host.run("ip", "link", "set", "eth0", "up")
         self.cluster.start_worker(host, *self.worker_args(host))
-        until(lambda: self.containers(host.name) == 0, f"{host.name}: old containers gone")
+        node = self.nodes[host.name]
+        until(
+            lambda: self.cluster.node_ready(node) and self.running_on(host.name) == 0,
+            f"{host.name} ready, its old containers stopped",
+        )
         return time.perf_counter() - t
 
     def stop(self) -> None:

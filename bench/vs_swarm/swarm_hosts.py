@@ -78,9 +78,10 @@ class SwarmHosts:
     def timeline(self, service: str, since: float | str = "created") -> dict[str, float]:
         return self.manager.timeline(service, since)
 
-    def containers(self, d: Swarm, service: str) -> int:
+    def containers(self, d: Swarm, service: str, stopped: bool = True) -> int:
         label = f"label=com.docker.swarm.service.name={service}"
-        return len(d.docker("ps", "-aq", "--filter", label, check=False).split())
+        every = ["-a"] if stopped else []
+        return len(d.docker("ps", *every, "-q", "--filter", label, check=False).split())
 
     def remove(self, service: str) -> float:
         """service rm -> no container of the service left on any host."""
@@ -124,7 +125,7 @@ class SwarmHosts:
 
     def restore(self, service: str, victim: int) -> float:
         """The lost host back: link up, dockerd started again; seconds until its node is
-        ready and the containers of its old tasks are gone."""
+        ready and no container of its old tasks runs."""
         d = self.daemons[victim]
         t = time.perf_counter()
         d.host.run("ip", "link", "set", "eth0", "up")
@@ -135,9 +136,9 @@ class SwarmHosts:
             state = self.manager.docker(
                 "node", "inspect", node, "--format", "{{.Status.State}}", check=False
             )
-            return state.strip() == "ready" and self.containers(d, service) == 0
+            return state.strip() == "ready" and self.containers(d, service, False) == 0
 
-        return until(back, f"{d.host.name} back, its old containers gone") - t
+        return until(back, f"{d.host.name} back, its old containers stopped") - t
 
     def stop(self) -> None:
         """Workers leave, then the manager; each dockerd stops, then its containerd."""
