@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench.vs_swarm.common import LIMIT_S, sh, until
-from bench.vs_swarm.shoal_side import Shoal
+from bench.vs_swarm.shoal_side import Shoal, stored_as
 from shoal.lab.cluster import Cluster
 from shoal.lab.containerd import Containerd
 from shoal.lab.hosts import Host, Hosts
@@ -51,7 +51,9 @@ class ShoalHosts(Shoal):
 
     def start_hosts(self, registry: str) -> None:
         self.registry = registry
-        self.cluster.start_manager("--hostname", self.cluster.manager_host.name)
+        # Like Docker's dockerd, the manager asks the registry to pin the image's tag.
+        manager = self.cluster.manager_host.name
+        self.cluster.start_manager("--hostname", manager, "--insecure-registry", registry)
         for h in self.workers:
             self.ctds[h.name].start()
             self.nodes[h.name] = self.cluster.start_worker(h, *self.worker_args(h))
@@ -84,7 +86,7 @@ class ShoalHosts(Shoal):
         for h in self.workers:
             for line in self.ctr_on(h.name, "images", "ls").splitlines()[1:]:
                 ref, _, digest, *_ = line.split()
-                if ref == image:
+                if stored_as(ref, image):
                     digests.add(digest)
                     break
             else:

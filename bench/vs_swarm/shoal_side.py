@@ -28,6 +28,12 @@ from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 
+def stored_as(ref: str, image: str) -> bool:
+    """Whether containerd's image `ref` is `image`: the manager pins a tag to its
+    digest at create (as Docker does), so the agent pulls REPO@sha256:..."""
+    return ref == image or ref.startswith(image.rsplit(":", 1)[0] + "@sha256:")
+
+
 class Shoal:
     """A manager (embedded etcd) and one worker on a private containerd; steps through swarmctl."""
 
@@ -91,7 +97,7 @@ class Shoal:
         self.remove("warmup")
         for line in self.ctr("images", "ls").splitlines()[1:]:
             ref, _, digest, *_ = line.split()
-            if ref == image:
+            if stored_as(ref, image):
                 return digest
         raise RuntimeError(f"{image} not in containerd after the warm-up")
 
