@@ -146,6 +146,7 @@ def run_hosts(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
             "command": COMMAND,
             "swarm_poll_interval_s": POLL_S,
             "image_digest": expected,
+            "swarm_task_network": swarm.network_mode,
         },
         # Per system, per round: the timed steps, each step's timeline from the system's
         # own task records (seconds from the service's creation, its update, the fault

@@ -33,6 +33,7 @@ class SwarmHosts:
         ]
         self.manager = self.daemons[0]
         self.node_ids: dict[str, str] = {}
+        self.network_mode = ""
 
     def start(self, registry: str) -> None:
         for ctd, daemon in zip(self.ctds, self.daemons, strict=True):
@@ -60,6 +61,13 @@ class SwarmHosts:
         if len(digests) != 1:
             raise RuntimeError(f"the hosts pulled different digests: {digests}")
         self.manager.create("warmup", 2 * len(self.daemons))
+        m = self.manager
+        one = m.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=warmup")
+        # What a task on no network gets with Docker's defaults (reported with the results).
+        self.network_mode = m.docker(
+            "inspect", "--format", "{{.HostConfig.NetworkMode}} {{json .NetworkSettings.Networks}}",
+            one.split()[0],
+        ).strip()  # fmt: skip
         self.remove("warmup")
         return digests.pop()
 
