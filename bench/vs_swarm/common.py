@@ -51,7 +51,11 @@ def until(check: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> flo
 
 
 def ensure_docker() -> None:
-    """Debian's docker.io, installed if missing (apt-get update only if apt knows no candidate)."""
+    """Debian's docker.io, installed if missing (apt-get update only if apt knows no candidate).
+
+    On a host run by systemd, its docker.service and docker.socket are masked for the
+    install (until reboot at most, and unmasked after): the package would start the
+    system dockerd, which adds docker0 and iptables rules to the host's own network."""
     if Path(DOCKERD).exists() and Path(DOCKER).exists():
         return
     print("installing Debian's docker.io ...", flush=True)
@@ -60,9 +64,17 @@ def ensure_docker() -> None:
     policy = sh(["apt-cache", "policy", "docker.io"], check=False)
     if "Candidate:" not in policy or "Candidate: (none)" in policy:
         subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        [*apt, "install", "-y", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    units = ["docker.service", "docker.socket"]
+    systemd = Path("/run/systemd/system").is_dir()
+    if systemd:
+        subprocess.run(["systemctl", "mask", "--runtime", *units], capture_output=True)
+    try:
+        subprocess.run(
+            [*apt, "install", "-y", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
+        )
+    finally:
+        if systemd:
+            subprocess.run(["systemctl", "unmask", "--runtime", *units], capture_output=True)
 
 
 class System(Protocol):
