@@ -109,7 +109,11 @@ def run_hosts(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     ref = reg_host.run(*push, cwd=str(REPO), timeout=300).stdout.split()[0]
 
     print("starting Swarm: d1-d3, each a containerd and a dockerd, one swarm", flush=True)
-    swarm = SwarmHosts([hosts[5], hosts[6], hosts[7]], root / "docker", hosts.prefix)
+    # Docker's defaults put a task on no network on the default bridge (a veth into
+    # docker0 each); --swarm-bridge none gives it a namespace with only loopback, as
+    # Shoal does: what that part costs.
+    flags = ("--bridge=none",) if args.swarm_bridge == "none" else ()
+    swarm = SwarmHosts([hosts[5], hosts[6], hosts[7]], root / "docker", prefix, flags)
     stack.callback(swarm.stop)
     swarm.start(registry.addr)
     print("starting Shoal: a manager, w1-w3 each a containerd and an agent", flush=True)
@@ -146,6 +150,7 @@ def run_hosts(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
             "command": COMMAND,
             "swarm_poll_interval_s": POLL_S,
             "image_digest": expected,
+            "swarm_bridge": args.swarm_bridge,
             "swarm_task_network": swarm.network_mode,
         },
         # Per system, per round: the timed steps, each step's timeline from the system's

@@ -239,6 +239,13 @@ def summarise(result: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--hosts", type=int, choices=(1, 3), default=1, help="worker hosts per system")
+    p.add_argument(
+        "--swarm-bridge",
+        choices=("default", "none"),
+        default="default",
+        help="--hosts 3: Docker's default bridge for tasks on no network, or none (dockerd "
+        "--bridge=none: loopback only, as Shoal's)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--replicas", type=int, help="replicas created (N; 20, or 60 on 3 hosts)")
     p.add_argument("--scale-to", type=int, help="replicas after the scale (M; 2N)")
@@ -250,6 +257,8 @@ def main() -> None:
     args.out = args.out or REPO / "bench" / "vs_swarm" / name
     if args.rounds < 1 or not 0 < args.replicas < args.scale_to:
         p.error("need --rounds >= 1 and 0 < --replicas < --scale-to")
+    if args.hosts == 1 and args.swarm_bridge != "default":
+        p.error("--swarm-bridge is for --hosts 3 (the one-node dockerd has no bridge)")
     if os.geteuid() != 0:
         sys.exit("needs root (dockerd, containerd, network namespaces)")
     ensure_docker()

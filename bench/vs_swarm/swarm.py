@@ -30,7 +30,12 @@ class Swarm:
     name = "Swarm"
 
     def __init__(
-        self, host: Host, root: Path, containerd: Path | None = None, hostname: str = ""
+        self,
+        host: Host,
+        root: Path,
+        containerd: Path | None = None,
+        hostname: str = "",
+        flags: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.root = root
@@ -39,6 +44,7 @@ class Swarm:
         self.containerd = containerd
         # A host's own name (a UTS namespace): the swarm's nodes tell hosts apart by it.
         self.hostname = hostname
+        self.flags = flags  # more dockerd flags (--swarm-bridge none: --bridge=none)
         self.registry = ""
         self.socket = root / "docker.sock"
         self.exec_root = root / "x"  # short: containerd's sockets live under it
@@ -87,7 +93,7 @@ class Swarm:
                 "--ip-forward=false",
                 "--bridge=none",
             ]
-        argv += ["--containerd", str(self.containerd)]
+        argv += ["--containerd", str(self.containerd), *self.flags]
         if self.hostname:
             hostname = 'hostname "$0" && exec "$@"'
             argv = ["unshare", "--uts", "sh", "-c", hostname, self.hostname, *argv]

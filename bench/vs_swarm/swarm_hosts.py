@@ -17,7 +17,9 @@ from shoal.lab.hosts import Host
 class SwarmHosts:
     name = "Swarm"
 
-    def __init__(self, hosts: list[Host], root: Path, prefix: str) -> None:
+    def __init__(
+        self, hosts: list[Host], root: Path, prefix: str, flags: tuple[str, ...] = ()
+    ) -> None:
         self.hosts = hosts
         self.root = root
         # Short run directories (unix sockets), named after the run.
@@ -28,7 +30,7 @@ class SwarmHosts:
             for h in hosts
         ]
         self.daemons = [
-            Swarm(h, root / h.name, containerd=c.socket, hostname=h.name)
+            Swarm(h, root / h.name, containerd=c.socket, hostname=h.name, flags=flags)
             for h, c in zip(hosts, self.ctds, strict=True)
         ]
         self.manager = self.daemons[0]
