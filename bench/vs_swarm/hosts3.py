@@ -22,6 +22,11 @@ benchmark). Swarm: `docker service create|scale -d` on the manager's socket and
 `docker service ps|ls`, `docker ps -a` on each host polled every 100 ms. Shoal:
 `swarmctl service create|scale` (waits over the manager's watch), the host loss
 followed over that watch, removal by polling `ctr containers ls` on each host.
+
+The dockerds keep Docker's defaults but for their own paths, sockets and
+containerd: a task on no network goes on the default bridge (a veth into docker0).
+`--swarm-bridge none` gives them `--bridge=none`: loopback only, as Shoal's tasks on
+no network get, to see what that part costs Swarm.
 """
 
 from __future__ import annotations
