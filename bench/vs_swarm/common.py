@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -127,4 +128,22 @@ def task_timeline(since: float, tasks: list[tuple[float, float | None]]) -> dict
         "tasks_created": max(c for c, _ in new) - since,
         "first_running": min(ran) - since,
         "last_running": max(ran) - since,
+    }
+
+
+def run_record(docker: str, shoal: str) -> dict[str, object]:
+    """The date, machine and versions every result file starts with."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "loadavg_at_end": os.getloadavg(),
+            "note": "shared machine, other engineers' work running: noisy",
+        },
+        "versions": {
+            "docker": docker,
+            "containerd": sh(["containerd", "--version"]).split()[2],
+            "shoal": shoal,
+        },
     }

@@ -32,9 +32,7 @@ no network get, to see what that part costs Swarm.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +41,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.vs_swarm.common import COMMAND, POLL_S, REPO, sh
+from bench.vs_swarm.common import COMMAND, POLL_S, REPO, run_record
 from bench.vs_swarm.shoal_hosts import ShoalHosts
 from bench.vs_swarm.swarm_hosts import SwarmHosts
 from shoal.lab.hosts import NETNS_DIR, Hosts
@@ -135,18 +133,7 @@ def run_hosts(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     n, m = args.replicas, args.scale_to
     per_round = run_rounds([shoal, swarm], args.rounds, n, m)
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_at_end": os.getloadavg(),
-            "note": "shared machine, other engineers' work running: noisy",
-        },
-        "versions": {
-            "docker": swarm.version(),
-            "containerd": sh(["containerd", "--version"]).split()[2],
-            "shoal": shoal.version(),
-        },
+        **run_record(swarm.version(), shoal.version()),
         "config": {
             "hosts": 3,
             "rounds": args.rounds,

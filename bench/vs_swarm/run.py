@@ -54,10 +54,8 @@ signal.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -79,7 +77,7 @@ from bench.vs_swarm.common import (
     ensure_docker,
     ignore_signals,
     remove_new,
-    sh,
+    run_record,
 )
 from bench.vs_swarm.hosts3 import run_hosts, summarise_hosts
 from bench.vs_swarm.shoal_side import Shoal
@@ -159,18 +157,7 @@ def run_bench(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     n, m = args.replicas, args.scale_to
     times, delays, timelines = run_rounds([shoal, swarm], args.rounds, n, m)
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_at_end": os.getloadavg(),
-            "note": "shared machine, other engineers' tests running: noisy",
-        },
-        "versions": {
-            "docker": swarm.version(),
-            "containerd": sh(["containerd", "--version"]).split()[2],
-            "shoal": shoal.version(),
-        },
+        **run_record(swarm.version(), shoal.version()),
         "config": {
             "rounds": args.rounds,
             "replicas": n,
