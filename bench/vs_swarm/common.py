@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -24,7 +25,8 @@ POLL_S = 0.1
 LIMIT_S = 180.0
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 STEPS = ("create", "scale", "replace", "remove")
-GOALS = {"create": 0.33, "scale": 0.33, "replace": 0.2}
+# Issue 14 (create, scale); the first round's goal for a replacement.
+GOALS = {"create": 0.5, "scale": 0.5, "replace": 0.2}
 # Files and directories dockerd makes outside its data and exec roots; removed
 # afterwards unless they were there before.
 DOCKERD_SIDE_PATHS = (Path("/run/docker/plugins"), Path("/run/docker"))
@@ -50,7 +52,11 @@ def until(check: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> flo
 
 
 def ensure_docker() -> None:
-    """Debian's docker.io, installed if missing (apt-get update only if apt knows no candidate)."""
+    """Debian's docker.io, installed if missing (apt-get update only if apt knows no candidate).
+
+    On a host run by systemd, its docker.service and docker.socket are masked for the
+    install (until reboot at most, and unmasked after): the package would start the
+    system dockerd, which adds docker0 and iptables rules to the host's own network."""
     if Path(DOCKERD).exists() and Path(DOCKER).exists():
         return
     print("installing Debian's docker.io ...", flush=True)
@@ -59,9 +65,17 @@ def ensure_docker() -> None:
     policy = sh(["apt-cache", "policy", "docker.io"], check=False)
     if "Candidate:" not in policy or "Candidate: (none)" in policy:
         subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        [*apt, "install", "-y", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    units = ["docker.service", "docker.socket"]
+    systemd = Path("/run/systemd/system").is_dir()
+    if systemd:
+        subprocess.run(["systemctl", "mask", "--runtime", *units], capture_output=True)
+    try:
+        subprocess.run(
+            [*apt, "install", "-y", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
+        )
+    finally:
+        if systemd:
+            subprocess.run(["systemctl", "unmask", "--runtime", *units], capture_output=True)
 
 
 class System(Protocol):
@@ -99,3 +113,37 @@ def remove_new(paths: tuple[Path, ...], existed: set[Path]) -> None:
         if p not in existed:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if empty: never anything someone else put there
+
+
+def task_timeline(since: float, tasks: list[tuple[float, float | None]]) -> dict[str, float]:
+    """From tasks' own records (created, running since or None), those created at or
+    after `since` (seconds since the epoch): seconds from `since` until the last of them
+    was created, the first and the last of them ran."""
+    # Records are in ms (Shoal) or from another clock reading (Docker): a little slack.
+    new = [(c, r) for c, r in tasks if c >= since - 0.002]
+    ran = [r for _, r in new if r is not None]
+    if not new or not ran:
+        raise RuntimeError(f"no task created and running since {since}")
+    return {
+        "tasks_created": max(c for c, _ in new) - since,
+        "first_running": min(ran) - since,
+        "last_running": max(ran) - since,
+    }
+
+
+def run_record(docker: str, shoal: str) -> dict[str, object]:
+    """The date, machine and versions every result file starts with."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "loadavg_at_end": os.getloadavg(),
+            "note": "shared machine, other engineers' work running: noisy",
+        },
+        "versions": {
+            "docker": docker,
+            "containerd": sh(["containerd", "--version"]).split()[2],
+            "shoal": shoal,
+        },
+    }

@@ -1,6 +1,11 @@
 """Shoal against Docker Swarm on real containers, side by side on this machine.
 
-    python -m bench.vs_swarm.run [--rounds 3] [--replicas 20] [--scale-to 40] [--out PATH]
+    python -m bench.vs_swarm.run [--hosts 1|3] [--rounds 3] [--replicas N] [--scale-to M]
+                                 [--out PATH]
+
+--hosts 3 (defaults: 60 replicas, scaled to 120): three netns worker hosts per
+system, a host lost step; see bench/vs_swarm/hosts3.py. What follows is the
+one-node mode (the default; 20 replicas, scaled to 40).
 
 Docker side: Debian's docker.io (installed with apt-get if missing; its system
 service is neither started nor used), a dockerd of our own: own data root, exec
@@ -49,12 +54,9 @@ signal.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -63,6 +65,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.guard import exit_cleanly_on_signals
 from bench.vs_swarm.common import (
     COMMAND,
     DOCKERD_SIDE_PATHS,
@@ -73,10 +76,10 @@ from bench.vs_swarm.common import (
     System,
     ensure_docker,
     ignore_signals,
-    raise_exit,
     remove_new,
-    sh,
+    run_record,
 )
+from bench.vs_swarm.hosts3 import run_hosts, summarise_hosts
 from bench.vs_swarm.shoal_side import Shoal
 from bench.vs_swarm.swarm import Swarm
 from shoal.lab.containerd import Containerd
@@ -154,18 +157,7 @@ def run_bench(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[st
     n, m = args.replicas, args.scale_to
     times, delays, timelines = run_rounds([shoal, swarm], args.rounds, n, m)
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_at_end": os.getloadavg(),
-            "note": "shared machine, other engineers' tests running: noisy",
-        },
-        "versions": {
-            "docker": swarm.version(),
-            "containerd": sh(["containerd", "--version"]).split()[2],
-            "shoal": shoal.version(),
-        },
+        **run_record(swarm.version(), shoal.version()),
         "config": {
             "rounds": args.rounds,
             "replicas": n,
@@ -233,31 +225,46 @@ def summarise(result: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--hosts", type=int, choices=(1, 3), default=1, help="worker hosts per system")
+    p.add_argument(
+        "--swarm-bridge",
+        choices=("default", "none"),
+        default="default",
+        help="--hosts 3: Docker's default bridge for tasks on no network, or none (dockerd "
+        "--bridge=none: loopback only, as Shoal's)",
+    )
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--replicas", type=int, default=20, help="replicas created (N)")
-    p.add_argument("--scale-to", type=int, default=40, help="replicas after the scale (M)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "vs_swarm" / "results.json")
+    p.add_argument("--replicas", type=int, help="replicas created (N; 20, or 60 on 3 hosts)")
+    p.add_argument("--scale-to", type=int, help="replicas after the scale (M; 2N)")
+    p.add_argument("--out", type=Path, help="JSON results (bench/vs_swarm/results[-3hosts].json)")
     args = p.parse_args()
+    args.replicas = args.replicas or (20 if args.hosts == 1 else 60)
+    args.scale_to = args.scale_to or 2 * args.replicas
+    name = "results.json" if args.hosts == 1 else "results-3hosts.json"
+    args.out = args.out or REPO / "bench" / "vs_swarm" / name
+    if args.rounds < 1 or not 0 < args.replicas < args.scale_to:
+        p.error("need --rounds >= 1 and 0 < --replicas < --scale-to")
+    if args.hosts == 1 and args.swarm_bridge != "default":
+        p.error("--swarm-bridge is for --hosts 3 (the one-node dockerd has no bridge)")
     if os.geteuid() != 0:
         sys.exit("needs root (dockerd, containerd, network namespaces)")
     ensure_docker()
     existed = {q for q in DOCKERD_SIDE_PATHS if q.exists()}
     root = Path(tempfile.mkdtemp(prefix="shoal-vs-swarm-", dir="/var/tmp"))
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_exit)
+    exit_cleanly_on_signals()
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, root, True)
         stack.callback(remove_new, DOCKERD_SIDE_PATHS, existed)
         try:
-            result = run_bench(args, root, stack)
+            result = (run_hosts if args.hosts == 3 else run_bench)(args, root, stack)
         finally:
             ignore_signals()
-    table = summarise(result)
+    table = summarise_hosts(result) if args.hosts == 3 else summarise(result)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    left = [*mounts_under(root), *map(str, processes_mentioning(root))]
+    left = [*mounts_under(root), *map(str, processes_mentioning(str(root)))]
     if left or root.exists():
         print(f"WARNING: left behind under {root}: {left}")
 

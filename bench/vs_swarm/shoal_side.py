@@ -18,6 +18,7 @@ from bench.vs_swarm.common import (
     REPO,
     SWARMCTL,
     sh,
+    task_timeline,
     until,
 )
 from shoal.lab.containerd import Containerd
@@ -25,6 +26,12 @@ from shoal.lab.procs import ManagerProcess, WorkerProcess
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
+
+
+def stored_as(ref: str, image: str) -> bool:
+    """Whether containerd's image `ref` is `image`: the manager pins a tag to its
+    digest at create (as Docker does), so the agent pulls REPO@sha256:..."""
+    return ref == image or ref.startswith(image.rsplit(":", 1)[0] + "@sha256:")
 
 
 class Shoal:
@@ -60,9 +67,14 @@ class Shoal:
         return self.worker.node_id
 
     @property
-    def env(self) -> dict[str, str]:
+    def socket(self) -> Path:
+        """The manager's control socket."""
         assert self.manager is not None
-        return {**os.environ, "SWARM_SOCKET": str(self.manager.socket)}
+        return self.manager.socket
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SWARM_SOCKET": str(self.socket)}
 
     def ctl(self, *args: str, check: bool = True) -> str:
         cli = [str(SWARMCTL)] if SWARMCTL.exists() else [sys.executable, "-m", "shoal.swarmctl"]
@@ -74,8 +86,7 @@ class Shoal:
         return sh(["ctr", "-a", str(self.containerd.socket), "-n", ns, *args])
 
     def control(self) -> tuple[grpc.Channel, api_grpc.ControlStub]:
-        assert self.manager is not None
-        channel = grpc.insecure_channel(f"unix://{self.manager.socket}")
+        channel = grpc.insecure_channel(f"unix://{self.socket}")
         return channel, api_grpc.ControlStub(channel)
 
     def load(self, image: str) -> str:
@@ -86,7 +97,7 @@ class Shoal:
         self.remove("warmup")
         for line in self.ctr("images", "ls").splitlines()[1:]:
             ref, _, digest, *_ = line.split()
-            if ref == image:
+            if stored_as(ref, image):
                 return digest
         raise RuntimeError(f"{image} not in containerd after the warm-up")
 
@@ -175,7 +186,7 @@ class Shoal:
         svc = json.loads(self.ctl("service", "inspect", service, "--format", "json"))
         return float(svc["restart_policy"]["delay_ms"]) / 1000
 
-    def timeline(self, service: str) -> dict[str, float]:
+    def timeline(self, service: str, since: float | str = "created") -> dict[str, float]:
         """As Swarm.timeline, from the manager's records."""
         channel, stub = self.control()
         try:
@@ -183,14 +194,20 @@ class Shoal:
             got = stub.ListTasks(api.ListTasksRequest(service_ref=service), timeout=10).tasks
         finally:
             channel.close()
-        created = svc.service.meta.created_at_ms / 1000
-        tasks = [t for t in got if t.desired_state == pb.RUNNING]
-        ran = [t.status.timestamp_ms / 1000 for t in tasks if t.status.state == pb.RUNNING]
-        return {
-            "tasks_created": max(t.meta.created_at_ms for t in tasks) / 1000 - created,
-            "first_running": min(ran) - created,
-            "last_running": max(ran) - created,
-        }
+        meta = svc.service.meta
+        stamp = meta.created_at_ms if since == "created" else meta.updated_at_ms
+        start = since if isinstance(since, float) else stamp / 1000
+        return task_timeline(
+            start,
+            [
+                (
+                    t.meta.created_at_ms / 1000,
+                    t.status.timestamp_ms / 1000 if t.status.state == pb.RUNNING else None,
+                )
+                for t in got
+                if t.desired_state == pb.RUNNING
+            ],
+        )
 
     def stop(self) -> None:
         if self.manager is not None and self.manager.socket.exists():

@@ -1,4 +1,5 @@
-"""The Docker Swarm side: our own dockerd in a netns host, a one-node swarm."""
+"""The Docker Swarm side: our own dockerd in a netns host, a one-node swarm (and one
+node of the three-host swarm, bench/vs_swarm/swarm_hosts.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.vs_swarm.common import (
     DOCKERD,
     parse_rfc3339,
     sh,
+    task_timeline,
     until,
 )
 from shoal.lab.hosts import Host
@@ -27,9 +29,23 @@ class Swarm:
 
     name = "Swarm"
 
-    def __init__(self, host: Host, root: Path) -> None:
+    def __init__(
+        self,
+        host: Host,
+        root: Path,
+        containerd: Path | None = None,
+        hostname: str = "",
+        flags: tuple[str, ...] = (),
+    ) -> None:
         self.host = host
         self.root = root
+        # None: the one-node mode's dockerd (the containerd it starts itself, no bridge,
+        # no iptables). A socket: a containerd of the host's own, Docker's defaults otherwise.
+        self.containerd = containerd
+        # A host's own name (a UTS namespace): the swarm's nodes tell hosts apart by it.
+        self.hostname = hostname
+        self.flags = flags  # more dockerd flags (--swarm-bridge none: --bridge=none)
+        self.registry = ""
         self.socket = root / "docker.sock"
         self.exec_root = root / "x"  # short: containerd's sockets live under it
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,32 +60,50 @@ class Swarm:
         return sh([DOCKER, *args], env=self.env, check=check, timeout=timeout)
 
     def start(self, registry: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """dockerd, then a one-node swarm on loopback."""
+        self.launch(registry)
+        self.docker(
+            "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377"
+        )
+
+    def argv(self) -> list[str]:
         config = self.root / "daemon.json"
         # Not /etc/docker/daemon.json; the daemon's key where we can remove it.
         config.write_text(json.dumps({"deprecated-key-path": str(self.root / "key.json")}))
-        self.proc = self.host.spawn(
-            [
-                DOCKERD,
-                "--config-file",
-                str(config),
-                "--data-root",
-                str(self.root / "data"),
-                "--exec-root",
-                str(self.exec_root),
-                "--host",
-                f"unix://{self.socket}",
-                "--pidfile",
-                str(self.root / "docker.pid"),
+        argv = [
+            DOCKERD,
+            "--config-file",
+            str(config),
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.exec_root),
+            "--host",
+            f"unix://{self.socket}",
+            "--pidfile",
+            str(self.root / "docker.pid"),
+            "--insecure-registry",
+            self.registry,
+        ]
+        if self.containerd is None:
+            return [
+                *argv,
                 "--iptables=false",
                 "--ip-masq=false",
                 "--ip-forward=false",
                 "--bridge=none",
-                "--insecure-registry",
-                registry,
-            ],
-            self.root / "dockerd.log",
-        )
+            ]
+        argv += ["--containerd", str(self.containerd), *self.flags]
+        if self.hostname:
+            hostname = 'hostname "$0" && exec "$@"'
+            argv = ["unshare", "--uts", "sh", "-c", hostname, self.hostname, *argv]
+        return argv
+
+    def launch(self, registry: str) -> None:
+        """Starts dockerd (again, after a kill: same directories) and waits until it answers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = registry
+        self.proc = self.host.spawn(self.argv(), self.root / "dockerd.log")
 
         def up() -> bool:
             assert self.proc is not None
@@ -80,9 +114,6 @@ class Swarm:
             )
 
         until(up, "dockerd answers", 60)  # start-up only
-        self.docker(
-            "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377"
-        )
 
     def log_tail(self) -> str:
         log = self.root / "dockerd.log"
@@ -190,26 +221,29 @@ class Swarm:
         )
         return float(policy["Delay"]) / 1e9
 
-    def timeline(self, service: str) -> dict[str, float]:
-        """Seconds from the service's creation until its last task was created and its
-        first and last task ran (the tasks' own timestamps)."""
-        created = parse_rfc3339(
-            json.loads(self.docker("service", "inspect", service))[0]["CreatedAt"]
-        )
+    def timeline(self, service: str, since: float | str = "created") -> dict[str, float]:
+        """Seconds from `since` (a time, or the service's "created" or "updated" stamp)
+        until the last task created since then was created and the first and last of
+        them ran (the tasks' own timestamps)."""
+        svc = json.loads(self.docker("service", "inspect", service))[0]
+        stamp = svc["CreatedAt" if since == "created" else "UpdatedAt"]
+        start = since if isinstance(since, float) else parse_rfc3339(stamp)
         ids = self.docker(
             "service", "ps", service, "--filter", "desired-state=running", "-q", "--no-trunc"
         ).split()
         tasks = json.loads(self.docker("inspect", "--type", "task", *ids))
-        ran = [
-            parse_rfc3339(t["Status"]["Timestamp"])
-            for t in tasks
-            if t["Status"]["State"] == "running"
-        ]
-        return {
-            "tasks_created": max(parse_rfc3339(t["CreatedAt"]) for t in tasks) - created,
-            "first_running": min(ran) - created,
-            "last_running": max(ran) - created,
-        }
+        return task_timeline(
+            start,
+            [
+                (
+                    parse_rfc3339(t["CreatedAt"]),
+                    parse_rfc3339(t["Status"]["Timestamp"])
+                    if t["Status"]["State"] == "running"
+                    else None,
+                )
+                for t in tasks
+            ],
+        )
 
     def stop(self) -> None:
         """Leaves the swarm, stops dockerd (which stops its containerd), then kills and
@@ -225,7 +259,7 @@ class Swarm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        leftovers = processes_mentioning(self.root)
+        leftovers = processes_mentioning(str(self.root))
         for pid in [*children(leftovers), *leftovers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
