@@ -50,6 +50,9 @@ RUNC = "io.containerd.runc.v2"
 # runc v2 shim derives its socket from (containerd's address, namespace, group), and a
 # new container whose shim socket answers joins that shim instead of starting one.
 SHIM_GROUP = "io.containerd.runc.v2.group"
+# How containerd reports a group's shim that exited under a new member's task create.
+SHIM_GONE = ("failed to start shim", "ttrpc: closed")
+SHIM_GONE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -220,15 +223,23 @@ class ContainerdRuntime:
                 await self.ctrd.call(
                     self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
                 )
-        created = await self.ctrd.call(
-            self.ctrd.tasks.Create,
-            tasks.CreateTaskRequest(
-                container_id=container_id,
-                rootfs=made.mounts,
-                stdout=made.log_uri,
-                stderr=made.log_uri,
-            ),
+        request = tasks.CreateTaskRequest(
+            container_id=container_id,
+            rootfs=made.mounts,
+            stdout=made.log_uri,
+            stderr=made.log_uri,
         )
+        for attempt in range(SHIM_GONE_TRIES):
+            try:
+                created = await self.ctrd.call(self.ctrd.tasks.Create, request)
+                break
+            except RuntimeFailure as err:
+                # The group's shim answered, then exited (its last container was just
+                # deleted) before containerd reached it: a fresh shim on the next try.
+                gone = any(sign in str(err) for sign in SHIM_GONE)
+                if not made.group or not gone or attempt + 1 == SHIM_GONE_TRIES:
+                    raise
+                log.info("container %s: its shim went away (%s); again", container_id, err)
         await self.ctrd.call(self.ctrd.tasks.Start, tasks.StartRequest(container_id=container_id))
         return int(created.pid)
 
