@@ -5,8 +5,10 @@ creates a service over the control API and takes the time from the create RPC's
 return to the first task's RUNNING time in its record (the agent's clock, this
 machine): schedule, dispatch, the agent's steps, containerd's create and start.
 Two shapes: a one-replica service, and the first of 20 replicas (the 19 others
-compete for the same two cores meanwhile). The image is on the node already (a
-warm-up service pulled it), as for every service after a node's first.
+compete for the same two cores meanwhile); the 20 are then scaled to 40. Also on
+the client's clock, RPCs included: create 20 -> all running, scale 20 -> 40.
+The image is on the node already (a warm-up service pulled it), as for every
+service after a node's first.
 
 `--baseline DIR` runs a second manager and worker, from another checkout of Shoal
 (say, main before a change), on the same containerd; the rounds alternate between
@@ -95,26 +97,46 @@ class FirstContainer:
             self.worker.stop()
         self.manager.stop()
 
-    def run(self, name: str, replicas: int) -> tuple[float, float]:
+    def run(self, name: str, replicas: int, scale_to: int = 0) -> dict[str, float]:
         """Seconds from the create RPC's return to the first and to the last task's
-        RUNNING; then removes the service and waits until its containers are gone."""
+        RUNNING ("first", "last"); from before the create RPC to the watch's report
+        of all running ("all"); with scale_to, then from before the update RPC to all
+        scale_to running ("scaled"). Then removes the service and waits until its
+        containers are gone."""
+        began = time.perf_counter()
         created = self.stub.CreateService(
             api.CreateServiceRequest(spec=_spec(name, self.image, replicas)), timeout=LIMIT_S
         ).service.service
         returned_ms = time.time() * 1000
-        watch = self.stub.WatchService(api.WatchServiceRequest(ref=created.id), timeout=LIMIT_S)
-        try:
-            for progress in watch:
-                if progress.service.running == replicas:
-                    break
-        finally:
-            watch.cancel()
+        self._watch(created.id, replicas)
+        out = {"all": time.perf_counter() - began}
         tasks = self.stub.ListTasks(api.ListTasksRequest(service_ref=created.id)).tasks
         ran = [t.status.timestamp_ms for t in tasks if t.status.state == pb.RUNNING]
+        out["first"], out["last"] = (min(ran) - returned_ms) / 1000, (max(ran) - returned_ms) / 1000
+        if scale_to:
+            svc = self.stub.GetService(api.GetServiceRequest(ref=created.id)).service.service
+            spec = pb.ServiceSpec()
+            spec.CopyFrom(svc.spec)
+            spec.replicated.replicas = scale_to
+            began = time.perf_counter()
+            self.stub.UpdateService(
+                api.UpdateServiceRequest(ref=created.id, version=svc.meta.version, spec=spec)
+            )
+            self._watch(created.id, scale_to)
+            out["scaled"] = time.perf_counter() - began
         self.stub.RemoveService(api.RemoveServiceRequest(ref=created.id))
         # The next round starts on an idle node: no container still being removed.
         wait_for(lambda: not self._containers(), LIMIT_S, f"{name}: containers removed")
-        return (min(ran) - returned_ms) / 1000, (max(ran) - returned_ms) / 1000
+        return out
+
+    def _watch(self, service_id: str, running: int) -> None:
+        watch = self.stub.WatchService(api.WatchServiceRequest(ref=service_id), timeout=LIMIT_S)
+        try:
+            for progress in watch:
+                if progress.service.running == running:
+                    break
+        finally:
+            watch.cancel()
 
     def _containers(self) -> list[str]:
         assert self.worker is not None
@@ -127,13 +149,14 @@ def first_container(
     ctd: Containerd, image: str, rounds: int, baseline: Path | None = None
 ) -> dict[str, dict[str, Any]]:
     """Per bed ("this checkout", and "baseline" if given): medians over `rounds` of
-    create -> first running, for 1 and for 20 replicas (and the last of the 20)."""
+    create -> first running, for 1 and for 20 replicas (and the last of the 20), of
+    create 20 -> all running and of scale 20 -> 40 (the client's clock, RPCs included)."""
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-first-"))
     codes: dict[str, Path | None] = {"this checkout": None}
     if baseline is not None:
         codes["baseline"] = baseline
     one: dict[str, list[float]] = {name: [] for name in codes}
-    twenty: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
+    twenty: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
     try:
         with contextlib.ExitStack() as stack:
             beds = {
@@ -142,17 +165,19 @@ def first_container(
             }
             for i in range(rounds):
                 for name, bed in beds.items():
-                    one[name].append(bed.run(f"one{i}", 1)[0])
-                    twenty[name].append(bed.run(f"twenty{i}", 20))
+                    one[name].append(bed.run(f"one{i}", 1)["first"])
+                    twenty[name].append(bed.run(f"twenty{i}", 20, scale_to=40))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
         name: {
             "first_of_1_s": statistics.median(one[name]),
-            "first_of_20_s": statistics.median(t[0] for t in twenty[name]),
-            "last_of_20_s": statistics.median(t[1] for t in twenty[name]),
+            "first_of_20_s": statistics.median(t["first"] for t in twenty[name]),
+            "last_of_20_s": statistics.median(t["last"] for t in twenty[name]),
+            "create_20_s": statistics.median(t["all"] for t in twenty[name]),
+            "scale_20_40_s": statistics.median(t["scaled"] for t in twenty[name]),
             "rounds_1": one[name],
-            "rounds_20": [t[0] for t in twenty[name]],
+            "rounds_20": [t["first"] for t in twenty[name]],
         }
         for name in codes
     }

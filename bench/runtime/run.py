@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -89,6 +90,7 @@ def main() -> None:
     )
     args = p.parse_args()
     exit_cleanly_on_signals()
+    load = os.getloadavg()[0]
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
@@ -107,6 +109,7 @@ def main() -> None:
     print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
     print(f"| `ctr run -d` | {c:.0f} ms |")
     print(f"\nShoal / ctr: {s / c:.2f}x")
+    print(f"load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     if first is None:
         return
     print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
@@ -117,6 +120,8 @@ def main() -> None:
             ("1 replica", "first_of_1_s"),
             ("20 replicas, the first", "first_of_20_s"),
             ("20 replicas, the last", "last_of_20_s"),
+            ("create 20 -> all running (client)", "create_20_s"),
+            ("scale 20 -> 40 -> all running (client)", "scale_20_40_s"),
         ):
             ms = r[key] * 1000
             print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
@@ -126,7 +131,8 @@ def main() -> None:
             f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
         )
     if "baseline" in first:
-        for key in ("first_of_1_s", "first_of_20_s", "last_of_20_s"):
+        keys = ("first_of_1_s", "first_of_20_s", "last_of_20_s", "create_20_s", "scale_20_40_s")
+        for key in keys:
             ratio = first["this checkout"][key] / first["baseline"][key]
             print(f"{key}: this checkout / baseline {ratio:.2f}x")
 
