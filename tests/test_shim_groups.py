@@ -20,7 +20,7 @@ import pytest
 from shoal.lab.containerd import Containerd
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import ContainerConfig
-from shoal.worker.runtime.containerd import ContainerdRuntime
+from shoal.worker.runtime.containerd import KILLED, ContainerdRuntime
 from shoal.worker.taskspec import SHIM_GROUP_SIZE, shim_group
 
 pytestmark = pytest.mark.integration
@@ -192,3 +192,30 @@ async def test_a_containerd_restart_keeps_a_group_supervised(
             assert await gone(shim)
         finally:
             await clean(rt, ["x", "y", "z"])
+
+
+async def test_a_shim_crash_takes_its_group_and_only_its_group(
+    containerd: Containerd, busybox_image: str, tmp_path: Path
+) -> None:
+    """The documented trade-off: a killed shim's containers end (containerd cleans up
+    after a dead shim), so the agent sees them exit and replaces them; a container
+    in another shim is untouched."""
+    rt = ContainerdRuntime(str(containerd.socket), f"test-{uuid.uuid4().hex[:8]}", tmp_path)
+    ids = ["m1", "m2", "other"]
+    try:
+        await rt.pull(busybox_image)
+        pids = [await run(rt, busybox_image, tmp_path, c, "" if c == "other" else "g") for c in ids]
+        waits = [asyncio.ensure_future(rt.wait(c)) for c in ("m1", "m2")]
+        os.kill(shim_of(pids[0]), signal.SIGKILL)
+        assert await asyncio.wait_for(asyncio.gather(*waits), 20) == [KILLED, KILLED]
+        for c, pid in zip(("m1", "m2"), pids, strict=False):
+            assert await gone(pid)
+            state = await rt.state(c)  # the task stopped, or dropped by containerd already
+            assert state is not None and state.status in ("stopped", "created"), state
+            await rt.stop(c, 1)
+            await rt.remove(c)  # nothing left behind: record and snapshot go too
+        assert await rt.list() == ["other"]
+        state = await rt.state("other")
+        assert state is not None and state.status == "running" and alive(pids[2])
+    finally:
+        await clean(rt, ids)
