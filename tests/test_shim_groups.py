@@ -21,7 +21,7 @@ from shoal.lab.containerd import Containerd
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.containerd import KILLED, ContainerdRuntime
-from shoal.worker.taskspec import SHIM_GROUP_SIZE, shim_group
+from shoal.worker.taskspec import SHIM_GROUP_SIZE, SHIM_LANES, shim_group
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,21 @@ async def run(rt: ContainerdRuntime, image: str, root: Path, cid: str, group: st
     return await rt.start(cid)
 
 
-def test_tasks_are_grouped_by_service_and_slot_bucket() -> None:
-    def task(slot: int, service: str = "svc") -> pb.Task:
-        return pb.Task(id="t", service_id=service, slot=slot)
+def test_tasks_are_grouped_by_service_and_slot() -> None:
+    def group(slot: int, service: str = "svc") -> str:
+        return shim_group(pb.Task(id="t", service_id=service, slot=slot))
 
-    first = [shim_group(task(s)) for s in range(1, SHIM_GROUP_SIZE + 1)]
-    assert len(set(first)) == 1
-    assert shim_group(task(SHIM_GROUP_SIZE + 1)) not in first
-    assert shim_group(task(1, "other")) != first[0]
-    assert shim_group(task(0)) == ""  # a global task: a shim of its own
+    block = SHIM_LANES * SHIM_GROUP_SIZE
+    groups = [group(s) for s in range(1, block + 1)]
+    # The first slots go to different shims (created side by side), ...
+    assert len(set(groups[:SHIM_LANES])) == SHIM_LANES
+    # ... each shim takes at most SHIM_GROUP_SIZE of them, ...
+    assert all(groups.count(g) == SHIM_GROUP_SIZE for g in groups)
+    assert group(1) == group(1 + SHIM_LANES)
+    # ... the next block of slots has shims of its own, and so does every service.
+    assert group(block + 1) not in groups
+    assert group(1, "other") not in groups
+    assert group(0) == ""  # a global task: a shim of its own
 
 
 async def test_a_group_shares_one_shim_and_outlives_a_killed_member(

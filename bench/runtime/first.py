@@ -35,6 +35,8 @@ from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1; elsewhere the CPU column is left out
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 LIMIT_S = 60.0
 
@@ -45,6 +47,35 @@ def _spec(name: str, image: str, replicas: int) -> pb.ServiceSpec:
     spec.task.container.image = image
     spec.task.container.command.extend(COMMAND)
     return spec
+
+
+class ContainerdCpu:
+    """CPU seconds of containerd, its shims and their runc runs (not the containers:
+    runc moves those into cgroups of their own), from a cpuacct cgroup of the bench's."""
+
+    def __init__(self, ctd: Containerd) -> None:
+        self.group: Path | None = None
+        if ctd.proc is not None and (CPUACCT / "cgroup.procs").exists():
+            self.group = CPUACCT / f"shoal-bench-{os.getpid()}"
+            self.group.mkdir()
+            (self.group / "cgroup.procs").write_text(str(ctd.proc.pid))  # shims inherit it
+
+    def seconds(self) -> float:
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9 if self.group else 0.0
+
+    def close(self) -> None:
+        if self.group is None:
+            return
+        for pid in (self.group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CPUACCT / "cgroup.procs").write_text(pid)
+        with contextlib.suppress(OSError):
+            self.group.rmdir()
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 class FirstContainer:
@@ -97,12 +128,18 @@ class FirstContainer:
             self.worker.stop()
         self.manager.stop()
 
-    def run(self, name: str, replicas: int, scale_to: int = 0) -> dict[str, float]:
+    def run(
+        self, name: str, replicas: int, scale_to: int = 0, cpu: ContainerdCpu | None = None
+    ) -> dict[str, float]:
         """Seconds from the create RPC's return to the first and to the last task's
         RUNNING ("first", "last"); from before the create RPC to the watch's report
         of all running ("all"); with scale_to, then from before the update RPC to all
         scale_to running ("scaled"). Then removes the service and waits until its
-        containers are gone."""
+        containers are gone. With cpu: the CPU seconds of containerd ("ctd_cpu") and
+        of the agent ("agent_cpu") from the create to all running (scaled ones too)."""
+        assert self.worker is not None and self.worker.proc is not None
+        agent = self.worker.proc.pid
+        cpu0 = (cpu.seconds() if cpu else 0.0), process_cpu_s(agent)
         began = time.perf_counter()
         created = self.stub.CreateService(
             api.CreateServiceRequest(spec=_spec(name, self.image, replicas)), timeout=LIMIT_S
@@ -124,6 +161,8 @@ class FirstContainer:
             )
             self._watch(created.id, scale_to)
             out["scaled"] = time.perf_counter() - began
+        out["ctd_cpu"] = (cpu.seconds() if cpu else 0.0) - cpu0[0]
+        out["agent_cpu"] = process_cpu_s(agent) - cpu0[1]
         self.stub.RemoveService(api.RemoveServiceRequest(ref=created.id))
         # The next round starts on an idle node: no container still being removed.
         wait_for(lambda: not self._containers(), LIMIT_S, f"{name}: containers removed")
@@ -157,6 +196,7 @@ def first_container(
         codes["baseline"] = baseline
     one: dict[str, list[float]] = {name: [] for name in codes}
     twenty: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
+    cpu = ContainerdCpu(ctd)
     try:
         with contextlib.ExitStack() as stack:
             beds = {
@@ -166,8 +206,9 @@ def first_container(
             for i in range(rounds):
                 for name, bed in beds.items():
                     one[name].append(bed.run(f"one{i}", 1)["first"])
-                    twenty[name].append(bed.run(f"twenty{i}", 20, scale_to=40))
+                    twenty[name].append(bed.run(f"twenty{i}", 20, scale_to=40, cpu=cpu))
     finally:
+        cpu.close()
         shutil.rmtree(root, ignore_errors=True)
     return {
         name: {
@@ -176,6 +217,10 @@ def first_container(
             "last_of_20_s": statistics.median(t["last"] for t in twenty[name]),
             "create_20_s": statistics.median(t["all"] for t in twenty[name]),
             "scale_20_40_s": statistics.median(t["scaled"] for t in twenty[name]),
+            # CPU seconds for create 20 + scale to 40, per container (of 40)
+            "ctd_cpu_per_container_s": statistics.median(t["ctd_cpu"] for t in twenty[name]) / 40,
+            "agent_cpu_per_container_s": statistics.median(t["agent_cpu"] for t in twenty[name])
+            / 40,
             "rounds_1": one[name],
             "rounds_20": [t["first"] for t in twenty[name]],
         }

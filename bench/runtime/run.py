@@ -125,14 +125,20 @@ def main() -> None:
         ):
             ms = r[key] * 1000
             print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
+    print("\nCPU per container over create 20 + scale 20 -> 40 (median of the rounds):\n")
+    print("| code | containerd + shims + runc | the agent |\n|---|---|---|")
+    for code, r in first.items():
+        ctd, agent = r["ctd_cpu_per_container_s"], r["agent_cpu_per_container_s"]
+        print(f"| {code} | {ctd * 1000:.1f} ms | {agent * 1000:.1f} ms |")
     for code, r in first.items():
         print(
             f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
             f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
         )
     if "baseline" in first:
-        keys = ("first_of_1_s", "first_of_20_s", "last_of_20_s", "create_20_s", "scale_20_40_s")
-        for key in keys:
+        for key in first["baseline"]:
+            if not key.endswith("_s"):
+                continue
             ratio = first["this checkout"][key] / first["baseline"][key]
             print(f"{key}: this checkout / baseline {ratio:.2f}x")
 

@@ -59,10 +59,14 @@ def container_config(
     )
 
 
-# Replicas per runc shim process (containerd.py: SHIM_GROUP). A shim per container
-# costs a daemon start and ~6 ms of CPU each (bench/README.md); one per service would
-# make a shim crash take the whole service down with it: slots 1-8, 9-16, ... share one.
+# Replicas per runc shim process (containerd.py: SHIM_GROUP), and shims per block of
+# slots. A shim per container costs a daemon start and ~6 ms of CPU (bench/README.md);
+# one shim per service would make a shim crash take the whole service with it, and
+# would create its containers one by one (a shim runs one `runc create` at a time).
+# So slots are dealt out across SHIM_LANES shims, at most SHIM_GROUP_SIZE in each:
+# slots 1-64 in shims 0-7 (slot 1, 9, 17, ... in shim 0), 65-128 in the next eight.
 SHIM_GROUP_SIZE = 8
+SHIM_LANES = 8
 
 
 def shim_group(task: pb.Task) -> str:
@@ -70,4 +74,5 @@ def shim_group(task: pb.Task) -> str:
     for a slot finds its siblings' shim. Global tasks (one per node) get their own."""
     if not task.slot or not task.service_id:
         return ""
-    return f"{task.service_id}.{(task.slot - 1) // SHIM_GROUP_SIZE}"
+    block, lane = divmod(task.slot - 1, SHIM_LANES)
+    return f"{task.service_id}.{block // SHIM_GROUP_SIZE}.{lane}"
