@@ -6,15 +6,16 @@ containers get an OCI runtime spec Shoal writes (ocispec.py); tasks run under
 the runc v2 shim with stdout and stderr appended to a log file. Each node uses
 its own containerd namespace, so several nodes can share one containerd.
 
-Containers given the same shim group (ContainerConfig.shim_group; the agent groups
-a service's replicas by eight slots) share one runc shim process: a container
-after its group's first skips a shim daemon's start (~15% of a container's CPU on
-this path, bench/README.md). The trade-off: a shim that crashes or is killed takes
-its group's containers with it (containerd cleans up after a dead shim by
-deleting its tasks), so up to a group of replicas fail at once and are replaced;
-hence groups are bounded, not one per service. The shim runs one task create at a
-time under its lock, so this runtime sends a group's creates and starts one by
-one, in arrival order; the shim exits once its last container is deleted.
+Containers given the same shim group (ContainerConfig.shim_group; the agent deals
+a service's replicas out over up to eight shims of at most eight, taskspec.py) share
+one runc shim process: a container after its group's first skips two process
+starts (the shim daemon's) and their CPU (bench/README.md). The trade-off: a shim
+that crashes or is killed takes its group's containers with it (containerd cleans
+up after a dead shim by killing its tasks), so up to a group of replicas fail at
+once and are replaced; hence groups are bounded, not one per service. The shim
+runs one task create at a time under its lock, so this runtime sends a group's
+creates and starts one by one, in arrival order; the shim exits once its last
+container is deleted.
 """
 
 from __future__ import annotations
