@@ -8,8 +8,9 @@ its own containerd namespace, so several nodes can share one containerd.
 
 Containers given the same shim group (ContainerConfig.shim_group; the agent deals
 a service's replicas out over up to eight shims of at most eight, taskspec.py) share
-one runc shim process: a container after its group's first skips two process
-starts (the shim daemon's) and their CPU (bench/README.md). The trade-off: a shim
+one runc shim process: a container after its group's first skips a shim daemon's
+start (a Go process; `containerd-shim-runc-v2 start` still runs, finds the
+group's socket answering and hands it over) and its CPU (bench/README.md). The trade-off: a shim
 that crashes or is killed takes its group's containers with it (containerd cleans
 up after a dead shim by killing its tasks), so up to a group of replicas fail at
 once and are replaced; hence groups are bounded, not one per service. The shim
