@@ -39,6 +39,7 @@ CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1; elsewhere the CPU column 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 LIMIT_S = 60.0
+SETTLE_S = 0.5
 
 
 def _spec(name: str, image: str, replicas: int) -> pb.ServiceSpec:
@@ -166,6 +167,9 @@ class FirstContainer:
         self.stub.RemoveService(api.RemoveServiceRequest(ref=created.id))
         # The next round starts on an idle node: no container still being removed.
         wait_for(lambda: not self._containers(), LIMIT_S, f"{name}: containers removed")
+        # ... and no shim still exiting (no container is left on this containerd).
+        wait_for(lambda: not self.ctd.shims(), LIMIT_S, f"{name}: shims gone")
+        time.sleep(SETTLE_S)  # containerd's garbage collection of what was removed
         return out
 
     def _watch(self, service_id: str, running: int) -> None:
@@ -204,7 +208,9 @@ def first_container(
                 for i, (name, code) in enumerate(codes.items())
             }
             for i in range(rounds):
-                for name, bed in beds.items():
+                # Each bed goes first every other round: neither always follows the
+                # other's removal of 40 containers.
+                for name, bed in list(beds.items())[:: 1 if i % 2 == 0 else -1]:
                     one[name].append(bed.run(f"one{i}", 1)["first"])
                     twenty[name].append(bed.run(f"twenty{i}", 20, scale_to=40, cpu=cpu))
     finally:
