@@ -21,6 +21,7 @@ from shoal.defaults import ENDPOINT_DRAIN_MS
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.proto import objects_pb2 as pb
 from shoal.worker.runtime.base import (
+    ContainerConfig,
     ImagePullError,
     MountConfig,
     Runtime,
@@ -30,7 +31,6 @@ from shoal.worker.runtime.base import (
 from shoal.worker.secrets import FilesUnavailable, TaskFiles
 from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
-from shoal.worker.taskspec import container_config
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,56 @@ class NetworkProvider(Protocol):
     resolv_conf: Path | None
 
     def attachments(self, task: pb.Task) -> list[Attachment]: ...
+
+
+def container_config(
+    task: pb.Task,
+    log_path: Path,
+    netns_path: str | None,
+    files: list[MountConfig] | None = None,
+    resolv_conf: Path | None = None,
+) -> ContainerConfig:
+    c = task.spec.container
+    labels = dict(c.labels)
+    labels.update(
+        {
+            "shoal.task.id": task.id,
+            "shoal.service.id": task.service_id,
+            "shoal.service.name": task.service_name,
+            "shoal.task.slot": str(task.slot),
+        }
+    )
+    return ContainerConfig(
+        container_id=task.id,
+        image=c.image,
+        command=list(c.command),
+        args=list(c.args),
+        env=list(c.env),
+        workdir=c.dir,
+        user=c.user,
+        hostname=task.id[:12],
+        labels=labels,
+        mounts=[
+            MountConfig(
+                type="volume" if m.type == pb.Mount.VOLUME else "bind",
+                source=m.source,
+                target=m.target,
+                readonly=m.readonly,
+            )
+            for m in c.mounts
+        ]
+        + (files or []),
+        nano_cpus=task.spec.limits.nano_cpus,
+        memory_bytes=task.spec.limits.memory_bytes,
+        log_path=log_path,
+        netns_path=netns_path,
+        # A task in a namespace of ours resolves through the cluster resolver there.
+        resolv_conf=str(resolv_conf) if resolv_conf else None,
+        cap_add=list(c.cap_add),
+        cap_drop=list(c.cap_drop),
+        seccomp_unconfined=c.seccomp == "unconfined",
+        pids_limit=c.pids_limit,
+    )
 
 
 RUNTIME_RETRY_MIN_S = 0.2

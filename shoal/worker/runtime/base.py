@@ -68,9 +68,6 @@ class ContainerConfig:
     seccomp_unconfined: bool = False
     # 0: the default limit; -1: none.
     pids_limit: int = 0
-    # Containers with the same group share one runc shim process (see containerd.py);
-    # "": a shim of its own.
-    shim_group: str = ""
 
 
 @dataclass(frozen=True)

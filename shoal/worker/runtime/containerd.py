@@ -5,18 +5,6 @@ images.py (pulled by Shoal's registry client, unpacked into snapshots);
 containers get an OCI runtime spec Shoal writes (ocispec.py); tasks run under
 the runc v2 shim with stdout and stderr appended to a log file. Each node uses
 its own containerd namespace, so several nodes can share one containerd.
-
-Containers given the same shim group (ContainerConfig.shim_group; the agent deals
-a service's replicas out over up to eight shims of at most eight, taskspec.py) share
-one runc shim process: a container after its group's first skips a shim daemon's
-start (a Go process; `containerd-shim-runc-v2 start` still runs, finds the
-group's socket answering and hands it over) and its CPU (bench/README.md). The trade-off: a shim
-that crashes or is killed takes its group's containers with it (containerd cleans
-up after a dead shim by killing its tasks), so up to a group of replicas fail at
-once and are replaced; hence groups are bounded, not one per service. The shim
-runs one task create at a time under its lock, so this runtime sends a group's
-creates and starts one by one, in arrival order; the shim exits once its last
-container is deleted.
 """
 
 from __future__ import annotations
@@ -28,8 +16,6 @@ import json
 import logging
 import signal
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import any_pb2
@@ -58,32 +44,10 @@ WAIT_AGAIN_S = 0.2
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RUNC = "io.containerd.runc.v2"
-# Containers whose specs carry the same value here share one runc shim: containerd's
-# runc v2 shim derives its socket from (containerd's address, namespace, group), and a
-# new container whose shim socket answers joins that shim instead of starting one.
-SHIM_GROUP = "io.containerd.runc.v2.group"
-# How containerd reports a group's shim that exited under a new member's task create.
-SHIM_GONE = ("failed to start shim", "ttrpc: closed")
-SHIM_GONE_TRIES = 3
-# A task whose shim died (killed, or its group's shim crashed): containerd answers
-# for it with this, and kills the container when it cleans up after the shim.
+# A task whose shim died (killed, or crashed): containerd answers for it with this,
+# and kills the container when it cleans up after the shim.
 SHIM_DIED = "ttrpc: closed"
 KILLED = 128 + signal.SIGKILL
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """What starting a made container needs."""
-
-    mounts: list[mount_pb2.Mount]
-    log_uri: str
-    group: str
-
-
-@dataclass
-class _Turn:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
 
 
 class ContainerdRuntime:
@@ -105,13 +69,8 @@ class ContainerdRuntime:
         self.ctrd = Containerd(socket, namespace)
         self.images = ImageStore(self.ctrd, registry or RegistryClient(), snapshotter)
         # Containers this process just made, with what starting them needs (rootfs
-        # mounts, log URI, shim group): their start skips reading it back and looking
-        # for a task.
-        self._made: dict[str, _Prepared] = {}
-        # One task create + start at a time per shim group: the shim serves its calls
-        # under one lock held through a whole `runc create`, so a start queued behind
-        # the group's other creates would wait for all of them (first container last).
-        self._groups: dict[str, _Turn] = {}
+        # mounts, log URI): their start skips reading it back and looking for a task.
+        self._made: dict[str, tuple[list[mount_pb2.Mount], str]] = {}
 
     async def close(self) -> None:
         await self.images.registry.close()
@@ -179,8 +138,6 @@ class ContainerdRuntime:
                 cgroups_path=self.cgroup_path(config.container_id),
                 binds=self.binds,
             )
-            if config.shim_group:
-                spec["annotations"] = {SHIM_GROUP: config.shim_group}
             labels = dict(config.labels)
             if config.log_path is not None:
                 # The runc shim appends stdout and stderr to a file:// URI itself.
@@ -200,35 +157,14 @@ class ContainerdRuntime:
                 containers.CreateContainerRequest(container=record),
                 lease,
             )
-        self._made[config.container_id] = _Prepared(
-            mounts, labels.get("shoal.log.uri", ""), config.shim_group
-        )
+        self._made[config.container_id] = (mounts, labels.get("shoal.log.uri", ""))
 
     async def start(self, container_id: str) -> int:
         made = self._made.pop(container_id, None)
-        fresh = made is not None  # just made here: no task can exist yet
-        if made is None:
-            made = await self._prepared(container_id)
-        if not made.group:
-            return await self._start(container_id, made, fresh)
-        async with self._turn(made.group):
-            return await self._start(container_id, made, fresh)
-
-    @contextlib.asynccontextmanager
-    async def _turn(self, group: str) -> AsyncIterator[None]:
-        """The group's turn, in arrival order; forgotten when no one waits for it."""
-        turn = self._groups.setdefault(group, _Turn())
-        turn.users += 1
-        try:
-            async with turn.lock:
-                yield
-        finally:
-            turn.users -= 1
-            if not turn.users:
-                del self._groups[group]
-
-    async def _start(self, container_id: str, made: _Prepared, fresh: bool) -> int:
-        if not fresh:
+        if made is not None:
+            mounts, log_uri = made  # just made here: no task can exist yet
+        else:
+            mounts, log_uri = await self._prepared(container_id)
             with contextlib.suppress(ContainerNotFound):
                 # A task left from a start that failed half-way: clear it first.
                 existing = await self.ctrd.call(
@@ -239,28 +175,17 @@ class ContainerdRuntime:
                 await self.ctrd.call(
                     self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
                 )
-        request = tasks.CreateTaskRequest(
-            container_id=container_id,
-            rootfs=made.mounts,
-            stdout=made.log_uri,
-            stderr=made.log_uri,
+        created = await self.ctrd.call(
+            self.ctrd.tasks.Create,
+            tasks.CreateTaskRequest(
+                container_id=container_id, rootfs=mounts, stdout=log_uri, stderr=log_uri
+            ),
         )
-        for attempt in range(SHIM_GONE_TRIES):
-            try:
-                created = await self.ctrd.call(self.ctrd.tasks.Create, request)
-                break
-            except RuntimeFailure as err:
-                # The group's shim answered, then exited (its last container was just
-                # deleted) before containerd reached it: a fresh shim on the next try.
-                gone = any(sign in str(err) for sign in SHIM_GONE)
-                if not made.group or not gone or attempt + 1 == SHIM_GONE_TRIES:
-                    raise
-                log.info("container %s: its shim went away (%s); again", container_id, err)
         await self.ctrd.call(self.ctrd.tasks.Start, tasks.StartRequest(container_id=container_id))
         return int(created.pid)
 
-    async def _prepared(self, container_id: str) -> _Prepared:
-        """A container's rootfs mounts, log URI and shim group, read back from containerd."""
+    async def _prepared(self, container_id: str) -> tuple[list[mount_pb2.Mount], str]:
+        """A container's rootfs mounts and log URI, read back from containerd."""
         got = await self.ctrd.call(
             self.ctrd.containers.Get, containers.GetContainerRequest(id=container_id)
         )
@@ -270,12 +195,7 @@ class ContainerdRuntime:
                 snapshotter=got.container.snapshotter, key=got.container.snapshot_key
             ),
         )
-        spec = json.loads(got.container.spec.value or b"{}")
-        return _Prepared(
-            list(resp.mounts),
-            got.container.labels.get("shoal.log.uri", ""),
-            (spec.get("annotations") or {}).get(SHIM_GROUP, ""),
-        )
+        return list(resp.mounts), got.container.labels.get("shoal.log.uri", "")
 
     async def wait(self, container_id: str) -> int:
         """The container's exit code. No deadline: a container may run for months; and a
