@@ -8,7 +8,9 @@ and started by Shoal's runtime (gRPC, the product path) and N by `ctr run -d`
 (containerd's own CLI, the ANCHORS figure: ~180 ms each). Reports the median
 per container and the ratio. Then, on the same containerd, the whole system
 (bench/runtime/first.py): create -> first container running, for a one-replica
-service and for the first of 20, set against the runtime's own create + start.
+service and for the first of 20, set against the runtime's own create + start;
+create 20 -> all running and scale 20 -> 40; and the CPU per container of
+containerd (with its shims and runc) and of the agent.
 Everything is removed at the end.
 """
 
