@@ -8,7 +8,9 @@ and started by Shoal's runtime (gRPC, the product path) and N by `ctr run -d`
 (containerd's own CLI, the ANCHORS figure: ~180 ms each). Reports the median
 per container and the ratio. Then, on the same containerd, the whole system
 (bench/runtime/first.py): create -> first container running, for a one-replica
-service and for the first of 20, set against the runtime's own create + start.
+service and for the first of 20, set against the runtime's own create + start;
+create 20 -> all running and scale 20 -> 40; and the CPU per container of
+containerd (with its shims and runc) and of the agent.
 Everything is removed at the end.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -89,6 +92,7 @@ def main() -> None:
     )
     args = p.parse_args()
     exit_cleanly_on_signals()
+    load = os.getloadavg()[0]
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
         root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
@@ -107,6 +111,7 @@ def main() -> None:
     print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
     print(f"| `ctr run -d` | {c:.0f} ms |")
     print(f"\nShoal / ctr: {s / c:.2f}x")
+    print(f"load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     if first is None:
         return
     print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
@@ -117,16 +122,25 @@ def main() -> None:
             ("1 replica", "first_of_1_s"),
             ("20 replicas, the first", "first_of_20_s"),
             ("20 replicas, the last", "last_of_20_s"),
+            ("create 20 -> all running (client)", "create_20_s"),
+            ("scale 20 -> 40 -> all running (client)", "scale_20_40_s"),
         ):
             ms = r[key] * 1000
             print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
+    print("\nCPU per container over create 20 + scale 20 -> 40 (median of the rounds):\n")
+    print("| code | containerd + shims + runc | the agent |\n|---|---|---|")
+    for code, r in first.items():
+        ctd, agent = r["ctd_cpu_per_container_s"], r["agent_cpu_per_container_s"]
+        print(f"| {code} | {ctd * 1000:.1f} ms | {agent * 1000:.1f} ms |")
     for code, r in first.items():
         print(
             f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
             f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
         )
     if "baseline" in first:
-        for key in ("first_of_1_s", "first_of_20_s", "last_of_20_s"):
+        for key in first["baseline"]:
+            if not key.endswith("_s"):
+                continue
             ratio = first["this checkout"][key] / first["baseline"][key]
             print(f"{key}: this checkout / baseline {ratio:.2f}x")
 

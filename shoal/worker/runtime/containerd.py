@@ -44,6 +44,10 @@ WAIT_AGAIN_S = 0.2
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RUNC = "io.containerd.runc.v2"
+# A task whose shim died (killed, or crashed): containerd answers for it with this,
+# and kills the container when it cleans up after the shim.
+SHIM_DIED = "ttrpc: closed"
+KILLED = 128 + signal.SIGKILL
 
 
 class ContainerdRuntime:
@@ -208,15 +212,15 @@ class ContainerdRuntime:
             except RuntimeUnavailable as err:
                 log.warning("container %s: waiting again after %s", container_id, err)
                 await asyncio.sleep(WAIT_AGAIN_S)
+            except RuntimeFailure as err:
+                if SHIM_DIED not in str(err):
+                    raise
+                log.warning("container %s: its shim died, and the container with it", container_id)
+                return KILLED
 
     async def stop(self, container_id: str, grace_s: float) -> None:
-        try:
-            got = await self.ctrd.call(
-                self.ctrd.tasks.Get, tasks.GetRequest(container_id=container_id)
-            )
-        except ContainerNotFound:
-            return
-        if got.process.status != task_pb2.RUNNING:
+        state = await self.state(container_id)
+        if state is None or state.status != "running":
             return
         waiter = asyncio.ensure_future(self.wait(container_id))
         try:
@@ -245,9 +249,14 @@ class ContainerdRuntime:
     async def remove(self, container_id: str) -> None:
         self._made.pop(container_id, None)
         with contextlib.suppress(ContainerNotFound):
-            await self.ctrd.call(
-                self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
-            )
+            try:
+                await self.ctrd.call(
+                    self.ctrd.tasks.Delete, tasks.DeleteTaskRequest(container_id=container_id)
+                )
+            except RuntimeFailure as err:
+                # Its shim died: containerd drops the task all the same, and says so.
+                if SHIM_DIED not in str(err):
+                    raise
         with contextlib.suppress(ContainerNotFound):
             await self.ctrd.call(
                 self.ctrd.containers.Delete, containers.DeleteContainerRequest(id=container_id)
@@ -271,6 +280,10 @@ class ContainerdRuntime:
             except ContainerNotFound:
                 return None
             return ContainerState(container_id, "created")
+        except RuntimeFailure as err:
+            if SHIM_DIED not in str(err):
+                raise
+            return ContainerState(container_id, "stopped", 0, KILLED)
         p = got.process
         status = {
             task_pb2.RUNNING: "running",
