@@ -179,8 +179,8 @@ def staged(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = unpack.Unpacker._stage
 
-    async def spy(self: unpack.Unpacker, layer: Any, diff_id: str, fetched: Any) -> Any:
-        got = await real(self, layer, diff_id, fetched)
+    async def spy(self: unpack.Unpacker, order: int, layer: Any, diff_id: str, fetched: Any) -> Any:
+        got = await real(self, order, layer, diff_id, fetched)
         if got is not None:
             seen.append(diff_id)
         return got

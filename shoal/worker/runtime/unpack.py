@@ -27,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import logging
 import os
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +111,42 @@ def move_tree(src: str, dst: str) -> None:
         os.lchown(dst, made.st_uid, made.st_gid)
 
 
+class Slots:
+    """At most n holders at a time; a freed slot goes to the lowest layer waiting, not
+    the first to ask (the chaining waits on the lower layers; higher ones' blobs, often
+    smaller, tend to come in first)."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    @contextlib.asynccontextmanager
+    async def take(self, order: int) -> AsyncIterator[None]:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self.waiting, (order, turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # granted as we were cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            _, turn = heapq.heappop(self.waiting)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
+
+
 @dataclass(frozen=True)
 class Staged:
     """A layer applied into a temporary snapshot of its own."""
@@ -125,7 +163,7 @@ class Unpacker:
         self.snapshotter = snapshotter
         self.name = name
         self.lease = lease
-        self.slots = asyncio.Semaphore(UNPACKS)
+        self.slots = Slots(UNPACKS)
 
     async def unpack(
         self,
@@ -149,7 +187,7 @@ class Unpacker:
             self._direct(layers[start], diff_ids[start], chains[start], below, fetches[start])
         )
         staged = {
-            i: asyncio.ensure_future(self._stage(layers[i], diff_ids[i], fetches[i]))
+            i: asyncio.ensure_future(self._stage(i, layers[i], diff_ids[i], fetches[i]))
             for i in todo[1:]
             if parallel
         }
@@ -244,21 +282,26 @@ class Unpacker:
     ) -> None:
         """The lowest layer to unpack: applied straight into its snapshot on `parent`."""
         await fetched
-        async with self.slots:
+        async with self.slots.take(-1):
             key = f"extract-{uuid.uuid4().hex}-{chain}"
             mounts = await self._prepare(key, parent)
+            began = time.monotonic()
             try:
                 await self._apply(layer, diff_id, mounts)
             except BaseException:
                 await asyncio.shield(self._remove(key))
                 raise
             await self._commit(chain, key)
+            log.debug("%s: %s applied in place in %.2f s", self.name, layer.digest[:19],
+                      time.monotonic() - began)  # fmt: skip
 
-    async def _stage(self, layer: Descriptor, diff_id: str, fetched: Any) -> Staged | None:
+    async def _stage(
+        self, order: int, layer: Descriptor, diff_id: str, fetched: Any
+    ) -> Staged | None:
         """The layer applied into a temporary parentless snapshot, as an overlay
         upperdir; None (nothing left) if the snapshotter's mounts are not as expected."""
         await fetched
-        async with self.slots:
+        async with self.slots.take(order):
             key = f"shoal-unpack-{uuid.uuid4().hex}"
             mounts = await self._prepare(key, "")
             tree = bind_source(mounts)
@@ -270,7 +313,10 @@ class Unpacker:
                 overlay = mount_pb2.Mount(
                     type="overlay", source="overlay", options=["rw", f"upperdir={tree}"]
                 )
+                began = time.monotonic()
                 await self._apply(layer, diff_id, [overlay])
+                log.debug("%s: %s applied aside in %.2f s", self.name, layer.digest[:19],
+                          time.monotonic() - began)  # fmt: skip
             except BaseException:
                 await asyncio.shield(self._remove(key))
                 raise
@@ -282,6 +328,7 @@ class Unpacker:
         """The layer's snapshot on its parent: the staged tree moved in (or, without
         one, the layer applied there), committed; the temporary snapshot removed."""
         key = f"extract-{uuid.uuid4().hex}-{chain}"
+        began = time.monotonic()
         try:
             mounts = await self._prepare(key, parent)
             try:
@@ -296,6 +343,8 @@ class Unpacker:
                 await asyncio.shield(self._remove(key))
                 raise
             await self._commit(chain, key)
+            log.debug("%s: %s chained in %.2f s", self.name, layer.digest[:19],
+                      time.monotonic() - began)  # fmt: skip
         except OSError as err:
             raise ImagePullError(f"unpack {self.name}: moving a layer in: {err}") from None
         finally:
