@@ -164,6 +164,8 @@ class Unpacker:
         self.name = name
         self.lease = lease
         self.slots = Slots(UNPACKS)
+        # Temporary snapshots being removed: off the chaining's path, awaited at the end.
+        self.removals: list[asyncio.Future[None]] = []
 
     async def unpack(
         self,
@@ -204,6 +206,7 @@ class Unpacker:
                 await self._chain(layers[i], diff_ids[i], chains[i], chains[i - 1], done)
         finally:
             await self._cancel(first, staged, used)
+            await asyncio.gather(*self.removals)
 
     async def _cancel(
         self,
@@ -349,4 +352,4 @@ class Unpacker:
             raise ImagePullError(f"unpack {self.name}: moving a layer in: {err}") from None
         finally:
             if staged is not None:
-                await asyncio.shield(self._remove(staged.key))
+                self.removals.append(asyncio.ensure_future(self._remove(staged.key)))
