@@ -294,3 +294,25 @@ async def test_committed_snapshots_are_reused(
         assert await snapshot_names(again) == second
     finally:
         await again.close()
+
+
+async def test_another_snapshotter_takes_the_serial_path(
+    containerd: Containerd, registry: Registry, tmp_path: Path, staged: list[str]
+) -> None:
+    blobs = build_layered_image(tricky_layers(), ["ls", "-A", "/data", "/data/opq"])
+    image = push_image(registry.addr, "tricky", "native", blobs)
+    ns = f"test-{uuid.uuid4().hex[:8]}"
+    rt = ContainerdRuntime(str(containerd.socket), ns, tmp_path, snapshotter="native")
+    try:
+        await rt.pull(image)
+        assert staged == []
+        log = tmp_path / "c.log"
+        await rt.create(ContainerConfig(container_id="c", image=image, log_path=log))
+        await rt.start("c")
+        assert await rt.wait("c") == 0
+        listed = log.read_text().split()
+        want = "/data: gone hl2 hl3 hl4 keep late link noted opq sticky suid /data/opq: newer"
+        assert listed == want.split()
+        await rt.remove("c")
+    finally:
+        await rt.close()
