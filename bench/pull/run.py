@@ -14,7 +14,8 @@ which goes first:
          the repository into a temp dir): the before/after in the same run; more refs
          after the first are sides of their own, named by the ref
 --profile DIR runs py-spy on the agent during one Shoal round and writes its flame
-graph and top functions there. Medians and the Shoal/ctr ratios are printed (and
+graph and top functions there. Medians, the Shoal/ctr ratios of the medians and the
+median of each round's own ratio, and the load average, are printed (and
 written to --json). Everything started is removed.
 """
 
@@ -170,12 +171,14 @@ def main() -> None:
     trees = {("before" if i == 0 else ref): archive(ref) for i, ref in enumerate(args.before)}
     sides = ["ctr", "shoal", *trees]
     times: dict[str, list[float]] = {s: [] for s in sides}
+    loads: list[float] = []
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     try:
         with Registry() as reg:
             image = push_image(reg.addr, "pull/host", "v1", blobs)
             for r in range(args.rounds):
+                loads.append(os.getloadavg()[0])
                 order = sides[r % len(sides) :] + sides[: r % len(sides)]
                 for side in order:
                     if side == "ctr":
@@ -188,21 +191,31 @@ def main() -> None:
     finally:
         for tree in trees.values():
             shutil.rmtree(tree, ignore_errors=True)
-    report(times, size, len(layers), args)
+    loads.append(os.getloadavg()[0])
+    report(times, loads, size, len(layers), args)
 
 
-def report(times: dict[str, list[float]], size: int, n: int, args: argparse.Namespace) -> None:
+def report(
+    times: dict[str, list[float]], loads: list[float], size: int, n: int, args: argparse.Namespace
+) -> None:
+    """Medians, their ratio to ctr's, and the median of each round's own ratio (the
+    sides of a round run back to back: steadier on a machine whose load drifts)."""
     med = {s: statistics.median(v) for s, v in times.items()}
-    print("\n| side | rounds | median | / ctr |\n|---|---|---|---|")
+    paired = {
+        s: statistics.median(x / c for x, c in zip(v, times["ctr"], strict=True))
+        for s, v in times.items()
+    }
+    print("\n| side | rounds | median | / ctr | per-round / ctr, median |\n|---|---|---|---|---|")
     for side, v in times.items():
         rounds = ", ".join(f"{x:.2f}" for x in v)
-        print(f"| {side} | {rounds} | {med[side]:.2f} s | {med[side] / med['ctr']:.2f}x |")
-    load = os.getloadavg()[0]
-    print(f"\nload average at the end: {load:.1f}")
+        print(f"| {side} | {rounds} | {med[side]:.2f} s | {med[side] / med['ctr']:.2f}x "
+              f"| {paired[side]:.2f}x |")  # fmt: skip
+    print(f"\nload average (1 min) at each round's start and the end: "
+          f"{', '.join(f'{x:.1f}' for x in loads)}")  # fmt: skip
     args.json.write_text(json.dumps({
         "image": {"layers": n, "compressed_bytes": size}, "rounds": times, "median": med,
-        "ratio": {s: med[s] / med["ctr"] for s in med}, "before": args.before,
-        "load_average": load, "python": sys.version.split()[0],
+        "ratio": {s: med[s] / med["ctr"] for s in med}, "paired_ratio": paired,
+        "before": args.before, "load_average": loads, "python": sys.version.split()[0],
     }, indent=1) + "\n")  # fmt: skip
 
 

@@ -2,9 +2,9 @@
 
 Blobs stream into containerd's content store under a lease, with the garbage
 collection labels containerd's own client sets, their digests checked on the way
-(a bad blob is never committed, its ingest aborted). Layers download in parallel,
-and each is unpacked (snapshots + diff service) as soon as it and the layer below
-are in, while the later ones still download; the image is then recorded by name.
+(a bad blob is never committed, its ingest aborted). Layers download in parallel
+and are unpacked (shoal/worker/runtime/unpack.py: applied in parallel as they come in,
+chained in order), while the later ones still download; the image is then recorded.
 An image already in containerd, content and snapshots complete, is used as it is.
 """
 
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +24,6 @@ import grpc.aio
 from google.protobuf import field_mask_pb2
 
 from shoal.proto.containerd import content_pb2 as content
-from shoal.proto.containerd import descriptor_pb2 as descriptor
-from shoal.proto.containerd import diff_pb2 as diff
 from shoal.proto.containerd import images_pb2 as images
 from shoal.proto.containerd import snapshots_pb2 as snapshots
 from shoal.registry import (
@@ -45,6 +41,7 @@ from shoal.worker.runtime.base import (
     RuntimeUnavailable,
 )
 from shoal.worker.runtime.connection import CALL_TIMEOUT_S, Containerd
+from shoal.worker.runtime.unpack import Unpacker, chain_ids, desc_pb
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +58,6 @@ class ImageInfo:
     name: str
     config: dict[str, Any]
     chain_id: str
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """The OCI chain IDs of layers: snapshot names in containerd."""
-    out: list[str] = []
-    for d in diff_ids:
-        if not out:
-            out.append(d)
-        else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
-    return out
-
-
-def _desc_pb(d: Descriptor) -> descriptor.Descriptor:
-    return descriptor.Descriptor(
-        media_type=d.media_type, digest=d.digest, size=d.size, annotations=d.annotations
-    )
 
 
 @dataclass
@@ -204,7 +184,8 @@ class ImageStore:
                 for layer, d in zip(resolved.layers, diff_ids, strict=True)
             ]
             try:
-                await self._unpack(resolved, chains, lease, fetches)
+                unpacker = Unpacker(self.ctrd, self.snapshotter, resolved.ref.name, lease)
+                await unpacker.unpack(resolved.layers, diff_ids, fetches)
                 await asyncio.gather(*fetches)
             finally:
                 for f in fetches:
@@ -245,7 +226,7 @@ class ImageStore:
                 )
             )
         await asyncio.gather(*writes)
-        record = images.Image(name=resolved.ref.name, target=_desc_pb(resolved.target))
+        record = images.Image(name=resolved.ref.name, target=desc_pb(resolved.target))
         try:
             await self.ctrd.call(self.ctrd.images.Create, images.CreateImageRequest(image=record))
         except RuntimeFailure:
@@ -355,56 +336,3 @@ class ImageStore:
     async def _abort(self, ref: str) -> None:
         with contextlib.suppress(ContainerNotFound, RuntimeFailure, RuntimeUnavailable):
             await self.ctrd.call(self.ctrd.content.Abort, content.AbortRequest(ref=ref))
-
-    async def _unpack(
-        self,
-        resolved: ResolvedImage,
-        chains: list[str],
-        lease: str,
-        fetches: Sequence[asyncio.Future[None]],
-    ) -> None:
-        parent = ""
-        for layer, chain, fetched in zip(resolved.layers, chains, fetches, strict=True):
-            try:
-                await self.ctrd.call(
-                    self.ctrd.snapshots.Stat,
-                    snapshots.StatSnapshotRequest(snapshotter=self.snapshotter, key=chain),
-                )
-                parent = chain
-                continue
-            except ContainerNotFound:
-                pass
-            await fetched
-            await self._apply(resolved, layer, chain, parent, lease)
-            parent = chain
-
-    async def _apply(
-        self, resolved: ResolvedImage, layer: Descriptor, chain: str, parent: str, lease: str
-    ) -> None:
-        """One layer into the snapshot `chain` on top of `parent` (snapshots + diff)."""
-        key = f"extract-{uuid.uuid4().hex}-{chain}"
-        prepared = await self.ctrd.call(
-            self.ctrd.snapshots.Prepare,
-            snapshots.PrepareSnapshotRequest(snapshotter=self.snapshotter, key=key, parent=parent),
-            lease,
-        )
-        try:
-            await self.ctrd.call(
-                self.ctrd.diff.Apply,
-                diff.ApplyRequest(diff=_desc_pb(layer), mounts=prepared.mounts),
-                lease,
-                deadline_s=600,
-            )
-            await self.ctrd.call(
-                self.ctrd.snapshots.Commit,
-                snapshots.CommitSnapshotRequest(snapshotter=self.snapshotter, name=chain, key=key),
-                lease,
-            )
-        except RuntimeFailure as err:
-            with contextlib.suppress(RuntimeFailure, ContainerNotFound):
-                await self.ctrd.call(
-                    self.ctrd.snapshots.Remove,
-                    snapshots.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
-                )
-            if "already exists" not in str(err):
-                raise ImagePullError(f"unpack {resolved.ref.name}: {err}") from None
