@@ -72,7 +72,9 @@ def etcd_counters(etcd: EmbeddedEtcd) -> dict[str, float]:
     return out
 
 
-def start_profilers(pids: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
+def start_profilers(
+    pids: dict[str, int], out: Path, native: bool = False
+) -> list[subprocess.Popen[bytes]]:
     """py-spy on each process (collapsed stacks), until stop_profilers."""
     out.mkdir(parents=True, exist_ok=True)
     return [
@@ -86,7 +88,9 @@ def start_profilers(pids: dict[str, int], out: Path) -> list[subprocess.Popen[by
                 "raw",
                 "--rate",
                 "200",
-                "--nonblocking",
+                # --native (C frames: gRPC's Cython, protobuf) needs py-spy to pause the
+                # process at each sample; without it the sampling does not disturb the run.
+                *(["--native"] if native else ["--nonblocking"]),
                 "-o",
                 str(out / f"{name}.txt"),
             ],
@@ -288,6 +292,7 @@ def run_once(
     profile: Path | None = None,
     join_limit_s: float = 300,
     webview: bool = False,
+    native: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -315,6 +320,7 @@ def run_once(
                     f"hollow-{nodes}x{tasks}": hollows[0].pid,
                 },
                 profile,
+                native,
             )
             if profile is not None
             else []
@@ -365,6 +371,11 @@ def main() -> None:
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the manager and one hollow process"
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: C frames too (gRPC, protobuf); py-spy then pauses the process",
+    )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     p.add_argument(
         "--webview",
@@ -389,6 +400,7 @@ def main() -> None:
                     args.keep_logs,
                     args.profile,
                     webview=args.webview,
+                    native=args.native,
                 )
                 print(json.dumps(r), flush=True)
                 results.append(r)
