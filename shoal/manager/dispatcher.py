@@ -161,22 +161,25 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
         reader = asyncio.create_task(self._read(session, requests))
         try:
-            yield dpb.DispatcherMessage(
-                session=dpb.SessionInfo(
+            # One message: the session, then services (does a task need a namespace),
+            # assignments (with their networks), peers.
+            start = dpb.DispatcherBatch()
+            start.messages.add().session.CopyFrom(
+                dpb.SessionInfo(
                     node_id=node_id,
                     heartbeat_period_ms=self._periods[node_id],
                     managers=self.managers(),
                 )
             )
-            # Services (does a task need a namespace), assignments (networks), peers.
-            yield dpb.DispatcherMessage(services=self.services.full())
-            yield dpb.DispatcherMessage(assignments=full)
-            yield dpb.DispatcherMessage(peers=peers)
+            start.messages.add().services.CopyFrom(self.services.full())
+            start.messages.add().assignments.CopyFrom(full)
+            start.messages.add().peers.CopyFrom(peers)
+            yield dpb.DispatcherMessage(batch=start)
             while True:
-                msg = await session.outbox.get()
-                if msg is None:
+                batch = await session.next_batch()
+                if batch is None:
                     break
-                yield msg
+                yield batch
         finally:
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:

@@ -22,6 +22,22 @@ class AgentSession:
     def send(self, msg: dpb.DispatcherMessage) -> None:
         self.outbox.put_nowait(msg)
 
+    async def next_batch(self) -> dpb.DispatcherMessage | None:
+        """The next message for the agent: everything queued by now goes as one batch
+        (one gRPC message, one write, instead of one each); None when the session ends."""
+        first = await self.outbox.get()
+        if first is None or self.outbox.empty():
+            return first
+        batch = dpb.DispatcherBatch(messages=[first])
+        while not self.outbox.empty():
+            msg = self.outbox.get_nowait()
+            if msg is None:
+                # Send what came before the end; the end is seen on the next call.
+                self.outbox.put_nowait(None)
+                break
+            batch.messages.append(msg)
+        return dpb.DispatcherMessage(batch=batch)
+
     def close(self) -> None:
         self.outbox.put_nowait(None)
         for q in self.logs.values():

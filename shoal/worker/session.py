@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -143,9 +143,13 @@ class Session:
         call = dpb_grpc.DispatcherStub(channel).Session(outgoing())
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._send_reports(out))]
         try:
-            async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "session":
+            async for received in call:
+                # A batch: what the manager had queued for this agent at once, in order.
+                batch = received.batch.messages if received.HasField("batch") else [received]
+                for msg in batch:
+                    if not msg.HasField("session"):
+                        self._deliver(worker, msg, send_log)
+                        continue
                     info = msg.session
                     if info.managers:
                         # Live managers first (the manager sends them again when they
@@ -161,20 +165,29 @@ class Session:
                     helpers.append(
                         asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
                     )
-                elif kind == "assignments":
-                    worker.assign(msg.assignments)
-                elif kind == "log_request":
-                    worker.serve_logs(msg.log_request, send_log)
-                elif kind == "peers":
-                    worker.peers(msg.peers)
-                elif kind == "services":
-                    worker.services(msg.services)
-                elif kind == "log_cancel":
-                    worker.cancel_logs(msg.log_cancel.request_id)
         finally:
             await cancel_and_wait(helpers)
             call.cancel()
             await channel.close()
+
+    @staticmethod
+    def _deliver(
+        worker: Worker,
+        msg: dpb.DispatcherMessage,
+        send_log: Callable[[dpb.LogChunk], Awaitable[None]],
+    ) -> None:
+        """Hands one of the manager's messages (other than SessionInfo) to the worker."""
+        kind = msg.WhichOneof("msg")
+        if kind == "assignments":
+            worker.assign(msg.assignments)
+        elif kind == "log_request":
+            worker.serve_logs(msg.log_request, send_log)
+        elif kind == "peers":
+            worker.peers(msg.peers)
+        elif kind == "services":
+            worker.services(msg.services)
+        elif kind == "log_cancel":
+            worker.cancel_logs(msg.log_cancel.request_id)
 
     async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
         while True:
