@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,7 +22,6 @@ from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.hostprobe import host_answers, peer_addr
 from shoal.manager.keyservice import KeyKeeper
-from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
@@ -71,6 +69,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.presence = presence
         self.sessions: dict[str, AgentSession] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # When each agent last sent anything (loop time): what its down timer checks.
+        self._seen: dict[str, float] = {}
         self._periods: dict[str, int] = {}
         self._stopping = False
         self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
@@ -185,6 +185,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
                 self.usage.pop(node_id, None)
+                self._seen.pop(node_id, None)
                 timer = self._timers.pop(node_id, None)
                 if timer is not None:
                     timer.cancel()
@@ -246,18 +247,31 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
     # ------------------------------------------------------------ node liveness
 
     def _arm_timer(self, node_id: str) -> None:
-        old = self._timers.pop(node_id, None)
-        if old is not None:
-            old.cancel()
+        """Notes that the agent spoke. Its down timer is not replaced at every message:
+        when it fires it looks at when the agent last spoke, and waits on if it did since
+        (one timer per heartbeat window, not one per message)."""
         loop = asyncio.get_running_loop()
-        self._timers[node_id] = loop.call_later(
-            self._down_after_s(node_id),
-            lambda: asyncio.ensure_future(self._expired(node_id)),
-        )
+        self._seen[node_id] = loop.time()
+        if node_id not in self._timers:
+            self._timers[node_id] = loop.call_later(
+                self._down_after_s(node_id), self._check_silence, node_id
+            )
+
+    def _check_silence(self, node_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers.pop(node_id, None)
+        left = self._seen.get(node_id, 0.0) + self._down_after_s(node_id) - loop.time()
+        if left > 0:
+            self._timers[node_id] = loop.call_later(left, self._check_silence, node_id)
+            return
+        expiry = asyncio.ensure_future(self._expired(node_id))
+        self._probes.add(expiry)
+        expiry.add_done_callback(self._probes.discard)
 
     async def _expired(self, node_id: str) -> None:
         """The session is open but the agent went silent."""
         self._timers.pop(node_id, None)
+        self._seen.pop(node_id, None)
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.close()
@@ -476,28 +490,5 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         session = self.sessions.get(node_id)
         if session is None:
             raise LookupError(f"node {node_id} has no session with this manager")
-        request_id = uuid.uuid4().hex
-        q = LogBuffer()
-        session.logs[request_id] = q
-        session.send(
-            dpb.DispatcherMessage(
-                log_request=dpb.LogRequest(
-                    request_id=request_id, task_ids=task_ids, follow=follow, tail=tail
-                )
-            )
-        )
-        try:
-            while True:
-                chunk = await q.get()
-                if chunk is None:
-                    return
-                if chunk.error:
-                    raise LookupError(chunk.error)
-                if chunk.data:
-                    yield chunk
-                if chunk.done:
-                    return
-        finally:
-            session.logs.pop(request_id, None)
-            if self.sessions.get(node_id) is session:
-                session.send(dpb.DispatcherMessage(log_cancel=dpb.LogCancel(request_id=request_id)))
+        async for chunk in session.stream_logs(task_ids, follow, tail):
+            yield chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 from shoal.manager.logbuffer import LogBuffer
 from shoal.proto import dispatcher_pb2 as dpb
@@ -18,6 +19,7 @@ class AgentSession:
         self.logs: dict[str, LogBuffer] = {}
         # The agent said it stops cleanly (and comes back).
         self.leaving = False
+        self.closed = False
 
     def send(self, msg: dpb.DispatcherMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -39,6 +41,37 @@ class AgentSession:
         return dpb.DispatcherMessage(batch=batch)
 
     def close(self) -> None:
+        self.closed = True
         self.outbox.put_nowait(None)
         for q in self.logs.values():
             q.put(None)
+
+    async def stream_logs(
+        self, task_ids: list[str], follow: bool, tail: int
+    ) -> AsyncIterator[dpb.LogChunk]:
+        """Task logs from the agent, asked for over this session."""
+        request_id = uuid.uuid4().hex
+        q = LogBuffer()
+        self.logs[request_id] = q
+        self.send(
+            dpb.DispatcherMessage(
+                log_request=dpb.LogRequest(
+                    request_id=request_id, task_ids=task_ids, follow=follow, tail=tail
+                )
+            )
+        )
+        try:
+            while True:
+                chunk = await q.get()
+                if chunk is None:
+                    return
+                if chunk.error:
+                    raise LookupError(chunk.error)
+                if chunk.data:
+                    yield chunk
+                if chunk.done:
+                    return
+        finally:
+            self.logs.pop(request_id, None)
+            if not self.closed:
+                self.send(dpb.DispatcherMessage(log_cancel=dpb.LogCancel(request_id=request_id)))
