@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 from pathlib import Path
 
 from shoal.worker.agent import Agent, WorkerConfig
+
+
+def raise_fd_limit() -> None:
+    """Each agent holds a channel to its manager and a few state files open."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -53,4 +60,5 @@ if __name__ == "__main__":
     p.add_argument("--join-addr", required=True)
     p.add_argument("--join-token", required=True)
     logging.basicConfig(level=logging.WARNING)
+    raise_fd_limit()
     asyncio.run(main(p.parse_args()))

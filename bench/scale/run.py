@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import ssl
@@ -122,10 +123,39 @@ def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
     return [(frame, count / total) for frame, count in ranked[:n]] if total else []
 
 
+def raise_fd_limit(nodes: int) -> None:
+    """Open files for the manager (a connection per agent) and the hollow processes
+    (their agents' channels and state files), which inherit the limit: a few per node.
+    Raised to the hard limit, and past it when allowed (root)."""
+    want = nodes * 4 + 4096
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if hard < want:
+            raise RuntimeError(
+                f"{nodes} hollow nodes need ~{want} open files; the hard limit is {hard} "
+                "(run as root, or raise it with ulimit -Hn)"
+            ) from None
+
+
+def join_limit(nodes: int) -> float:
+    """Seconds for every node to join: certificates are signed a few at a time, at
+    tens of ms each on a loaded machine (1,000 nodes took 17-34 s here)."""
+    return max(300.0, nodes * 0.15)
+
+
+# Lists of 50,000 tasks are bigger than gRPC's default 4 MB per message.
+CLIENT_OPTIONS = [("grpc.max_receive_message_length", 512 << 20)]
+
+
 def wait_socket(
     sock: Path, manager: subprocess.Popen[bytes], log: Path, timeout: float = 60
 ) -> api_grpc.ControlStub:
-    stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
+    stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}", options=CLIENT_OPTIONS))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if manager.poll() is not None:
@@ -228,7 +258,7 @@ def create_and_converge(ctl: api_grpc.ControlStub, tasks: int, services: int) ->
     t0 = time.monotonic()
 
     def converge(name: str) -> None:
-        stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=600)
+        stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=1200)
         for progress in stream:
             if progress.service.running == per_service:
                 done[name] = time.monotonic()
@@ -267,7 +297,7 @@ def start_latencies(ctl: api_grpc.ControlStub) -> list[float]:
     """Create -> running per running task, sorted."""
     return sorted(
         (t.status.timestamp_ms - t.meta.created_at_ms) / 1000
-        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=120).tasks
+        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=300).tasks
         if t.status.state == pb.RUNNING
     )
 
@@ -290,10 +320,11 @@ def run_once(
     procs: int,
     keep: Path | None,
     profile: Path | None = None,
-    join_limit_s: float = 300,
+    join_limit_s: float | None = None,
     webview: bool = False,
     native: bool = False,
 ) -> dict[str, Any]:
+    raise_fd_limit(nodes)
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
     etcd = EmbeddedEtcd(root)
@@ -307,7 +338,7 @@ def run_once(
         joined_at = time.monotonic()
         hollows = start_hollows(root, nodes, procs, addr, token)
         started += hollows
-        wait_ready_workers(ctl, nodes, hollows, join_limit_s)
+        wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
         join_s = time.monotonic() - joined_at
 
         before = etcd_counters(etcd)
@@ -384,7 +415,7 @@ def main() -> None:
         "cores: the throughput figures of such a run are lower)",
     )
     p.add_argument(
-        "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
+        "--timeout", type=float, default=3600, help="overall limit in seconds (then clean up, exit)"
     )
     args = p.parse_args()
     exit_cleanly_on_signals(args.timeout)
