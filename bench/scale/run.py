@@ -379,6 +379,7 @@ def run_once(
             "etcd_writes_per_task": round(writes / tasks, 2),
             "etcd_txns_per_task": round(txns / tasks, 3),
             "manager_cpu_s": round(m_cpu, 1),
+            "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
             **observe,
@@ -395,6 +396,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--tasks", type=int, nargs="*", default=[1000, 10000])
+    p.add_argument(
+        "--tasks-per-node",
+        type=int,
+        metavar="N",
+        help="instead of --tasks: N tasks per node at each node count (the curve of cost by nodes)",
+    )
     p.add_argument("--services", type=int, default=10)
     p.add_argument("--procs", type=int, default=4, help="processes the hollow nodes share")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -422,7 +429,7 @@ def main() -> None:
     results = []
     with ExitStack():
         for n in args.nodes:
-            for t in args.tasks:
+            for t in [n * args.tasks_per_node] if args.tasks_per_node else args.tasks:
                 r = run_once(
                     n,
                     t,
@@ -457,18 +464,31 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rate, latency) = plt.subplots(1, 2, figsize=(10, 4))
-    for tasks in sorted({r["tasks"] for r in results}):
-        rows = sorted((r for r in results if r["tasks"] == tasks), key=lambda r: r["nodes"])
+    fig, (rate, latency, cpu) = plt.subplots(1, 3, figsize=(15, 4))
+    # One line per task count, or one for a run at a fixed number of tasks per node.
+    per_node = {r["tasks"] // r["nodes"] for r in results}
+    if len({r["tasks"] for r in results}) == len(results) and len(per_node) == 1:
+        groups = {f"{per_node.pop()} tasks/node": results}
+    else:
+        groups = {
+            f"{t} tasks": [r for r in results if r["tasks"] == t]
+            for t in sorted({r["tasks"] for r in results})
+        }
+    for label, group in groups.items():
+        rows = sorted(group, key=lambda r: r["nodes"])
         xs = [r["nodes"] for r in rows]
-        rate.plot(xs, [r["tasks_per_s"] for r in rows], marker="o", label=f"{tasks} tasks")
-        latency.plot(xs, [r["p50_latency_s"] for r in rows], marker="o", label=f"p50, {tasks}")
+        rate.plot(xs, [r["tasks_per_s"] for r in rows], marker="o", label=label)
+        latency.plot(xs, [r["p50_latency_s"] for r in rows], marker="o", label=f"p50, {label}")
         latency.plot(
-            xs, [r["p99_latency_s"] for r in rows], marker="x", ls="--", label=f"p99, {tasks}"
+            xs, [r["p99_latency_s"] for r in rows], marker="x", ls="--", label=f"p99, {label}"
+        )
+        cpu.plot(
+            xs, [r["manager_cpu_s"] / r["tasks"] * 1000 for r in rows], marker="o", label=label
         )
     rate.set(xlabel="hollow nodes", ylabel="tasks/s (create -> running)", xscale="log")
     latency.set(xlabel="hollow nodes", ylabel="create -> running latency (s)", xscale="log")
-    for ax in (rate, latency):
+    cpu.set(xlabel="hollow nodes", ylabel="manager CPU ms per task", xscale="log", ylim=(0, None))
+    for ax in (rate, latency, cpu):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Shoal hollow-node scale (2 cores shared by manager, etcd and agents)")
