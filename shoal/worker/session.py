@@ -31,6 +31,9 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 # Status reports are held this long so a burst goes out as one message.
 REPORT_BATCH_S = 0.02
+# Heartbeats are left out while status reports keep the node alive, but at most
+# this many in a row minus one (the node's usage figures ride on heartbeats).
+HEARTBEAT_EVERY = 3
 
 
 class Session:
@@ -55,6 +58,8 @@ class Session:
         self.usage: Callable[[], dpb.NodeUsage] | None = None
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_event = asyncio.Event()
+        # When the last status report went out (loop time): it counts as a heartbeat.
+        self._reported_at = 0.0
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
         self._left = asyncio.Event()
 
@@ -190,10 +195,23 @@ class Session:
             worker.cancel_logs(msg.log_cancel.request_id)
 
     async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
+        """A heartbeat a period after the last message the manager counts as one (a
+        heartbeat or a status report): while tasks come and go, reports keep the node
+        alive and most heartbeats (a gRPC message each, on a manager that takes
+        hundreds a second) are not sent. Every HEARTBEAT_EVERY-th still goes, for
+        the node's CPU and memory figures."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + period_s
+        deferred = 0
         while True:
-            await asyncio.sleep(period_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            reported = self._reported_at + period_s
+            if reported > loop.time() and deferred < HEARTBEAT_EVERY - 1:
+                due, deferred = reported, deferred + 1
+                continue
             usage = self.usage() if self.usage is not None else None
             out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat(usage=usage)))
+            due, deferred = loop.time() + period_s, 0
 
     async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         while True:
@@ -202,6 +220,7 @@ class Session:
             self._pending_event.clear()
             pending, self._pending = self._pending, {}
             if pending:
+                self._reported_at = asyncio.get_running_loop().time()
                 out.put_nowait(
                     dpb.AgentMessage(
                         statuses=dpb.TaskStatusBatch(
