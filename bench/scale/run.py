@@ -124,10 +124,10 @@ def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
 
 
 def raise_fd_limit(nodes: int) -> None:
-    """Open files for the manager (a connection per agent) and the hollow processes
-    (their agents' channels and state files), which inherit the limit: a few per node.
-    Raised to the hard limit, and past it when allowed (root)."""
-    want = nodes * 4 + 4096
+    """Open files for the manager (a connection per agent, etcd's) and the hollow
+    processes (their agents' channels and state files), which inherit the limit.
+    Raised to the hard limit, and past it when allowed."""
+    want, need = nodes * 2 + 4096, nodes + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= want:
         return
@@ -135,10 +135,10 @@ def raise_fd_limit(nodes: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        if hard < want:
+        if hard < need:
             raise RuntimeError(
-                f"{nodes} hollow nodes need ~{want} open files; the hard limit is {hard} "
-                "(run as root, or raise it with ulimit -Hn)"
+                f"{nodes} hollow nodes need ~{need} open files in the manager; the hard "
+                f"limit is {hard} (raise it: ulimit -Hn, or LimitNOFILE)"
             ) from None
 
 
