@@ -8,6 +8,19 @@ from collections.abc import AsyncIterator
 
 from shoal.manager.logbuffer import LogBuffer
 from shoal.proto import dispatcher_pb2 as dpb
+from shoal.proto import objects_pb2 as pb
+
+
+def assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
+    """Whether the agent must hear of this change (its own status reports come back too)."""
+    return (
+        old is None
+        or old.node_id != new.node_id
+        or old.desired_state != new.desired_state
+        or old.spec_version != new.spec_version
+        or old.spec != new.spec
+        or old.networks != new.networks
+    )
 
 
 class AgentSession:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import grpc.aio
 
+from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
@@ -60,6 +61,8 @@ class Session:
         self._pending_event = asyncio.Event()
         # When the last status report went out (loop time): it counts as a heartbeat.
         self._reported_at = 0.0
+        # The heartbeat period the manager asked for.
+        self._period_s = defaults.HEARTBEAT_PERIOD_MS / 1000
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
         self._left = asyncio.Event()
 
@@ -160,16 +163,16 @@ class Session:
                         # Live managers first (the manager sends them again when they
                         # change); ones known before stay as a last resort.
                         self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
+                    if info.heartbeat_period_ms:
+                        self._period_s = info.heartbeat_period_ms / 1000
                     if self.current_manager == addr and self.connected.is_set():
-                        continue  # an update of the manager list within this session
+                        continue  # new settings within this session
                     log.info("session with manager %s (node %s)", addr, info.node_id)
                     self.current_manager = addr
                     self.connected.set()
                     self._sessions += 1
                     self.reconnects = self._sessions - 1
-                    helpers.append(
-                        asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
-                    )
+                    helpers.append(asyncio.create_task(self._heartbeat(out)))
         finally:
             await cancel_and_wait(helpers)
             call.cancel()
@@ -194,24 +197,25 @@ class Session:
         elif kind == "log_cancel":
             worker.cancel_logs(msg.log_cancel.request_id)
 
-    async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
+    async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         """A heartbeat a period after the last message the manager counts as one (a
         heartbeat or a status report): while tasks come and go, reports keep the node
         alive and most heartbeats (a gRPC message each, on a manager that takes
         hundreds a second) are not sent. Every HEARTBEAT_EVERY-th still goes, for
         the node's CPU and memory figures."""
         loop = asyncio.get_running_loop()
-        due = loop.time() + period_s
+        # The period is read at each beat: the manager may stretch it as its fleet grows.
+        due = loop.time() + self._period_s
         deferred = 0
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
-            reported = self._reported_at + period_s
+            reported = self._reported_at + self._period_s
             if reported > loop.time() and deferred < HEARTBEAT_EVERY - 1:
                 due, deferred = reported, deferred + 1
                 continue
             usage = self.usage() if self.usage is not None else None
             out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat(usage=usage)))
-            due, deferred = loop.time() + period_s, 0
+            due, deferred = loop.time() + self._period_s, 0
 
     async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         while True:
