@@ -41,6 +41,7 @@ async def main(args: argparse.Namespace) -> None:
                 # Like kubemark's hollow kubelets: the fake runtime lives in memory,
                 # so the figures are Shoal's costs, not the simulator's.
                 simulated_state_on_disk=False,
+                rotate_logs=False,
             )
         )
         for i in range(args.first, args.first + args.count)
