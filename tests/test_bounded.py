@@ -4,11 +4,15 @@ behind, and task log files that grow forever."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
+
+import pytest
 
 from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.store.cache import Subscription
 from shoal.proto import dispatcher_pb2 as dpb
+from shoal.worker import logrotate
 from shoal.worker.logrotate import LogRotator, rotate
 from shoal.worker.logs import stream_log
 
@@ -75,6 +79,28 @@ async def test_rotator_notices_writes_without_polling(tmp_path: Path) -> None:
     runner.cancel()
     assert (tmp_path / "task.log.1").stat().st_size == 1500
     assert log.read_bytes().lstrip(b"\0") == b"after\n"
+
+
+async def test_rotator_without_inotify_polls_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of inotify instances (a per-user limit, 128 by default): the rotator looks at
+    sizes now and then instead of raising (and being restarted) again and again."""
+
+    def no_inotify(*_args: object) -> None:
+        raise OSError(errno.EMFILE, "inotify_init1 failed")
+
+    monkeypatch.setattr(logrotate, "Inotify", no_inotify)
+    monkeypatch.setattr(logrotate, "POLL_EVERY_S", 0.05)
+    (tmp_path / "task.log").write_bytes(b"x" * 1500)
+    runner = asyncio.create_task(LogRotator(tmp_path, max_bytes=1000, max_files=2).run())
+    for _ in range(100):
+        if (tmp_path / "task.log.1").exists() or runner.done():
+            break
+        await asyncio.sleep(0.02)
+    assert not runner.done(), runner.exception()
+    runner.cancel()
+    assert (tmp_path / "task.log.1").stat().st_size == 1500
 
 
 async def test_following_a_log_goes_on_after_rotation(tmp_path: Path) -> None:

@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 from pathlib import Path
 
 from shoal.worker.agent import Agent, WorkerConfig
+
+
+def raise_fd_limit() -> None:
+    """Each agent holds a channel to its manager and a few state files open."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -34,6 +41,7 @@ async def main(args: argparse.Namespace) -> None:
                 # Like kubemark's hollow kubelets: the fake runtime lives in memory,
                 # so the figures are Shoal's costs, not the simulator's.
                 simulated_state_on_disk=False,
+                rotate_logs=False,
             )
         )
         for i in range(args.first, args.first + args.count)
@@ -53,4 +61,5 @@ if __name__ == "__main__":
     p.add_argument("--join-addr", required=True)
     p.add_argument("--join-token", required=True)
     logging.basicConfig(level=logging.WARNING)
+    raise_fd_limit()
     asyncio.run(main(p.parse_args()))

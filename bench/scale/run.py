@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import ssl
@@ -34,6 +35,7 @@ import grpc
 
 from bench.guard import exit_cleanly_on_signals
 from bench.scale.observe import EventLag, PageWatch, observe_figures
+from bench.scale.plot import plot
 from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
 from shoal.proto import control_pb2 as api
@@ -72,7 +74,9 @@ def etcd_counters(etcd: EmbeddedEtcd) -> dict[str, float]:
     return out
 
 
-def start_profilers(pids: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
+def start_profilers(
+    pids: dict[str, int], out: Path, native: bool = False
+) -> list[subprocess.Popen[bytes]]:
     """py-spy on each process (collapsed stacks), until stop_profilers."""
     out.mkdir(parents=True, exist_ok=True)
     return [
@@ -86,7 +90,9 @@ def start_profilers(pids: dict[str, int], out: Path) -> list[subprocess.Popen[by
                 "raw",
                 "--rate",
                 "200",
-                "--nonblocking",
+                # --native (C frames: gRPC's Cython, protobuf) needs py-spy to pause the
+                # process at each sample; without it the sampling does not disturb the run.
+                *(["--native"] if native else ["--nonblocking"]),
                 "-o",
                 str(out / f"{name}.txt"),
             ],
@@ -118,10 +124,39 @@ def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
     return [(frame, count / total) for frame, count in ranked[:n]] if total else []
 
 
+def raise_fd_limit(nodes: int) -> None:
+    """Open files for the manager (a connection per agent, etcd's) and the hollow
+    processes (their agents' channels and state files), which inherit the limit.
+    Raised to the hard limit, and past it when allowed."""
+    want, need = nodes * 2 + 4096, nodes + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if hard < need:
+            raise RuntimeError(
+                f"{nodes} hollow nodes need ~{need} open files in the manager; the hard "
+                f"limit is {hard} (raise it: ulimit -Hn, or LimitNOFILE)"
+            ) from None
+
+
+def join_limit(nodes: int) -> float:
+    """Seconds for every node to join: certificates are signed a few at a time, at
+    tens of ms each on a loaded machine (1,000 nodes took 17-34 s here)."""
+    return max(300.0, nodes * 0.15)
+
+
+# Lists of 50,000 tasks are bigger than gRPC's default 4 MB per message.
+CLIENT_OPTIONS = [("grpc.max_receive_message_length", 512 << 20)]
+
+
 def wait_socket(
     sock: Path, manager: subprocess.Popen[bytes], log: Path, timeout: float = 60
 ) -> api_grpc.ControlStub:
-    stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}"))
+    stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{sock}", options=CLIENT_OPTIONS))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if manager.poll() is not None:
@@ -224,7 +259,7 @@ def create_and_converge(ctl: api_grpc.ControlStub, tasks: int, services: int) ->
     t0 = time.monotonic()
 
     def converge(name: str) -> None:
-        stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=600)
+        stream = ctl.WatchService(api.WatchServiceRequest(ref=name), timeout=1200)
         for progress in stream:
             if progress.service.running == per_service:
                 done[name] = time.monotonic()
@@ -263,7 +298,7 @@ def start_latencies(ctl: api_grpc.ControlStub) -> list[float]:
     """Create -> running per running task, sorted."""
     return sorted(
         (t.status.timestamp_ms - t.meta.created_at_ms) / 1000
-        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=120).tasks
+        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=300).tasks
         if t.status.state == pb.RUNNING
     )
 
@@ -286,9 +321,11 @@ def run_once(
     procs: int,
     keep: Path | None,
     profile: Path | None = None,
-    join_limit_s: float = 300,
+    join_limit_s: float | None = None,
     webview: bool = False,
+    native: bool = False,
 ) -> dict[str, Any]:
+    raise_fd_limit(nodes)
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
     etcd = EmbeddedEtcd(root)
@@ -302,7 +339,7 @@ def run_once(
         joined_at = time.monotonic()
         hollows = start_hollows(root, nodes, procs, addr, token)
         started += hollows
-        wait_ready_workers(ctl, nodes, hollows, join_limit_s)
+        wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
         join_s = time.monotonic() - joined_at
 
         before = etcd_counters(etcd)
@@ -315,6 +352,7 @@ def run_once(
                     f"hollow-{nodes}x{tasks}": hollows[0].pid,
                 },
                 profile,
+                native,
             )
             if profile is not None
             else []
@@ -342,6 +380,7 @@ def run_once(
             "etcd_writes_per_task": round(writes / tasks, 2),
             "etcd_txns_per_task": round(txns / tasks, 3),
             "manager_cpu_s": round(m_cpu, 1),
+            "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
             **observe,
@@ -358,12 +397,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--tasks", type=int, nargs="*", default=[1000, 10000])
+    p.add_argument(
+        "--tasks-per-node",
+        type=int,
+        metavar="N",
+        help="instead of --tasks: N tasks per node at each node count (the curve of cost by nodes)",
+    )
     p.add_argument("--services", type=int, default=10)
     p.add_argument("--procs", type=int, default=4, help="processes the hollow nodes share")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep-logs", type=Path)
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the manager and one hollow process"
+    )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: C frames too (gRPC, protobuf); py-spy then pauses the process",
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     p.add_argument(
@@ -373,14 +423,14 @@ def main() -> None:
         "cores: the throughput figures of such a run are lower)",
     )
     p.add_argument(
-        "--timeout", type=float, default=1800, help="overall limit in seconds (then clean up, exit)"
+        "--timeout", type=float, default=3600, help="overall limit in seconds (then clean up, exit)"
     )
     args = p.parse_args()
     exit_cleanly_on_signals(args.timeout)
     results = []
     with ExitStack():
         for n in args.nodes:
-            for t in args.tasks:
+            for t in [n * args.tasks_per_node] if args.tasks_per_node else args.tasks:
                 r = run_once(
                     n,
                     t,
@@ -389,6 +439,7 @@ def main() -> None:
                     args.keep_logs,
                     args.profile,
                     webview=args.webview,
+                    native=args.native,
                 )
                 print(json.dumps(r), flush=True)
                 results.append(r)
@@ -406,32 +457,6 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
     if args.plot:
         plot(results, args.plot)
-
-
-def plot(results: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (rate, latency) = plt.subplots(1, 2, figsize=(10, 4))
-    for tasks in sorted({r["tasks"] for r in results}):
-        rows = sorted((r for r in results if r["tasks"] == tasks), key=lambda r: r["nodes"])
-        xs = [r["nodes"] for r in rows]
-        rate.plot(xs, [r["tasks_per_s"] for r in rows], marker="o", label=f"{tasks} tasks")
-        latency.plot(xs, [r["p50_latency_s"] for r in rows], marker="o", label=f"p50, {tasks}")
-        latency.plot(
-            xs, [r["p99_latency_s"] for r in rows], marker="x", ls="--", label=f"p99, {tasks}"
-        )
-    rate.set(xlabel="hollow nodes", ylabel="tasks/s (create -> running)", xscale="log")
-    latency.set(xlabel="hollow nodes", ylabel="create -> running latency (s)", xscale="log")
-    for ax in (rate, latency):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Shoal hollow-node scale (2 cores shared by manager, etcd and agents)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    print(f"plot: {out}")
 
 
 if __name__ == "__main__":

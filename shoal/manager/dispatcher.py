@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,12 +22,11 @@ from shoal.clock import now_ms
 from shoal.manager.authz import peer_identity
 from shoal.manager.hostprobe import host_answers, peer_addr
 from shoal.manager.keyservice import KeyKeeper
-from shoal.manager.logbuffer import LogBuffer
 from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
 from shoal.manager.servicetable import ServiceTable
-from shoal.manager.session import AgentSession
+from shoal.manager.session import AgentSession, assignment_changed
 from shoal.manager.store import Cache, Conflict, Kind, Store, Update
 from shoal.manager.validation import clean_description
 from shoal.proto import dispatcher_pb2 as dpb
@@ -40,18 +38,6 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.05
 MAX_HEARTBEATS_PER_S = 200
 REGISTER_TIMEOUT_S = 10.0
-
-
-def _assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
-    """Whether the agent must hear of this change (its own status reports come back too)."""
-    return (
-        old is None
-        or old.node_id != new.node_id
-        or old.desired_state != new.desired_state
-        or old.spec_version != new.spec_version
-        or old.spec != new.spec
-        or old.networks != new.networks
-    )
 
 
 class Dispatcher(dpb_grpc.DispatcherServicer):
@@ -71,7 +57,11 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.presence = presence
         self.sessions: dict[str, AgentSession] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # When each agent last sent anything (loop time): what its down timer checks.
+        self._seen: dict[str, float] = {}
         self._periods: dict[str, int] = {}
+        # The period last told to every session (_stretch_periods).
+        self._announced_period = 0
         self._stopping = False
         self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
         self._wakeup = asyncio.Event()
@@ -157,31 +147,36 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         # The period this agent is told: its down timer must use the same one.
         self._periods[node_id] = self.heartbeat_period_ms()
         self._arm_timer(node_id)
+        self._stretch_periods()
         log.info("node %s: session %s started (%s)", node_id, session.id[:8], peer)
 
         reader = asyncio.create_task(self._read(session, requests))
         try:
-            yield dpb.DispatcherMessage(
-                session=dpb.SessionInfo(
+            # One message: the session, then services (does a task need a namespace),
+            # assignments (with their networks), peers.
+            start = dpb.DispatcherBatch()
+            start.messages.add().session.CopyFrom(
+                dpb.SessionInfo(
                     node_id=node_id,
                     heartbeat_period_ms=self._periods[node_id],
                     managers=self.managers(),
                 )
             )
-            # Services (does a task need a namespace), assignments (networks), peers.
-            yield dpb.DispatcherMessage(services=self.services.full())
-            yield dpb.DispatcherMessage(assignments=full)
-            yield dpb.DispatcherMessage(peers=peers)
+            start.messages.add().services.CopyFrom(self.services.full())
+            start.messages.add().assignments.CopyFrom(full)
+            start.messages.add().peers.CopyFrom(peers)
+            yield dpb.DispatcherMessage(batch=start)
             while True:
-                msg = await session.outbox.get()
-                if msg is None:
+                batch = await session.next_batch()
+                if batch is None:
                     break
-                yield msg
+                yield batch
         finally:
             await cancel_and_wait([reader])
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
                 self.usage.pop(node_id, None)
+                self._seen.pop(node_id, None)
                 timer = self._timers.pop(node_id, None)
                 if timer is not None:
                     timer.cancel()
@@ -243,18 +238,31 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
     # ------------------------------------------------------------ node liveness
 
     def _arm_timer(self, node_id: str) -> None:
-        old = self._timers.pop(node_id, None)
-        if old is not None:
-            old.cancel()
+        """Notes that the agent spoke. Its down timer is not replaced at every message:
+        when it fires it looks at when the agent last spoke, and waits on if it did since
+        (one timer per heartbeat window, not one per message)."""
         loop = asyncio.get_running_loop()
-        self._timers[node_id] = loop.call_later(
-            self._down_after_s(node_id),
-            lambda: asyncio.ensure_future(self._expired(node_id)),
-        )
+        self._seen[node_id] = loop.time()
+        if node_id not in self._timers:
+            self._timers[node_id] = loop.call_later(
+                self._down_after_s(node_id), self._check_silence, node_id
+            )
+
+    def _check_silence(self, node_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers.pop(node_id, None)
+        left = self._seen.get(node_id, 0.0) + self._down_after_s(node_id) - loop.time()
+        if left > 0:
+            self._timers[node_id] = loop.call_later(left, self._check_silence, node_id)
+            return
+        expiry = asyncio.ensure_future(self._expired(node_id))
+        self._probes.add(expiry)
+        expiry.add_done_callback(self._probes.discard)
 
     async def _expired(self, node_id: str) -> None:
         """The session is open but the agent went silent."""
         self._timers.pop(node_id, None)
+        self._seen.pop(node_id, None)
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.close()
@@ -317,15 +325,29 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     feed.get_nowait()
                 managers = self.managers()
                 for node_id, session in self.sessions.items():
-                    session.send(
-                        dpb.DispatcherMessage(
-                            session=dpb.SessionInfo(
-                                node_id=node_id,
-                                heartbeat_period_ms=self._periods.get(node_id, 0),
-                                managers=managers,
-                            )
-                        )
-                    )
+                    self._tell(node_id, session, managers)
+
+    def _tell(self, node_id: str, session: AgentSession, managers: list[str]) -> None:
+        """The session's settings again: its heartbeat period, the live managers."""
+        info = dpb.SessionInfo(
+            node_id=node_id, heartbeat_period_ms=self._periods.get(node_id, 0), managers=managers
+        )
+        session.send(dpb.DispatcherMessage(session=info))
+
+    def _stretch_periods(self) -> None:
+        """Each time the period has grown by half, sessions told a shorter one are told
+        the new one: the MAX_HEARTBEATS_PER_S cap holds for the whole fleet (5,000 nodes
+        joining one by one sent 2.6 times as many). Their down window grows first."""
+        period = self.heartbeat_period_ms()
+        self._announced_period = self._announced_period or period
+        if period * 2 < self._announced_period * 3:
+            return
+        self._announced_period = period
+        managers = self.managers()
+        for node_id, session in self.sessions.items():
+            if self._periods.get(node_id, 0) < period:
+                self._periods[node_id] = period
+                self._tell(node_id, session, managers)
 
     # ------------------------------------------------------------ assignments
 
@@ -375,7 +397,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                     new, old = c.obj, c.old
                     assert new is None or isinstance(new, pb.Task)
                     assert old is None or isinstance(old, pb.Task)
-                    if new is not None and new.node_id and _assignment_changed(old, new):
+                    if new is not None and new.node_id and assignment_changed(old, new):
                         updated[new.node_id][new.id] = new
                         removed[new.node_id].discard(new.id)
                     if (
@@ -473,28 +495,5 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         session = self.sessions.get(node_id)
         if session is None:
             raise LookupError(f"node {node_id} has no session with this manager")
-        request_id = uuid.uuid4().hex
-        q = LogBuffer()
-        session.logs[request_id] = q
-        session.send(
-            dpb.DispatcherMessage(
-                log_request=dpb.LogRequest(
-                    request_id=request_id, task_ids=task_ids, follow=follow, tail=tail
-                )
-            )
-        )
-        try:
-            while True:
-                chunk = await q.get()
-                if chunk is None:
-                    return
-                if chunk.error:
-                    raise LookupError(chunk.error)
-                if chunk.data:
-                    yield chunk
-                if chunk.done:
-                    return
-        finally:
-            session.logs.pop(request_id, None)
-            if self.sessions.get(node_id) is session:
-                session.send(dpb.DispatcherMessage(log_cancel=dpb.LogCancel(request_id=request_id)))
+        async for chunk in session.stream_logs(task_ids, follow, tail):
+            yield chunk

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 REFUSED_BACKOFF_MIN_S = 1.0
 REFUSED_BACKOFF_MAX_S = 30.0
+# Update states in which no roll is under way or waiting.
+_QUIET = (pb.UpdateStatus.UNKNOWN, pb.UpdateStatus.COMPLETED, pb.UpdateStatus.ROLLBACK_COMPLETED)
 
 
 class Reconciler:
@@ -121,7 +123,7 @@ class Reconciler:
                 dirty.add(change.id)
             elif change.kind == Kind.TASK:
                 task = change.obj or change.old
-                if isinstance(task, pb.Task):
+                if isinstance(task, pb.Task) and not self._progress_only(change):
                     dirty.add(task.service_id)
             elif change.kind == Kind.NODE:
                 # Tasks on the node may have to move.
@@ -135,6 +137,34 @@ class Reconciler:
             elif change.kind == Kind.CLUSTER:
                 dirty.update(self.cache.ids(Kind.SERVICE))
         return dirty
+
+    def _progress_only(self, change: Change) -> bool:
+        """An agent's report that its task got further on the way to running, which no
+        orchestrator part acts on: the service is left alone (a pass over a service
+        walks all its tasks, and reports come in hundreds of batches a second).
+
+        Still looked at: anything but the status changing, a task that ended, a change
+        of health, every report while the service updates or rolls back (the roll waits
+        for tasks to run), and the report that has every task of a service running
+        (rebalancing waits for that)."""
+        old, new = change.old, change.obj
+        if not isinstance(old, pb.Task) or not isinstance(new, pb.Task):
+            return False
+        if not (
+            old.node_id
+            and new.node_id == old.node_id
+            and pb.ASSIGNED <= old.status.state <= new.status.state <= pb.RUNNING
+            and new.desired_state == old.desired_state
+            and new.spec_version == old.spec_version
+            and new.slot == old.slot
+            and new.status.health == old.status.health
+        ):
+            return False
+        service: pb.Service | None = self.cache.get(Kind.SERVICE, new.service_id)
+        if service is None or service.update_status.state not in _QUIET:
+            return False
+        tally = self.cache.tally(new.service_id)
+        return not (new.status.state == pb.RUNNING and tally.running >= tally.desired)
 
     def _allocate(self, tasks: list[pb.Task]) -> None:
         """Overlay addresses for tasks in NEW; they move on to PENDING (or ASSIGNED)."""

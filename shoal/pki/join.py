@@ -37,6 +37,8 @@ class JoinError(Exception):
 # Joins queue on the manager (bounded concurrency), so a join may wait its turn.
 JOIN_TIMEOUT_S = 60.0
 _TRANSIENT = (
+    # The manager ended the call (it stopped, or dropped it under load): try again.
+    grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,

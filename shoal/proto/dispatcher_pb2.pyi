@@ -551,6 +551,7 @@ class DispatcherMessage(_message.Message):
     LOG_CANCEL_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> Global___SessionInfo: ...
     @_builtins.property
@@ -563,6 +564,13 @@ class DispatcherMessage(_message.Message):
     def peers(self) -> Global___PeerUpdate: ...
     @_builtins.property
     def services(self) -> Global___ServiceUpdate: ...
+    @_builtins.property
+    def batch(self) -> Global___DispatcherBatch:
+        """Several of the above that were queued for the agent at once, in order (one
+        gRPC message instead of one each: a service created on 1,000 nodes sends each
+        of them its record and its tasks together).
+        """
+
     def __init__(
         self,
         *,
@@ -572,16 +580,37 @@ class DispatcherMessage(_message.Message):
         log_cancel: Global___LogCancel | None = ...,
         peers: Global___PeerUpdate | None = ...,
         services: Global___ServiceUpdate | None = ...,
+        batch: Global___DispatcherBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "batch", b"batch", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "batch", b"batch", "log_cancel", b"log_cancel", "log_request", b"log_request", "msg", b"msg", "peers", b"peers", "services", b"services", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel", "peers", "services"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["session", "assignments", "log_request", "log_cancel", "peers", "services", "batch"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___DispatcherMessage: _TypeAlias = DispatcherMessage  # noqa: Y015
+
+@_typing.final
+class DispatcherBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatcherMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___DispatcherMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatcherBatch: _TypeAlias = DispatcherBatch  # noqa: Y015
 
 @_typing.final
 class TaskFilesRequest(_message.Message):

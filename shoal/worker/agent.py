@@ -53,6 +53,9 @@ class WorkerConfig:
     # simulated runtime only: keep its "containers" on disk, so they outlive an
     # agent restart (tests); hollow nodes in benchmarks keep them in memory.
     simulated_state_on_disk: bool = True
+    # Hollow nodes write no container logs; a thousand of them in a few processes
+    # would each hold an inotify instance (128 per user by default) for nothing.
+    rotate_logs: bool = True
     egress_pool: str = DEFAULT_EGRESS_POOL
     # None: the host's resolvers (/etc/resolv.conf).
     dns_upstreams: list[str] | None = None
@@ -158,11 +161,10 @@ class Agent:
             background = [
                 supervised("session", self.session.run),
                 supervised("certificate renewal", self._renew_certificate),
-                supervised(
-                    "log rotation",
-                    LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files).run,
-                ),
             ]
+            if cfg.rotate_logs:
+                rotator = LogRotator(self.worker.logs_dir, cfg.log_max_bytes, cfg.log_max_files)
+                background.append(supervised("log rotation", rotator.run))
             await stop.wait()
             log.info("agent stopping; containers keep running")
             await self.session.leave()

@@ -9,6 +9,7 @@ by polling; a file is looked at no more than once per CHECK_EVERY_S.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_FILES = 5
 CHECK_EVERY_S = 1.0
+# Without inotify, how often every log file's size is looked at.
+POLL_EVERY_S = 10.0
 
 
 def rotated(path: Path, max_files: int) -> list[Path]:
@@ -69,7 +72,15 @@ class LogRotator:
 
     async def run(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        watch = Inotify(self.logs_dir, IN_MODIFY)
+        try:
+            watch = Inotify(self.logs_dir, IN_MODIFY)
+        except OSError as err:
+            # Out of inotify instances (fs.inotify.max_user_instances, 128 by default, is
+            # shared by all of a user's programs): sizes are looked at every
+            # POLL_EVERY_S instead of failing, and being restarted, over and over.
+            log.warning("log rotation: no inotify (%s); checking every %.0fs", err, POLL_EVERY_S)
+            await self.poll()
+            return
         try:
             while True:
                 for name in await watch.changed():
@@ -78,3 +89,9 @@ class LogRotator:
                 # again at a later write: it can exceed the limit by one interval's writes.
         finally:
             watch.close()
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_EVERY_S)
+            for path in self.logs_dir.glob("*.log"):
+                self.check(path.name)

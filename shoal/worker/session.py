@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
 
+from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
@@ -31,6 +32,9 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 # Status reports are held this long so a burst goes out as one message.
 REPORT_BATCH_S = 0.02
+# Heartbeats are left out while status reports keep the node alive, but at most
+# this many in a row minus one (the node's usage figures ride on heartbeats).
+HEARTBEAT_EVERY = 3
 
 
 class Session:
@@ -55,6 +59,10 @@ class Session:
         self.usage: Callable[[], dpb.NodeUsage] | None = None
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_event = asyncio.Event()
+        # When the last status report went out (loop time): it counts as a heartbeat.
+        self._reported_at = 0.0
+        # The heartbeat period the manager asked for.
+        self._period_s = defaults.HEARTBEAT_PERIOD_MS / 1000
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
         self._left = asyncio.Event()
 
@@ -143,44 +151,71 @@ class Session:
         call = dpb_grpc.DispatcherStub(channel).Session(outgoing())
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._send_reports(out))]
         try:
-            async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "session":
+            async for received in call:
+                # A batch: what the manager had queued for this agent at once, in order.
+                batch = received.batch.messages if received.HasField("batch") else [received]
+                for msg in batch:
+                    if not msg.HasField("session"):
+                        self._deliver(worker, msg, send_log)
+                        continue
                     info = msg.session
                     if info.managers:
                         # Live managers first (the manager sends them again when they
                         # change); ones known before stay as a last resort.
                         self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
+                    if info.heartbeat_period_ms:
+                        self._period_s = info.heartbeat_period_ms / 1000
                     if self.current_manager == addr and self.connected.is_set():
-                        continue  # an update of the manager list within this session
+                        continue  # new settings within this session
                     log.info("session with manager %s (node %s)", addr, info.node_id)
                     self.current_manager = addr
                     self.connected.set()
                     self._sessions += 1
                     self.reconnects = self._sessions - 1
-                    helpers.append(
-                        asyncio.create_task(self._heartbeat(out, info.heartbeat_period_ms / 1000))
-                    )
-                elif kind == "assignments":
-                    worker.assign(msg.assignments)
-                elif kind == "log_request":
-                    worker.serve_logs(msg.log_request, send_log)
-                elif kind == "peers":
-                    worker.peers(msg.peers)
-                elif kind == "services":
-                    worker.services(msg.services)
-                elif kind == "log_cancel":
-                    worker.cancel_logs(msg.log_cancel.request_id)
+                    helpers.append(asyncio.create_task(self._heartbeat(out)))
         finally:
             await cancel_and_wait(helpers)
             call.cancel()
             await channel.close()
 
-    async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage], period_s: float) -> None:
+    @staticmethod
+    def _deliver(
+        worker: Worker,
+        msg: dpb.DispatcherMessage,
+        send_log: Callable[[dpb.LogChunk], Awaitable[None]],
+    ) -> None:
+        """Hands one of the manager's messages (other than SessionInfo) to the worker."""
+        kind = msg.WhichOneof("msg")
+        if kind == "assignments":
+            worker.assign(msg.assignments)
+        elif kind == "log_request":
+            worker.serve_logs(msg.log_request, send_log)
+        elif kind == "peers":
+            worker.peers(msg.peers)
+        elif kind == "services":
+            worker.services(msg.services)
+        elif kind == "log_cancel":
+            worker.cancel_logs(msg.log_cancel.request_id)
+
+    async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
+        """A heartbeat a period after the last message the manager counts as one (a
+        heartbeat or a status report): while tasks come and go, reports keep the node
+        alive and most heartbeats (a gRPC message each, on a manager that takes
+        hundreds a second) are not sent. Every HEARTBEAT_EVERY-th still goes, for
+        the node's CPU and memory figures."""
+        loop = asyncio.get_running_loop()
+        # The period is read at each beat: the manager may stretch it as its fleet grows.
+        due = loop.time() + self._period_s
+        deferred = 0
         while True:
-            await asyncio.sleep(period_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            reported = self._reported_at + self._period_s
+            if reported > loop.time() and deferred < HEARTBEAT_EVERY - 1:
+                due, deferred = reported, deferred + 1
+                continue
             usage = self.usage() if self.usage is not None else None
             out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat(usage=usage)))
+            due, deferred = loop.time() + self._period_s, 0
 
     async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         while True:
@@ -189,6 +224,7 @@ class Session:
             self._pending_event.clear()
             pending, self._pending = self._pending, {}
             if pending:
+                self._reported_at = asyncio.get_running_loop().time()
                 out.put_nowait(
                     dpb.AgentMessage(
                         statuses=dpb.TaskStatusBatch(

@@ -15,7 +15,7 @@ from shoal.clock import now_ms
 from shoal.manager import endpoints, secrets
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.ids import new_id
-from shoal.manager.orchestrator.tasks import is_current, ready_for_update
+from shoal.manager.orchestrator.tasks import is_current
 from shoal.manager.store import AlreadyExists, Conflict, Kind
 from shoal.manager.validation import InvalidSpec, check_service_spec
 from shoal.proto import control_pb2 as api
@@ -28,15 +28,17 @@ MAX_TASK_ERRORS = 5
 
 class ServiceRPCs(ControlBase):
     def service_info(self, service: pb.Service) -> api.ServiceInfo:
-        desired = running = updated = 0
-        for t in self.cache.tasks_of_service(service.id):
-            if t.desired_state == pb.RUNNING:
-                desired += 1
-                if t.status.state == pb.RUNNING:
-                    running += 1
-                    updated += is_current(t, service) and ready_for_update(t)
+        tally = self.cache.tally(service.id)
+        # Ready tasks of an older spec version count if that spec is the current one
+        # again (a rollback): only those are looked at one by one.
+        updated = sum(
+            len(tasks)
+            if version == service.spec_version
+            else sum(is_current(t, service) for t in tasks.values())
+            for version, tasks in tally.ready.items()
+        )
         return api.ServiceInfo(
-            service=service, desired=desired, running=running, running_updated=updated
+            service=service, desired=tally.desired, running=tally.running, running_updated=updated
         )
 
     def _prepare_spec(self, spec: pb.ServiceSpec) -> pb.ServiceSpec:
@@ -196,17 +198,10 @@ class ServiceRPCs(ControlBase):
             return api.WatchServiceResponse(removed=True)
         # Only tasks with an error are sorted: this runs at every change of a
         # watched service, and a big service has thousands of healthy tasks.
-        errored: list[pb.Task] = []
-        pulls: dict[str, None] = {}
-        for t in self.cache.tasks_of_service(service_id):
-            if t.status.err and (
-                t.desired_state == pb.RUNNING or t.status.state in (pb.FAILED, pb.REJECTED)
-            ):
-                errored.append(t)
-            elif t.status.state == pb.PREPARING and t.status.message.startswith("pulling "):
-                # One pull per image and node: the tasks waiting on it say the same.
-                pulls[t.status.message] = None
-        errored.sort(key=lambda t: t.status.timestamp_ms, reverse=True)
+        tally = self.cache.tally(service_id)
+        # One pull per image and node: the tasks waiting on it say the same.
+        pulls = dict.fromkeys(t.status.message for t in tally.pulling.values())
+        errored = sorted(tally.errored.values(), key=lambda t: t.status.timestamp_ms, reverse=True)
         errors: list[str] = []
         for t in errored:
             if t.status.err not in errors:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from shoal.clock import now_ms
 from shoal.manager import constraints
 from shoal.manager.ids import new_id
+from shoal.manager.store.tally import ready
 from shoal.proto import objects_pb2 as pb
 
 # Task states in which nothing runs on a node yet: such a task can simply be deleted.
@@ -55,9 +56,7 @@ def is_current(t: pb.Task, service: pb.Service) -> bool:
 
 def ready_for_update(t: pb.Task) -> bool:
     """Running, and healthy if it has a health check: a rolling update may move on."""
-    if t.status.state != pb.RUNNING:
-        return False
-    return t.status.health in (pb.HEALTH_NONE, pb.HEALTH_HEALTHY)
+    return ready(t)
 
 
 def without_addresses(t: pb.Task) -> None:

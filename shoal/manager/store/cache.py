@@ -23,6 +23,7 @@ from shoal.aiotasks import cancel_and_wait, supervised
 from shoal.manager.store.errors import Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
+from shoal.manager.store.tally import ServiceTally, Tallies
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
 from shoal.proto import objects_pb2 as pb
 
@@ -98,6 +99,7 @@ class Cache:
         self._unassigned: dict[str, pb.Task] = {}
         self._unallocated: dict[str, pb.Task] = {}
         self._ips: dict[str, set[str]] = defaultdict(set)
+        self._tallies = Tallies()
         self._subscribers: set[Subscription] = set()
         # Lease-bound keys: manager presence, node sessions, the leader key.
         self._live: dict[bytes, bytes] = {}
@@ -204,6 +206,10 @@ class Cache:
     def tasks_of_service(self, service_id: str) -> list[pb.Task]:
         return list(self._by_service.get(service_id, {}).values())
 
+    def tally(self, service_id: str) -> ServiceTally:
+        """The service's task figures (the cache's own: do not change them)."""
+        return self._tallies.get(service_id)
+
     def tasks_of_node(self, node_id: str) -> list[pb.Task]:
         return list(self._by_node.get(node_id, {}).values())
 
@@ -272,6 +278,7 @@ class Cache:
         self._unassigned = {}
         self._unallocated = {}
         self._ips = defaultdict(set)
+        self._tallies = Tallies()
         for obj in objects:
             self._put(obj)
         self.revision = revision
@@ -333,6 +340,7 @@ class Cache:
                 self._names[kind][name] = obj.id
         if isinstance(obj, pb.Task):
             self._by_service[obj.service_id][obj.id] = obj
+            self._tallies.put(obj)
             if obj.node_id:
                 self._by_node[obj.node_id][obj.id] = obj
             elif obj.desired_state <= pb.RUNNING:
@@ -354,6 +362,7 @@ class Cache:
                 del self._names[kind][name]
         if isinstance(old, pb.Task):
             _discard(self._by_service, old.service_id, old.id)
+            self._tallies.remove(old)
             if old.node_id:
                 _discard(self._by_node, old.node_id, old.id)
             self._unassigned.pop(old.id, None)

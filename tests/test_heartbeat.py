@@ -1,0 +1,107 @@
+"""Heartbeats. An agent's are left out while status reports keep the node alive (each
+report counts as one on the manager), never leaving the manager without a message
+for longer than a period, and never more than HEARTBEAT_EVERY - 1 in a row."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from shoal import defaults
+from shoal.manager.dispatcher import MAX_HEARTBEATS_PER_S, Dispatcher
+from shoal.manager.session import AgentSession
+from shoal.proto import dispatcher_pb2 as dpb
+from shoal.proto import objects_pb2 as pb
+from shoal.worker import session as agent_session
+
+PERIOD_S = 0.2
+# Scheduling slack on a loaded machine.
+SLACK_S = 0.15
+
+
+def make_session() -> agent_session.Session:
+    return agent_session.Session(
+        identity=lambda: None,  # type: ignore[arg-type,return-value]
+        managers=["127.0.0.1:1"],
+        description=pb.NodeDescription,
+    )
+
+
+async def timeline(
+    s: agent_session.Session, duration_s: float, report_every_s: float
+) -> list[tuple[float, str]]:
+    """(time, kind) of every message the agent sends within `duration_s`."""
+    out: asyncio.Queue[dpb.AgentMessage] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    s._period_s = PERIOD_S
+    helpers = [
+        asyncio.create_task(s._send_reports(out)),
+        asyncio.create_task(s._heartbeat(out)),
+    ]
+    sent: list[tuple[float, str]] = []
+
+    async def collect() -> None:
+        while True:
+            msg = await out.get()
+            sent.append((loop.time() - start, str(msg.WhichOneof("msg"))))
+
+    helpers.append(asyncio.create_task(collect()))
+    n = 0
+    while loop.time() - start < duration_s:
+        if report_every_s:
+            s.report(f"t{n}", pb.TaskStatus(state=pb.RUNNING))
+            n += 1
+        await asyncio.sleep(report_every_s or duration_s)
+    for h in helpers:
+        h.cancel()
+    await asyncio.gather(*helpers, return_exceptions=True)
+    return sent
+
+
+@pytest.mark.asyncio
+async def test_idle_agent_heartbeats_every_period() -> None:
+    sent = await timeline(make_session(), 2.0, 0)
+    beats = [t for t, kind in sent if kind == "heartbeat"]
+    assert 7 <= len(beats) <= 10
+    assert all(b - a < PERIOD_S + SLACK_S for a, b in itertools.pairwise(beats))
+
+
+@pytest.mark.asyncio
+async def test_reports_stand_in_for_heartbeats_but_never_leave_a_gap() -> None:
+    sent = await timeline(make_session(), 3.0, PERIOD_S / 2)
+    beats = [t for t, kind in sent if kind == "heartbeat"]
+    reports = [t for t, kind in sent if kind == "statuses"]
+    assert len(reports) >= 20
+    # One heartbeat in HEARTBEAT_EVERY periods instead of one each (~15 in 3 s).
+    assert 2 <= len(beats) <= 3.0 / PERIOD_S / agent_session.HEARTBEAT_EVERY + 2
+    # The manager never waits more than a period (and scheduling slack) for a message.
+    times = sorted(t for t, _ in sent)
+    assert all(b - a < PERIOD_S + SLACK_S for a, b in itertools.pairwise(times))
+
+
+class _ClusterDefaults:
+    """What the dispatcher reads of the cache for heartbeat periods."""
+
+    def cluster_spec(self) -> pb.ClusterSpec:
+        return defaults.cluster_spec()
+
+
+def test_manager_stretches_every_sessions_period_as_its_fleet_grows() -> None:
+    """5,000 agents registering one after another: the early ones, told 5 s, are told
+    the longer period later, so the fleet stays near MAX_HEARTBEATS_PER_S."""
+    d = Dispatcher(store=None, cache=_ClusterDefaults())  # type: ignore[arg-type]
+    for i in range(5000):
+        node_id = f"n{i}"
+        d.sessions[node_id] = AgentSession(node_id)
+        d._periods[node_id] = d.heartbeat_period_ms()
+        d._stretch_periods()
+    rate = sum(1000 / p for p in d._periods.values())
+    assert rate <= MAX_HEARTBEATS_PER_S * 1.5, rate
+    first = d.sessions["n0"]
+    told = [m.session.heartbeat_period_ms for m in first.outbox._queue if m is not None]  # type: ignore[attr-defined]
+    assert told and told[-1] == d._periods["n0"] > defaults.HEARTBEAT_PERIOD_MS
+    # Not one message per session per registration: a handful of announcements.
+    assert len(told) <= 5
