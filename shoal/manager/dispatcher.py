@@ -152,20 +152,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
         reader = asyncio.create_task(self._read(session, requests))
         try:
-            # One message: the session, then services (does a task need a namespace),
-            # assignments (with their networks), peers.
-            start = dpb.DispatcherBatch()
-            start.messages.add().session.CopyFrom(
-                dpb.SessionInfo(
-                    node_id=node_id,
-                    heartbeat_period_ms=self._periods[node_id],
-                    managers=self.managers(),
-                )
-            )
-            start.messages.add().services.CopyFrom(self.services.full())
-            start.messages.add().assignments.CopyFrom(full)
-            start.messages.add().peers.CopyFrom(peers)
-            yield dpb.DispatcherMessage(batch=start)
+            yield self._start_message(node_id, full, peers)
             while True:
                 batch = await session.next_batch()
                 if batch is None:
@@ -193,6 +180,20 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                         probe.add_done_callback(self._probes.discard)
             session.close()
             log.info("node %s: session %s ended", node_id, session.id[:8])
+
+    def _start_message(
+        self, node_id: str, full: dpb.Assignments, peers: dpb.PeerUpdate
+    ) -> dpb.DispatcherMessage:
+        """A session's first message, in one: the session, then services (does a task
+        need a namespace), assignments (with their networks), peers."""
+        period, managers = self._periods[node_id], self.managers()
+        info = dpb.SessionInfo(node_id=node_id, heartbeat_period_ms=period, managers=managers)
+        start = dpb.DispatcherBatch()
+        start.messages.add().session.CopyFrom(info)
+        start.messages.add().services.CopyFrom(self.services.full())
+        start.messages.add().assignments.CopyFrom(full)
+        start.messages.add().peers.CopyFrom(peers)
+        return dpb.DispatcherMessage(batch=start)
 
     async def _probe_lost(self, node_id: str, session: AgentSession, peer: str) -> None:
         """A session that ended without Leave was released at once (a host that is gone
