@@ -125,8 +125,13 @@ class Agent:
             if cfg.runtime == "containerd":
                 check_same_mounts_as_containerd(cfg.containerd_socket)
                 # Refused up front (before joining) when an explicit choice is missing.
-                self.oci_runtime, oci_path = ociruntime.resolve(cfg.oci_runtime)
-                log.info("containers run under the OCI runtime %s (%s)", self.oci_runtime, oci_path)
+                self.oci_runtime, oci_path, why = ociruntime.resolve(cfg.oci_runtime)
+                log.info(
+                    "containers run under the OCI runtime %s (%s)%s",
+                    self.oci_runtime,
+                    oci_path,
+                    f", not crun: {why}" if why else "",
+                )
                 cfg.oci_runtime = self.oci_runtime
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:

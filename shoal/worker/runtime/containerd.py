@@ -68,7 +68,7 @@ class ContainerdRuntime:
         self.namespace = namespace
         # The OCI runtime the runc shim runs for each container (ociruntime.py); runc
         # is the shim's default, so it needs no options.
-        self.oci_runtime, oci_path = ociruntime.resolve(oci_runtime)
+        self.oci_runtime, oci_path, _ = ociruntime.resolve(oci_runtime)
         self._shim_options: any_pb2.Any | None = None
         if self.oci_runtime != "runc":
             self._shim_options = any_pb2.Any(
