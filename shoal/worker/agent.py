@@ -123,8 +123,7 @@ class Agent:
         background: list[asyncio.Task[None]] = []
         try:
             if cfg.runtime == "containerd":
-                check_same_mounts_as_containerd(cfg.containerd_socket)
-                # Refused up front (before joining) when an explicit choice is missing.
+                # Refused up front (before joining) when an explicit choice cannot run.
                 self.oci_runtime, oci_path, why = ociruntime.resolve(cfg.oci_runtime)
                 log.info(
                     "containers run under the OCI runtime %s (%s)%s",
@@ -133,6 +132,7 @@ class Agent:
                     f", not crun: {why}" if why else "",
                 )
                 cfg.oci_runtime = self.oci_runtime
+                check_same_mounts_as_containerd(cfg.containerd_socket)
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:
