@@ -270,6 +270,14 @@ def manager(
     help="simulated runs nothing: only for scale tests.",
 )
 @click.option(
+    "--oci-runtime",
+    default="auto",
+    show_default=True,
+    envvar="SHOAL_OCI_RUNTIME",
+    type=click.Choice(["auto", "crun", "runc"]),
+    help="What containerd's runc shim runs: auto is crun when installed, else runc.",
+)
+@click.option(
     "--egress-pool",
     default=DEFAULT_EGRESS_POOL,
     show_default=True,
@@ -319,6 +327,7 @@ def worker(
     containerd_socket: str,
     insecure_registry: tuple[str, ...],
     runtime: str,
+    oci_runtime: str,
     egress_pool: str,
     dns_upstream: tuple[str, ...],
     http_addr: str,
@@ -338,6 +347,7 @@ def worker(
         containerd_socket=containerd_socket,
         insecure_registries=set(insecure_registry),
         runtime=runtime,
+        oci_runtime=oci_runtime,
         egress_pool=egress_pool,
         dns_upstreams=list(dns_upstream) or None,
         http_addr=http_addr,

@@ -252,6 +252,7 @@ def node_view(n: pb.Node) -> dict[str, Any]:
         "os": n.description.os,
         "arch": n.description.arch,
         "runtime": n.description.runtime,
+        "oci_runtime": n.description.oci_runtime,
         "resources": _resources(n.description.resources),
         "heartbeat_at": iso(n.status.heartbeat_at_ms),
         "created_at": iso(n.meta.created_at_ms),

@@ -3,10 +3,14 @@ limit and the cgroup namespace, and the explicit ways out of them."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
+
+from shoal.lab.containerd import RUNC_ROOT
+from shoal.worker.runtime import ociruntime
 
 from . import test_containers
 from .test_containers import Cluster
@@ -21,6 +25,10 @@ PROBE = (
     "echo PIDS=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max); "
     "echo CGROUP=$(cat /proc/self/cgroup | head -1); echo DONE; sleep 1000"
 )
+
+
+# What the cluster's workers run: SHOAL_OCI_RUNTIME (swarmd's --oci-runtime) or auto.
+OCI_RUNTIME = ociruntime.resolve(os.environ.get("SHOAL_OCI_RUNTIME", "auto"))[0]
 
 
 def probe(c: Cluster, name: str, image: str, *flags: str) -> str:
@@ -42,6 +50,11 @@ def probe(c: Cluster, name: str, image: str, *flags: str) -> str:
     worker = next(w for w in c.workers if w.node_id == t["node"])
     log = worker.state_dir / "logs" / f"{t['id']}.log"
     c.wait(lambda: log.exists() and "DONE" in log.read_text(), 30)
+    # Run by the OCI runtime the node reports (crun keeps "status", runc "state.json").
+    oci = next(n for n in c.ctl("node", "ls", "--format", "json") if n["id"] == t["node"])  # type: ignore[union-attr]
+    assert oci["oci_runtime"] == OCI_RUNTIME
+    state = RUNC_ROOT / f"shoal-{t['node']}" / t["id"]
+    assert (state / ("status" if OCI_RUNTIME == "crun" else "state.json")).exists()
     c.ctl("service", "rm", name)
     return log.read_text()
 

@@ -12,7 +12,8 @@ service after a node's first.
 
 `--baseline DIR` runs a second manager and worker, from another checkout of Shoal
 (say, main before a change), on the same containerd; the rounds alternate between
-the two, so both see the same machine load.
+the two, so both see the same machine load. `--oci-runtimes runc,crun` does the same
+with one bed per OCI runtime (the worker's --oci-runtime), from this checkout.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ def process_cpu_s(pid: int) -> float:
 class FirstContainer:
     """A manager and a worker, from this checkout or from the one at `code`."""
 
-    def __init__(self, root: Path, ctd: Containerd, image: str, code: Path | None) -> None:
+    def __init__(
+        self, root: Path, ctd: Containerd, image: str, code: Path | None, oci: str = ""
+    ) -> None:
         self.root, self.ctd, self.image, self.code = root, ctd, image, code
+        self.oci = ["--oci-runtime", oci] if oci else []  # "": the worker's default
         self.manager = ManagerProcess(root / "m1")
         self.worker: WorkerProcess | None = None
         self.channel: grpc.Channel | None = None
@@ -112,6 +116,7 @@ class FirstContainer:
                 "w1",
                 "--containerd-socket",
                 str(self.ctd.socket),
+                *self.oci,
             ).start()
         finally:
             if saved is None:
@@ -163,6 +168,7 @@ class FirstContainer:
             self._watch(created.id, scale_to)
             out["scaled"] = time.perf_counter() - began
         out["ctd_cpu"] = (cpu.seconds() if cpu else 0.0) - cpu0[0]
+        out["init_cpu"] = self._containers_cpu() if cpu else 0.0
         out["agent_cpu"] = process_cpu_s(agent) - cpu0[1]
         self.stub.RemoveService(api.RemoveServiceRequest(ref=created.id))
         # The next round starts on an idle node: no container still being removed.
@@ -181,6 +187,19 @@ class FirstContainer:
         finally:
             watch.cancel()
 
+    def _containers_cpu(self) -> float:
+        """CPU seconds in the service's container cgroups so far: the OCI runtime's own
+        init in there (runc's `init` re-exec, crun's child before its exec), the
+        containers themselves being idle. crun joins the container's cgroup later than
+        runc does, so only with this are the two runtimes counted alike."""
+        assert self.worker is not None
+        groups = CPUACCT / "shoal" / f"shoal-{self.worker.node_id}"
+        total = 0
+        for usage in groups.glob("*/cpuacct.usage"):
+            with contextlib.suppress(OSError, ValueError):  # one being removed
+                total += int(usage.read_text())
+        return total / 1e9
+
     def _containers(self) -> list[str]:
         assert self.worker is not None
         ns = f"shoal-{self.worker.node_id}"
@@ -189,23 +208,30 @@ class FirstContainer:
 
 
 def first_container(
-    ctd: Containerd, image: str, rounds: int, baseline: Path | None = None
+    ctd: Containerd,
+    image: str,
+    rounds: int,
+    baseline: Path | None = None,
+    oci_runtimes: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per bed ("this checkout", and "baseline" if given): medians over `rounds` of
-    create -> first running, for 1 and for 20 replicas (and the last of the 20), of
-    create 20 -> all running and of scale 20 -> 40 (the client's clock, RPCs included)."""
+    """Per bed ("this checkout", and "baseline" if given; or one per OCI runtime):
+    medians over `rounds` of create -> first running, for 1 and for 20 replicas (and
+    the last of the 20), of create 20 -> all running and of scale 20 -> 40 (the
+    client's clock, RPCs included)."""
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-first-"))
-    codes: dict[str, Path | None] = {"this checkout": None}
+    codes: dict[str, tuple[Path | None, str]] = {"this checkout": (None, "")}
+    if oci_runtimes:
+        codes = {oci: (None, oci) for oci in oci_runtimes}
     if baseline is not None:
-        codes["baseline"] = baseline
+        codes["baseline"] = (baseline, "")
     one: dict[str, list[float]] = {name: [] for name in codes}
     twenty: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
     cpu = ContainerdCpu(ctd)
     try:
         with contextlib.ExitStack() as stack:
             beds = {
-                name: stack.enter_context(FirstContainer(root / str(i), ctd, image, code))
-                for i, (name, code) in enumerate(codes.items())
+                name: stack.enter_context(FirstContainer(root / str(i), ctd, image, *bed))
+                for i, (name, bed) in enumerate(codes.items())
             }
             for i in range(rounds):
                 # Each bed goes first every other round: neither always follows the
@@ -226,6 +252,8 @@ def first_container(
             # CPU seconds for create 20 + scale to 40, per container (of 40)
             "ctd_cpu_per_container_s": statistics.median(t["ctd_cpu"] for t in twenty[name]) / 40,
             "agent_cpu_per_container_s": statistics.median(t["agent_cpu"] for t in twenty[name])
+            / 40,
+            "init_cpu_per_container_s": statistics.median(t["init_cpu"] for t in twenty[name])
             / 40,
             "rounds_1": one[name],
             "rounds_20": [t["first"] for t in twenty[name]],

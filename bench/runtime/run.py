@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.guard import exit_cleanly_on_signals
 from bench.runtime.first import first_container
@@ -35,8 +36,10 @@ from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.containerd import ContainerdRuntime
 
 
-async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> list[float]:
-    rt = ContainerdRuntime(str(ctd.socket), "bench-shoal", root)
+async def shoal_side(
+    ctd: Containerd, image: str, count: int, root: Path, oci: str = "auto"
+) -> list[float]:
+    rt = ContainerdRuntime(str(ctd.socket), "bench-shoal", root, oci_runtime=oci)
     await rt.pull(image)
     times = []
     try:
@@ -60,15 +63,18 @@ async def shoal_side(ctd: Containerd, image: str, count: int, root: Path) -> lis
     return times
 
 
-def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
+def ctr_side(ctd: Containerd, image: str, count: int, oci: str = "runc") -> list[float]:
     ctr = ["ctr", "-a", str(ctd.socket), "-n", "bench-ctr"]
+    binary = ["--runc-binary", oci] if oci != "runc" else []
     subprocess.run([*ctr, "images", "pull", "--plain-http", image], check=True, capture_output=True)
     times = []
     try:
         for i in range(count):
             t = time.perf_counter()
             subprocess.run(
-                [*ctr, "run", "-d", image, f"c{i}", "sleep", "60"], check=True, capture_output=True
+                [*ctr, "run", *binary, "-d", image, f"c{i}", "sleep", "60"],
+                check=True,
+                capture_output=True,
             )
             times.append(time.perf_counter() - t)
     finally:
@@ -78,6 +84,42 @@ def ctr_side(ctd: Containerd, image: str, count: int) -> list[float]:
             subprocess.run([*ctr, "task", "rm", "-f", f"c{i}"], capture_output=True)
             subprocess.run([*ctr, "containers", "rm", f"c{i}"], capture_output=True)
     return times
+
+
+def report_first(first: dict[str, dict[str, Any]], rounds: int, runtime_s: float) -> None:
+    print(f"\nCreate -> first container running, median of {rounds} rounds:\n")
+    print("| bed | service | create RPC returned -> task RUNNING | vs runtime create + start |")
+    print("|---|---|---|---|")
+    for code, r in first.items():
+        for what, key in (
+            ("1 replica", "first_of_1_s"),
+            ("20 replicas, the first", "first_of_20_s"),
+            ("20 replicas, the last", "last_of_20_s"),
+            ("create 20 -> all running (client)", "create_20_s"),
+            ("scale 20 -> 40 -> all running (client)", "scale_20_40_s"),
+        ):
+            ms = r[key] * 1000
+            print(f"| {code} | {what} | {ms:.0f} ms | {ms / runtime_s:.2f}x |")
+    print("\nCPU per container over create 20 + scale 20 -> 40 (median of the rounds):\n")
+    print(
+        "| bed | containerd + shims + OCI runtime | + the runtime's init in the container's "
+        "cgroup | the agent |\n|---|---|---|---|"
+    )
+    for code, r in first.items():
+        ctd, agent = r["ctd_cpu_per_container_s"], r["agent_cpu_per_container_s"]
+        both = ctd + r["init_cpu_per_container_s"]
+        print(f"| {code} | {ctd * 1000:.1f} ms | {both * 1000:.1f} ms | {agent * 1000:.1f} ms |")
+    for code, r in first.items():
+        print(
+            f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
+            f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
+        )
+    names = list(first)
+    for other in names[1:]:  # each bed against the first one
+        for key in first[names[0]]:
+            if key.endswith("_s"):
+                ratio = first[names[0]][key] / first[other][key]
+                print(f"{key}: {names[0]} / {other} {ratio:.2f}x")
 
 
 def main() -> None:
@@ -90,59 +132,42 @@ def main() -> None:
         metavar="DIR",
         help="Another checkout of Shoal to run the whole-system part from too (before/after).",
     )
+    p.add_argument(
+        "--oci-runtimes",
+        default="",
+        metavar="A,B",
+        help="Compare OCI runtimes (say crun,runc): one bed each, rounds alternating.",
+    )
     args = p.parse_args()
+    ocis = [o for o in args.oci_runtimes.split(",") if o] or ["auto"]
     exit_cleanly_on_signals()
     load = os.getloadavg()[0]
+    serial: dict[str, tuple[list[float], list[float]]] = {}
     with Registry() as reg, Containerd() as ctd:
         image = push_image(reg.addr, "busybox", "bench")
-        root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
-        try:
-            shoal = asyncio.run(shoal_side(ctd, image, args.count, root))
-        finally:
-            shutil.rmtree(root, ignore_errors=True)  # the containers' logs
-        ctr = ctr_side(ctd, image, args.count)
+        for oci in ocis:
+            root = Path(tempfile.mkdtemp(prefix="shoal-bench-rt-"))
+            try:
+                shoal = asyncio.run(shoal_side(ctd, image, args.count, root, oci))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)  # the containers' logs
+            ctr = ctr_side(ctd, image, args.count, "runc" if oci == "auto" else oci)
+            serial[oci] = shoal, ctr
+        beds = ocis if args.oci_runtimes else None
         first = (
-            first_container(ctd, image, args.first_rounds, args.baseline)
+            first_container(ctd, image, args.first_rounds, args.baseline, beds)
             if args.first_rounds
             else None
         )
-    s, c = statistics.median(shoal) * 1000, statistics.median(ctr) * 1000
-    print("| what | median per container |\n|---|---|")
-    print(f"| Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
-    print(f"| `ctr run -d` | {c:.0f} ms |")
-    print(f"\nShoal / ctr: {s / c:.2f}x")
+    print("| OCI runtime | what | median per container |\n|---|---|---|")
+    for oci, (shoal, ctr) in serial.items():
+        s, c = statistics.median(shoal) * 1000, statistics.median(ctr) * 1000
+        print(f"| {oci} | Shoal runtime: create + start (gRPC) | {s:.0f} ms |")
+        print(f"| {oci} | `ctr run -d` | {c:.0f} ms |")
+        print(f"\n{oci}: Shoal / ctr: {s / c:.2f}x")
     print(f"load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
-    if first is None:
-        return
-    print(f"\nCreate -> first container running, median of {args.first_rounds} rounds:\n")
-    print("| code | service | create RPC returned -> task RUNNING | vs runtime create + start |")
-    print("|---|---|---|---|")
-    for code, r in first.items():
-        for what, key in (
-            ("1 replica", "first_of_1_s"),
-            ("20 replicas, the first", "first_of_20_s"),
-            ("20 replicas, the last", "last_of_20_s"),
-            ("create 20 -> all running (client)", "create_20_s"),
-            ("scale 20 -> 40 -> all running (client)", "scale_20_40_s"),
-        ):
-            ms = r[key] * 1000
-            print(f"| {code} | {what} | {ms:.0f} ms | {ms / s:.2f}x |")
-    print("\nCPU per container over create 20 + scale 20 -> 40 (median of the rounds):\n")
-    print("| code | containerd + shims + runc | the agent |\n|---|---|---|")
-    for code, r in first.items():
-        ctd, agent = r["ctd_cpu_per_container_s"], r["agent_cpu_per_container_s"]
-        print(f"| {code} | {ctd * 1000:.1f} ms | {agent * 1000:.1f} ms |")
-    for code, r in first.items():
-        print(
-            f"\n{code}, rounds (ms): 1 replica {[round(x * 1000) for x in r['rounds_1']]}, "
-            f"first of 20 {[round(x * 1000) for x in r['rounds_20']]}"
-        )
-    if "baseline" in first:
-        for key in first["baseline"]:
-            if not key.endswith("_s"):
-                continue
-            ratio = first["this checkout"][key] / first["baseline"][key]
-            print(f"{key}: this checkout / baseline {ratio:.2f}x")
+    if first is not None:
+        report_first(first, args.first_rounds, statistics.median(serial[ocis[0]][0]) * 1000)
 
 
 if __name__ == "__main__":

@@ -369,12 +369,12 @@ def check_cluster_spec(spec: pb.ClusterSpec) -> None:
 
 def clean_description(desc: pb.NodeDescription, joined_as: str) -> pb.NodeDescription:
     """What an agent reports about itself at each session, made safe to list: a hostname
-    that is not valid keeps the one checked at join; os/arch/runtime lose control
+    that is not valid keeps the one checked at join; os/arch/runtime/oci_runtime lose control
     characters and are cut to 64 characters."""
     out = pb.NodeDescription()
     out.CopyFrom(desc)
     if not _HOSTNAME.fullmatch(out.hostname):
         out.hostname = joined_as
-    for field in ("os", "arch", "runtime"):
+    for field in ("os", "arch", "runtime", "oci_runtime"):
         setattr(out, field, _CONTROL.sub("", getattr(out, field))[:64])
     return out

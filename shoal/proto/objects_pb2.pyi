@@ -306,11 +306,14 @@ class NodeDescription(_message.Message):
     OS_FIELD_NUMBER: _builtins.int
     ARCH_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
+    OCI_RUNTIME_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     os: _builtins.str
     arch: _builtins.str
     runtime: _builtins.str
     """Task runtime the agent runs ("containerd", "simulated")."""
+    oci_runtime: _builtins.str
+    """OCI runtime under containerd's runc shim ("crun", "runc"; empty: not containerd)."""
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     def __init__(
@@ -321,10 +324,11 @@ class NodeDescription(_message.Message):
         os: _builtins.str = ...,
         arch: _builtins.str = ...,
         runtime: _builtins.str = ...,
+        oci_runtime: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "hostname", b"hostname", "os", b"os", "resources", b"resources", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "hostname", b"hostname", "oci_runtime", b"oci_runtime", "os", b"os", "resources", b"resources", "runtime", b"runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

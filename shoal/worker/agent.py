@@ -27,6 +27,7 @@ from shoal.worker.hostcheck import check_same_mounts_as_containerd
 from shoal.worker.logrotate import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, LogRotator
 from shoal.worker.metrics import NodeUsageSampler, agent_registry
 from shoal.worker.resolver import Resolver, host_resolvers
+from shoal.worker.runtime import ociruntime
 from shoal.worker.runtime.base import Runtime
 from shoal.worker.secrets import DEFAULT_ROOT as secrets_root
 from shoal.worker.secrets import TaskFiles, fetch_over
@@ -45,6 +46,8 @@ class WorkerConfig:
     advertise_addr: str = ""
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
+    # The OCI runtime under containerd's runc shim: auto (crun if installed), crun, runc.
+    oci_runtime: str = "auto"
     insecure_registries: set[str] = field(default_factory=set)
     # Bind-mount sources this node accepts (prefixes); empty: whatever the API allows.
     allow_bind_mounts: tuple[str, ...] = ()
@@ -90,6 +93,7 @@ def make_runtime(config: WorkerConfig, node_id: str) -> Runtime:
             allowed=config.allow_bind_mounts,
             forbidden=(str(config.state_dir.resolve()), os.path.dirname(config.containerd_socket)),
         ),
+        oci_runtime=config.oci_runtime,
     )
 
 
@@ -100,6 +104,7 @@ class Agent:
         self.session: Session | None = None
         self.worker: Worker | None = None
         self.http: HttpServer | None = None
+        self.oci_runtime = ""  # resolved at start (containerd only)
 
     def description(self) -> pb.NodeDescription:
         return pb.NodeDescription(
@@ -110,6 +115,7 @@ class Agent:
             os=platform.system().lower(),
             arch=platform.machine(),
             runtime=self.config.runtime,
+            oci_runtime=self.oci_runtime,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -120,6 +126,15 @@ class Agent:
         background: list[asyncio.Task[None]] = []
         try:
             if cfg.runtime == "containerd":
+                # Refused up front (before joining) when an explicit choice cannot run.
+                self.oci_runtime, oci_path, why = ociruntime.resolve(cfg.oci_runtime)
+                log.info(
+                    "containers run under the OCI runtime %s (%s)%s",
+                    self.oci_runtime,
+                    oci_path,
+                    f", not crun: {why}" if why else "",
+                )
+                cfg.oci_runtime = self.oci_runtime
                 check_same_mounts_as_containerd(cfg.containerd_socket)
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:

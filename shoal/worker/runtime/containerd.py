@@ -22,11 +22,11 @@ from google.protobuf import any_pb2
 
 from shoal.mountpolicy import API_RULES, BindPolicy
 from shoal.proto.containerd import containers_pb2 as containers
-from shoal.proto.containerd import mount_pb2, task_pb2
+from shoal.proto.containerd import mount_pb2, runc_options_pb2, task_pb2
 from shoal.proto.containerd import snapshots_pb2 as snapshots
 from shoal.proto.containerd import tasks_pb2 as tasks
 from shoal.registry import RegistryClient
-from shoal.worker.runtime import ocispec
+from shoal.worker.runtime import ociruntime, ocispec
 from shoal.worker.runtime.base import (
     ContainerConfig,
     ContainerNotFound,
@@ -44,6 +44,8 @@ WAIT_AGAIN_S = 0.2
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RUNC = "io.containerd.runc.v2"
+# containerd's typeurl finds the runc shim's options by their bare message name.
+RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
 # A task whose shim died (killed, or crashed): containerd answers for it with this,
 # and kills the container when it cleans up after the shim.
 SHIM_DIED = "ttrpc: closed"
@@ -61,8 +63,18 @@ class ContainerdRuntime:
         snapshotter: str = "overlayfs",
         registry: RegistryClient | None = None,
         binds: BindPolicy = API_RULES,
+        oci_runtime: str = "auto",
     ) -> None:
         self.namespace = namespace
+        # The OCI runtime the runc shim runs for each container (ociruntime.py); runc
+        # is the shim's default, so it needs no options.
+        self.oci_runtime, oci_path, _ = ociruntime.resolve(oci_runtime)
+        self._shim_options: any_pb2.Any | None = None
+        if self.oci_runtime != "runc":
+            self._shim_options = any_pb2.Any(
+                type_url=RUNC_OPTIONS_TYPE,
+                value=runc_options_pb2.Options(binary_name=oci_path).SerializeToString(),
+            )
         self.binds = binds
         self.snapshotter = snapshotter
         self.state_dir = state_dir or Path("/var/lib/shoal")
@@ -146,7 +158,7 @@ class ContainerdRuntime:
                 id=config.container_id,
                 labels=labels,
                 image=info.name,
-                runtime=containers.Container.Runtime(name=RUNC),
+                runtime=containers.Container.Runtime(name=RUNC, options=self._shim_options),
                 spec=any_pb2.Any(type_url=SPEC_TYPE, value=json.dumps(spec).encode()),
                 snapshotter=self.snapshotter,
                 snapshot_key=config.container_id,
