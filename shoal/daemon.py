@@ -271,11 +271,11 @@ def manager(
 )
 @click.option(
     "--oci-runtime",
-    default="auto",
+    default="runc",
     show_default=True,
     envvar="SHOAL_OCI_RUNTIME",
     type=click.Choice(["auto", "crun", "runc"]),
-    help="What containerd's runc shim runs: auto is crun when installed, else runc.",
+    help="What containerd's runc shim runs: auto is crun when it can run here, else runc.",
 )
 @click.option(
     "--egress-pool",

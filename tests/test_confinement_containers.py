@@ -27,8 +27,8 @@ PROBE = (
 )
 
 
-# What the cluster's workers run: SHOAL_OCI_RUNTIME (swarmd's --oci-runtime) or auto.
-OCI_RUNTIME = ociruntime.resolve(os.environ.get("SHOAL_OCI_RUNTIME", "auto"))[0]
+# What the cluster's workers run: SHOAL_OCI_RUNTIME (swarmd's --oci-runtime) or its default.
+OCI_RUNTIME = ociruntime.resolve(os.environ.get("SHOAL_OCI_RUNTIME", "runc"))[0]
 
 
 def probe(c: Cluster, name: str, image: str, *flags: str) -> str:

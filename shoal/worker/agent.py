@@ -47,7 +47,7 @@ class WorkerConfig:
     containerd_socket: str = "/run/containerd/containerd.sock"
     runtime: str = "containerd"
     # The OCI runtime under containerd's runc shim: auto (crun if installed), crun, runc.
-    oci_runtime: str = "auto"
+    oci_runtime: str = "runc"
     insecure_registries: set[str] = field(default_factory=set)
     # Bind-mount sources this node accepts (prefixes); empty: whatever the API allows.
     allow_bind_mounts: tuple[str, ...] = ()

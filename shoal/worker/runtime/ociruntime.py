@@ -2,7 +2,9 @@
 
 Every container costs a `create` (with its `init` re-exec) and a `start` of the OCI
 runtime; runc is a Go binary, crun a small C one that does the same from the same
-spec for less CPU (bench/README.md, item 2). `auto` takes crun when it is installed
+spec for less CPU (bench/README.md, item 2). runc is the default: the test suite
+runs every container under it on this project's hosts, while crun was tested on
+cgroup v1 only and showed no latency gain. `auto` takes crun when it is installed
 and can run containers here, else runc; an explicit choice that cannot is refused
 up front.
 """
