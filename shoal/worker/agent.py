@@ -126,7 +126,8 @@ class Agent:
         background: list[asyncio.Task[None]] = []
         try:
             if cfg.runtime == "containerd":
-                # Refused up front (before joining) when an explicit choice cannot run.
+                # Both refused up front (before joining), each in one line.
+                check_same_mounts_as_containerd(cfg.containerd_socket)
                 self.oci_runtime, oci_path, why = ociruntime.resolve(cfg.oci_runtime)
                 log.info(
                     "containers run under the OCI runtime %s (%s)%s",
@@ -135,7 +136,6 @@ class Agent:
                     f", not crun: {why}" if why else "",
                 )
                 cfg.oci_runtime = self.oci_runtime
-                check_same_mounts_as_containerd(cfg.containerd_socket)
             self.identity = NodeIdentity.load(cfg.state_dir)
             if self.identity is None:
                 if not cfg.join_token:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait, supervised
-from shoal.manager.store.errors import Unavailable
+from shoal.manager.store.errors import StoreError, Unavailable
 from shoal.manager.store.kinds import NAMED, Kind, Object, kind_of, name_of
 from shoal.manager.store.store import Store
 from shoal.manager.store.tally import ServiceTally, Tallies
@@ -29,9 +29,12 @@ from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# etcd 3.4 before 3.4.24 may send a progress notification ahead of events
-# (etcd issue 15220), so progress is only asked for when a revision has no
-# event of Shoal's at all: after this long.
+# etcd 3.4 before 3.4.24 (Debian 12 has 3.4.23) may send a progress notification
+# ahead of the events of a watch that is still catching up (etcd issue 15220):
+# trusted, it moved the cache past changes that a dropped stream then never
+# sent (the chaos test lost a created service that way). So progress is never
+# asked of etcd: a wait that sees no change for this long writes the progress
+# key, whose event comes after every earlier one.
 PROGRESS_AFTER_S = 0.5
 # A read-your-writes wait longer than this means etcd or the watch is stuck.
 WAIT_LIMIT_S = 30.0
@@ -113,6 +116,7 @@ class Cache:
         # how Condition.wait under asyncio.wait_for failed with "Lock is not acquired").
         self._advanced = asyncio.Event()
         self._watcher: ObjectWatcher | None = None
+        self._marking: asyncio.Task[None] | None = None
         # Times the watch fell behind etcd's compaction and everything was re-listed.
         self.resyncs = 0
         self._task: asyncio.Task[None] | None = None
@@ -132,7 +136,7 @@ class Cache:
         await self._run(self._watcher)
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task])
+        await cancel_and_wait([self._task, self._marking])
 
     async def _run(self, watcher: ObjectWatcher) -> None:
         async for item in watcher:
@@ -170,8 +174,19 @@ class Cache:
             try:
                 await asyncio.wait_for(self._advanced.wait(), min(PROGRESS_AFTER_S, left))
             except TimeoutError:
-                if self._watcher is not None:
-                    self._watcher.request_progress()
+                self._mark_progress()
+
+    def _mark_progress(self) -> None:
+        """Moves the watch on past revisions with no event of Shoal's (one write at a
+        time, however many wait)."""
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._put_progress())
+
+    async def _put_progress(self) -> None:
+        try:
+            await self.store.mark_progress()
+        except StoreError as err:  # etcd away: the next wait that times out tries again
+            log.debug("writing the progress key: %s", err)
 
     async def sync(self) -> None:
         """Catches up with etcd's current revision (read-your-writes)."""

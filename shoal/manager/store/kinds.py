@@ -87,6 +87,8 @@ class Keys:
         self.root = f"{self.prefix}/".encode()
         self.objects = f"{self.prefix}/o/".encode()
         self.leader = f"{self.prefix}/leader".encode()
+        # Written to move a watch on: its event proves every earlier one was delivered.
+        self.progress = f"{self.prefix}/progress".encode()
         # Keys on a manager's lease: gone when that manager is (see manager/presence).
         self.presence = f"{self.prefix}/p/".encode()
         self.managers = self.presence + b"managers/"

@@ -92,6 +92,12 @@ class Store:
         clusters = await self.list_objects(Kind.CLUSTER)
         return clusters[0] if clusters else None  # type: ignore[return-value]
 
+    async def mark_progress(self) -> int:
+        """Writes the progress key; returns its revision. Its event on a watch comes
+        after every earlier revision's (etcd delivers a watch in revision order)."""
+        resp = await self._call(self.conn.kv.Put, rpc.PutRequest(key=self.keys.progress))
+        return int(resp.header.revision)
+
     async def revision(self) -> int:
         """The current etcd revision (a cheap, linearizable read)."""
         resp = await self._call(

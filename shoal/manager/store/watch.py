@@ -60,19 +60,15 @@ class ObjectWatcher:
     """Yields every change to every object from start_revision on, forever.
 
     It watches Shoal's whole key space, so every revision Shoal writes arrives
-    (as Changes, empty for claim and leader keys) and a reader can wait for a
-    revision. Revisions written by others sharing the etcd have no event; for
-    those, request_progress() asks etcd to confirm how far the stream is.
+    (as Changes, empty for claim, leader and progress keys) and a reader can wait
+    for a revision. Revisions written by others sharing the etcd have no event;
+    a reader waiting on one writes the progress key (Store.mark_progress) rather
+    than trust etcd's progress notifications (see cache.PROGRESS_AFTER_S).
     """
 
     def __init__(self, store: Store, start_revision: int) -> None:
         self.store = store
         self.revision = start_revision
-        self._requests: asyncio.Queue[object] | None = None
-
-    def request_progress(self) -> None:
-        if self._requests is not None:
-            self._requests.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
     async def __aiter__(self) -> AsyncIterator[Changes | Resync]:
         keys = self.store.keys
@@ -90,7 +86,6 @@ class ObjectWatcher:
                     )
                 )
             )
-            self._requests = requests
 
             async def outgoing(q: asyncio.Queue[object] = requests) -> AsyncIterator[object]:
                 while True:
@@ -113,12 +108,7 @@ class ObjectWatcher:
                     if resp.created:
                         continue
                     if not resp.events:
-                        # Progress notification: everything up to header.revision was sent.
-                        seen = int(resp.header.revision)
-                        if seen >= self.revision:
-                            self.revision = seen + 1
-                            yield Changes(seen, [])
-                        continue
+                        continue  # not asked for (and not to be trusted on etcd 3.4.23)
                     changes = []
                     live: list[tuple[bytes, bytes | None]] = []
                     for ev in resp.events:
@@ -145,7 +135,6 @@ class ObjectWatcher:
                 if err.code() in FAILOVER:
                     conn.failover(used)
             finally:
-                self._requests = None
                 call.cancel()
             if compacted:
                 objects, live_keys, current = await _relist(self.store)
