@@ -127,8 +127,8 @@ class Agent:
         try:
             if cfg.runtime == "containerd":
                 # Both refused up front (before joining), each in one line.
-                check_same_mounts_as_containerd(cfg.containerd_socket)
                 self.oci_runtime, oci_path, why = ociruntime.resolve(cfg.oci_runtime)
+                check_same_mounts_as_containerd(cfg.containerd_socket)
                 log.info(
                     "containers run under the OCI runtime %s (%s)%s",
                     self.oci_runtime,
