@@ -241,6 +241,8 @@ def main() -> None:
     args.replicas = args.replicas or (20 if args.hosts == 1 else 60)
     args.scale_to = args.scale_to or 2 * args.replicas
     name = "results.json" if args.hosts == 1 else "results-3hosts.json"
+    if args.hosts != 1 and args.swarm_bridge == "none":
+        name = "results-3hosts-nobridge.json"
     args.out = args.out or REPO / "bench" / "vs_swarm" / name
     if args.rounds < 1 or not 0 < args.replicas < args.scale_to:
         p.error("need --rounds >= 1 and 0 < --replicas < --scale-to")
