@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,14 @@ def test_capability_sets_and_profile_agree(add: list[str], drop: list[str]) -> N
             # A call may also come with another capability (bpf: CAP_BPF or CAP_SYS_ADMIN).
             others = {c for c2, cs in seccomp.BY_CAPABILITY.items() if c2 in caps for c in cs}
             assert not (set(calls) - others) & allowed
+
+
+def test_profile_covers_only_the_abis_this_kernel_runs() -> None:
+    arches = seccomp.architectures("x86_64")
+    # i386 binaries run on every x86_64 kernel Shoal supports: their calls stay filtered.
+    assert arches[:2] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    x32_runs = libc.syscall(seccomp.X32_SYSCALL_BIT | seccomp.X86_64_GETPID) == os.getpid()
+    assert ("SCMP_ARCH_X32" in arches) == x32_runs
+    assert seccomp.architectures("aarch64") == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    assert seccomp.architectures("riscv64") == []
