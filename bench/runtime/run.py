@@ -11,7 +11,8 @@ per container and the ratio. Then, on the same containerd, the whole system
 service and for the first of 20, set against the runtime's own create + start;
 create 20 -> all running and scale 20 -> 40; and the CPU per container of
 containerd (with its shims and runc) and of the agent.
-Everything is removed at the end.
+Everything is removed at the end. `--seccomp ROUNDS`: only what the seccomp filter
+costs runc itself (bench/runtime/seccomp.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from bench.guard import exit_cleanly_on_signals
 from bench.runtime.first import first_container
+from bench.runtime.seccomp import report as seccomp_cost
 from shoal.lab.containerd import Containerd
 from shoal.lab.images import push_image
 from shoal.lab.registry import Registry
@@ -138,7 +140,16 @@ def main() -> None:
         metavar="A,B",
         help="Compare OCI runtimes (say crun,runc): one bed each, rounds alternating.",
     )
+    p.add_argument(
+        "--seccomp",
+        type=int,
+        metavar="ROUNDS",
+        help="Only this: runc create + start with and without parts of the seccomp filter.",
+    )
     args = p.parse_args()
+    if args.seccomp:
+        seccomp_cost(args.seccomp)
+        return
     ocis = [o for o in args.oci_runtimes.split(",") if o] or ["auto"]
     exit_cleanly_on_signals()
     load = os.getloadavg()[0]
