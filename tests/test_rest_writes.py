@@ -11,7 +11,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +171,8 @@ async def test_refusals_are_the_grpc_apis_and_write_nothing(
         ("/services/web/update", {"rollback": True}, 409, "no previous spec"),
         ("/services/web/update", {"spec": SPEC, "rollback": True}, 400, "either a spec or"),
         ("/services/web/update", {"spec": {**SPEC, "global": {}}}, 400, "invalid spec"),
+        ("/services/web/scale", {"replicas": 3, "version": 2**64}, 400, "version must be"),
+        ("/services/web/update", {"spec": SPEC, "version": -1}, 400, "version must be"),
     )
     for path, body, status, words in writes:
         got, err = await refused_without_writing(store, sock, "POST", path, body)
@@ -184,6 +188,67 @@ async def test_refusals_are_the_grpc_apis_and_write_nothing(
         assert s.recv(65536).startswith(b"HTTP/1.1 411 ")
     answer = exchange(sock, "PUT", "/services/web")
     assert answer.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, DELETE\r\n" in answer
+
+
+class SilentRegistry:
+    """A loopback port that takes connections and never answers: the manager's pinning
+    waits for it as long as it waits for any registry."""
+
+    def __init__(self) -> None:
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.addr = f"127.0.0.1:{self.srv.getsockname()[1]}"
+        self.reached = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._hold, daemon=True).start()
+
+    def _hold(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return  # closed
+            self.held.append(conn)
+            self.reached.set()
+
+    def close(self) -> None:
+        self.srv.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[SilentRegistry]:
+    reg = SilentRegistry()
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def test_a_write_whose_client_hung_up_is_cancelled(
+    manager: ManagerProcess, silent_registry: SilentRegistry
+) -> None:
+    def spec(name: str) -> dict[str, Any]:
+        image = f"{silent_registry.addr}/busybox:latest"
+        return dict(SPEC, annotations={"name": name}, task={"container": {"image": image}})
+
+    body = json.dumps({"spec": spec("abandoned")}).encode()
+    head = f"POST /services HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(rest_socket(str(manager.socket)))
+        s.sendall(head.encode() + body)
+        # The manager is pinning the image now; then the client gives up.
+        assert silent_registry.reached.wait(10)
+    # The positive control, started later with the same registry, waits out the same
+    # pinning budget: once it is answered the abandoned one would have been as well.
+    status, kept = call(manager.socket, "POST", "/services", {"spec": spec("kept")})
+    assert status == 201, kept
+    assert "no answer within" in kept["warnings"][0]
+    assert call(manager.socket, "GET", "/services/kept")[0] == 200
+    status, answer = call(manager.socket, "GET", "/services/abandoned")
+    assert status == 404, answer
 
 
 def chunks(answer: bytes) -> list[Any]:

@@ -46,12 +46,12 @@ async def cluster(manager: ManagerProcess, etcd: EmbeddedEtcd) -> AsyncIterator[
     yield manager
 
 
-def http(sock: Path, request: str) -> tuple[int, dict[str, str], Any]:
+def http(sock: Path, request: str | bytes) -> tuple[int, dict[str, str], Any]:
     """One raw request on the manager's HTTP socket: (status, headers, JSON body)."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(rest_socket(str(sock)))
-        s.sendall(request.encode())
+        s.sendall(request if isinstance(request, bytes) else request.encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -161,6 +161,12 @@ async def test_bad_requests(manager: ManagerProcess) -> None:
     assert code == 405 and headers["allow"] == "GET"
     code, _, body = http(sock, "nonsense\r\n\r\n")
     assert code == 400 and body == {"error": "malformed request", "code": "invalid_argument"}
+    code, _, body = http(sock, req.format("//[x"))
+    assert code == 400 and body["error"] == "malformed request target"
+    # A digit outside ASCII is no length.
+    head = b"POST /services HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n"
+    code, _, body = http(sock, head)
+    assert code == 400 and body["error"] == "malformed Content-Length"
 
 
 async def test_keep_alive_serves_several_requests(manager: ManagerProcess) -> None:

@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,9 @@ _REASON = {
 
 Query = dict[str, str]
 # A path's handler: (REF or "", query, body) -> the JSON answer (or Created, Streamed).
-Handler = Callable[[str, Query, bytes], Awaitable[Any]]
+Handler = Callable[[str, Query, bytes], Coroutine[Any, Any, Any]]
+# Methods whose handler is cancelled when the client hangs up (see _unless_hung_up).
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # (collection, with a REF, what follows the REF) -> {method: handler}
 Route = tuple[str, bool, str]
 
@@ -139,7 +141,7 @@ class RestAPI:
                     return
                 writer.write(_response(status, body, keep_alive, allow))
                 await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, HungUp):
             pass
         finally:
             writer.close()
@@ -156,17 +158,27 @@ class RestAPI:
         keep_alive = _keep_alive(version, headers)
         try:
             url = urllib.parse.urlsplit(target)
+        except ValueError:
+            return 400, HTTPError(400, "malformed request target").body(), False, ""
+        try:
             handlers = self._handlers(url.path)
             handler = handlers.get(method)
             if handler is None:
                 allow = ", ".join(handlers)
                 return 405, HTTPError(405, f"{method} is not allowed here").body(), False, allow
-            answer = await handler(*_ref(url.path), _query(url.query), body)
+            call = handler(*_ref(url.path), _query(url.query), body)
+            if method in WRITES:
+                answer, clean = await _unless_hung_up(call, reader)
+                keep_alive = keep_alive and clean
+            else:
+                answer = await call
             if isinstance(answer, Created):
                 return 201, answer.body, keep_alive, ""
             return 200, answer, keep_alive, ""
         except HTTPError as err:
             return err.status, err.body(), keep_alive, ""
+        except HungUp:
+            raise
         except Exception as err:  # a bug
             log.exception("HTTP %s %s failed", method, url.path)
             return 500, HTTPError(500, f"internal error: {type(err).__name__}").body(), False, ""
@@ -296,7 +308,7 @@ async def _read_body(headers: dict[str, str], reader: asyncio.StreamReader) -> b
     if "transfer-encoding" in headers:
         raise HTTPError(411, "send the body with a Content-Length, not chunked")
     text = headers.get("content-length", "0")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise HTTPError(400, "malformed Content-Length")
     length = int(text)
     if length > MAX_BODY:
@@ -323,6 +335,31 @@ def _response(status: int, body: Any, keep_alive: bool, allow: str = "") -> byte
 def _chunk(obj: Any) -> bytes:
     line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
     return f"{len(line):x}\r\n".encode() + line + b"\r\n"
+
+
+class HungUp(Exception):
+    """The client went away while its write was being carried out."""
+
+
+async def _unless_hung_up(
+    call: Coroutine[Any, Any, Any], reader: asyncio.StreamReader
+) -> tuple[Any, bool]:
+    """The handler's answer, and whether the connection may be kept. A client that hangs
+    up (swarmctl's timeout) cancels its write, as a gRPC deadline cancels the call, so
+    that an error the user was shown is not followed by the write taking effect. A
+    client does not pipeline after a write (RFC 9112 9.3.2): a byte sent meanwhile ends
+    the connection after this answer."""
+    work = asyncio.create_task(call)
+    hangup = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and (hangup.exception() is not None or hangup.result() == b""):
+            raise HungUp
+        return await work, not hangup.done()
+    finally:
+        await cancel_and_wait([work, hangup])
+        if not hangup.cancelled():
+            hangup.exception()  # retrieved: a reset connection is no error of ours
 
 
 async def _stream(

@@ -70,9 +70,13 @@ def _spec(data: Any) -> pb.ServiceSpec:
 
 def _version(data: dict[str, Any]) -> int:
     version = data.get("version", 0)
-    if version < 0:
-        raise HTTPError(400, "version must be 0 or more")
+    if not 0 <= version <= MAX_VERSION:
+        raise HTTPError(400, f"version must be from 0 to {MAX_VERSION}")
     return int(version)
+
+
+# Versions are uint64 in the API.
+MAX_VERSION = 2**64 - 1
 
 
 class ServiceWrites:
