@@ -337,6 +337,8 @@ def worker(
 ) -> None:
     """Run a worker agent."""
     _check_http_addr(http_addr)
+    if runtime == "simulated":
+        _refuse_given(("containerd_socket", "oci_runtime"), "with --runtime simulated")
     join_token = _join_token(join_token, join_token_file)
     config = WorkerConfig(
         state_dir=state_dir,
@@ -360,6 +362,16 @@ def worker(
     except (JoinError, StateDirLocked, OSError, EgressError, ValueError) as err:
         click.echo(f"swarmd: {err}", err=True)
         sys.exit(1)
+
+
+def _refuse_given(params: tuple[str, ...], why: str) -> None:
+    """Options given on the command line that would do nothing: refused, not ignored."""
+    ctx = click.get_current_context()
+    for name in params:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            flag = "--" + name.replace("_", "-")
+            click.echo(f"swarmd: {flag} has no effect {why}: leave it out", err=True)
+            sys.exit(1)
 
 
 def main() -> None:

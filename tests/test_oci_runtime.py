@@ -64,6 +64,20 @@ def test_an_explicit_runtime_that_is_missing_refuses_to_start(tmp_path: Path) ->
     assert r.stderr == "swarmd: OCI runtime crun not found on PATH\n"
 
 
+def test_a_runtime_choice_with_the_simulated_runtime_is_refused(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "shoal.daemon", "worker", "--state-dir", str(tmp_path / "s"),
+         "--join-addr", "127.0.0.1:9", "--join-token", "x", "--runtime", "simulated",
+         "--oci-runtime", "runc"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr == (
+        "swarmd: --oci-runtime has no effect with --runtime simulated: leave it out\n"
+    )
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("choice", ["runc", "crun"])
 async def test_containers_run_under_the_chosen_runtime(

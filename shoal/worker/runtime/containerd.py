@@ -63,7 +63,7 @@ class ContainerdRuntime:
         snapshotter: str = "overlayfs",
         registry: RegistryClient | None = None,
         binds: BindPolicy = API_RULES,
-        oci_runtime: str = "auto",
+        oci_runtime: str = "runc",
     ) -> None:
         self.namespace = namespace
         # The OCI runtime the runc shim runs for each container (ociruntime.py); runc
