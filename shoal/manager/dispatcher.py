@@ -249,6 +249,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 self._down_after_s(node_id), self._check_silence, node_id
             )
 
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
     def _check_silence(self, node_id: str) -> None:
         loop = asyncio.get_running_loop()
         self._timers.pop(node_id, None)
@@ -262,7 +266,11 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     async def _expired(self, node_id: str) -> None:
         """The session is open but the agent went silent."""
-        self._timers.pop(node_id, None)
+        if self._seen.get(node_id, 0.0) + self._down_after_s(node_id) > self._loop_time():
+            return  # it spoke since the check: _arm_timer armed a new timer
+        timer = self._timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
         self._seen.pop(node_id, None)
         session = self.sessions.pop(node_id, None)
         if session is not None:
