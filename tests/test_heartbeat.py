@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import pytest
-
 from shoal import defaults
 from shoal.manager.dispatcher import MAX_HEARTBEATS_PER_S, Dispatcher
 from shoal.manager.session import AgentSession
