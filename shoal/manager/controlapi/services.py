@@ -15,7 +15,7 @@ from shoal.clock import now_ms
 from shoal.manager import endpoints, secrets
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
 from shoal.manager.ids import new_id
-from shoal.manager.orchestrator.tasks import is_current
+from shoal.manager.orchestrator.tasks import task_spec_of
 from shoal.manager.store import AlreadyExists, Conflict, Kind
 from shoal.manager.validation import InvalidSpec, check_service_spec
 from shoal.proto import control_pb2 as api
@@ -30,13 +30,17 @@ class ServiceRPCs(ControlBase):
     def service_info(self, service: pb.Service) -> api.ServiceInfo:
         tally = self.cache.tally(service.id)
         # Ready tasks of an older spec version count if that spec is the current one
-        # again (a rollback): only those are looked at one by one.
-        updated = sum(
-            len(tasks)
-            if version == service.spec_version
-            else sum(is_current(t, service) for t in tasks.values())
-            for version, tasks in tally.ready.items()
-        )
+        # again (a rollback). Every task of a version was made from the same task spec
+        # (a new spec or pinned image is a new version): one of each is compared.
+        updated = 0
+        current: pb.TaskSpec | None = None
+        for version, tasks in tally.ready.items():
+            if version == service.spec_version:
+                updated += len(tasks)
+            elif tasks:
+                if current is None:
+                    current = task_spec_of(service)
+                updated += len(tasks) if next(iter(tasks.values())).spec == current else 0
         return api.ServiceInfo(
             service=service, desired=tally.desired, running=tally.running, running_updated=updated
         )
