@@ -132,7 +132,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
         peer = context.peer()
         await self._node_up(node_id, first.register, peer)
-        session = AgentSession(node_id)
+        session = AgentSession(node_id, first.register.takes_batches)
         old = self.sessions.get(node_id)
         if old is not None:
             old.close()
@@ -152,7 +152,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
         reader = asyncio.create_task(self._read(session, requests))
         try:
-            yield self._start_message(node_id, full, peers)
+            start = self._start_message(node_id, full, peers)
+            for msg in [start] if session.takes_batches else start.batch.messages:
+                yield msg
             while True:
                 batch = await session.next_batch()
                 if batch is None:

@@ -24,9 +24,11 @@ def assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
 
 
 class AgentSession:
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, takes_batches: bool = True) -> None:
         self.node_id = node_id
         self.id = uuid.uuid4().hex
+        # An agent from before DispatcherBatch gets its messages one by one.
+        self.takes_batches = takes_batches
         # None ends the session.
         self.outbox: asyncio.Queue[dpb.DispatcherMessage | None] = asyncio.Queue()
         self.logs: dict[str, LogBuffer] = {}
@@ -41,7 +43,7 @@ class AgentSession:
         """The next message for the agent: everything queued by now goes as one batch
         (one gRPC message, one write, instead of one each); None when the session ends."""
         first = await self.outbox.get()
-        if first is None or self.outbox.empty():
+        if first is None or self.outbox.empty() or not self.takes_batches:
             return first
         batch = dpb.DispatcherBatch(messages=[first])
         while not self.outbox.empty():

@@ -29,8 +29,13 @@ class Register(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ADVERTISE_ADDR_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    TAKES_BATCHES_FIELD_NUMBER: _builtins.int
     advertise_addr: _builtins.str
     """Where other nodes reach this one (its VTEP on the overlay)."""
+    takes_batches: _builtins.bool
+    """The agent reads DispatcherBatch messages. Agents from before batching do not set
+    it and are sent one message at a time (managers may be upgraded first).
+    """
     @_builtins.property
     def description(self) -> _objects_pb2.NodeDescription: ...
     @_builtins.property
@@ -45,10 +50,11 @@ class Register(_message.Message):
         description: _objects_pb2.NodeDescription | None = ...,
         advertise_addr: _builtins.str = ...,
         statuses: _abc.Iterable[Global___TaskStatusUpdate] | None = ...,
+        takes_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "description", b"description", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_addr", b"advertise_addr", "description", b"description", "statuses", b"statuses", "takes_batches", b"takes_batches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -117,6 +117,7 @@ class Session:
                     description=self.description(),
                     advertise_addr=self.advertise_addr,
                     statuses=worker.statuses(),
+                    takes_batches=True,
                 )
             )
         )
