@@ -2,8 +2,8 @@
 
 An agent registers, then heartbeats and reports task status; the dispatcher
 streams the node's task assignments (full set at start, then changes), marks
-the node down when heartbeats stop, and writes task status in batches: many
-tasks per etcd transaction, every FLUSH_INTERVAL_S.
+the node down when heartbeats stop; the agents' task status reports go to etcd in
+batches (statuswriter.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
 from shoal.manager.servicetable import ServiceTable
 from shoal.manager.session import AgentSession, assignment_changed
-from shoal.manager.store import Cache, Conflict, Kind, Store, Update
+from shoal.manager.statuswriter import StatusWriter
+from shoal.manager.store import Cache, Conflict, Kind, Store
 from shoal.manager.validation import clean_description
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
@@ -35,7 +36,6 @@ from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL_S = 0.05
 MAX_HEARTBEATS_PER_S = 200
 REGISTER_TIMEOUT_S = 10.0
 
@@ -63,12 +63,9 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         # The period last told to every session (_stretch_periods).
         self._announced_period = 0
         self._stopping = False
-        self._pending: dict[str, tuple[str, pb.TaskStatus]] = {}
-        self._wakeup = asyncio.Event()
-        self._writing = False
+        self.statuses = StatusWriter(store, cache)
         self._background: list[asyncio.Task[None]] = []
         self._probes: set[asyncio.Task[None]] = set()
-        self.status_writes = 0
         self.peers = PeerTable(cache)
         self.services = ServiceTable(cache)
         # Nodes' own CPU/memory from their heartbeats (web view), sessions held here only.
@@ -79,7 +76,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.services.rebuild()
         self._background = [
             supervised("dispatcher assignments", self._push_assignments),
-            supervised("dispatcher status writes", self._flush_statuses),
+            supervised("dispatcher status writes", self.statuses.run),
             supervised("dispatcher manager list", self._announce_managers),
         ]
 
@@ -143,7 +140,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.sessions[node_id] = session
         if self.presence is not None:
             self.presence.claim_session(node_id)
-        self._queue(node_id, first.register.statuses)
+        self.statuses.queue(node_id, first.register.statuses)
         # The period this agent is told: its down timer must use the same one.
         self._periods[node_id] = self.heartbeat_period_ms()
         self._arm_timer(node_id)
@@ -222,7 +219,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                         self.usage[session.node_id] = msg.heartbeat.usage
                 elif kind == "statuses":
                     self._arm_timer(session.node_id)
-                    self._queue(session.node_id, msg.statuses.updates)
+                    self.statuses.queue(session.node_id, msg.statuses.updates)
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
@@ -251,10 +248,6 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 self._down_after_s(node_id), self._check_silence, node_id
             )
 
-    @staticmethod
-    def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
-
     def _check_silence(self, node_id: str) -> None:
         loop = asyncio.get_running_loop()
         self._timers.pop(node_id, None)
@@ -268,7 +261,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     async def _expired(self, node_id: str) -> None:
         """The session is open but the agent went silent."""
-        if self._seen.get(node_id, 0.0) + self._down_after_s(node_id) > self._loop_time():
+        now = asyncio.get_running_loop().time()
+        if self._seen.get(node_id, 0.0) + self._down_after_s(node_id) > now:
             return  # it spoke since the check: _arm_timer armed a new timer
         timer = self._timers.pop(node_id, None)
         if timer is not None:
@@ -439,63 +433,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     def flushed(self) -> bool:
         """No agent report waits to be written (part of GetCluster's idle signal)."""
-        return not self._pending and not self._wakeup.is_set() and not self._writing
-
-    def _queue(self, node_id: str, updates: Any) -> None:
-        for u in updates:
-            self._pending[u.task_id] = (node_id, u.status)
-        if self._pending:
-            self._wakeup.set()
-
-    async def _flush_statuses(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            # Let a batch gather: one transaction carries many tasks' reports.
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            self._wakeup.clear()
-            pending, self._pending = self._pending, {}
-            self._writing = True
-            try:
-                await self._write_statuses(pending)
-            except Exception as err:  # etcd away: keep the reports, try again
-                log.warning("writing task status failed (%s); retrying", err)
-                for task_id, item in pending.items():
-                    self._pending.setdefault(task_id, item)
-                await asyncio.sleep(0.5)
-                self._wakeup.set()
-            finally:
-                self._writing = False
-
-    async def _write_statuses(self, pending: dict[str, tuple[str, pb.TaskStatus]]) -> None:
-        ops: list[Update] = []
-        for task_id, (node_id, status) in pending.items():
-            task = self.cache.get(Kind.TASK, task_id)
-            # Reports for tasks that moved or went, or that would go backwards, are dropped.
-            if task is None or task.node_id != node_id or status.state < task.status.state:
-                continue
-            if status == task.status:
-                continue
-            updated = pb.Task()
-            updated.CopyFrom(task)
-            updated.status.CopyFrom(status)
-            ops.append(Update(updated))
-        if not ops:
-            return
-        conflicts, revision = await self.store.batch_chunked(ops)
-        self.status_writes += len(ops)
-        if not conflicts:
-            await self.cache.wait_for(revision)
-            return
-        # Someone else wrote some of these tasks: look again at those not applied.
-        await self.cache.sync()
-        for op in ops:
-            written = op.obj
-            assert isinstance(written, pb.Task)
-            task = self.cache.get(Kind.TASK, written.id)
-            if task is not None and task.status != written.status:
-                self._pending.setdefault(written.id, pending[written.id])
-        if self._pending:
-            self._wakeup.set()
+        return self.statuses.flushed()
 
     # ------------------------------------------------------------ logs
 
