@@ -171,11 +171,7 @@ class OverlayDriver:
             await ipr.link("add", **self._vxlan_spec(net))
             vx_host = await _lookup(ipr, vx)
             assert vx_host is not None
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                await ipr.link("set", index=vx_host, net_ns_fd=fd)
-            finally:
-                os.close(fd)
+            await _move(ipr, vx_host, path)
             vx_idx = await _lookup(nsr, vx)
             assert vx_idx is not None
             await nsr.link("set", index=vx_idx, master=br_idx)
