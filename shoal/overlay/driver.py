@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ NETNS_DIR = "/var/run/netns"
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ENOENT, EEXIST, ESRCH = 2, 17, 3
+NLM_F_DUMP_INTR = 0x10
+# What the driver names its devices (a network's VXLAN device and bridge, a task's
+# veth ends): in the host's namespace only while an attach makes them.
+_HOST_STRAY = re.compile(r"(svx|sbr)-\d+|sv[hp][0-9a-f]{10}")
 
 
 def bridge_name(vni: int) -> str:
@@ -126,16 +131,36 @@ class OverlayDriver:
             self.owner[att.network.vni] = att.network.id
 
     async def reconcile(self, keep_tasks: set[str]) -> None:
-        """Removes namespaces of tasks this node no longer has, and unused networks."""
+        """Start-up: removes namespaces of tasks this node no longer has, devices a killed
+        agent left in the host's namespace, and networks no kept task uses."""
         async with self._lock:
+            keep = {self.netns_name(t) for t in keep_tasks}
             for name in netns.names():
                 if not name.startswith(self.netns_prefix + "-") or self._vni_of_ns(name):
                     continue
-                if not any(self.netns_name(t) == name for t in keep_tasks):
+                if name not in keep:
                     log.info("overlay: removing stale namespace %s", name)
                     with contextlib.suppress(OSError):
                         netns.remove(name)
+            await self._sweep_host()
             await self._collect_networks()
+
+    async def _sweep_host(self) -> None:
+        """Deletes every overlay device in the host's namespace, where none belongs once
+        no attach is under way: an agent killed before moving them out (a network's new
+        VXLAN device, a task's veth pair: deleting the end left here also deletes the
+        end already moved into a network's namespace), or an older version's bridges.
+        Found by name in a link dump, and by the VNIs of the networks' namespaces."""
+        vnis = {v for v in map(self._vni_of_ns, netns.names()) if v is not None}
+        async with AsyncIPRoute() as ipr:
+            names = {str(link.get("IFLA_IFNAME") or "") for link in await _dump_links(ipr)}
+            names |= {f(v) for v in vnis for f in (vxlan_name, bridge_name)}
+            for name in sorted(n for n in names if _HOST_STRAY.fullmatch(n)):
+                idx = await _lookup(ipr, name)
+                if idx is not None:
+                    log.info("overlay: removing %s left in the host's namespace", name)
+                    with contextlib.suppress(NetlinkError):
+                        await ipr.link("del", index=idx)
 
     # ------------------------------------------------------------ networks
 
@@ -225,13 +250,6 @@ class OverlayDriver:
                                 await nsr.link("del", index=idx)
                 with contextlib.suppress(OSError):
                     netns.remove(name)
-        # Devices a version that kept them in the host's namespace left behind.
-        async with AsyncIPRoute() as ipr:
-            for link in await _all(await ipr.link("dump")):
-                name = link.get("IFLA_IFNAME") or ""
-                if name.startswith(("svx-", "sbr-")) and name[4:].isdigit():
-                    with contextlib.suppress(NetlinkError):
-                        await ipr.link("del", index=link["index"])
 
     # ------------------------------------------------------------ tasks
 
@@ -256,8 +274,13 @@ class OverlayDriver:
         host_if = veth_name(task_id, att.network.id)
         peer_tmp = host_if.replace("svh", "svp", 1)
         async with self._net_ns(att.network) as nsr:
-            if await _lookup(nsr, host_if) is not None:
-                return  # wired already (agent restart): keep what runs
+            moved = await _lookup(nsr, host_if)
+            if moved is not None:
+                if await self._has_if(task_id, f"eth{i}"):
+                    return  # wired already (agent restart): keep what runs
+                # An agent died between moving the two ends: start over.
+                with contextlib.suppress(NetlinkError):
+                    await nsr.link("del", index=moved)
             # An agent that died between making the pair and moving its ends left
             # it here: start over (deleting one end deletes both).
             for stray in (host_if, peer_tmp):
@@ -287,6 +310,10 @@ class OverlayDriver:
         log.debug(
             "overlay: task %s on %s as %s", task_id, att.network.spec.annotations.name, att.address
         )
+
+    async def _has_if(self, task_id: str, ifname: str) -> bool:
+        async with _in_netns(self.netns_path(task_id)) as ns:
+            return await _lookup(ns, ifname) is not None
 
     async def detach(self, task_id: str) -> None:
         """Removes the task's namespace (its veths go with it); drops unused networks."""
@@ -405,6 +432,17 @@ class OverlayDriver:
                     log.info("overlay: removing stale neighbour %s on %s", ip, vxlan_name(net.vni))
                     with contextlib.suppress(NetlinkError):
                         await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac or None)
+
+
+async def _dump_links(ipr: AsyncIPRoute, tries: int = 5) -> list[Any]:
+    """A link dump, done again when the kernel says links changed while it ran
+    (NLM_F_DUMP_INTR): such a dump may miss some."""
+    links: list[Any] = []
+    for _ in range(tries):
+        links = await _all(await ipr.link("dump"))
+        if not any(int(m["header"].get("flags") or 0) & NLM_F_DUMP_INTR for m in links):
+            break
+    return links
 
 
 async def _move(ipr: AsyncIPRoute, index: int, path: str) -> None:
