@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,9 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
+from shoal.overlay.links import HOST_STRAY, delete_host_links, dump_links
+from shoal.overlay.links import all_of as _all
+from shoal.overlay.links import lookup as _lookup
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 
@@ -42,10 +44,7 @@ NETNS_DIR = "/var/run/netns"
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ENOENT, EEXIST, ESRCH = 2, 17, 3
-NLM_F_DUMP_INTR = 0x10
-# What the driver names its devices (a network's VXLAN device and bridge, a task's
-# veth ends): in the host's namespace only while an attach makes them.
-_HOST_STRAY = re.compile(r"(svx|sbr)-\d+|sv[hp][0-9a-f]{10}")
+
 
 
 def bridge_name(vni: int) -> str:
@@ -153,14 +152,9 @@ class OverlayDriver:
         Found by name in a link dump, and by the VNIs of the networks' namespaces."""
         vnis = {v for v in map(self._vni_of_ns, netns.names()) if v is not None}
         async with AsyncIPRoute() as ipr:
-            names = {str(link.get("IFLA_IFNAME") or "") for link in await _dump_links(ipr)}
-            names |= {f(v) for v in vnis for f in (vxlan_name, bridge_name)}
-            for name in sorted(n for n in names if _HOST_STRAY.fullmatch(n)):
-                idx = await _lookup(ipr, name)
-                if idx is not None:
-                    log.info("overlay: removing %s left in the host's namespace", name)
-                    with contextlib.suppress(NetlinkError):
-                        await ipr.link("del", index=idx)
+            names = {str(link.get("IFLA_IFNAME") or "") for link in await dump_links(ipr)}
+        names |= {f(v) for v in vnis for f in (vxlan_name, bridge_name)}
+        await delete_host_links(sorted(n for n in names if HOST_STRAY.fullmatch(n)))
 
     # ------------------------------------------------------------ networks
 
@@ -235,9 +229,11 @@ class OverlayDriver:
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
         self.networks = {i: n for i, n in self.networks.items() if n.vni in in_use}
         self.owner = {v: i for v, i in self.owner.items() if v in in_use}
+        collected = []
         for name in netns.names():
             vni = self._vni_of_ns(name)
             if vni is not None and vni not in in_use:
+                collected.append(vxlan_name(vni))
                 log.info("overlay: removing %s (network no longer used here)", name)
                 # The devices first, at once: a namespace is destroyed in the background,
                 # and until then its VXLAN device would hold the VNI on the host's UDP
@@ -250,6 +246,8 @@ class OverlayDriver:
                                 await nsr.link("del", index=idx)
                 with contextlib.suppress(OSError):
                     netns.remove(name)
+        # A VXLAN device made but not moved in (its attach failed there): by name.
+        await delete_host_links(collected)
 
     # ------------------------------------------------------------ tasks
 
@@ -271,8 +269,7 @@ class OverlayDriver:
             return self.netns_path(task_id)
 
     async def _wire(self, ipr: AsyncIPRoute, task_id: str, i: int, att: Attachment) -> None:
-        host_if = veth_name(task_id, att.network.id)
-        peer_tmp = host_if.replace("svh", "svp", 1)
+        host_if, peer_tmp = _veth_pair(task_id, att.network.id)
         async with self._net_ns(att.network) as nsr:
             moved = await _lookup(nsr, host_if)
             if moved is not None:
@@ -324,6 +321,10 @@ class OverlayDriver:
                 with contextlib.suppress(OSError):
                     netns.remove(name)
             if had:
+                # An attach that failed half-way may have left the pair in the host's.
+                await delete_host_links(
+                    [n for a in had for n in _veth_pair(task_id, a.network.id)]
+                )
                 await self._collect_networks()
 
     # ------------------------------------------------------------ peers
@@ -434,15 +435,11 @@ class OverlayDriver:
                         await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac or None)
 
 
-async def _dump_links(ipr: AsyncIPRoute, tries: int = 5) -> list[Any]:
-    """A link dump, done again when the kernel says links changed while it ran
-    (NLM_F_DUMP_INTR): such a dump may miss some."""
-    links: list[Any] = []
-    for _ in range(tries):
-        links = await _all(await ipr.link("dump"))
-        if not any(int(m["header"].get("flags") or 0) & NLM_F_DUMP_INTR for m in links):
-            break
-    return links
+def _veth_pair(task_id: str, network_id: str) -> tuple[str, str]:
+    """A task's veth pair on a network: the end for the network's bridge, and the other
+    end's name until it is renamed in the task's namespace."""
+    host_if = veth_name(task_id, network_id)
+    return host_if, host_if.replace("svh", "svp", 1)
 
 
 async def _move(ipr: AsyncIPRoute, index: int, path: str) -> None:
@@ -468,18 +465,6 @@ def _no_bridge_netfilter(path: str) -> None:
 
 def _in_netns(path: str) -> AsyncIPRoute:
     return AsyncIPRoute(fileno=netns.netlink_socket(path).detach())
-
-
-async def _all(result: Any) -> list[Any]:
-    """pyroute2 returns lists for some requests and async generators for dumps."""
-    if hasattr(result, "__aiter__"):
-        return [x async for x in result]
-    return list(result)
-
-
-async def _lookup(ipr: AsyncIPRoute, name: str) -> int | None:
-    found = await ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
 
 
 async def _mac(ipr: AsyncIPRoute, index: int) -> str:
