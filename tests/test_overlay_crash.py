@@ -85,6 +85,21 @@ def scale(c: Cluster, name: str, replicas: int) -> None:
     )
 
 
+def web_on_front(c: Cluster) -> None:
+    network(c, "front")
+    c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 1, "front")))
+
+
+def wait_clean(host: Host, node_id: str) -> None:
+    """No overlay device in the host's namespace, no namespace of the node's."""
+    wait_for(
+        lambda: not overlay_links(host) and not node_namespaces(node_id),
+        CLEAN_S,
+        f"overlay devices and namespaces gone: {overlay_links(host)} {node_namespaces(node_id)}",
+        0.1,
+    )
+
+
 def remove_all(c: Cluster) -> None:
     c.control().RemoveService(api.RemoveServiceRequest(ref="web"))
     c.control().RemoveNetwork(api.RemoveNetworkRequest(ref="front"))
@@ -97,8 +112,7 @@ def test_killed_before_veth_moved_then_network_removed(
     # Move 1 is the new network's VXLAN device, 2 the task's veth end: the agent dies
     # with the pair made in the host's namespace, before the task's record is written.
     node = start_doomed_agent(c, host, monkeypatch, before_move=2)
-    network(c, "front")
-    c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 1, "front")))
+    web_on_front(c)
     wait_killed(host)
     left = overlay_links(host)
     assert any(n.startswith("svh") for n in left), f"not killed mid-wiring: {left}"
@@ -108,12 +122,7 @@ def test_killed_before_veth_moved_then_network_removed(
     remove_all(c)
     start = time.monotonic()
     c.start_worker(host, "--runtime", "simulated")
-    wait_for(
-        lambda: not overlay_links(host) and not node_namespaces(node),
-        CLEAN_S,
-        f"overlay devices and namespaces gone: {overlay_links(host)} {node_namespaces(node)}",
-        0.1,
-    )
+    wait_clean(host, node)
     print(f"left by the killed agent: gone {time.monotonic() - start:.2f}s after its restart")
 
 
@@ -125,8 +134,7 @@ def test_killed_between_veth_moves_task_wired_again(
     # task 2's veth end goes into the network's namespace (4), the agent dies before
     # the other end leaves the host's (5).
     node = start_doomed_agent(c, host, monkeypatch, before_move=5)
-    network(c, "front")
-    c.control().CreateService(api.CreateServiceRequest(spec=on_network("web", 1, "front")))
+    web_on_front(c)
     c.wait_running("web", 1)
     scale(c, "web", 2)
     wait_killed(host)
@@ -144,9 +152,4 @@ def test_killed_between_veth_moves_task_wired_again(
     wait_for(lambda: not overlay_links(host), CLEAN_S, f"host clean: {overlay_links(host)}")
 
     remove_all(c)
-    wait_for(
-        lambda: not overlay_links(host) and not node_namespaces(node),
-        CLEAN_S,
-        f"overlay devices and namespaces gone: {overlay_links(host)} {node_namespaces(node)}",
-        0.1,
-    )
+    wait_clean(host, node)
