@@ -109,19 +109,26 @@ def doubles(bed: Bed) -> list[str]:
     """Slots with more than one running container (containerd's view) or more than one
     task desired and observed running (the store's)."""
     tasks = {t.id: t for t in bed.api().ListTasks(api.ListTasksRequest(), timeout=10).tasks}
-    real: Counter[tuple[str, int]] = Counter()
-    for ctrs in bed.containers().values():
+    real: dict[tuple[str, int], list[str]] = {}
+    for host, ctrs in bed.containers().items():
         for cid, (status, _) in ctrs.items():
             if status == "running" and cid in tasks:
-                real[(tasks[cid].service_id, tasks[cid].slot)] += 1
+                t = tasks[cid]
+                # Which containers, where, and what the store says of their tasks.
+                seen = f"{cid} on {host} ({desc(t.desired_state)}/{desc(t.status.state)})"
+                real.setdefault((t.service_id, t.slot), []).append(seen)
     stored = Counter(
         (t.service_id, t.slot)
         for t in tasks.values()
         if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING
     )
-    return [f"slot {k}: {n} containers" for k, n in real.items() if n > 1] + [
+    return [f"slot {k}: {len(c)} containers: {c}" for k, c in real.items() if len(c) > 1] + [
         f"slot {k}: {n} tasks running" for k, n in stored.items() if n > 1
     ]
+
+
+def desc(state: int) -> str:
+    return str(pb.TaskState.Name(state))
 
 
 class Checker:

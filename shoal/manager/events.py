@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from shoal.grpcstreams import start_feeding, stop_feeding
 from shoal.manager.store import Cache, Change, Kind, Store
 from shoal.manager.store.txn import decode
 from shoal.proto import control_pb2 as api
@@ -207,7 +208,8 @@ class Journal:
             while True:
                 yield await requests.get()
 
-        call = self.store.conn.watch.Watch(outgoing())
+        call = self.store.conn.watch.Watch()
+        writer = start_feeding(call, outgoing())
         try:
             async for resp in call:
                 if resp.compact_revision:
@@ -227,7 +229,7 @@ class Journal:
                 if resp.events and int(resp.events[-1].kv.mod_revision) >= until:
                     return
         finally:
-            call.cancel()
+            await stop_feeding(call, writer)
 
     def _from_etcd(self, ev: Any, keys: Any, types: frozenset[str]) -> Event | None:
         if not ev.kv.key.startswith(keys.objects):

@@ -22,6 +22,7 @@ import asyncio
 import logging
 
 from shoal import defaults
+from shoal.aiotasks import cancel_and_wait
 from shoal.clock import now_ms
 from shoal.manager.store import Cache, Conflict, Fence, Kind, Store, Update
 from shoal.proto import objects_pb2 as pb
@@ -62,7 +63,8 @@ class NodeLiveness:
                         orphaned = previous is not None and previous not in self.cache.managers()
                         self._check(node_id, self._window_s() if orphaned else SESSION_GRACE_S)
                 finally:
-                    waiter.cancel()
+                    # Awaited: leadership lost, it must not live on (nor its error be lost).
+                    await cancel_and_wait([waiter])
         finally:
             for timer in self._timers.values():
                 timer.cancel()

@@ -30,6 +30,9 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.overlay import netns
+from shoal.overlay.links import HOST_STRAY, delete_host_links, dump_links
+from shoal.overlay.links import all_of as _all
+from shoal.overlay.links import lookup as _lookup
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import objects_pb2 as pb
 
@@ -41,6 +44,7 @@ NETNS_DIR = "/var/run/netns"
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ENOENT, EEXIST, ESRCH = 2, 17, 3
+
 
 
 def bridge_name(vni: int) -> str:
@@ -126,16 +130,31 @@ class OverlayDriver:
             self.owner[att.network.vni] = att.network.id
 
     async def reconcile(self, keep_tasks: set[str]) -> None:
-        """Removes namespaces of tasks this node no longer has, and unused networks."""
+        """Start-up: removes namespaces of tasks this node no longer has, devices a killed
+        agent left in the host's namespace, and networks no kept task uses."""
         async with self._lock:
+            keep = {self.netns_name(t) for t in keep_tasks}
             for name in netns.names():
                 if not name.startswith(self.netns_prefix + "-") or self._vni_of_ns(name):
                     continue
-                if not any(self.netns_name(t) == name for t in keep_tasks):
+                if name not in keep:
                     log.info("overlay: removing stale namespace %s", name)
                     with contextlib.suppress(OSError):
                         netns.remove(name)
+            await self._sweep_host()
             await self._collect_networks()
+
+    async def _sweep_host(self) -> None:
+        """Deletes every overlay device in the host's namespace, where none belongs once
+        no attach is under way: an agent killed before moving them out (a network's new
+        VXLAN device, a task's veth pair: deleting the end left here also deletes the
+        end already moved into a network's namespace), or an older version's bridges.
+        Found by name in a link dump, and by the VNIs of the networks' namespaces."""
+        vnis = {v for v in map(self._vni_of_ns, netns.names()) if v is not None}
+        async with AsyncIPRoute() as ipr:
+            names = {str(link.get("IFLA_IFNAME") or "") for link in await dump_links(ipr)}
+        names |= {f(v) for v in vnis for f in (vxlan_name, bridge_name)}
+        await delete_host_links(sorted(n for n in names if HOST_STRAY.fullmatch(n)))
 
     # ------------------------------------------------------------ networks
 
@@ -171,11 +190,7 @@ class OverlayDriver:
             await ipr.link("add", **self._vxlan_spec(net))
             vx_host = await _lookup(ipr, vx)
             assert vx_host is not None
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                await ipr.link("set", index=vx_host, net_ns_fd=fd)
-            finally:
-                os.close(fd)
+            await _move(ipr, vx_host, path)
             vx_idx = await _lookup(nsr, vx)
             assert vx_idx is not None
             await nsr.link("set", index=vx_idx, master=br_idx)
@@ -214,9 +229,11 @@ class OverlayDriver:
         in_use = {a.network.vni for atts in self.attached.values() for a in atts}
         self.networks = {i: n for i, n in self.networks.items() if n.vni in in_use}
         self.owner = {v: i for v, i in self.owner.items() if v in in_use}
+        collected = []
         for name in netns.names():
             vni = self._vni_of_ns(name)
             if vni is not None and vni not in in_use:
+                collected.append(vxlan_name(vni))
                 log.info("overlay: removing %s (network no longer used here)", name)
                 # The devices first, at once: a namespace is destroyed in the background,
                 # and until then its VXLAN device would hold the VNI on the host's UDP
@@ -229,13 +246,8 @@ class OverlayDriver:
                                 await nsr.link("del", index=idx)
                 with contextlib.suppress(OSError):
                     netns.remove(name)
-        # Devices a version that kept them in the host's namespace left behind.
-        async with AsyncIPRoute() as ipr:
-            for link in await _all(await ipr.link("dump")):
-                name = link.get("IFLA_IFNAME") or ""
-                if name.startswith(("svx-", "sbr-")) and name[4:].isdigit():
-                    with contextlib.suppress(NetlinkError):
-                        await ipr.link("del", index=link["index"])
+        # A VXLAN device made but not moved in (its attach failed there): by name.
+        await delete_host_links(collected)
 
     # ------------------------------------------------------------ tasks
 
@@ -257,11 +269,15 @@ class OverlayDriver:
             return self.netns_path(task_id)
 
     async def _wire(self, ipr: AsyncIPRoute, task_id: str, i: int, att: Attachment) -> None:
-        host_if = veth_name(task_id, att.network.id)
-        peer_tmp = host_if.replace("svh", "svp", 1)
+        host_if, peer_tmp = _veth_pair(task_id, att.network.id)
         async with self._net_ns(att.network) as nsr:
-            if await _lookup(nsr, host_if) is not None:
-                return  # wired already (agent restart): keep what runs
+            moved = await _lookup(nsr, host_if)
+            if moved is not None:
+                if await self._has_if(task_id, f"eth{i}"):
+                    return  # wired already (agent restart): keep what runs
+                # An agent died between moving the two ends: start over.
+                with contextlib.suppress(NetlinkError):
+                    await nsr.link("del", index=moved)
             # An agent that died between making the pair and moving its ends left
             # it here: start over (deleting one end deletes both).
             for stray in (host_if, peer_tmp):
@@ -292,6 +308,10 @@ class OverlayDriver:
             "overlay: task %s on %s as %s", task_id, att.network.spec.annotations.name, att.address
         )
 
+    async def _has_if(self, task_id: str, ifname: str) -> bool:
+        async with _in_netns(self.netns_path(task_id)) as ns:
+            return await _lookup(ns, ifname) is not None
+
     async def detach(self, task_id: str) -> None:
         """Removes the task's namespace (its veths go with it); drops unused networks."""
         async with self._lock:
@@ -301,6 +321,10 @@ class OverlayDriver:
                 with contextlib.suppress(OSError):
                     netns.remove(name)
             if had:
+                # An attach that failed half-way may have left the pair in the host's.
+                await delete_host_links(
+                    [n for a in had for n in _veth_pair(task_id, a.network.id)]
+                )
                 await self._collect_networks()
 
     # ------------------------------------------------------------ peers
@@ -411,6 +435,13 @@ class OverlayDriver:
                         await ipr.neigh("del", ifindex=vx, dst=ip, lladdr=mac or None)
 
 
+def _veth_pair(task_id: str, network_id: str) -> tuple[str, str]:
+    """A task's veth pair on a network: the end for the network's bridge, and the other
+    end's name until it is renamed in the task's namespace."""
+    host_if = veth_name(task_id, network_id)
+    return host_if, host_if.replace("svh", "svp", 1)
+
+
 async def _move(ipr: AsyncIPRoute, index: int, path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -434,18 +465,6 @@ def _no_bridge_netfilter(path: str) -> None:
 
 def _in_netns(path: str) -> AsyncIPRoute:
     return AsyncIPRoute(fileno=netns.netlink_socket(path).detach())
-
-
-async def _all(result: Any) -> list[Any]:
-    """pyroute2 returns lists for some requests and async generators for dumps."""
-    if hasattr(result, "__aiter__"):
-        return [x async for x in result]
-    return list(result)
-
-
-async def _lookup(ipr: AsyncIPRoute, name: str) -> int | None:
-    found = await ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
 
 
 async def _mac(ipr: AsyncIPRoute, index: int) -> str:

@@ -12,12 +12,14 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from shoal import defaults
 from shoal.aiotasks import cancel_and_wait
+from shoal.grpcstreams import feeding
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
@@ -149,35 +151,46 @@ class Session:
             out.put_nowait(dpb.AgentMessage(log=chunk))
 
         channel = self.identity().channel(addr)
-        call = dpb_grpc.DispatcherStub(channel).Session(outgoing())
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._send_reports(out))]
         try:
-            async for received in call:
-                # A batch: what the manager had queued for this agent at once, in order.
-                batch = received.batch.messages if received.HasField("batch") else [received]
-                for msg in batch:
-                    if not msg.HasField("session"):
-                        self._deliver(worker, msg, send_log)
-                        continue
-                    info = msg.session
-                    if info.managers:
-                        # Live managers first (the manager sends them again when they
-                        # change); ones known before stay as a last resort.
-                        self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
-                    if info.heartbeat_period_ms:
-                        self._period_s = info.heartbeat_period_ms / 1000
-                    if self.current_manager == addr and self.connected.is_set():
-                        continue  # new settings within this session
-                    log.info("session with manager %s (node %s)", addr, info.node_id)
-                    self.current_manager = addr
-                    self.connected.set()
-                    self._sessions += 1
-                    self.reconnects = self._sessions - 1
-                    helpers.append(asyncio.create_task(self._heartbeat(out)))
+            async with feeding(dpb_grpc.DispatcherStub(channel).Session(), outgoing()) as call:
+                await self._receive(call, addr, worker, out, helpers, send_log)
         finally:
             await cancel_and_wait(helpers)
-            call.cancel()
             await channel.close()
+
+    async def _receive(
+        self,
+        call: Any,
+        addr: str,
+        worker: Worker,
+        out: asyncio.Queue[dpb.AgentMessage],
+        helpers: list[asyncio.Task[None]],
+        send_log: Callable[[dpb.LogChunk], Awaitable[None]],
+    ) -> None:
+        """The manager's messages, until the session ends."""
+        async for received in call:
+            # A batch: what the manager had queued for this agent at once, in order.
+            batch = received.batch.messages if received.HasField("batch") else [received]
+            for msg in batch:
+                if not msg.HasField("session"):
+                    self._deliver(worker, msg, send_log)
+                    continue
+                info = msg.session
+                if info.managers:
+                    # Live managers first (the manager sends them again when they
+                    # change); ones known before stay as a last resort.
+                    self.managers = list(dict.fromkeys([*info.managers, *self.managers]))
+                if info.heartbeat_period_ms:
+                    self._period_s = info.heartbeat_period_ms / 1000
+                if self.current_manager == addr and self.connected.is_set():
+                    continue  # new settings within this session
+                log.info("session with manager %s (node %s)", addr, info.node_id)
+                self.current_manager = addr
+                self.connected.set()
+                self._sessions += 1
+                self.reconnects = self._sessions - 1
+                helpers.append(asyncio.create_task(self._heartbeat(out)))
 
     @staticmethod
     def _deliver(

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from shoal import defaults
+from shoal.aiotasks import cancel_and_wait
 from shoal.clock import now_ms
 from shoal.manager import endpoints, secrets
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
@@ -265,5 +266,4 @@ class ServiceRPCs(ControlBase):
                 else:
                     yield item
         finally:
-            for p in pumps:
-                p.cancel()
+            await cancel_and_wait(pumps)

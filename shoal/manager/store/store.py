@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
+from shoal.grpcstreams import feeding
 from shoal.manager.store import txn
 from shoal.manager.store.errors import (
     Conflict,
@@ -258,18 +259,16 @@ class Store:
                 await asyncio.sleep(period_s)
 
         used = self.conn.current
-        call = self.conn.lease.LeaseKeepAlive(requests())
         try:
-            async for resp in call:
-                if resp.TTL <= 0:
-                    return
-                yield int(resp.TTL)
+            async with feeding(self.conn.lease.LeaseKeepAlive(), requests()) as call:
+                async for resp in call:
+                    if resp.TTL <= 0:
+                        return
+                    yield int(resp.TTL)
         except grpc.aio.AioRpcError as err:
             if err.code() in FAILOVER:
                 self.conn.failover(used)
             raise from_grpc(err) from err
-        finally:
-            call.cancel()
 
     # ------------------------------------------------------------ keys on leases
 
@@ -321,17 +320,16 @@ class Store:
 
         used = self.conn.current
         call = self.conn.watch.Watch(
-            outgoing(), wait_for_ready=self.conn.wait_for_ready, metadata=REQUIRE_LEADER
+            wait_for_ready=self.conn.wait_for_ready, metadata=REQUIRE_LEADER
         )
         try:
-            async for resp in call:
-                if resp.compact_revision or resp.canceled:
-                    return
-                if any(ev.type == rpc.Event.DELETE for ev in resp.events):
-                    return
+            async with feeding(call, outgoing()):
+                async for resp in call:
+                    if resp.compact_revision or resp.canceled:
+                        return
+                    if any(ev.type == rpc.Event.DELETE for ev in resp.events):
+                        return
         except grpc.aio.AioRpcError as err:
             if err.code() in FAILOVER:
                 self.conn.failover(used)
             raise from_grpc(err) from err
-        finally:
-            call.cancel()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 from aetcd import rpc
 
+from shoal.grpcstreams import start_feeding, stop_feeding
 from shoal.manager.store.kinds import Kind, prefix_end
 from shoal.manager.store.store import FAILOVER, REQUIRE_LEADER, Store
 from shoal.manager.store.txn import decode
@@ -92,9 +93,8 @@ class ObjectWatcher:
                     yield await q.get()
 
             conn, used = self.store.conn, self.store.conn.current
-            call = conn.watch.Watch(
-                outgoing(), wait_for_ready=conn.wait_for_ready, metadata=REQUIRE_LEADER
-            )
+            call = conn.watch.Watch(wait_for_ready=conn.wait_for_ready, metadata=REQUIRE_LEADER)
+            writer = start_feeding(call, outgoing())
             compacted = False
             try:
                 async for resp in call:
@@ -135,7 +135,7 @@ class ObjectWatcher:
                 if err.code() in FAILOVER:
                     conn.failover(used)
             finally:
-                call.cancel()
+                await stop_feeding(call, writer)
             if compacted:
                 objects, live_keys, current = await _relist(self.store)
                 self.revision = current + 1
