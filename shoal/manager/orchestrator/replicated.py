@@ -22,9 +22,13 @@ class ReplicatedOrchestrator:
     def reconcile(self, service: pb.Service, tasks: list[pb.Task], plan: Plan) -> None:
         replicas = service.spec.replicated.replicas
         by_slot: dict[int, list[pb.Task]] = defaultdict(list)
+        # Told to shut down, not stopped yet: what a held replacement waits for.
+        stopping: dict[int, list[pb.Task]] = defaultdict(list)
         for t in tasks:
             if t.desired_state <= pb.RUNNING:
                 by_slot[t.slot].append(t)
+            elif t.status.state <= pb.RUNNING:
+                stopping[t.slot].append(t)
 
         for slot, slot_tasks in by_slot.items():
             if slot > replicas:
@@ -32,7 +36,11 @@ class ReplicatedOrchestrator:
                     shut_down(t, plan, "scaled down")
                 continue
             self.supervisor.reconcile_slot(
-                service, slot_tasks, plan, functools.partial(new_task, service, slot)
+                service,
+                slot_tasks,
+                plan,
+                functools.partial(new_task, service, slot),
+                stopping.get(slot, ()),
             )
 
         for slot in range(1, replicas + 1):

@@ -3,7 +3,7 @@ replaced when its node fails, restarted per policy with backoff when it ends."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from shoal.clock import now_ms
 from shoal.manager.orchestrator.plan import Plan, shut_down
@@ -48,8 +48,11 @@ class Supervisor:
         slot_tasks: list[pb.Task],
         plan: Plan,
         make: Callable[[], pb.Task],
+        stopping: Sequence[pb.Task] = (),
     ) -> None:
-        """One slot (or one node of a global service): one live task, restarted per policy."""
+        """One slot (or one node of a global service): one live task, restarted per policy.
+        `stopping`: the slot's tasks told to shut down that still run; a held task (a
+        stop-first update's replacement, a delayed restart) starts once they stopped."""
         live = [t for t in slot_tasks if is_live(t)]
         dead = [t for t in slot_tasks if not is_live(t)]
         if live:
@@ -68,7 +71,7 @@ class Supervisor:
                 plan.create(replacement)
                 plan.restarted("node")
             elif keep.desired_state == pb.READY:
-                self._release(keep, plan)
+                self._release(keep, plan, stopping)
             return
         last = max(dead, key=lambda t: (t.status.timestamp_ms, t.meta.created_at_ms))
         decision = restart_decision(service.spec.task.restart, last)
@@ -86,10 +89,13 @@ class Supervisor:
             plan.wake_at(start_after, service.id)
         plan.create(replacement)
 
-    @staticmethod
-    def _release(t: pb.Task, plan: Plan) -> None:
-        """Lets a task held back by the restart delay run once the delay has passed."""
+    def _release(self, t: pb.Task, plan: Plan, stopping: Sequence[pb.Task]) -> None:
+        """Lets a held task run once its restart delay has passed and the tasks it
+        replaces stopped (their reports of it make the next pass; one on a node that
+        is down or gone is not waited for)."""
         if t.id in plan.touched:
+            return
+        if any(self._on_live_node(o) for o in stopping):
             return
         if t.start_after_ms > now_ms():
             plan.wake_at(t.start_after_ms, t.service_id)
@@ -98,6 +104,10 @@ class Supervisor:
         updated.CopyFrom(t)
         updated.desired_state = pb.RUNNING
         plan.update(updated, t)
+
+    def _on_live_node(self, t: pb.Task) -> bool:
+        node: pb.Node | None = self.cache.get(Kind.NODE, t.node_id) if t.node_id else None
+        return node is not None and node.status.state == pb.NODE_READY
 
     def _healthy(self, t: pb.Task, plan: Plan) -> bool:
         """False (and the task is shut down) if its node can no longer run it."""

@@ -69,11 +69,14 @@ class Updater:
             if slot > service.spec.replicated.replicas:
                 continue
             for t in slot_tasks:
-                if t.id in plan.touched or not is_live(t):
+                if not is_live(t):
                     continue
                 if not is_current(t, service):
-                    outdated.append(t)
-                elif not ready_for_update(t):
+                    if t.id not in plan.touched:
+                        outdated.append(t)
+                elif t.id in plan.touched or not ready_for_update(t):
+                    # A new task released this pass (it waited for its old one to stop)
+                    # is in flight too.
                     in_flight += 1
                 else:
                     last_running = max(last_running, int(t.status.timestamp_ms))
@@ -101,9 +104,12 @@ class Updater:
         budget = len(outdated) if parallelism == 0 else max(0, parallelism - in_flight)
         outdated.sort(key=lambda t: t.slot)
         for t in outdated[:budget]:
+            replacement = new_task(service, int(t.slot))
             if not start_first:
                 shut_down(t, plan, "updating to a new spec")
-            plan.create(new_task(service, int(t.slot)))
+                # Held (READY: placed, its image pulled) until the old task stopped.
+                replacement.desired_state = pb.READY
+            plan.create(replacement)
 
     def _settle(self, service: pb.Service, plan: Plan, finished: bool) -> bool:
         """An update under way: stopped by a failed new task, or marked complete when
