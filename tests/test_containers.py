@@ -14,6 +14,7 @@ from shoal.lab.containerd import Containerd
 from shoal.lab.procs import ManagerProcess, WorkerProcess, free_manager_addr, wait_for
 from shoal.proto import control_pb2 as api
 from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
 
 from .helpers import wait_idle
 
@@ -299,3 +300,28 @@ def test_health_check_runs_in_the_container(cluster: Cluster, busybox_image: str
     )  # waits until healthy
     (t,) = c.live("fine")
     assert t["health"] == "healthy"
+
+
+def test_stop_first_update_starts_a_replacement_once_its_old_task_stopped(
+    cluster: Cluster, busybox_image: str
+) -> None:
+    """The default update order with real containers: the old one (`sleep` ignores
+    SIGTERM, so it stops when its 2 s grace runs out) has exited before its replacement
+    starts; the replacement was placed meanwhile."""
+    c = cluster
+    c.ctl(
+        "service", "create", "--name", "web", "--image", busybox_image, "--replicas", "2",
+        "--stop-grace-period", "2s", "sleep", "1000",
+    )  # fmt: skip
+    out = c.ctl("service", "update", "web", "--force")
+    stub = api_grpc.ControlStub(grpc.insecure_channel(f"unix://{c.m.socket}"))
+    tasks = stub.ListTasks(api.ListTasksRequest(service_ref="web")).tasks
+    for slot in (1, 2):
+        assert len([t for t in tasks if t.slot == slot]) == 2, (out, tasks)
+        old, new = sorted(
+            (t for t in tasks if t.slot == slot), key=lambda t: t.meta.created_at_ms
+        )
+        assert new.status.state == pb.RUNNING, new.status
+        assert old.status.state == pb.SHUTDOWN and old.status.container.exit_code == 137, old.status
+        # The agents' own report times: the old container's end, the new one's start.
+        assert new.status.timestamp_ms >= old.status.timestamp_ms, (slot, old, new)

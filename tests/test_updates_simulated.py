@@ -114,3 +114,4 @@ def test_start_first_update_never_runs_fewer_than_replicas(
     after = live(m)
     assert sorted(t.slot for t in after) == [1, 2, 3]
     assert {t.spec.container.image for t in after} == {"busybox:2"}
+

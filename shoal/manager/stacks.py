@@ -215,6 +215,8 @@ def plan_services(api_: Resolver, req: api.DeployStackRequest, plan: Plan) -> No
         name = spec.annotations.name
         prepared = prepare_service(api_, spec, plan, ids)
         current = cache.get(Kind.SERVICE, ids[name])
+        # The manager's count of forced updates is no part of a compose file.
+        prepared.task.force_update = current.spec.task.force_update if current else 0
         if current is None:
             plan.ops.append(Create(pb.Service(id=ids[name], spec=prepared, spec_version=1)))
             plan.note(Kind.SERVICE, name, "create")

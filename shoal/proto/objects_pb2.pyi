@@ -773,6 +773,11 @@ class TaskSpec(_message.Message):
     RESTART_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
+    FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    force_update: _builtins.int
+    """Kept by the manager: one more at each `service update --force`, so the task spec
+    differs and every task is replaced (a rollback brings the older count back).
+    """
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
     @_builtins.property
@@ -794,10 +799,11 @@ class TaskSpec(_message.Message):
         restart: Global___RestartPolicy | None = ...,
         placement: Global___Placement | None = ...,
         networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
+        force_update: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limits", b"limits", "placement", b"placement", "reservations", b"reservations", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limits", b"limits", "networks", b"networks", "placement", b"placement", "reservations", b"reservations", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "limits", b"limits", "networks", b"networks", "placement", b"placement", "reservations", b"reservations", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

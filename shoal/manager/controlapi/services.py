@@ -77,6 +77,7 @@ class ServiceRPCs(ControlBase):
     ) -> api.CreateServiceResponse:
         await self.cache.sync()
         spec = self._prepare_spec(request.spec)
+        spec.task.force_update = 0  # the manager's count (UpdateService)
         if self.cache.id_by_name(Kind.SERVICE, spec.annotations.name):
             raise AlreadyExists(f"service {spec.annotations.name!r} already exists")
         pinned, warning = await self.pinner.pin(spec.task.container.image)
@@ -110,6 +111,8 @@ class ServiceRPCs(ControlBase):
             raise InvalidSpec("a service cannot be renamed")
         if spec.WhichOneof("mode") != current.spec.WhichOneof("mode"):
             raise InvalidSpec("a service's mode (replicated or global) cannot be changed")
+        if not request.rollback:
+            spec.task.force_update = current.spec.task.force_update + (1 if request.force else 0)
         updated = pb.Service()
         updated.CopyFrom(current)
         updated.spec.CopyFrom(spec)
