@@ -1,0 +1,143 @@
+"""The manager at rest: N hollow nodes joined, no task moving, CPU-s per second.
+
+    python -m bench.scale.rest --nodes 1000 --seconds 30
+    python -m bench.scale.rest --nodes 1000 --trees /tmp/before . --rounds 3
+
+What a fleet costs the manager while nothing happens (heartbeats, HTTP/2 keepalive
+pings, timers), and where: its threads' CPU from /proc/PID/task/*/stat, grouped
+by thread name (gRPC core's `event_engine` threads, which py-spy does not sample,
+apart from the Python ones). With --trees, the manager and the hollow agents of
+each run import Shoal from that checkout, runs alternating tree by tree, so
+before/after figures come from the same invocation and the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.guard import exit_cleanly_on_signals
+from bench.scale.run import (
+    CLK_TCK,
+    cpu_seconds,
+    join_limit,
+    raise_fd_limit,
+    start_hollows,
+    start_manager,
+    stop_all,
+    wait_ready_workers,
+    wait_socket,
+)
+from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
+from shoal.proto import control_pb2 as api
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU-s by thread name ("event_engine", "python", ...) for one process."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def rest_once(nodes: int, seconds: float, settle: float, procs: int) -> dict[str, Any]:
+    """One manager and `nodes` hollow agents; the manager's CPU over `seconds` at rest."""
+    raise_fd_limit(nodes)
+    root = Path(tempfile.mkdtemp(prefix="shoal-rest-"))
+    started = []
+    etcd = EmbeddedEtcd(root)
+    try:
+        asyncio.run(etcd.start())
+        manager, addr = start_manager(root, etcd, free_port())
+        started.append(manager)
+        ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
+        token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
+        hollows = start_hollows(root, nodes, procs, addr, token)
+        started += hollows
+        wait_ready_workers(ctl, nodes, hollows, join_limit(nodes))
+        time.sleep(settle)  # the joins' after-effects (re-announced periods) pass
+        load0, cpu0, threads0 = loadavg(), cpu_seconds(manager.pid), thread_cpu(manager.pid)
+        agents0 = sum(cpu_seconds(h.pid) for h in hollows)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        wall = time.monotonic() - t0
+        cpu, threads = cpu_seconds(manager.pid) - cpu0, thread_cpu(manager.pid)
+        split = {k: round((v - threads0.get(k, 0.0)) / wall, 4) for k, v in threads.items()}
+        return {
+            "nodes": nodes,
+            "cpu_s_per_s": round(cpu / wall, 4),
+            "threads_cpu_s_per_s": {k: v for k, v in sorted(split.items()) if v > 0},
+            "agents_cpu_s_per_s": round(
+                (sum(cpu_seconds(h.pid) for h in hollows) - agents0) / wall, 4
+            ),
+            "load": [load0, loadavg()],
+        }
+    finally:
+        stop_all(started)
+        asyncio.run(etcd.stop())
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=30.0, help="measured at rest")
+    p.add_argument("--settle", type=float, default=10.0, help="wait after the joins")
+    p.add_argument("--procs", type=int, default=4, help="processes the hollow nodes share")
+    p.add_argument(
+        "--trees", nargs="*", type=Path, default=[], help="Shoal checkouts to compare (alternating)"
+    )
+    p.add_argument(
+        "--variants",
+        type=json.loads,
+        default={"": {}},
+        help='JSON {"name": {"ENV_VAR": "value"}}: environments to compare (alternating), '
+        'e.g. gRPC core\'s GRPC_EXPERIMENTS',
+    )
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    exit_cleanly_on_signals(3600)
+    trees = [t.resolve() for t in args.trees] or [None]
+    runs = [(f"{t or '.'} {v}".strip(), t, env) for t in trees for v, env in args.variants.items()]
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
+    base_env = dict(os.environ)
+    for _ in range(args.rounds):
+        for label, tree, env in runs:
+            os.environ.clear()
+            os.environ.update(base_env, **env)
+            if tree is not None:
+                # `python -m` puts the working directory first on sys.path: the
+                # daemons import from the tree only when started in it.
+                os.environ["PYTHONPATH"] = str(tree)
+                os.chdir(tree)
+            r = rest_once(args.nodes, args.seconds, args.settle, args.procs)
+            print(json.dumps({"run": label, **r}), flush=True)
+            results[label].append(r)
+    for label, rs in results.items():
+        values = [r["cpu_s_per_s"] for r in rs]
+        print(f"{label}: manager CPU-s/s at rest {values}, median {statistics.median(values)}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
