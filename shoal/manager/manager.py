@@ -333,7 +333,7 @@ class Manager:
             # Agents' sessions: a dead peer whose host vanished without closing the
             # connection is found in <= 2 s; with the 1 s grace after a lost session
             # its tasks move in under 4 s.
-            if client_auth and keep_alive_on_port(port) == 0:
+            if client_auth and not keep_alive_on_port(port):
                 log.warning("no listener on port %d found: dead agents found by pings", port)
         log.info(
             "manager %s: agents on %s (mTLS), joins on %s",

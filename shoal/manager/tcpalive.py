@@ -58,11 +58,11 @@ def _tcp_sockets_on_port(port: int) -> list[socket.socket]:
     return found
 
 
-def keep_alive_on_port(port: int) -> int:
+def keep_alive_on_port(port: int) -> bool:
     """Kernel keepalive on this process's TCP sockets bound to `port`, and through
-    the listener on every connection it accepts from now on. Returns how many
-    listening sockets got it (0: connections there rely on the HTTP/2 pings)."""
-    listeners = 0
+    the listener on every connection it accepts from now on. False when no
+    listening socket was found (connections there rely on the HTTP/2 pings)."""
+    listening = False
     for sock in _tcp_sockets_on_port(port):
         with contextlib.closing(sock):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -70,5 +70,6 @@ def keep_alive_on_port(port: int) -> int:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
-            listeners += sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    return listeners
+            # gRPC core may hold the listener under more than one descriptor.
+            listening |= bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    return listening
