@@ -35,8 +35,10 @@ async def _silent_peer(tuned: bool, wait_s: float) -> float | None:
     """Seconds from the client going silent to its stream ending on the server
     (None: still open after wait_s)."""
     ended = asyncio.get_running_loop().create_future()
+    peers: list[str] = []
 
     async def hold(_request: bytes, context: grpc.aio.ServicerContext) -> None:
+        peers.append(context.peer())
         context.add_done_callback(lambda _c: ended.done() or ended.set_result(time.monotonic()))
         await asyncio.Event().wait()
         yield b""
@@ -58,21 +60,15 @@ async def _silent_peer(tuned: bool, wait_s: float) -> float | None:
     reader = asyncio.ensure_future(call.read())
     await asyncio.sleep(0.5)  # the stream is open on both sides
     assert not ended.done()
-    # The client's side of the connection: the one socket of ours not on `port`.
-    out = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    client_port = out[2].rsplit(":", 1)[1]
-    rule = f"add rule inet t in tcp dport {client_port} drop"
+    # The client's side of the connection, as the server sees it: "ipv6:[...]:PORT".
+    client_port = peers[0].rsplit(":", 1)[1]
     for cmd in (
         "add table inet t",
         "add chain inet t in { type filter hook input priority 0; }",
-        rule,
+        f"add rule inet t in tcp dport {client_port} drop",
     ):
-        subprocess.run(["nft", cmd], check=True)
+        nft = await asyncio.create_subprocess_exec("nft", cmd)
+        assert await nft.wait() == 0, cmd
     silent = time.monotonic()
     try:
         return await asyncio.wait_for(ended, wait_s) - silent
