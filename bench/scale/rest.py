@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -58,8 +59,31 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def rest_once(nodes: int, seconds: float, settle: float, procs: int) -> dict[str, Any]:
-    """One manager and `nodes` hollow agents; the manager's CPU over `seconds` at rest."""
+def perf_profile(pid: int, out: Path, seconds: float = 10) -> str:
+    """perf (cpu-clock, which needs no hardware counters) on the manager at rest, after
+    the measured window: gRPC core's threads, which py-spy does not see, included.
+    Returns the share of samples by thread name and library."""
+    record = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid)]
+    subprocess.run(
+        [*record, "-o", str(out), "--", "sleep", str(seconds)],
+        check=True,
+        capture_output=True,
+    )
+    by_library = ["--no-children", "--sort", "comm,dso", "--stdio", "-g", "none"]
+    report = subprocess.run(
+        ["perf", "report", "-i", str(out), *by_library],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return "\n".join(line for line in report.splitlines() if "%" in line and "#" not in line)
+
+
+def rest_once(
+    nodes: int, seconds: float, settle: float, procs: int, perf: Path | None = None
+) -> dict[str, Any]:
+    """One manager and `nodes` hollow agents; the manager's CPU over `seconds` at rest
+    (then, with `perf`, a profile of it written there)."""
     raise_fd_limit(nodes)
     root = Path(tempfile.mkdtemp(prefix="shoal-rest-"))
     started = []
@@ -81,6 +105,9 @@ def rest_once(nodes: int, seconds: float, settle: float, procs: int) -> dict[str
         wall = time.monotonic() - t0
         cpu, threads = cpu_seconds(manager.pid) - cpu0, thread_cpu(manager.pid)
         split = {k: round((v - threads0.get(k, 0.0)) / wall, 4) for k, v in threads.items()}
+        if perf is not None:
+            summary = perf_profile(manager.pid, perf)
+            perf.with_suffix(".txt").write_text(summary + "\n")
         return {
             "nodes": nodes,
             "cpu_s_per_s": round(cpu / wall, 4),
@@ -114,13 +141,16 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--perf", type=Path, metavar="DIR", help="after each window, perf record the manager"
+    )
     args = p.parse_args()
     exit_cleanly_on_signals(3600)
     trees = [t.resolve() for t in args.trees] or [None]
     runs = [(f"{t or '.'} {v}".strip(), t, env) for t in trees for v, env in args.variants.items()]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in runs}
     base_env = dict(os.environ)
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for label, tree, env in runs:
             os.environ.clear()
             os.environ.update(base_env, **env)
@@ -129,7 +159,12 @@ def main() -> None:
                 # daemons import from the tree only when started in it.
                 os.environ["PYTHONPATH"] = str(tree)
                 os.chdir(tree)
-            r = rest_once(args.nodes, args.seconds, args.settle, args.procs)
+            perf = None
+            if args.perf is not None:
+                args.perf.mkdir(parents=True, exist_ok=True)
+                name = f"{label.replace('/', '_').replace(' ', '-')}-{args.nodes}-{round_}.data"
+                perf = args.perf.resolve() / name
+            r = rest_once(args.nodes, args.seconds, args.settle, args.procs, perf)
             print(json.dumps({"run": label, **r}), flush=True)
             results[label].append(r)
     for label, rs in results.items():
