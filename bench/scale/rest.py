@@ -116,6 +116,11 @@ def rest_once(
                 (sum(cpu_seconds(h.pid) for h in hollows) - agents0) / wall, 4
             ),
             "load": [load0, loadavg()],
+            # Sessions the agents saw end (a healthy run at rest has none).
+            "agent_sessions_ended": sum(
+                log.read_text(errors="replace").count("ended: ")
+                for log in root.glob("hollow-*.log")
+            ),
         }
     finally:
         stop_all(started)
