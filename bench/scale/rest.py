@@ -39,6 +39,8 @@ from bench.scale.run import (
 )
 from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
 from shoal.proto import control_pb2 as api
+from shoal.proto import control_pb2_grpc as api_grpc
+from shoal.proto import objects_pb2 as pb
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -79,8 +81,28 @@ def perf_profile(pid: int, out: Path, seconds: float = 10) -> str:
     return "\n".join(line for line in report.splitlines() if "%" in line and "#" not in line)
 
 
+def wait_ready(ctl: api_grpc.ControlStub, want: int, limit_s: float) -> int:
+    """Waits until `want` workers are ready; returns how many are."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        listed = ctl.ListNodes(api.ListNodesRequest()).nodes
+        ready = sum(
+            1 for n in listed if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
+        )
+        if ready >= want:
+            return ready
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {ready}/{want} nodes ready after {limit_s:.0f}s")
+        time.sleep(1)
+
+
 def rest_once(
-    nodes: int, seconds: float, settle: float, procs: int, perf: Path | None = None
+    nodes: int,
+    seconds: float,
+    settle: float,
+    procs: int,
+    perf: Path | None = None,
+    allow_missing: int = 0,
 ) -> dict[str, Any]:
     """One manager and `nodes` hollow agents; the manager's CPU over `seconds` at rest
     (then, with `perf`, a profile of it written there)."""
@@ -96,7 +118,11 @@ def rest_once(
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
         hollows = start_hollows(root, nodes, procs, addr, token)
         started += hollows
-        wait_ready_workers(ctl, nodes, hollows, join_limit(nodes))
+        if allow_missing:
+            ready = wait_ready(ctl, nodes - allow_missing, join_limit(nodes))
+        else:
+            wait_ready_workers(ctl, nodes, hollows, join_limit(nodes))
+            ready = nodes
         time.sleep(settle)  # the joins' after-effects (re-announced periods) pass
         load0, cpu0, threads0 = loadavg(), cpu_seconds(manager.pid), thread_cpu(manager.pid)
         agents0 = sum(cpu_seconds(h.pid) for h in hollows)
@@ -110,6 +136,7 @@ def rest_once(
             perf.with_suffix(".txt").write_text(summary + "\n")
         return {
             "nodes": nodes,
+            "ready": ready,
             "cpu_s_per_s": round(cpu / wall, 4),
             "threads_cpu_s_per_s": {k: v for k, v in sorted(split.items()) if v > 0},
             "agents_cpu_s_per_s": round(
@@ -145,6 +172,13 @@ def main() -> None:
         'e.g. gRPC core\'s GRPC_EXPERIMENTS',
     )
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--allow-missing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure once all but N nodes are ready (a mass join may strand a few agents)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--perf", type=Path, metavar="DIR", help="after each window, perf record the manager"
@@ -169,7 +203,9 @@ def main() -> None:
                 args.perf.mkdir(parents=True, exist_ok=True)
                 name = f"{label.replace('/', '_').replace(' ', '-')}-{args.nodes}-{round_}.data"
                 perf = args.perf.resolve() / name
-            r = rest_once(args.nodes, args.seconds, args.settle, args.procs, perf)
+            r = rest_once(
+                args.nodes, args.seconds, args.settle, args.procs, perf, args.allow_missing
+            )
             print(json.dumps({"run": label, **r}), flush=True)
             results[label].append(r)
     for label, rs in results.items():
