@@ -46,6 +46,7 @@ from shoal.manager.store import (
     NotFound,
     Store,
 )
+from shoal.manager.tcpalive import PING_OPTIONS, keep_alive_on_port
 from shoal.pki import ca
 from shoal.pki.identity import NodeIdentity
 from shoal.pki.join import join, join_addr_for
@@ -171,18 +172,10 @@ async def ensure_manager_node(store: Store, node_id: str, hostname: str, addr: s
 
 # No SO_REUSEPORT: a second manager on the same port must fail, not share it.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+SESSION_OPTIONS = [*SERVER_OPTIONS, *PING_OPTIONS]
 # A reconcile pass normally takes milliseconds; one this old is hung.
 RECONCILE_STUCK_S = 120.0
 WATCHDOG_EVERY_S = 5.0
-# Agents' sessions: HTTP/2 pings (acked in gRPC's C core, not in Python) find a
-# dead peer whose host vanished without closing the connection in 1-2.5 s; with
-# the 1 s grace after a lost session its tasks move in under 4 s.
-SESSION_OPTIONS = [
-    *SERVER_OPTIONS,
-    ("grpc.keepalive_time_ms", 1500),
-    ("grpc.keepalive_timeout_ms", 1000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 
 
 class JoinRefused(RuntimeError):
@@ -332,10 +325,16 @@ class Manager:
             (joins, cfg.join_listen_addr, False),
         ):
             creds = self._server_credentials(cluster, client_auth)
-            if server.add_secure_port(addr, creds) == 0:
+            port = server.add_secure_port(addr, creds)
+            if port == 0:
                 raise OSError(f"cannot listen on {addr}")
             await server.start()
             servers.append(server)
+            # Agents' sessions: a dead peer whose host vanished without closing the
+            # connection is found in <= 2 s; with the 1 s grace after a lost session
+            # its tasks move in under 4 s.
+            if client_auth and not keep_alive_on_port(port):
+                log.warning("no listener on port %d found: dead agents found by pings", port)
         log.info(
             "manager %s: agents on %s (mTLS), joins on %s",
             self.id,
