@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.pki import ca
 from shoal.pki.identity import NodeIdentity, channel_options
@@ -95,15 +96,21 @@ def fetch_pinned_ca(addr: str, digest: str, timeout_s: float = 10.0) -> bytes:
     )
 
 
-async def join(addr: str, token: str, hostname: str) -> NodeIdentity:
-    """Joins the cluster: pins the CA, sends a CSR with the token, gets a certificate."""
+async def join(
+    addr: str, token: str, hostname: str, key: ec.EllipticCurvePrivateKey | None = None
+) -> NodeIdentity:
+    """Joins the cluster: pins the CA, sends a CSR with the token, gets a certificate.
+
+    The manager names the node by its key: a join retried with the same `key`
+    (identity.join_key) gets the node its earlier attempts made, not a new one.
+    """
     try:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinError(str(err)) from None
     join_addr = join_addr_for(addr)
     ca_pem = await asyncio.to_thread(fetch_pinned_ca, join_addr, parsed.digest)
-    key = ca.new_key()
+    key = key or ca.new_key()
     channel = grpc.aio.secure_channel(
         join_addr,
         grpc.ssl_channel_credentials(root_certificates=ca_pem),

@@ -21,10 +21,11 @@ from shoal.manager.store.errors import (
     LeaseExpired,
     NotFound,
     NotLeader,
+    Removed,
     from_grpc,
 )
 from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
-from shoal.manager.store.kinds import Keys, Kind, Object, prefix_end
+from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, prefix_end
 from shoal.manager.store.txn import MAX_TXN_OPS, Fence, Op, Update, decode
 from shoal.proto import objects_pb2 as pb
 
@@ -165,6 +166,48 @@ class Store:
 
     async def delete(self, obj: Object) -> None:
         await self.batch([txn.Delete(obj)])
+
+    async def create_once(self, obj: T) -> tuple[Object, bool]:
+        """Creates obj, or returns the object already stored under its id: (object,
+        created?), in one transaction (two callers with one id end with one object).
+
+        Raises Removed when that id was deleted with delete_remembered (while its
+        tombstone lasts), Conflict when one of obj's claims is taken.
+        """
+        kind = kind_of(obj)
+        key, tomb = self.keys.object(kind, obj.id), self.keys.tombstone(kind, obj.id)
+        t = txn.build(self.keys, [txn.Create(obj)])
+        resp = await self._call(
+            self.conn.kv.Txn,
+            rpc.TxnRequest(
+                compare=[*t.compares, txn.absent(tomb)],
+                success=t.success,
+                failure=[txn.get(key), txn.get(tomb)],
+            ),
+        )
+        if resp.succeeded:
+            obj.meta.version = int(resp.header.revision)
+            return obj, True
+        stored, tombstone = (r.response_range.kvs for r in resp.responses)
+        if tombstone:
+            raise Removed(f"{kind.value[:-1]} {obj.id} was removed")
+        if stored:
+            return decode(kind, stored[0].value, int(stored[0].mod_revision)), False
+        raise txn.conflict([txn.Create(obj)])
+
+    async def delete_remembered(self, obj: Object, ttl_s: int) -> None:
+        """Deletes obj as delete() does, leaving a tombstone for ttl_s seconds (on a
+        lease, so it goes by itself) under which create_once of its id raises Removed."""
+        lease = await self.grant_lease(ttl_s)
+        t = txn.build(self.keys, [txn.Delete(obj)])
+        tomb = self.keys.tombstone(kind_of(obj), obj.id)
+        resp = await self._call(
+            self.conn.kv.Txn,
+            rpc.TxnRequest(compare=t.compares, success=[*t.success, txn.put(tomb, b"", lease)]),
+        )
+        if not resp.succeeded:
+            await self.revoke_lease(lease)
+            raise txn.conflict([txn.Delete(obj)])
 
     async def batch(self, ops: Sequence[Op], fence: Fence | None = None) -> int:
         """Applies ops in one etcd transaction: all or nothing.
