@@ -43,7 +43,7 @@ def _certificates_dir(state_dir: Path) -> Path:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Written whole or not at all (a crash leaves the old file or none)."""
+    """Written whole or not at all (a process crash leaves the old file or none)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:

@@ -8,6 +8,7 @@ presence. Every etcd failure leaves this module as a StoreError (errors.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from shoal.manager.store.errors import (
     NotFound,
     NotLeader,
     Removed,
+    StoreError,
     from_grpc,
 )
 from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
@@ -201,13 +203,18 @@ class Store:
         lease = await self.grant_lease(ttl_s)
         t = txn.build(self.keys, [txn.Delete(obj)])
         tomb = self.keys.tombstone(kind_of(obj), obj.id)
-        resp = await self._call(
-            self.conn.kv.Txn,
-            rpc.TxnRequest(compare=t.compares, success=[*t.success, txn.put(tomb, b"", lease)]),
-        )
-        if not resp.succeeded:
-            await self.revoke_lease(lease)
-            raise txn.conflict([txn.Delete(obj)])
+        try:
+            resp = await self._call(
+                self.conn.kv.Txn,
+                rpc.TxnRequest(compare=t.compares, success=[*t.success, txn.put(tomb, b"", lease)]),
+            )
+            if not resp.succeeded:
+                raise txn.conflict([txn.Delete(obj)])
+        except StoreError:
+            # Nothing was written: the lease would only wait out its TTL for nothing.
+            with contextlib.suppress(StoreError):
+                await self.revoke_lease(lease)
+            raise
 
     async def batch(self, ops: Sequence[Op], fence: Fence | None = None) -> int:
         """Applies ops in one etcd transaction: all or nothing.
