@@ -171,8 +171,16 @@ def wait_socket(
     raise RuntimeError("manager did not start")
 
 
+def code_env(code: Path | None) -> dict[str, Any]:
+    """Popen arguments that run another checkout's code: `python -m` puts the working
+    directory before PYTHONPATH, so both are that checkout."""
+    if code is None:
+        return {}
+    return {"env": {**os.environ, "PYTHONPATH": str(code)}, "cwd": code}
+
+
 def start_manager(
-    root: Path, etcd: EmbeddedEtcd, http_port: int, env: dict[str, str]
+    root: Path, etcd: EmbeddedEtcd, http_port: int, code: Path | None
 ) -> tuple[subprocess.Popen[bytes], str]:
     addr = free_manager_addr()
     manager = subprocess.Popen(
@@ -193,13 +201,13 @@ def start_manager(
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "manager.log", "wb"),
-        env=env,
+        **code_env(code),
     )
     return manager, addr
 
 
 def start_hollows(
-    root: Path, nodes: int, procs: int, addr: str, token: str, env: dict[str, str]
+    root: Path, nodes: int, procs: int, addr: str, token: str, code: Path | None
 ) -> list[subprocess.Popen[bytes]]:
     """`procs` processes that share the `nodes` hollow agents between them."""
     per = -(-nodes // procs)
@@ -227,7 +235,7 @@ def start_hollows(
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=open(root / f"hollow-{i}.log", "wb"),
-                env=env,
+                **code_env(code),
             )
         )
     return hollows
@@ -237,12 +245,18 @@ def wait_ready_workers(
     ctl: api_grpc.ControlStub, nodes: int, hollows: list[subprocess.Popen[bytes]], limit_s: float
 ) -> None:
     deadline = time.monotonic() + limit_s
+    ready = 0
     while True:
-        ready = sum(
-            1
-            for n in ctl.ListNodes(api.ListNodesRequest()).nodes
-            if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
-        )
+        try:
+            ready = sum(
+                1
+                for n in ctl.ListNodes(api.ListNodesRequest(), timeout=60).nodes
+                if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
+            )
+        except grpc.RpcError as err:
+            # A manager swamped by joins may answer "cache behind": ask again.
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
         if ready == nodes:
             return
         dead = [h.args[h.args.index("--first") + 1] for h in hollows if h.poll() is not None]
@@ -331,19 +345,18 @@ def run_once(
 ) -> dict[str, Any]:
     """One run; `code`: another checkout whose manager and agents to run (PYTHONPATH)."""
     raise_fd_limit(nodes)
-    env = {**os.environ, **({"PYTHONPATH": str(code)} if code is not None else {})}
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
     etcd = EmbeddedEtcd(root)
     try:
         asyncio.run(etcd.start())
         http_port = free_port()
-        manager, addr = start_manager(root, etcd, http_port, env)
+        manager, addr = start_manager(root, etcd, http_port, code)
         started.append(manager)
         ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
         joined_at = time.monotonic()
-        hollows = start_hollows(root, nodes, procs, addr, token, env)
+        hollows = start_hollows(root, nodes, procs, addr, token, code)
         started += hollows
         wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
         join_s = time.monotonic() - joined_at
