@@ -22,7 +22,7 @@ from shoal.manager.etcd_embedded import EmbeddedEtcd
 from shoal.manager.store import Cache, EtcdConnection, Kind, Store
 from shoal.pki import ca
 from shoal.pki.identity import JOIN_KEY, NodeIdentity, channel_options, join_key
-from shoal.pki.join import fetch_pinned_ca, join_addr_for
+from shoal.pki.join import JoinError, fetch_pinned_ca, join_addr_for
 from shoal.proto import ca_pb2, ca_pb2_grpc
 from shoal.worker.agent import join_with_retry
 
@@ -126,17 +126,20 @@ async def test_concurrent_attempts_with_one_key_make_one_node(manager: ManagerPr
 
 
 async def test_removed_nodes_key_is_refused_and_writes_nothing(
-    manager: ManagerProcess, store: Store
+    manager: ManagerProcess, store: Store, tmp_path: Path
 ) -> None:
     token = token_of(manager, "worker")
-    key = ca.new_key()
+    key = join_key(tmp_path)
     node_id = (await issue(manager, token, "removed", key)).node_id
     got = manager.ctl("node", "rm", node_id)
     assert got.code == 0, got.err
     before = await store.revision()
     err = await refused(manager, token, "removed", key)
-    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"node {node_id} was removed" in (err.details() or "")
+    # The agent gives up at once, and says how to join as a new node instead.
+    with pytest.raises(JoinError, match=f"remove {tmp_path}/certificates/{JOIN_KEY}"):
+        await join_with_retry(manager.addr, token, "removed", tmp_path)
     assert await store.revision() == before, "a refused join wrote to etcd"
     assert nodes_named(manager, "removed") == []
     # The host itself may join again, as a new node (a new key).

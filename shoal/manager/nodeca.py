@@ -121,8 +121,9 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         try:
             node, created = await self.store.create_once(new_node(node_id, role, request.hostname))
         except Removed:
+            # Not PERMISSION_DENIED: that counts as token guessing against the source.
             await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.FAILED_PRECONDITION,
                 f"node {node_id} was removed from the cluster: its key may not join again "
                 "(join with a new key)",
             )

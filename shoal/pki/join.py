@@ -28,11 +28,13 @@ CALL_TIMEOUT_S = 15.0
 
 class JoinError(Exception):
     """A join that did not succeed; `transient` when trying again later may work (the
-    manager was busy or unreachable), not when the token or the CSR was refused."""
+    manager was busy or unreachable), not when the token or the CSR was refused;
+    `key_refused` when the key was (its node was removed, or joined otherwise)."""
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, key_refused: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.key_refused = key_refused
 
 
 # Joins queue on the manager (bounded concurrency), so a join may wait its turn.
@@ -125,7 +127,9 @@ async def join(
         )
     except grpc.aio.AioRpcError as err:
         raise JoinError(
-            f"join refused by {join_addr}: {err.details()}", err.code() in _TRANSIENT
+            f"join refused by {join_addr}: {err.details()}",
+            err.code() in _TRANSIENT,
+            err.code() == grpc.StatusCode.FAILED_PRECONDITION,
         ) from None
     finally:
         await channel.close()

@@ -19,7 +19,7 @@ from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
 from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
 from shoal.overlay.egress import Egress
-from shoal.pki.identity import NodeIdentity, join_key
+from shoal.pki.identity import JOIN_KEY, NodeIdentity, join_key
 from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
@@ -252,6 +252,9 @@ async def join_with_retry(addr: str, token: str, hostname: str, state_dir: Path)
         try:
             return await join(addr, token, hostname, key)
         except JoinError as err:
+            if err.key_refused:
+                where = state_dir / "certificates" / JOIN_KEY
+                raise JoinError(f"{err} (to join as a new node, remove {where})") from None
             if not err.transient:
                 raise
             wait = random.uniform(delay / 2, delay)
