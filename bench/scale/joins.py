@@ -22,3 +22,11 @@ def join_retries(root: Path) -> int:
         log.read_text(errors="replace").count("; trying again in ")
         for log in root.glob("hollow-*.log")
     )
+
+
+def join_figures(ctl: api_grpc.ControlStub, root: Path, join_s: float) -> dict[str, float]:
+    return {
+        "join_s": round(join_s, 1),
+        "join_retries": join_retries(root),
+        "ghost_nodes": ghost_nodes(ctl),
+    }

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from bench.guard import exit_cleanly_on_signals
-from bench.scale.joins import ghost_nodes, join_retries
+from bench.scale.joins import join_figures
 from bench.scale.observe import EventLag, PageWatch, observe_figures
 from bench.scale.plot import plot
 from shoal.lab.procs import free_manager_addr
@@ -359,8 +359,7 @@ def run_once(
         hollows = start_hollows(root, nodes, procs, addr, token, code)
         started += hollows
         wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
-        join_s = time.monotonic() - joined_at
-        ghosts, retries = ghost_nodes(ctl), join_retries(root)
+        joined = join_figures(ctl, root, time.monotonic() - joined_at)
 
         before = etcd_counters(etcd)
         m_cpu0 = cpu_seconds(manager.pid)
@@ -390,12 +389,9 @@ def run_once(
         latencies = start_latencies(ctl)
         writes, txns = etcd_delta(before, after)
         return {
-            "code": "this" if code is None else "baseline",
             "nodes": nodes,
             "tasks": tasks,
-            "join_s": round(join_s, 1),
-            "join_retries": retries,
-            "ghost_nodes": ghosts,
+            **joined,
             "create_to_running_s": round(elapsed, 2),
             "tasks_per_s": round(tasks / elapsed),
             "p50_latency_s": round(statistics.median(latencies), 3),
@@ -462,7 +458,8 @@ def main() -> None:
         for n in args.nodes:
             for t in [n * args.tasks_per_node] if args.tasks_per_node else args.tasks:
                 for code in [args.baseline, None] if args.baseline else [None]:
-                    r = run_once(
+                    r = {"code": "this" if code is None else "baseline"}
+                    r |= run_once(
                         n,
                         t,
                         args.services,
