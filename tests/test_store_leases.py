@@ -1,4 +1,5 @@
-"""The store's lease-bound keys (election, presence) and its error mapping, on a real etcd."""
+"""The store's lease-bound keys (election, presence, tombstones of removed objects) and
+its error mapping, on a real etcd."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 
 import pytest
 
-from shoal.manager.store import Compacted, Kind, LeaseExpired, Store
+from shoal.manager.store import Cache, Compacted, Conflict, Kind, LeaseExpired, Removed, Store
+from shoal.proto import objects_pb2 as pb
 
 
 async def test_create_leased_once_then_names_the_holder(store: Store) -> None:
@@ -63,3 +65,31 @@ async def test_etcd_errors_come_out_as_store_errors(store: Store) -> None:
     await store.compact(await store.revision())
     with pytest.raises(Compacted):
         await store.list_prefix(store.keys.kind_prefix(Kind.SERVICE), revision=first)
+
+
+async def test_create_once_and_tombstones_of_removed_objects(store: Store, cache: Cache) -> None:
+    node = pb.Node(id="n1", role=pb.ROLE_WORKER)
+    node.description.hostname = "h1"
+    first, created = await store.create_once(node)
+    assert created
+    again = pb.Node(id="n1", role=pb.ROLE_MANAGER)
+    stored, created = await store.create_once(again)
+    # The stored object is returned as it is; nothing is overwritten.
+    assert not created and stored == first and stored.meta.version == first.meta.version
+    stale = pb.Node()
+    stale.CopyFrom(first)
+    stale.meta.version -= 1
+    with pytest.raises(Conflict):
+        await store.delete_remembered(stale, 60)
+    # A refused delete leaves neither a tombstone nor a lease behind.
+    assert (await store.create_once(pb.Node(id="n1")))[1] is False
+    await store.delete_remembered(first, 2)
+    before = await store.revision()
+    with pytest.raises(Removed, match="node n1 was removed"):
+        await store.create_once(pb.Node(id="n1"))
+    assert await store.revision() == before
+    await cache.sync()
+    assert cache.get(Kind.NODE, "n1") is None  # the watch skips tombstones
+    # The tombstone goes with its lease; then the id is free again.
+    await asyncio.wait_for(store.wait_deleted(store.keys.tombstone(Kind.NODE, "n1"), before), 30)
+    assert (await store.create_once(pb.Node(id="n1")))[1] is True

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from bench.guard import exit_cleanly_on_signals
+from bench.scale.joins import join_figures
 from bench.scale.observe import EventLag, PageWatch, observe_figures
 from bench.scale.plot import plot
 from shoal.lab.procs import free_manager_addr
@@ -170,8 +171,16 @@ def wait_socket(
     raise RuntimeError("manager did not start")
 
 
+def code_env(code: Path | None) -> dict[str, Any]:
+    """Popen arguments that run another checkout's code: `python -m` puts the working
+    directory before PYTHONPATH, so both are that checkout."""
+    if code is None:
+        return {}
+    return {"env": {**os.environ, "PYTHONPATH": str(code)}, "cwd": code}
+
+
 def start_manager(
-    root: Path, etcd: EmbeddedEtcd, http_port: int
+    root: Path, etcd: EmbeddedEtcd, http_port: int, code: Path | None
 ) -> tuple[subprocess.Popen[bytes], str]:
     addr = free_manager_addr()
     manager = subprocess.Popen(
@@ -192,12 +201,13 @@ def start_manager(
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "manager.log", "wb"),
+        **code_env(code),
     )
     return manager, addr
 
 
 def start_hollows(
-    root: Path, nodes: int, procs: int, addr: str, token: str
+    root: Path, nodes: int, procs: int, addr: str, token: str, code: Path | None
 ) -> list[subprocess.Popen[bytes]]:
     """`procs` processes that share the `nodes` hollow agents between them."""
     per = -(-nodes // procs)
@@ -225,6 +235,7 @@ def start_hollows(
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=open(root / f"hollow-{i}.log", "wb"),
+                **code_env(code),
             )
         )
     return hollows
@@ -234,12 +245,18 @@ def wait_ready_workers(
     ctl: api_grpc.ControlStub, nodes: int, hollows: list[subprocess.Popen[bytes]], limit_s: float
 ) -> None:
     deadline = time.monotonic() + limit_s
+    ready = 0
     while True:
-        ready = sum(
-            1
-            for n in ctl.ListNodes(api.ListNodesRequest()).nodes
-            if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
-        )
+        try:
+            ready = sum(
+                1
+                for n in ctl.ListNodes(api.ListNodesRequest(), timeout=60).nodes
+                if n.status.state == pb.NODE_READY and n.role == pb.ROLE_WORKER
+            )
+        except grpc.RpcError as err:
+            # A manager swamped by joins may answer "cache behind": ask again.
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
         if ready == nodes:
             return
         dead = [h.args[h.args.index("--first") + 1] for h in hollows if h.poll() is not None]
@@ -324,7 +341,9 @@ def run_once(
     join_limit_s: float | None = None,
     webview: bool = False,
     native: bool = False,
+    code: Path | None = None,
 ) -> dict[str, Any]:
+    """One run; `code`: another checkout whose manager and agents to run (PYTHONPATH)."""
     raise_fd_limit(nodes)
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -332,15 +351,15 @@ def run_once(
     try:
         asyncio.run(etcd.start())
         http_port = free_port()
-        manager, addr = start_manager(root, etcd, http_port)
+        manager, addr = start_manager(root, etcd, http_port, code)
         started.append(manager)
         ctl = wait_socket(root / "manager" / "control.sock", manager, root / "manager.log")
         token = ctl.GetCluster(api.GetClusterRequest()).cluster.join_tokens.worker
         joined_at = time.monotonic()
-        hollows = start_hollows(root, nodes, procs, addr, token)
+        hollows = start_hollows(root, nodes, procs, addr, token, code)
         started += hollows
         wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
-        join_s = time.monotonic() - joined_at
+        joined = join_figures(ctl, root, time.monotonic() - joined_at)
 
         before = etcd_counters(etcd)
         m_cpu0 = cpu_seconds(manager.pid)
@@ -372,7 +391,7 @@ def run_once(
         return {
             "nodes": nodes,
             "tasks": tasks,
-            "join_s": round(join_s, 1),
+            **joined,
             "create_to_running_s": round(elapsed, 2),
             "tasks_per_s": round(tasks / elapsed),
             "p50_latency_s": round(statistics.median(latencies), 3),
@@ -383,6 +402,7 @@ def run_once(
             "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
+            "load_avg_1m": round(os.getloadavg()[0], 1),
             **observe,
         }
     finally:
@@ -417,6 +437,12 @@ def main() -> None:
     )
     p.add_argument("--plot", type=Path, metavar="PNG", help="tasks/s and latency by node count")
     p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of Shoal: each run is made first with its manager and agents",
+    )
+    p.add_argument(
         "--webview",
         action="store_true",
         help="keep the web view open in headless chromium during the run (it shares the "
@@ -431,18 +457,21 @@ def main() -> None:
     with ExitStack():
         for n in args.nodes:
             for t in [n * args.tasks_per_node] if args.tasks_per_node else args.tasks:
-                r = run_once(
-                    n,
-                    t,
-                    args.services,
-                    args.procs,
-                    args.keep_logs,
-                    args.profile,
-                    webview=args.webview,
-                    native=args.native,
-                )
-                print(json.dumps(r), flush=True)
-                results.append(r)
+                for code in [args.baseline, None] if args.baseline else [None]:
+                    r = {"code": "this" if code is None else "baseline"}
+                    r |= run_once(
+                        n,
+                        t,
+                        args.services,
+                        args.procs,
+                        args.keep_logs,
+                        args.profile if code is None else None,
+                        webview=args.webview,
+                        native=args.native,
+                        code=code,
+                    )
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
                 if args.profile is not None:
                     for who in ("manager", "hollow"):
                         print(f"  {who} ({n} nodes, {t} tasks), share of samples:")
@@ -456,7 +485,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.plot:
-        plot(results, args.plot)
+        plot([r for r in results if r["code"] == "this"], args.plot)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from shoal.manager.store import (
 )
 from shoal.manager.tcpalive import PING_OPTIONS, keep_alive_on_port
 from shoal.pki import ca
-from shoal.pki.identity import NodeIdentity
+from shoal.pki.identity import NodeIdentity, join_key
 from shoal.pki.join import join, join_addr_for
 from shoal.proto import ca_pb2_grpc, dispatcher_pb2_grpc, keys_pb2_grpc
 from shoal.proto import control_pb2_grpc as api_grpc
@@ -224,10 +224,10 @@ class Manager:
             return ident.node_id
         if not cfg.join_addr:
             return load_or_create_id(cfg.state_dir)
-        # The token must fit the cluster in *this* etcd before the other manager
-        # is asked for a certificate (which would create a node).
+        # The token must fit the cluster in *this* etcd before the other manager is asked
+        # for a certificate (which creates a node, named by the key kept until joined).
         await check_manager_token(self.store, cfg.join_token)
-        ident = await join(cfg.join_addr, cfg.join_token, self._hostname())
+        ident = await join(cfg.join_addr, cfg.join_token, self._hostname(), join_key(cfg.state_dir))
         if ident.role != pb.ROLE_MANAGER:
             raise JoinRefused("the manager at --join-addr issued a worker certificate")
         ident.save(cfg.state_dir)

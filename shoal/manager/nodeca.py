@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,8 +12,8 @@ import grpc
 
 from shoal.manager.admission import JoinAdmission, source_of
 from shoal.manager.authz import peer_identity
-from shoal.manager.ids import new_id
-from shoal.manager.store import Cache, Kind, Store
+from shoal.manager.ids import id_from_digest
+from shoal.manager.store import Cache, Kind, Removed, Store
 from shoal.manager.validation import InvalidSpec, check_hostname
 from shoal.pki import ca
 from shoal.proto import ca_pb2, ca_pb2_grpc
@@ -20,11 +21,19 @@ from shoal.proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+_ROLE = {pb.ROLE_WORKER: "worker", pb.ROLE_MANAGER: "manager"}
 REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def cert_validity(cluster: pb.Cluster) -> datetime.timedelta:
     return datetime.timedelta(milliseconds=cluster.spec.ca.node_cert_expiry_ms)
+
+
+def node_id_for(cluster_id: str, public_key_der: bytes) -> str:
+    """A joining node's id, from its key: every attempt of one join (the agent keeps its
+    key until joined) names the same node, so a retry cannot leave a second one."""
+    digest = hashlib.sha256(b"shoal node\0" + cluster_id.encode() + b"\0" + public_key_der)
+    return id_from_digest(digest.digest())
 
 
 def new_node(node_id: str, role: pb.NodeRole.ValueType, hostname: str) -> pb.Node:
@@ -102,24 +111,38 @@ class NodeCA(ca_pb2_grpc.NodeCAServicer):
         try:
             # It shows in `node ls` and constraints: no terminal escapes, no spaces.
             check_hostname(request.hostname)
-        except InvalidSpec as err:
+            # Checked before anything is written: the signature proves the key is held.
+            node_id = node_id_for(cluster.id, ca.csr_key_der(request.csr_pem))
+        except (InvalidSpec, ca.CSRError) as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
-        node_id = new_id()
+        # A join retried with the same key (its first answer was lost) finds the node
+        # its first attempt created instead of making a second one.
         try:
-            cert = ca.issue_cert(
-                cluster.root_ca,
-                request.csr_pem,
-                node_id,
-                role,
-                cluster.id,
-                cert_validity(cluster),
+            node, created = await self.store.create_once(new_node(node_id, role, request.hostname))
+        except Removed:
+            # Not PERMISSION_DENIED: that counts as token guessing against the source.
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node_id} was removed from the cluster: its key may not join again "
+                "(join with a new key)",
             )
-        except ca.CSRError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             raise
-        await self.store.create(new_node(node_id, role, request.hostname))
-        log.info("node %s (%s) joined as %s", node_id, request.hostname, ca.ROLE_OU[role])
+        assert isinstance(node, pb.Node)
+        if not created and (node.role != role or node.description.hostname != request.hostname):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this key already joined as node {node_id} ({_ROLE[node.role]} "
+                f"{node.description.hostname!r}); it cannot join again as "
+                f"{_ROLE[role]} {request.hostname!r}",
+            )
+        cert = ca.issue_cert(
+            cluster.root_ca, request.csr_pem, node_id, role, cluster.id, cert_validity(cluster)
+        )
+        if created:
+            log.info("node %s (%s) joined as %s", node_id, request.hostname, ca.ROLE_OU[role])
+        else:
+            log.info("node %s (%s) joined again with the same key", node_id, request.hostname)
         return ca_pb2.IssueNodeCertificateResponse(
             node_id=node_id, role=role, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem
         )

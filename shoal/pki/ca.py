@@ -145,15 +145,8 @@ def new_csr(key: ec.EllipticCurvePrivateKey) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def issue_cert(
-    root: pb.RootCA,
-    csr_pem: bytes,
-    node_id: str,
-    role: pb.NodeRole.ValueType,
-    cluster_id: str,
-    validity: datetime.timedelta,
-) -> bytes:
-    """Signs a node certificate: CN = node id, OU = role, O = cluster id."""
+def _checked_csr_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The CSR's public key, once its self-signature proves the sender holds the key."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as err:
@@ -163,6 +156,26 @@ def issue_cert(
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise CSRError("only ECDSA keys are accepted")
+    return public_key
+
+
+def csr_key_der(csr_pem: bytes) -> bytes:
+    """The CSR's SubjectPublicKeyInfo (DER), checked as issue_cert checks it."""
+    return _checked_csr_key(csr_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def issue_cert(
+    root: pb.RootCA,
+    csr_pem: bytes,
+    node_id: str,
+    role: pb.NodeRole.ValueType,
+    cluster_id: str,
+    validity: datetime.timedelta,
+) -> bytes:
+    """Signs a node certificate: CN = node id, OU = role, O = cluster id."""
+    public_key = _checked_csr_key(csr_pem)
     ca_cert, ca_key = _load_ca(root)
     now = utcnow()
     names: list[x509.GeneralName] = [x509.DNSName(node_id)]

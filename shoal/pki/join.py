@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.pki import ca
 from shoal.pki.identity import NodeIdentity, channel_options
@@ -27,11 +28,13 @@ CALL_TIMEOUT_S = 15.0
 
 class JoinError(Exception):
     """A join that did not succeed; `transient` when trying again later may work (the
-    manager was busy or unreachable), not when the token or the CSR was refused."""
+    manager was busy or unreachable), not when the token or the CSR was refused;
+    `key_refused` when the key was (its node was removed, or joined otherwise)."""
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, key_refused: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.key_refused = key_refused
 
 
 # Joins queue on the manager (bounded concurrency), so a join may wait its turn.
@@ -95,15 +98,21 @@ def fetch_pinned_ca(addr: str, digest: str, timeout_s: float = 10.0) -> bytes:
     )
 
 
-async def join(addr: str, token: str, hostname: str) -> NodeIdentity:
-    """Joins the cluster: pins the CA, sends a CSR with the token, gets a certificate."""
+async def join(
+    addr: str, token: str, hostname: str, key: ec.EllipticCurvePrivateKey | None = None
+) -> NodeIdentity:
+    """Joins the cluster: pins the CA, sends a CSR with the token, gets a certificate.
+
+    The manager names the node by its key: a join retried with the same `key`
+    (identity.join_key) gets the node its earlier attempts made, not a new one.
+    """
     try:
         parsed = ca.parse_join_token(token)
     except ValueError as err:
         raise JoinError(str(err)) from None
     join_addr = join_addr_for(addr)
     ca_pem = await asyncio.to_thread(fetch_pinned_ca, join_addr, parsed.digest)
-    key = ca.new_key()
+    key = key or ca.new_key()
     channel = grpc.aio.secure_channel(
         join_addr,
         grpc.ssl_channel_credentials(root_certificates=ca_pem),
@@ -118,7 +127,9 @@ async def join(addr: str, token: str, hostname: str) -> NodeIdentity:
         )
     except grpc.aio.AioRpcError as err:
         raise JoinError(
-            f"join refused by {join_addr}: {err.details()}", err.code() in _TRANSIENT
+            f"join refused by {join_addr}: {err.details()}",
+            err.code() in _TRANSIENT,
+            err.code() == grpc.StatusCode.FAILED_PRECONDITION,
         ) from None
     finally:
         await channel.close()

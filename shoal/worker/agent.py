@@ -19,7 +19,7 @@ from shoal.mountpolicy import BindPolicy
 from shoal.overlay.driver import OverlayDriver
 from shoal.overlay.egress import DEFAULT_POOL as DEFAULT_EGRESS_POOL
 from shoal.overlay.egress import Egress
-from shoal.pki.identity import NodeIdentity
+from shoal.pki.identity import JOIN_KEY, NodeIdentity, join_key
 from shoal.pki.join import JoinError, join, renew
 from shoal.proto import objects_pb2 as pb
 from shoal.statedir import lock_state_dir
@@ -141,7 +141,9 @@ class Agent:
                 if not cfg.join_token:
                     raise JoinError("this node has not joined yet: give --join-token")
                 hostname = cfg.hostname or socket.gethostname()
-                self.identity = await join_with_retry(cfg.join_addr, cfg.join_token, hostname)
+                self.identity = await join_with_retry(
+                    cfg.join_addr, cfg.join_token, hostname, cfg.state_dir
+                )
                 self.identity.save(cfg.state_dir)
                 log.info("joined the cluster as node %s", self.identity.node_id)
             else:
@@ -237,14 +239,22 @@ class Agent:
 JOIN_BACKOFF_MAX_S = 30.0
 
 
-async def join_with_retry(addr: str, token: str, hostname: str) -> NodeIdentity:
+async def join_with_retry(addr: str, token: str, hostname: str, state_dir: Path) -> NodeIdentity:
     """Joins, waiting out a busy or unreachable manager (a thousand hosts booting at once)
-    with jittered exponential backoff; a refused token or CSR ends it at once."""
+    with jittered exponential backoff; a refused token or CSR ends it at once.
+
+    Every attempt uses the join key kept in state_dir: an attempt whose answer was lost
+    (the manager made the node, then the call timed out) is then answered on retry with
+    that same node, instead of leaving it behind as a node that never comes up."""
+    key = join_key(state_dir)
     delay = 0.5
     while True:
         try:
-            return await join(addr, token, hostname)
+            return await join(addr, token, hostname, key)
         except JoinError as err:
+            if err.key_refused:
+                where = state_dir / "certificates" / JOIN_KEY
+                raise JoinError(f"{err} (to join as a new node, remove {where})") from None
             if not err.transient:
                 raise
             wait = random.uniform(delay / 2, delay)

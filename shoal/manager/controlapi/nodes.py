@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from shoal.manager.controlapi.base import ControlBase, Precondition, rpc
+from shoal.manager.nodeca import cert_validity
 from shoal.manager.store import Conflict, Kind
 from shoal.manager.validation import InvalidSpec, check_node_spec
 from shoal.proto import control_pb2 as api
 from shoal.proto import objects_pb2 as pb
+
+# Without a cluster object (never, once initialised): SwarmKit's default certificate life.
+DEFAULT_REMEMBER = datetime.timedelta(days=90)
 
 
 class NodeRPCs(ControlBase):
@@ -77,6 +82,10 @@ class NodeRPCs(ControlBase):
                 f"node {node.description.hostname or node.id} is ready: stop its agent first, "
                 "or use --force"
             )
-        # Its tasks are rescheduled by the orchestrator (their node is gone).
-        await self.store.delete(node)
+        # Its tasks are rescheduled by the orchestrator (their node is gone). A join
+        # still retrying with the node's key (its node id) must not bring it back, for
+        # as long as any certificate issued to that key can be valid.
+        cluster = self.cache.cluster()
+        remember = cert_validity(cluster) if cluster is not None else DEFAULT_REMEMBER
+        await self.store.delete_remembered(node, max(int(remember.total_seconds()), 1))
         return api.RemoveNodeResponse(id=node.id)

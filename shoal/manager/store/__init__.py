@@ -9,6 +9,7 @@ from shoal.manager.store.errors import (
     NotFound,
     NotLeader,
     Refused,
+    Removed,
     StoreError,
     Unavailable,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "ObjectWatcher",
     "Op",
     "Refused",
+    "Removed",
     "Resync",
     "Store",
     "StoreError",

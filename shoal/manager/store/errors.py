@@ -42,6 +42,10 @@ class LeaseExpired(StoreError):
     """The lease is gone (expired or revoked): its keys went with it."""
 
 
+class Removed(StoreError):
+    """The object was deleted with a tombstone (Store.delete_remembered): not re-created."""
+
+
 class Refused(StoreError):
     """etcd refused the request (too large, not permitted, invalid...)."""
 

@@ -110,6 +110,10 @@ class Keys:
     def object(self, kind: Kind, object_id: str) -> bytes:
         return self.kind_prefix(kind) + object_id.encode()
 
+    def tombstone(self, kind: Kind, object_id: str) -> bytes:
+        """Left (on a lease) by Store.delete_remembered: that id may not be created again."""
+        return f"{self.prefix}/r/{kind.value}/{object_id}".encode()
+
     def claim(self, kind: Kind, claim: str) -> bytes:
         return f"{self.prefix}/c/{kind.value}/{claim}".encode()
 

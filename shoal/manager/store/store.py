@@ -8,6 +8,7 @@ presence. Every etcd failure leaves this module as a StoreError (errors.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,10 +23,12 @@ from shoal.manager.store.errors import (
     LeaseExpired,
     NotFound,
     NotLeader,
+    Removed,
+    StoreError,
     from_grpc,
 )
 from shoal.manager.store.etcd import CALL_TIMEOUT_S, EtcdConnection
-from shoal.manager.store.kinds import Keys, Kind, Object, prefix_end
+from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, prefix_end
 from shoal.manager.store.txn import MAX_TXN_OPS, Fence, Op, Update, decode
 from shoal.proto import objects_pb2 as pb
 
@@ -166,6 +169,53 @@ class Store:
 
     async def delete(self, obj: Object) -> None:
         await self.batch([txn.Delete(obj)])
+
+    async def create_once(self, obj: T) -> tuple[Object, bool]:
+        """Creates obj, or returns the object already stored under its id: (object,
+        created?), in one transaction (two callers with one id end with one object).
+
+        Raises Removed when that id was deleted with delete_remembered (while its
+        tombstone lasts), Conflict when one of obj's claims is taken.
+        """
+        kind = kind_of(obj)
+        key, tomb = self.keys.object(kind, obj.id), self.keys.tombstone(kind, obj.id)
+        t = txn.build(self.keys, [txn.Create(obj)])
+        resp = await self._call(
+            self.conn.kv.Txn,
+            rpc.TxnRequest(
+                compare=[*t.compares, txn.absent(tomb)],
+                success=t.success,
+                failure=[txn.get(key), txn.get(tomb)],
+            ),
+        )
+        if resp.succeeded:
+            obj.meta.version = int(resp.header.revision)
+            return obj, True
+        stored, tombstone = (r.response_range.kvs for r in resp.responses)
+        if tombstone:
+            raise Removed(f"{kind.value[:-1]} {obj.id} was removed")
+        if stored:
+            return decode(kind, stored[0].value, int(stored[0].mod_revision)), False
+        raise txn.conflict([txn.Create(obj)])
+
+    async def delete_remembered(self, obj: Object, ttl_s: int) -> None:
+        """Deletes obj as delete() does, leaving a tombstone for ttl_s seconds (on a
+        lease, so it goes by itself) under which create_once of its id raises Removed."""
+        lease = await self.grant_lease(ttl_s)
+        t = txn.build(self.keys, [txn.Delete(obj)])
+        tomb = self.keys.tombstone(kind_of(obj), obj.id)
+        try:
+            resp = await self._call(
+                self.conn.kv.Txn,
+                rpc.TxnRequest(compare=t.compares, success=[*t.success, txn.put(tomb, b"", lease)]),
+            )
+            if not resp.succeeded:
+                raise txn.conflict([txn.Delete(obj)])
+        except StoreError:
+            # Nothing was written: the lease would only wait out its TTL for nothing.
+            with contextlib.suppress(StoreError):
+                await self.revoke_lease(lease)
+            raise
 
     async def batch(self, ops: Sequence[Op], fence: Fence | None = None) -> int:
         """Applies ops in one etcd transaction: all or nothing.
