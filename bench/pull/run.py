@@ -32,9 +32,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
+from bench.codepath import daemons_from
 from bench.guard import exit_cleanly_on_signals
 from bench.pull.image import build
 from shoal.lab.containerd import Containerd
@@ -75,21 +75,6 @@ def ctr_round(image: str) -> float:
     return took
 
 
-@contextlib.contextmanager
-def pythonpath(tree: Path | None) -> Iterator[None]:
-    """Daemons started inside run `tree`'s shoal package (the before code)."""
-    old = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = str(tree)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 def shoal_round(image: str, tree: Path | None, profile: Path | None = None) -> float:
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-pull-"))
     manager = worker = None
@@ -98,7 +83,7 @@ def shoal_round(image: str, tree: Path | None, profile: Path | None = None) -> f
         with Containerd() as ctd:
             manager = ManagerProcess(root / "m").start()
             token = manager.ctl("cluster", "join-token", "worker", "-q").out.strip()
-            with pythonpath(tree):
+            with daemons_from(tree):
                 worker = WorkerProcess(root / "w", manager.addr, token, "--hostname", "w",
                                        "--containerd-socket", str(ctd.socket)).start()  # fmt: skip
             wait_for(lambda: ready(manager), 60, "the agent's node ready")  # start-up only

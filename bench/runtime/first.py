@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from bench.codepath import daemons_from
 from shoal.lab.containerd import Containerd
 from shoal.lab.procs import ManagerProcess, WorkerProcess, swarmctl, wait_for
 from shoal.proto import control_pb2 as api
@@ -101,10 +102,7 @@ class FirstContainer:
         return self
 
     def _start(self) -> None:
-        saved = os.environ.get("PYTHONPATH")
-        if self.code is not None:
-            os.environ["PYTHONPATH"] = str(self.code)  # the daemons' code, not the bench's
-        try:
+        with daemons_from(self.code):  # the daemons' code, not the bench's
             self.manager.start()
             socket = self.manager.socket
             token = swarmctl(socket, "cluster", "join-token", "worker", "-q").out.strip()
@@ -118,11 +116,6 @@ class FirstContainer:
                 str(self.ctd.socket),
                 *self.oci,
             ).start()
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
         self.channel = grpc.insecure_channel(f"unix://{self.manager.socket}")
         self.stub = api_grpc.ControlStub(self.channel)
         self.run("warmup", 1)  # the node pulls the image once
