@@ -376,7 +376,8 @@ class TaskRunner:
             self._set(pb.REJECTED, "rejected", f"create container: {err}")
             return
         self._set(pb.READY, "ready")
-        # desired READY holds a prepared task back (restart delay, start-first updates).
+        # desired READY holds a prepared task back (a restart delay; a stop-first
+        # update's replacement until the task it replaces has stopped).
         while self.task.desired_state < pb.RUNNING and not self._wants_stop():
             self._changed.clear()
             await self._changed.wait()
