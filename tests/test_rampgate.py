@@ -72,12 +72,57 @@ def test_ramp_opens_one_more_per_finish() -> None:
     asyncio.run(main())
 
 
-def test_idle_resets_to_one() -> None:
+def test_only_an_idle_spell_resets_to_one() -> None:
+    async def main() -> None:
+        gate = RampGate(4, idle_reset_s=0.2)
+        await _burst(gate, 6)
+        # Right after a burst the gate is still open wide: two enter together.
+        _, seen = await _burst(gate, 2)
+        assert seen == [1, 2]
+        await asyncio.sleep(0.25)
+        # After an idle spell the first goes alone again.
+        _, seen = await _burst(gate, 2)
+        assert seen == [1, 1]
+
+    asyncio.run(main())
+
+
+def test_others_wait_while_the_first_of_a_burst_is_through_alone() -> None:
     async def main() -> None:
         gate = RampGate(4)
-        await _burst(gate, 6)
-        _, seen = await _burst(gate, 3)
-        assert seen[0] == 1
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def first() -> None:
+            async with gate:
+                order.append("first in")
+                await release.wait()
+                order.append("first out")
+
+        async def other() -> None:
+            await gate.until_shared()
+            order.append("other")
+
+        holder = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        assert gate.alone()
+        waiter = asyncio.create_task(other())
+        await asyncio.sleep(0.01)
+        assert order == ["first in"]
+        release.set()
+        await asyncio.gather(holder, waiter)
+        assert order == ["first in", "first out", "other"]
+        assert not gate.alone()
+
+    asyncio.run(main())
+
+
+def test_a_gate_of_one_is_never_alone() -> None:
+    async def main() -> None:
+        gate = RampGate(1)
+        async with gate:
+            assert not gate.alone()
+            await asyncio.wait_for(gate.until_shared(), 1)
 
     asyncio.run(main())
 

@@ -119,6 +119,9 @@ class ContainerdRuntime:
         this container may: only then is its record looked for)."""
         info = await self.images.get(config.image)
         async with self._creates:
+            # The first container of a burst starts alone (gate.py): the others' making
+            # would take a share of the cores from it.
+            await self._starts.until_shared()
             await self._make(config, info)
 
     async def _make(self, config: ContainerConfig, info: ImageInfo) -> None:

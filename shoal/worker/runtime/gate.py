@@ -4,7 +4,8 @@ A burst of containers made together (a service of twenty) would otherwise share 
 cores until nearly all are done, and the first would run only when the last does.
 After an idle spell the gate lets one through alone, then one more each time one
 finishes, up to its limit: the first of a burst runs about as soon as a lone
-container would, and the rest keep every core busy.
+container would, and the rest keep every core busy. While that first one is
+through alone, `alone()` tells other work of the burst to wait (`until_shared`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ import asyncio
 from collections import deque
 from types import TracebackType
 
+# How long the gate stays unused before the next one through goes alone again.
+IDLE_RESET_S = 0.5
+
 
 class RampGate:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, idle_reset_s: float = IDLE_RESET_S) -> None:
         self.limit = max(1, limit)
+        self.idle_reset_s = idle_reset_s
         self._open = 1  # how many may be through now (1 after an idle spell)
         self._through = 0
+        self._idle_since = float("-inf")
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._shared = asyncio.Event()
+        self._shared.set()
 
     @property
     def through(self) -> int:
@@ -29,9 +37,20 @@ class RampGate:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def alone(self) -> bool:
+        """The first of a burst is through, alone."""
+        return not self._shared.is_set()
+
+    async def until_shared(self) -> None:
+        """Returns once no first-of-a-burst is through alone."""
+        await self._shared.wait()
+
     async def __aenter__(self) -> None:
+        if self._through == 0 and not self._waiting:
+            if asyncio.get_running_loop().time() - self._idle_since >= self.idle_reset_s:
+                self._open = 1
         if self._through < self._open and not self._waiting:
-            self._through += 1
+            self._enter()
             return
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(admitted)
@@ -52,14 +71,21 @@ class RampGate:
     ) -> None:
         self._leave()
 
+    def _enter(self) -> None:
+        self._through += 1
+        if self._open == 1 and self.limit > 1:
+            self._shared.clear()
+
     def _leave(self) -> None:
         self._through -= 1
-        if self._through == 0 and not self._waiting:
-            self._open = 1  # idle: the next burst starts with one alone
-            return
         self._open = min(self.limit, self._open + 1)
+        if self._open > 1:
+            self._shared.set()
+        if self._through == 0 and not self._waiting:
+            self._idle_since = asyncio.get_running_loop().time()
+            return
         while self._waiting and self._through < self._open:
             admitted = self._waiting.popleft()
             if not admitted.done():
-                self._through += 1
+                self._enter()
                 admitted.set_result(None)
