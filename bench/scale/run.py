@@ -35,7 +35,13 @@ import grpc
 
 from bench.guard import exit_cleanly_on_signals
 from bench.scale.joins import join_figures
-from bench.scale.observe import EventLag, PageWatch, observe_figures
+from bench.scale.observe import (
+    EventLag,
+    PageWatch,
+    messages_per_task,
+    observe_figures,
+    session_messages,
+)
 from bench.scale.plot import plot
 from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
@@ -362,20 +368,11 @@ def run_once(
         joined = join_figures(ctl, root, time.monotonic() - joined_at)
 
         before = etcd_counters(etcd)
+        msgs0 = session_messages(http_port)
         m_cpu0 = cpu_seconds(manager.pid)
         h_cpu0 = sum(cpu_seconds(h.pid) for h in hollows)
-        profilers = (
-            start_profilers(
-                {
-                    f"manager-{nodes}x{tasks}": manager.pid,
-                    f"hollow-{nodes}x{tasks}": hollows[0].pid,
-                },
-                profile,
-                native,
-            )
-            if profile is not None
-            else []
-        )
+        pids = {f"manager-{nodes}x{tasks}": manager.pid, f"hollow-{nodes}x{tasks}": hollows[0].pid}
+        profilers = start_profilers(pids, profile, native) if profile is not None else []
         events, page = EventLag(ctl), PageWatch(http_port, webview)
         try:
             elapsed = create_and_converge(ctl, tasks, services)
@@ -385,6 +382,7 @@ def run_once(
             page.close()
         after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
+        msgs = messages_per_task(msgs0, session_messages(http_port), tasks)
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
         latencies = start_latencies(ctl)
         writes, txns = etcd_delta(before, after)
@@ -400,6 +398,7 @@ def run_once(
             "etcd_txns_per_task": round(txns / tasks, 3),
             "manager_cpu_s": round(m_cpu, 1),
             "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
+            **msgs,
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
             "load_avg_1m": round(os.getloadavg()[0], 1),
