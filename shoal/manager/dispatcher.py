@@ -227,6 +227,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 elif kind == "statuses":
                     self._arm_timer(session.node_id)
                     self.statuses.queue(session.node_id, msg.statuses.updates)
+                    if msg.statuses.HasField("usage"):  # it stood in for a heartbeat
+                        self.usage[session.node_id] = msg.statuses.usage
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:
