@@ -1,11 +1,12 @@
 """Heartbeats. An agent's are left out while status reports keep the node alive (each
-report counts as one on the manager), never leaving the manager without a message
-for longer than a period, and never more than HEARTBEAT_EVERY - 1 in a row."""
+report counts as one on the manager, and carries the node's usage once a period),
+never leaving the manager without a message for longer than a period."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 
 from shoal import defaults
 from shoal.manager.dispatcher import MAX_HEARTBEATS_PER_S, Dispatcher
@@ -23,11 +24,13 @@ SLACK_S = agent_session.REPORT_BATCH_S + 0.001
 
 
 def make_session() -> agent_session.Session:
-    return agent_session.Session(
+    s = agent_session.Session(
         identity=lambda: None,  # type: ignore[arg-type,return-value]
         managers=["127.0.0.1:1"],
         description=pb.NodeDescription,
     )
+    s.usage = lambda: dpb.NodeUsage(cpu_fraction=0.5)
+    return s
 
 
 async def timeline(
@@ -47,7 +50,9 @@ async def timeline(
     async def collect() -> None:
         while True:
             msg = await out.get()
-            sent.append((loop.time() - start, str(msg.WhichOneof("msg"))))
+            kind = str(msg.WhichOneof("msg"))
+            carries = msg.heartbeat.HasField("usage") or msg.statuses.HasField("usage")
+            sent.append((loop.time() - start, kind + ("+usage" if carries else "")))
 
     helpers.append(asyncio.create_task(collect()))
     n = 0
@@ -64,21 +69,25 @@ async def timeline(
 
 def test_idle_agent_heartbeats_every_period() -> None:
     sent = virtualtime.run(timeline(make_session(), 2.0, 0))
-    beats = [t for t, kind in sent if kind == "heartbeat"]
-    assert 9 <= len(beats) <= 10
+    beats = [t for t, kind in sent if kind == "heartbeat+usage"]
+    assert 9 <= len(beats) == len(sent) <= 10
     assert all(b - a < PERIOD_S + SLACK_S for a, b in itertools.pairwise(beats))
 
 
 def test_reports_stand_in_for_heartbeats_but_never_leave_a_gap() -> None:
     sent = virtualtime.run(timeline(make_session(), 3.0, PERIOD_S / 2))
-    beats = [t for t, kind in sent if kind == "heartbeat"]
-    reports = [t for t, kind in sent if kind == "statuses"]
+    beats = [t for t, kind in sent if kind.startswith("heartbeat")]
+    reports = [t for t, kind in sent if kind.startswith("statuses")]
     assert len(reports) >= 20
-    # One heartbeat in HEARTBEAT_EVERY periods instead of one each (~15 in 3 s).
-    assert 2 <= len(beats) <= 3.0 / PERIOD_S / agent_session.HEARTBEAT_EVERY + 2
-    # The manager never waits more than a period (and scheduling slack) for a message.
+    # No heartbeat at all instead of one each period (~15 in 3 s).
+    assert beats == []
+    # The manager never waits more than a period (and scheduling slack) for a message,
+    # nor more than a period and a report's interval for the node's usage figures.
     times = sorted(t for t, _ in sent)
     assert all(b - a < PERIOD_S + SLACK_S for a, b in itertools.pairwise(times))
+    usage = [t for t, kind in sent if kind.endswith("+usage")]
+    assert usage[0] < SLACK_S and 3.0 / PERIOD_S * 2 / 3 <= len(usage) <= 3.0 / PERIOD_S + 1
+    assert all(b - a < PERIOD_S * 1.5 + SLACK_S for a, b in itertools.pairwise(usage))
 
 
 class _ClusterDefaults:
@@ -133,5 +142,26 @@ def test_an_agent_that_speaks_as_its_silence_is_noticed_keeps_its_session() -> N
         # Positive control: silence from here on is noticed, once.
         await asyncio.sleep(window * 2)
         assert ("n1" in d.sessions, session.closed, marked_down) == (False, True, ["n1"])
+
+    virtualtime.run(scenario())
+
+
+def test_manager_takes_the_nodes_usage_from_reports_that_stand_in_for_heartbeats() -> None:
+    async def scenario() -> None:
+        d = Dispatcher(store=None, cache=_ClusterDefaults())  # type: ignore[arg-type]
+        queued: list[str] = []
+        d.statuses.queue = lambda node_id, updates: queued.append(node_id)  # type: ignore[method-assign]
+        session = d.sessions["n1"] = AgentSession("n1")
+        report = dpb.TaskStatusBatch(usage=dpb.NodeUsage(cpu_fraction=0.25))
+
+        async def agent() -> AsyncIterator[dpb.AgentMessage]:
+            yield dpb.AgentMessage(statuses=dpb.TaskStatusBatch())
+            assert "n1" not in d.usage  # a report without figures leaves them
+            yield dpb.AgentMessage(statuses=report)
+
+        await d._read(session, agent())
+        assert (queued, d.usage["n1"].cpu_fraction) == (["n1", "n1"], 0.25)
+        for timer in d._timers.values():
+            timer.cancel()
 
     virtualtime.run(scenario())

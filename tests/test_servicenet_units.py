@@ -227,3 +227,39 @@ def test_service_table_sends_serving_nodes_only_for_ingress_ports() -> None:
     assert [(r.name, list(r.serving_nodes)) for r in update.services] == [("web", ["172.29.0.11"])]
     # A second serving task on the same node changes nothing: nothing is sent.
     assert table.apply([Change(Kind.TASK, "t4", running("t4", web.id, "node1"))]) is None
+
+
+def test_service_table_sends_no_record_no_agent_can_use() -> None:
+    """A service on no network with no published port: no agent resolves or forwards
+    it, so its record is not sent (one gRPC message per node per service created);
+    a record that becomes unusable is removed from the agents, and one that becomes
+    usable is sent."""
+    from shoal.manager.servicetable import ServiceTable
+    from shoal.manager.store import Change
+
+    bare, web = service("bare", []), service("web", ["n1"])
+    cache = Objects(bare, web)
+    table = ServiceTable(cache)  # type: ignore[arg-type]
+    table.rebuild()
+    assert [r.name for r in table.full().services] == ["web"]
+    other = service("other", [])
+    cache.by_kind[Kind.SERVICE][other.id] = other
+    assert table.apply([Change(Kind.SERVICE, other.id, other)]) is None
+    # Tasks of it running change nothing either.
+    assert table.apply([Change(Kind.TASK, "t1", running("t1", other.id, "node1"))]) is None
+    # It publishes a port: now every agent needs it.
+    published = service("other", [], [port(8080, 80)])
+    published.endpoint.ports.extend(published.spec.ports)
+    cache.by_kind[Kind.SERVICE][other.id] = published
+    update = table.apply([Change(Kind.SERVICE, other.id, published)])
+    assert update is not None and [r.name for r in update.services] == ["other"]
+    # Back to nothing published: the agents drop it.
+    cache.by_kind[Kind.SERVICE][other.id] = other
+    update = table.apply([Change(Kind.SERVICE, other.id, other)])
+    assert update is not None and list(update.removed) == [other.id] and not update.services
+    # Removed while unusable: nothing to tell; a usable one's removal is told.
+    del cache.by_kind[Kind.SERVICE][other.id]
+    del cache.by_kind[Kind.SERVICE][web.id]
+    assert table.apply([Change(Kind.SERVICE, other.id, None)]) is None
+    update = table.apply([Change(Kind.SERVICE, web.id, None)])
+    assert update is not None and list(update.removed) == [web.id]

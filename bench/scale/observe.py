@@ -4,6 +4,7 @@ lag of the event stream (`swarmctl events`) while thousands of tasks start."""
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -54,6 +55,37 @@ def _timed_get(url: str) -> tuple[float, int]:
     start = time.perf_counter()
     body = urllib.request.urlopen(url, timeout=60).read()
     return time.perf_counter() - start, len(body)
+
+
+def session_messages(port: int) -> dict[str, float]:
+    """The manager's counts of gRPC messages over the agents' sessions, by direction
+    ("sent", "received") and "received statuses" (empty from a manager without them)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(
+        r'^shoal_dispatcher_messages_(sent|received)_total\{kind="(\w+)"\} (\S+)$', text, re.M
+    ):
+        direction, kind, n = m.group(1), m.group(2), float(m.group(3))
+        out[direction] = out.get(direction, 0.0) + n
+        out[f"{direction} {kind}"] = n
+    return out
+
+
+def messages_per_task(
+    before: dict[str, float], after: dict[str, float], tasks: int
+) -> dict[str, Any]:
+    """gRPC messages per task between two readings of session_messages (None: not counted)."""
+
+    def per_task(key: str) -> float | None:
+        if key not in after:
+            return None
+        return round((after[key] - before.get(key, 0.0)) / tasks, 3)
+
+    return {
+        "msgs_out_per_task": per_task("sent"),
+        "msgs_in_per_task": per_task("received"),
+        "status_msgs_per_task": per_task("received statuses"),
+    }
 
 
 def observe_figures(port: int, events: EventLag, page: PageWatch, tasks: int) -> dict[str, Any]:

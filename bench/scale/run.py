@@ -35,7 +35,13 @@ import grpc
 
 from bench.guard import exit_cleanly_on_signals
 from bench.scale.joins import join_figures
-from bench.scale.observe import EventLag, PageWatch, observe_figures
+from bench.scale.observe import (
+    EventLag,
+    PageWatch,
+    messages_per_task,
+    observe_figures,
+    session_messages,
+)
 from bench.scale.plot import plot
 from shoal.lab.procs import free_manager_addr
 from shoal.manager.etcd_embedded import EmbeddedEtcd, free_port
@@ -311,13 +317,22 @@ def stop_all(started: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def start_latencies(ctl: api_grpc.ControlStub) -> list[float]:
-    """Create -> running per running task, sorted."""
-    return sorted(
-        (t.status.timestamp_ms - t.meta.created_at_ms) / 1000
-        for t in ctl.ListTasks(api.ListTasksRequest(), timeout=300).tasks
-        if t.status.state == pb.RUNNING
-    )
+def start_latencies(ctl: api_grpc.ControlStub) -> dict[str, float]:
+    """p50/p99 of create -> running per running task: from the task's creation (its
+    write, which may run ahead of its dispatch in a long pass), and from its service's."""
+    services = ctl.ListServices(api.ListServicesRequest(), timeout=60).services
+    created = {i.service.id: i.service.meta.created_at_ms for i in services}
+    tasks = ctl.ListTasks(api.ListTasksRequest(), timeout=300).tasks
+    running = [t for t in tasks if t.status.state == pb.RUNNING]
+    out = {}
+    for name, since in (
+        ("", lambda t: t.meta.created_at_ms),
+        ("_from_service", lambda t: created.get(t.service_id, t.meta.created_at_ms)),
+    ):
+        lat = sorted((t.status.timestamp_ms - since(t)) / 1000 for t in running)
+        out[f"p50_latency{name}_s"] = round(statistics.median(lat), 3)
+        out[f"p99_latency{name}_s"] = round(lat[int(len(lat) * 0.99) - 1], 3)
+    return out
 
 
 def etcd_delta(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
@@ -362,20 +377,11 @@ def run_once(
         joined = join_figures(ctl, root, time.monotonic() - joined_at)
 
         before = etcd_counters(etcd)
+        msgs0 = session_messages(http_port)
         m_cpu0 = cpu_seconds(manager.pid)
         h_cpu0 = sum(cpu_seconds(h.pid) for h in hollows)
-        profilers = (
-            start_profilers(
-                {
-                    f"manager-{nodes}x{tasks}": manager.pid,
-                    f"hollow-{nodes}x{tasks}": hollows[0].pid,
-                },
-                profile,
-                native,
-            )
-            if profile is not None
-            else []
-        )
+        pids = {f"manager-{nodes}x{tasks}": manager.pid, f"hollow-{nodes}x{tasks}": hollows[0].pid}
+        profilers = start_profilers(pids, profile, native) if profile is not None else []
         events, page = EventLag(ctl), PageWatch(http_port, webview)
         try:
             elapsed = create_and_converge(ctl, tasks, services)
@@ -385,6 +391,7 @@ def run_once(
             page.close()
         after = etcd_counters(etcd)
         m_cpu = cpu_seconds(manager.pid) - m_cpu0
+        msgs = messages_per_task(msgs0, session_messages(http_port), tasks)
         h_cpu = sum(cpu_seconds(h.pid) for h in hollows) - h_cpu0
         latencies = start_latencies(ctl)
         writes, txns = etcd_delta(before, after)
@@ -394,12 +401,12 @@ def run_once(
             **joined,
             "create_to_running_s": round(elapsed, 2),
             "tasks_per_s": round(tasks / elapsed),
-            "p50_latency_s": round(statistics.median(latencies), 3),
-            "p99_latency_s": round(latencies[int(len(latencies) * 0.99) - 1], 3),
+            **latencies,
             "etcd_writes_per_task": round(writes / tasks, 2),
             "etcd_txns_per_task": round(txns / tasks, 3),
             "manager_cpu_s": round(m_cpu, 1),
             "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
+            **msgs,
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),
             "load_avg_1m": round(os.getloadavg()[0], 1),

@@ -26,7 +26,7 @@ from shoal.manager.peers import PeerTable
 from shoal.manager.presence import Presence
 from shoal.manager.secrets import serve_task_files
 from shoal.manager.servicetable import ServiceTable
-from shoal.manager.session import AgentSession, assignment_changed
+from shoal.manager.session import AgentSession, Traffic, assignment_changed
 from shoal.manager.statuswriter import StatusWriter
 from shoal.manager.store import Cache, Conflict, Kind, Store
 from shoal.manager.validation import clean_description
@@ -70,6 +70,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         self.services = ServiceTable(cache)
         # Nodes' own CPU/memory from their heartbeats (web view), sessions held here only.
         self.usage: dict[str, dpb.NodeUsage] = {}
+        self.traffic = Traffic()
 
     async def start(self) -> None:
         self.peers.rebuild()
@@ -123,6 +124,7 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
             first = await asyncio.wait_for(anext(aiter(requests)), REGISTER_TIMEOUT_S)
         except (TimeoutError, StopAsyncIteration):
             return
+        self.traffic.received["register"] += 1
         if first.WhichOneof("msg") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with register")
             return
@@ -150,12 +152,15 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
         reader = asyncio.create_task(self._read(session, requests))
         try:
             start = self._start_message(node_id, full, peers)
+            sent = self.traffic.sent
             for msg in [start] if session.takes_batches else start.batch.messages:
+                sent[msg.WhichOneof("msg")] += 1
                 yield msg
             while True:
                 batch = await session.next_batch()
                 if batch is None:
                     break
+                sent[batch.WhichOneof("msg")] += 1
                 yield batch
         finally:
             await cancel_and_wait([reader])
@@ -211,8 +216,10 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[dpb.AgentMessage]) -> None:
         try:
+            received = self.traffic.received
             async for msg in requests:
                 kind = msg.WhichOneof("msg")
+                received[kind] += 1
                 if kind == "heartbeat":
                     self._arm_timer(session.node_id)
                     if msg.heartbeat.HasField("usage"):
@@ -220,6 +227,8 @@ class Dispatcher(dpb_grpc.DispatcherServicer):
                 elif kind == "statuses":
                     self._arm_timer(session.node_id)
                     self.statuses.queue(session.node_id, msg.statuses.updates)
+                    if msg.statuses.HasField("usage"):  # it stood in for a heartbeat
+                        self.usage[session.node_id] = msg.statuses.usage
                 elif kind == "log":
                     q = session.logs.get(msg.log.request_id)
                     if q is not None:

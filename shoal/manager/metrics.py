@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shoal.manager.admission import JoinAdmission
+from shoal.manager.session import Traffic
 from shoal.manager.store import Cache, Change, Kind
 from shoal.proto import objects_pb2 as pb
 
@@ -170,6 +171,28 @@ class JoinsCollector(Collector):
         yield from (waiting, joins, resyncs)
 
 
+class SessionsCollector(Collector):
+    """gRPC messages over the agents' sessions held by this manager: what a task costs
+    the manager is mostly per message, so messages per task is the figure to watch."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+
+    def collect(self) -> Iterator[Metric]:
+        for name, counts, what in (
+            ("sent", self.traffic.sent, "to agents"),
+            ("received", self.traffic.received, "from agents"),
+        ):
+            family = CounterMetricFamily(
+                f"shoal_dispatcher_messages_{name}",
+                f"gRPC messages {what} over their sessions, by kind (a batch counts once)",
+                labels=["kind"],
+            )
+            for kind, n in sorted((str(k), n) for k, n in counts.items()):
+                family.add_metric([kind], n)
+            yield family
+
+
 class ManagerMetrics:
     """The registry one manager serves at /metrics, and what feeds it."""
 
@@ -228,6 +251,9 @@ class ManagerMetrics:
 
     def watch_joins(self, admission: JoinAdmission, cache: Cache) -> None:
         self.registry.register(JoinsCollector(admission, cache))
+
+    def watch_sessions(self, traffic: Traffic) -> None:
+        self.registry.register(SessionsCollector(traffic))
 
     def became_leader(self) -> None:
         self.leading = True

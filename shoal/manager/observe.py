@@ -43,6 +43,7 @@ class ManagerHttp:
             self._tls = mtls_context(*self._certificate(), cluster.root_ca.ca_cert_pem)
         self.server = HttpServer(addr, metrics.registry, self.health, self._tls)
         self.webview = WebView(cache, lambda: dispatcher.usage, dispatcher.logs)
+        self.traffic = dispatcher.traffic
         self.webview.mount(self.server.app)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -72,6 +73,7 @@ class ManagerHttp:
 
     async def start(self) -> None:
         self.metrics.attach(self.cache)
+        self.metrics.watch_sessions(self.traffic)
         self._tasks.append(asyncio.create_task(run_observer(self.metrics, self.cache)))
         if self._tls is not None:
             self._tasks.append(asyncio.create_task(self._renew()))

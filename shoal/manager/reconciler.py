@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from shoal.clock import now_ms
 from shoal.manager.allocator import IPAM
 from shoal.manager.orchestrator import Orchestrator, Plan
+from shoal.manager.orchestrator.plan import write_order
 from shoal.manager.scheduler import Scheduler
 from shoal.manager.store import (
     Cache,
@@ -231,7 +232,7 @@ class Reconciler:
             if self.on_pass is not None:
                 self.on_pass(time.perf_counter() - started, plan.restarts)
             return True
-        conflicts, revision = await self.store.batch_chunked(plan.ops, fence)
+        conflicts, revision = await self.store.batch_chunked(write_order(plan.ops), fence)
         if conflicts:
             log.info("%d write batch(es) conflicted; deciding again", conflicts)
             revision = await self.store.revision()

@@ -6,6 +6,10 @@ healthy or unchecked, not being stopped) - where a worker without a local task
 forwards a published port. Task addresses are not in it: they come with the
 peer table, per network. Records change when a service changes or a node
 gains or loses its last serving task, not with every task.
+
+Agents get only the records they can use: a service on no network and with no
+published port is neither resolved nor forwarded by any agent, so its record is
+not sent (it would cost a gRPC message to every node per service created).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def serving(task: pb.Task | None) -> bool:
     )
 
 
+def usable(record: dpb.ServiceRecord | None) -> bool:
+    """Whether an agent does anything with a record: resolve its names (on the
+    service's networks; aliases are per network too) or publish its ports."""
+    return record is not None and bool(record.network_ids or record.ports)
+
+
 class ServiceTable:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
@@ -51,7 +61,9 @@ class ServiceTable:
             self.records[service.id] = self._record(service)
 
     def full(self) -> dpb.ServiceUpdate:
-        return dpb.ServiceUpdate(full=True, services=list(self.records.values()))
+        return dpb.ServiceUpdate(
+            full=True, services=[r for r in self.records.values() if usable(r)]
+        )
 
     def resync(self, sessions: Iterable[Sender]) -> None:
         """After a cache resync: rebuilt, and every session gets the full table."""
@@ -115,14 +127,19 @@ class ServiceTable:
         for service_id in touched:
             service: pb.Service | None = self.cache.get(Kind.SERVICE, service_id)
             if service is None:
-                if self.records.pop(service_id, None) is not None:
+                if usable(self.records.pop(service_id, None)):
                     update.removed.append(service_id)
                 self.nodes.pop(service_id, None)
                 continue
-            record = self._record(service)
-            if self.records.get(service_id) != record:
-                self.records[service_id] = record
+            record, old = self._record(service), self.records.get(service_id)
+            if old == record:
+                continue
+            self.records[service_id] = record
+            # The agents hold the usable records only: one that became unusable goes.
+            if usable(record):
                 update.services.append(record)
+            elif usable(old):
+                update.removed.append(service_id)
         return update if (update.services or update.removed) else None
 
     def _count(self, task: pb.Task, delta: int, touched: set[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from shoal.manager.logbuffer import LogBuffer
@@ -21,6 +22,15 @@ def assignment_changed(old: pb.Task | None, new: pb.Task) -> bool:
         or old.spec != new.spec
         or old.networks != new.networks
     )
+
+
+class Traffic:
+    """gRPC messages over the agents' sessions, by the kind of the top-level message
+    (a DispatcherBatch counts once: what the messages cost is per gRPC message)."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str | None] = Counter()
+        self.received: Counter[str | None] = Counter()
 
 
 class AgentSession:

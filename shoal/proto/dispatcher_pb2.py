@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shoal.proto import objects_pb2 as shoal_dot_proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshoal/proto/dispatcher.proto\x12\x05shoal\x1a\x19shoal/proto/objects.proto\"\x92\x01\n\x08Register\x12+\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x16.shoal.NodeDescription\x12\x16\n\x0e\x61\x64vertise_addr\x18\x02 \x01(\t\x12)\n\x08statuses\x18\x03 \x03(\x0b\x32\x17.shoal.TaskStatusUpdate\x12\x16\n\rtakes_batches\x18\xde\x07 \x01(\x08\"-\n\tHeartbeat\x12 \n\x05usage\x18\xc8\x01 \x01(\x0b\x32\x10.shoal.NodeUsage\"X\n\tNodeUsage\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\"F\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.shoal.TaskStatus\";\n\x0fTaskStatusBatch\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.shoal.TaskStatusUpdate\"Z\n\x08LogChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xcc\x01\n\x0c\x41gentMessage\x12#\n\x08register\x18\x01 \x01(\x0b\x32\x0f.shoal.RegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.shoal.HeartbeatH\x00\x12*\n\x08statuses\x18\x03 \x01(\x0b\x32\x16.shoal.TaskStatusBatchH\x00\x12\x1e\n\x03log\x18\x04 \x01(\x0b\x32\x0f.shoal.LogChunkH\x00\x12\x1d\n\x05leave\x18\x05 \x01(\x0b\x32\x0c.shoal.LeaveH\x00\x42\x05\n\x03msg\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\"M\n\x0bSessionInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x02 \x01(\x03\x12\x10\n\x08managers\x18\x03 \x03(\t\"j\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1a\n\x05tasks\x18\x02 \x03(\x0b\x32\x0b.shoal.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12 \n\x08networks\x18\x04 \x03(\x0b\x32\x0e.shoal.Network\"\x91\x01\n\x08\x45ndpoint\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0c\n\x04vtep\x18\x06 \x01(\t\x12\x12\n\nservice_id\x18\x64 \x01(\t\x12\x0f\n\x07serving\x18\x65 \x01(\x08\"O\n\nPeerUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\"\n\tendpoints\x18\x02 \x03(\x0b\x32\x0f.shoal.Endpoint\x12\x0f\n\x07removed\x18\x03 \x03(\t\"\xe9\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shoal.EndpointMode\x12%\n\x0bvirtual_ips\x18\x04 \x03(\x0b\x32\x10.shoal.VirtualIP\x12 \n\x05ports\x18\x05 \x03(\x0b\x32\x11.shoal.PortConfig\x12\x15\n\rserving_nodes\x18\x06 \x03(\t\x12\x13\n\x0bnetwork_ids\x18\x07 \x03(\t\x12&\n\x07\x61liases\x18\x08 \x03(\x0b\x32\x15.shoal.NetworkAliases\"3\n\x0eNetworkAliases\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"V\n\rServiceUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12&\n\x08services\x18\x02 \x03(\x0b\x32\x14.shoal.ServiceRecord\x12\x0f\n\x07removed\x18\x03 \x03(\t\"P\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\r\"\x1f\n\tLogCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xb6\x02\n\x11\x44ispatcherMessage\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x12.shoal.SessionInfoH\x00\x12)\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x12.shoal.AssignmentsH\x00\x12(\n\x0blog_request\x18\x03 \x01(\x0b\x32\x11.shoal.LogRequestH\x00\x12&\n\nlog_cancel\x18\x04 \x01(\x0b\x32\x10.shoal.LogCancelH\x00\x12\"\n\x05peers\x18\x05 \x01(\x0b\x32\x11.shoal.PeerUpdateH\x00\x12(\n\x08services\x18\x64 \x01(\x0b\x32\x14.shoal.ServiceUpdateH\x00\x12(\n\x05\x62\x61tch\x18\xa2\x07 \x01(\x0b\x32\x16.shoal.DispatcherBatchH\x00\x42\x05\n\x03msg\"=\n\x0f\x44ispatcherBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.shoal.DispatcherMessage\"#\n\x10TaskFilesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"}\n\x08TaskFile\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0b\n\x03uid\x18\x05 \x01(\r\x12\x0b\n\x03gid\x18\x06 \x01(\r\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\"3\n\x11TaskFilesResponse\x12\x1e\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x0f.shoal.TaskFile2\x8a\x01\n\nDispatcher\x12<\n\x07Session\x12\x13.shoal.AgentMessage\x1a\x18.shoal.DispatcherMessage(\x01\x30\x01\x12>\n\tTaskFiles\x12\x17.shoal.TaskFilesRequest\x1a\x18.shoal.TaskFilesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cshoal/proto/dispatcher.proto\x12\x05shoal\x1a\x19shoal/proto/objects.proto\"\x92\x01\n\x08Register\x12+\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x16.shoal.NodeDescription\x12\x16\n\x0e\x61\x64vertise_addr\x18\x02 \x01(\t\x12)\n\x08statuses\x18\x03 \x03(\x0b\x32\x17.shoal.TaskStatusUpdate\x12\x16\n\rtakes_batches\x18\xde\x07 \x01(\x08\"-\n\tHeartbeat\x12 \n\x05usage\x18\xc8\x01 \x01(\x0b\x32\x10.shoal.NodeUsage\"X\n\tNodeUsage\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x02 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\"F\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.shoal.TaskStatus\"]\n\x0fTaskStatusBatch\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.shoal.TaskStatusUpdate\x12 \n\x05usage\x18\xf2\x07 \x01(\x0b\x32\x10.shoal.NodeUsage\"Z\n\x08LogChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xcc\x01\n\x0c\x41gentMessage\x12#\n\x08register\x18\x01 \x01(\x0b\x32\x0f.shoal.RegisterH\x00\x12%\n\theartbeat\x18\x02 \x01(\x0b\x32\x10.shoal.HeartbeatH\x00\x12*\n\x08statuses\x18\x03 \x01(\x0b\x32\x16.shoal.TaskStatusBatchH\x00\x12\x1e\n\x03log\x18\x04 \x01(\x0b\x32\x0f.shoal.LogChunkH\x00\x12\x1d\n\x05leave\x18\x05 \x01(\x0b\x32\x0c.shoal.LeaveH\x00\x42\x05\n\x03msg\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\"M\n\x0bSessionInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x02 \x01(\x03\x12\x10\n\x08managers\x18\x03 \x03(\t\"j\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1a\n\x05tasks\x18\x02 \x03(\x0b\x32\x0b.shoal.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12 \n\x08networks\x18\x04 \x03(\x0b\x32\x0e.shoal.Network\"\x91\x01\n\x08\x45ndpoint\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0c\n\x04vtep\x18\x06 \x01(\t\x12\x12\n\nservice_id\x18\x64 \x01(\t\x12\x0f\n\x07serving\x18\x65 \x01(\x08\"O\n\nPeerUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\"\n\tendpoints\x18\x02 \x03(\x0b\x32\x0f.shoal.Endpoint\x12\x0f\n\x07removed\x18\x03 \x03(\t\"\xe9\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.shoal.EndpointMode\x12%\n\x0bvirtual_ips\x18\x04 \x03(\x0b\x32\x10.shoal.VirtualIP\x12 \n\x05ports\x18\x05 \x03(\x0b\x32\x11.shoal.PortConfig\x12\x15\n\rserving_nodes\x18\x06 \x03(\t\x12\x13\n\x0bnetwork_ids\x18\x07 \x03(\t\x12&\n\x07\x61liases\x18\x08 \x03(\x0b\x32\x15.shoal.NetworkAliases\"3\n\x0eNetworkAliases\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"V\n\rServiceUpdate\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12&\n\x08services\x18\x02 \x03(\x0b\x32\x14.shoal.ServiceRecord\x12\x0f\n\x07removed\x18\x03 \x03(\t\"P\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x0c\n\x04tail\x18\x04 \x01(\r\"\x1f\n\tLogCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xb6\x02\n\x11\x44ispatcherMessage\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x12.shoal.SessionInfoH\x00\x12)\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x12.shoal.AssignmentsH\x00\x12(\n\x0blog_request\x18\x03 \x01(\x0b\x32\x11.shoal.LogRequestH\x00\x12&\n\nlog_cancel\x18\x04 \x01(\x0b\x32\x10.shoal.LogCancelH\x00\x12\"\n\x05peers\x18\x05 \x01(\x0b\x32\x11.shoal.PeerUpdateH\x00\x12(\n\x08services\x18\x64 \x01(\x0b\x32\x14.shoal.ServiceUpdateH\x00\x12(\n\x05\x62\x61tch\x18\xa2\x07 \x01(\x0b\x32\x16.shoal.DispatcherBatchH\x00\x42\x05\n\x03msg\"=\n\x0f\x44ispatcherBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.shoal.DispatcherMessage\"#\n\x10TaskFilesRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"}\n\x08TaskFile\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0b\n\x03uid\x18\x05 \x01(\r\x12\x0b\n\x03gid\x18\x06 \x01(\r\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\"3\n\x11TaskFilesResponse\x12\x1e\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x0f.shoal.TaskFile2\x8a\x01\n\nDispatcher\x12<\n\x07Session\x12\x13.shoal.AgentMessage\x1a\x18.shoal.DispatcherMessage(\x01\x30\x01\x12>\n\tTaskFiles\x12\x17.shoal.TaskFilesRequest\x1a\x18.shoal.TaskFilesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,41 +41,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSTATUSUPDATE']._serialized_start=352
   _globals['_TASKSTATUSUPDATE']._serialized_end=422
   _globals['_TASKSTATUSBATCH']._serialized_start=424
-  _globals['_TASKSTATUSBATCH']._serialized_end=483
-  _globals['_LOGCHUNK']._serialized_start=485
-  _globals['_LOGCHUNK']._serialized_end=575
-  _globals['_AGENTMESSAGE']._serialized_start=578
-  _globals['_AGENTMESSAGE']._serialized_end=782
-  _globals['_LEAVE']._serialized_start=784
-  _globals['_LEAVE']._serialized_end=807
-  _globals['_SESSIONINFO']._serialized_start=809
-  _globals['_SESSIONINFO']._serialized_end=886
-  _globals['_ASSIGNMENTS']._serialized_start=888
-  _globals['_ASSIGNMENTS']._serialized_end=994
-  _globals['_ENDPOINT']._serialized_start=997
-  _globals['_ENDPOINT']._serialized_end=1142
-  _globals['_PEERUPDATE']._serialized_start=1144
-  _globals['_PEERUPDATE']._serialized_end=1223
-  _globals['_SERVICERECORD']._serialized_start=1226
-  _globals['_SERVICERECORD']._serialized_end=1459
-  _globals['_NETWORKALIASES']._serialized_start=1461
-  _globals['_NETWORKALIASES']._serialized_end=1512
-  _globals['_SERVICEUPDATE']._serialized_start=1514
-  _globals['_SERVICEUPDATE']._serialized_end=1600
-  _globals['_LOGREQUEST']._serialized_start=1602
-  _globals['_LOGREQUEST']._serialized_end=1682
-  _globals['_LOGCANCEL']._serialized_start=1684
-  _globals['_LOGCANCEL']._serialized_end=1715
-  _globals['_DISPATCHERMESSAGE']._serialized_start=1718
-  _globals['_DISPATCHERMESSAGE']._serialized_end=2028
-  _globals['_DISPATCHERBATCH']._serialized_start=2030
-  _globals['_DISPATCHERBATCH']._serialized_end=2091
-  _globals['_TASKFILESREQUEST']._serialized_start=2093
-  _globals['_TASKFILESREQUEST']._serialized_end=2128
-  _globals['_TASKFILE']._serialized_start=2130
-  _globals['_TASKFILE']._serialized_end=2255
-  _globals['_TASKFILESRESPONSE']._serialized_start=2257
-  _globals['_TASKFILESRESPONSE']._serialized_end=2308
-  _globals['_DISPATCHER']._serialized_start=2311
-  _globals['_DISPATCHER']._serialized_end=2449
+  _globals['_TASKSTATUSBATCH']._serialized_end=517
+  _globals['_LOGCHUNK']._serialized_start=519
+  _globals['_LOGCHUNK']._serialized_end=609
+  _globals['_AGENTMESSAGE']._serialized_start=612
+  _globals['_AGENTMESSAGE']._serialized_end=816
+  _globals['_LEAVE']._serialized_start=818
+  _globals['_LEAVE']._serialized_end=841
+  _globals['_SESSIONINFO']._serialized_start=843
+  _globals['_SESSIONINFO']._serialized_end=920
+  _globals['_ASSIGNMENTS']._serialized_start=922
+  _globals['_ASSIGNMENTS']._serialized_end=1028
+  _globals['_ENDPOINT']._serialized_start=1031
+  _globals['_ENDPOINT']._serialized_end=1176
+  _globals['_PEERUPDATE']._serialized_start=1178
+  _globals['_PEERUPDATE']._serialized_end=1257
+  _globals['_SERVICERECORD']._serialized_start=1260
+  _globals['_SERVICERECORD']._serialized_end=1493
+  _globals['_NETWORKALIASES']._serialized_start=1495
+  _globals['_NETWORKALIASES']._serialized_end=1546
+  _globals['_SERVICEUPDATE']._serialized_start=1548
+  _globals['_SERVICEUPDATE']._serialized_end=1634
+  _globals['_LOGREQUEST']._serialized_start=1636
+  _globals['_LOGREQUEST']._serialized_end=1716
+  _globals['_LOGCANCEL']._serialized_start=1718
+  _globals['_LOGCANCEL']._serialized_end=1749
+  _globals['_DISPATCHERMESSAGE']._serialized_start=1752
+  _globals['_DISPATCHERMESSAGE']._serialized_end=2062
+  _globals['_DISPATCHERBATCH']._serialized_start=2064
+  _globals['_DISPATCHERBATCH']._serialized_end=2125
+  _globals['_TASKFILESREQUEST']._serialized_start=2127
+  _globals['_TASKFILESREQUEST']._serialized_end=2162
+  _globals['_TASKFILE']._serialized_start=2164
+  _globals['_TASKFILE']._serialized_end=2289
+  _globals['_TASKFILESRESPONSE']._serialized_start=2291
+  _globals['_TASKFILESRESPONSE']._serialized_end=2342
+  _globals['_DISPATCHER']._serialized_start=2345
+  _globals['_DISPATCHER']._serialized_end=2483
 # @@protoc_insertion_point(module_scope)

@@ -136,16 +136,24 @@ class TaskStatusBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     UPDATES_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatusUpdate]: ...
+    @_builtins.property
+    def usage(self) -> Global___NodeUsage:
+        """The node's usage, when due (at most once a heartbeat period): while reports
+        flow they stand in for heartbeats, which then carry nothing else.
+        """
+
     def __init__(
         self,
         *,
         updates: _abc.Iterable[Global___TaskStatusUpdate] | None = ...,
+        usage: Global___NodeUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

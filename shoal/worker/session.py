@@ -34,9 +34,6 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 # Status reports are held this long so a burst goes out as one message.
 REPORT_BATCH_S = 0.02
-# Heartbeats are left out while status reports keep the node alive, but at most
-# this many in a row minus one (the node's usage figures ride on heartbeats).
-HEARTBEAT_EVERY = 3
 
 
 class Session:
@@ -63,6 +60,8 @@ class Session:
         self._pending_event = asyncio.Event()
         # When the last status report went out (loop time): it counts as a heartbeat.
         self._reported_at = 0.0
+        # When the node's usage last went out (on a heartbeat or a report).
+        self._usage_at = float("-inf")
         # The heartbeat period the manager asked for.
         self._period_s = defaults.HEARTBEAT_PERIOD_MS / 1000
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
@@ -211,25 +210,32 @@ class Session:
         elif kind == "log_cancel":
             worker.cancel_logs(msg.log_cancel.request_id)
 
+    def _usage(self, due_only: bool) -> dpb.NodeUsage | None:
+        """The node's CPU and memory figures (web view); with due_only, None unless a
+        period has passed since they last went out."""
+        now = asyncio.get_running_loop().time()
+        if self.usage is None or (due_only and now - self._usage_at < self._period_s):
+            return None
+        self._usage_at = now
+        return self.usage()
+
     async def _heartbeat(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         """A heartbeat a period after the last message the manager counts as one (a
         heartbeat or a status report): while tasks come and go, reports keep the node
-        alive and most heartbeats (a gRPC message each, on a manager that takes
-        hundreds a second) are not sent. Every HEARTBEAT_EVERY-th still goes, for
-        the node's CPU and memory figures."""
+        alive (and carry its usage figures), and heartbeats (a gRPC message each, on a
+        manager that takes hundreds a second) are not sent."""
         loop = asyncio.get_running_loop()
         # The period is read at each beat: the manager may stretch it as its fleet grows.
         due = loop.time() + self._period_s
-        deferred = 0
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             reported = self._reported_at + self._period_s
-            if reported > loop.time() and deferred < HEARTBEAT_EVERY - 1:
-                due, deferred = reported, deferred + 1
+            if reported > loop.time():
+                due = reported
                 continue
-            usage = self.usage() if self.usage is not None else None
+            usage = self._usage(due_only=False)
             out.put_nowait(dpb.AgentMessage(heartbeat=dpb.Heartbeat(usage=usage)))
-            due, deferred = loop.time() + self._period_s, 0
+            due = loop.time() + self._period_s
 
     async def _send_reports(self, out: asyncio.Queue[dpb.AgentMessage]) -> None:
         while True:
@@ -239,13 +245,6 @@ class Session:
             pending, self._pending = self._pending, {}
             if pending:
                 self._reported_at = asyncio.get_running_loop().time()
-                out.put_nowait(
-                    dpb.AgentMessage(
-                        statuses=dpb.TaskStatusBatch(
-                            updates=[
-                                dpb.TaskStatusUpdate(task_id=t, status=s)
-                                for t, s in pending.items()
-                            ]
-                        )
-                    )
-                )
+                updates = [dpb.TaskStatusUpdate(task_id=t, status=s) for t, s in pending.items()]
+                batch = dpb.TaskStatusBatch(updates=updates, usage=self._usage(due_only=True))
+                out.put_nowait(dpb.AgentMessage(statuses=batch))
