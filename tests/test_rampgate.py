@@ -179,3 +179,28 @@ def test_cancelled_just_after_admission_leaves_no_place_taken() -> None:
             assert gate.through == 1
 
     asyncio.run(main())
+
+
+def test_one_stuck_alone_holds_the_others_up_only_so_long() -> None:
+    async def main() -> None:
+        gate = RampGate(4, alone_max_s=0.1)
+        stuck = asyncio.Event()
+
+        async def hold_forever() -> None:
+            async with gate:
+                await stuck.wait()
+
+        holder = asyncio.create_task(hold_forever())
+        await asyncio.sleep(0)
+        assert gate.alone()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(gate.until_shared(), 2)
+        async with gate:  # a second one gets through too, the first still stuck
+            waited = loop.time() - began
+            assert gate.through == 2
+        assert 0.05 <= waited < 1.5
+        stuck.set()
+        await holder
+
+    asyncio.run(main())

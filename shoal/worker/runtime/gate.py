@@ -16,12 +16,19 @@ from types import TracebackType
 
 # How long the gate stays unused before the next one through goes alone again.
 IDLE_RESET_S = 0.5
+# How long one goes alone at most: a start stuck in containerd (its calls wait up to
+# 30 s) must not hold up the node's other starts and creates with it.
+ALONE_MAX_S = 2.0
 
 
 class RampGate:
-    def __init__(self, limit: int, idle_reset_s: float = IDLE_RESET_S) -> None:
+    def __init__(
+        self, limit: int, idle_reset_s: float = IDLE_RESET_S, alone_max_s: float = ALONE_MAX_S
+    ) -> None:
         self.limit = max(1, limit)
         self.idle_reset_s = idle_reset_s
+        self.alone_max_s = alone_max_s
+        self._alone_ends: asyncio.TimerHandle | None = None
         self._open = 1  # how many may be through now (1 after an idle spell)
         self._through = 0
         self._idle_since = float("-inf")
@@ -75,15 +82,23 @@ class RampGate:
         self._through += 1
         if self._open == 1 and self.limit > 1:
             self._shared.clear()
+            loop = asyncio.get_running_loop()
+            self._alone_ends = loop.call_later(self.alone_max_s, self._widen)
 
     def _leave(self) -> None:
         self._through -= 1
+        if self._through == 0 and not self._waiting:
+            self._idle_since = asyncio.get_running_loop().time()
+        self._widen()
+
+    def _widen(self) -> None:
+        """One more may go through (one finished, or the one alone took too long)."""
+        if self._alone_ends is not None:
+            self._alone_ends.cancel()
+            self._alone_ends = None
         self._open = min(self.limit, self._open + 1)
         if self._open > 1:
             self._shared.set()
-        if self._through == 0 and not self._waiting:
-            self._idle_since = asyncio.get_running_loop().time()
-            return
         while self._waiting and self._through < self._open:
             admitted = self._waiting.popleft()
             if not admitted.done():
