@@ -204,3 +204,35 @@ def test_one_stuck_alone_holds_the_others_up_only_so_long() -> None:
         await holder
 
     asyncio.run(main())
+
+
+def test_cancelled_as_the_place_frees_leaves_the_gate_consistent() -> None:
+    async def main() -> None:
+        gate = RampGate(1)
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with gate:
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        assert gate.waiting == 1
+        # In one turn of the loop: the first leaves (and passes over the cancelled
+        # waiter) before the waiter itself sees its cancellation.
+        release.set()
+        waiter.cancel()
+        await first
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("the waiter was not cancelled")
+        assert gate.through == 0 and gate.waiting == 0
+        async with gate:  # still usable
+            assert gate.through == 1
+
+    asyncio.run(main())

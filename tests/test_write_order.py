@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import pytest
 
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.orchestrator.plan import write_order
 from shoal.manager.reconciler import Reconciler
 from shoal.manager.session import AgentSession
-from shoal.manager.store import Cache, Create, Kind, Op, Store
+from shoal.manager.store import Cache, Create, Kind, Op, Store, Update, chunks
 from shoal.manager.store import store as store_module
 from shoal.manager.store.txn import Fence
 from shoal.proto import dispatcher_pb2 as dpb
@@ -74,3 +75,46 @@ async def test_a_pass_writes_each_nodes_new_tasks_together(
             assert [len(a.tasks) for a in sent] == [3], (n.description.hostname, sent)
     finally:
         await dispatcher.stop()
+
+
+def _replacements(count: int) -> list[Op]:
+    """A pass that replaces count tasks: each old one told to shut down, its new one
+    placed on another node, side by side as the orchestrator decides them."""
+    ops: list[Op] = []
+    for i in range(count):
+        old = pb.Task(id=f"old{i}", service_id="s", node_id=f"n{i % 7}")
+        old.status.state = pb.RUNNING
+        ended = pb.Task()
+        ended.CopyFrom(old)
+        ended.desired_state = pb.SHUTDOWN
+        ops.append(Update(ended, old))
+        ops.append(Create(pb.Task(id=f"new{i}", service_id="s", node_id=f"n{(i + 3) % 7}")))
+    return ops
+
+
+def test_a_pass_in_one_transaction_is_grouped_by_node() -> None:
+    ops = _replacements(10)
+    assert len(chunks(ops)) == 1
+    ordered = write_order(ops)
+    assert sorted(map(id, ordered)) == sorted(map(id, ops))
+    assert all(isinstance(op, Update) for op in ordered[:10])
+    nodes = [op.obj.node_id for op in ordered[10:]]
+    assert nodes == sorted(nodes)
+
+
+def test_a_pass_of_several_transactions_keeps_each_replacement_beside_its_shutdown() -> None:
+    # Over MAX_TXN_OPS operations: moved apart, a shutdown and its replacement would
+    # land in different transactions, and a conflict in the later one would leave
+    # the service short until the next pass.
+    ops = _replacements(100)
+    assert len(chunks(ops)) > 1
+    assert write_order(ops) == ops
+
+
+def test_a_large_pass_that_only_places_tasks_is_grouped_by_node() -> None:
+    ops: list[Op] = [
+        Create(pb.Task(id=f"t{i}", service_id="s", node_id=f"n{i % 9}")) for i in range(300)
+    ]
+    assert len(chunks(ops)) > 1
+    nodes = [op.obj.node_id for op in write_order(ops)]
+    assert nodes == sorted(nodes)

@@ -366,10 +366,7 @@ class TaskRunner:
             await self.runtime.create(
                 container_config(self.task, self.log_path, netns, files, resolv)
             )
-        except (NetworkError, FilesUnavailable) as err:
-            self._set(pb.REJECTED, "rejected", str(err))
-            return
-        except ImagePullError as err:
+        except (NetworkError, FilesUnavailable, ImagePullError) as err:
             self._set(pb.REJECTED, "rejected", str(err))
             return
         except RuntimeFailure as err:
@@ -495,5 +492,9 @@ class TaskRunner:
         except RuntimeFailure as err:
             log.warning("task %s: stop failed: %s", self.task.id, err)
         state = await self.runtime.state(self.task.id)
+        if state is not None and state.status == "running":
+            # The stop did not take (containerd restarting under it): reported shut
+            # down, the container would run on unseen beside its replacement.
+            raise RuntimeUnavailable("container still running after stop")
         code = state.exit_code if state is not None and state.exit_code is not None else None
         self._set(pb.SHUTDOWN, "shutdown", exit_code=code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shoal.manager.orchestrator.tasks import NOT_STARTED, without_addresses
-from shoal.manager.store import Create, Delete, Op, Update
+from shoal.manager.store import Create, Delete, Op, Update, chunks
 from shoal.proto import objects_pb2 as pb
 
 
@@ -50,7 +50,13 @@ def write_order(ops: list[Op]) -> list[Op]:
     the pass in one assignment message (and reports them running in one), instead
     of one each per service when a pass creates several services' tasks (a burst
     of creates gathers into one pass while the previous one writes). Nothing is
-    held back: a pass with one service's tasks is written as fast as before."""
+    held back: a pass with one service's tasks is written as fast as before.
+
+    Only where that changes no outcome: when the pass fits one transaction (all
+    of it lands at once), or when it only places tasks. A larger pass that also
+    ends tasks keeps its order, so a replacement's shutdown and its new task stay
+    side by side and do not land transactions apart (a service briefly short of
+    replicas, or over if the later chunk conflicts)."""
 
     def placed(op: Op) -> bool:
         task = op.obj
@@ -66,6 +72,8 @@ def write_order(ops: list[Op]) -> list[Op]:
     if len(placements) < 2:
         return ops
     rest = [op for op in ops if not placed(op)]
+    if rest and len(chunks(ops)) > 1:
+        return ops
     placements.sort(key=lambda op: op.obj.node_id)  # type: ignore[union-attr]
     return rest + placements
 

@@ -21,7 +21,7 @@ from shoal.manager.store.etcd import (
     parse_endpoints,
 )
 from shoal.manager.store.kinds import Keys, Kind, Object, kind_of, name_of
-from shoal.manager.store.store import KeyClaim, Store
+from shoal.manager.store.store import KeyClaim, Store, chunks
 from shoal.manager.store.txn import Create, Delete, Fence, Op, Update
 from shoal.manager.store.watch import Change, Changes, ObjectWatcher, Resync
 
@@ -55,6 +55,7 @@ __all__ = [
     "Subscription",
     "Unavailable",
     "Update",
+    "chunks",
     "client_config",
     "kind_of",
     "name_of",

@@ -60,6 +60,26 @@ FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REQUIRE_LEADER = (("hasleader", "true"),)
 
 
+def chunks(ops: Sequence[Op]) -> list[list[Op]]:
+    """ops split, in order, into the fewest transactions etcd takes (operation count
+    and request size): how batch_chunked writes them."""
+    out: list[list[Op]] = []
+    chunk: list[Op] = []
+    size = nbytes = 0
+    for op in ops:
+        cost = txn.op_cost(op)
+        op_bytes = op.obj.ByteSize() + 64 * cost  # keys, claims and framing
+        if chunk and (size + cost > MAX_TXN_OPS - 1 or nbytes + op_bytes > MAX_TXN_BYTES):
+            out.append(chunk)
+            chunk, size, nbytes = [], 0, 0
+        chunk.append(op)
+        size += cost
+        nbytes += op_bytes
+    if chunk:
+        out.append(chunk)
+    return out
+
+
 class Store:
     """Typed CRUD, batches, listing and lease-bound keys over one etcd connection."""
 
@@ -255,19 +275,7 @@ class Store:
         (the next reconcile pass sees the newer state and decides again).
         """
         conflicts = revision = 0
-        chunk: list[Op] = []
-        size = nbytes = 0
-        for op in ops:
-            cost = txn.op_cost(op)
-            op_bytes = op.obj.ByteSize() + 64 * cost  # keys, claims and framing
-            full = size + cost > MAX_TXN_OPS - 1 or nbytes + op_bytes > MAX_TXN_BYTES
-            if full and chunk:
-                conflicts, revision = await self._try(chunk, fence, conflicts, revision)
-                chunk, size, nbytes = [], 0, 0
-            chunk.append(op)
-            size += cost
-            nbytes += op_bytes
-        if chunk:
+        for chunk in chunks(ops):
             conflicts, revision = await self._try(chunk, fence, conflicts, revision)
         return conflicts, revision
 

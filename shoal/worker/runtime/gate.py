@@ -66,7 +66,7 @@ class RampGate:
         except asyncio.CancelledError:
             if admitted.done() and not admitted.cancelled():
                 self._leave()  # admitted just as it was cancelled: hand the place on
-            else:
+            elif admitted in self._waiting:  # not when _widen already passed over it
                 self._waiting.remove(admitted)
             raise
 
