@@ -33,6 +33,14 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         cpu.plot(
             xs, [r["manager_cpu_s"] / r["tasks"] * 1000 for r in rows], marker="o", label=label
         )
+        if all("manager_cpu_ms_per_task_less_rest" in r for r in rows):
+            cpu.plot(
+                xs,
+                [r["manager_cpu_ms_per_task_less_rest"] for r in rows],
+                marker="x",
+                ls="--",
+                label=f"{label}, less the fleet at rest",
+            )
     rate.set(xlabel="hollow nodes", ylabel="tasks/s (create -> running)", xscale="log")
     latency.set(xlabel="hollow nodes", ylabel="create -> running latency (s)", xscale="log")
     cpu.set(xlabel="hollow nodes", ylabel="manager CPU ms per task", xscale="log", ylim=(0, None))

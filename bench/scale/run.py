@@ -5,7 +5,8 @@
 
 Measures, per (nodes, tasks): tasks/s from create to all running, p50/p99
 create->running latency per task, etcd writes per task (etcd's own counters),
-manager CPU seconds and peak RSS, agent CPU per node. Everything it starts is
+manager CPU seconds and peak RSS (and its CPU per second at rest, measured after
+the joins, before the creates), agent CPU per node. Everything it starts is
 stopped and its temp dir removed at the end, also on failure.
 """
 
@@ -50,6 +51,9 @@ from shoal.proto import control_pb2_grpc as api_grpc
 from shoal.proto import objects_pb2 as pb
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The manager at rest, measured between the joins and the creates.
+REST_SETTLE_S = 5.0
+REST_WINDOW_S = 10.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -346,6 +350,15 @@ def etcd_delta(before: dict[str, float], after: dict[str, float]) -> tuple[float
     return writes, after["etcd_mvcc_txn_total"] - before["etcd_mvcc_txn_total"]
 
 
+def rest_cpu_per_s(pid: int) -> float:
+    """The manager's CPU-s per second with every node joined and nothing moving
+    (heartbeats, keepalives, timers), after the joins have settled."""
+    time.sleep(REST_SETTLE_S)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(REST_WINDOW_S)
+    return (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+
+
 def run_once(
     nodes: int,
     tasks: int,
@@ -375,6 +388,7 @@ def run_once(
         started += hollows
         wait_ready_workers(ctl, nodes, hollows, join_limit_s or join_limit(nodes))
         joined = join_figures(ctl, root, time.monotonic() - joined_at)
+        rest = rest_cpu_per_s(manager.pid)
 
         before = etcd_counters(etcd)
         msgs0 = session_messages(http_port)
@@ -406,6 +420,10 @@ def run_once(
             "etcd_txns_per_task": round(txns / tasks, 3),
             "manager_cpu_s": round(m_cpu, 1),
             "manager_cpu_ms_per_task": round(m_cpu / tasks * 1000, 3),
+            # What the fleet costs the manager with nothing moving, and the window's CPU
+            # less that much of it: the per-task part, which should not grow with nodes.
+            "manager_rest_cpu_per_s": round(rest, 3),
+            "manager_cpu_ms_per_task_less_rest": round((m_cpu - rest * elapsed) / tasks * 1000, 3),
             **msgs,
             "manager_peak_rss_mb": round(peak_rss_mb(manager.pid)),
             "agent_cpu_ms_per_node": round(h_cpu / nodes * 1000, 1),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from shoal.overlay.driver import Attachment, OverlayDriver
 from shoal.overlay.egress import Egress
@@ -15,12 +16,15 @@ from shoal.proto import objects_pb2 as pb
 from shoal.worker.executor import Reporter, TaskRunner
 from shoal.worker.logs import serve_logs
 from shoal.worker.resolver import RESOLV_CONF, Resolver
-from shoal.worker.runtime.base import Runtime
+from shoal.worker.runtime.base import Runtime, RuntimeFailure, RuntimeUnavailable
 from shoal.worker.secrets import TaskFiles
 from shoal.worker.servicenet import ServiceNet
 from shoal.worker.taskdb import TaskDB
 
 log = logging.getLogger(__name__)
+
+# An orphan's task is gone: nothing waits on its graceful end.
+ORPHAN_STOP_GRACE_S = 5.0
 
 
 class Worker:
@@ -55,7 +59,8 @@ class Worker:
         self._report = report
         self.runners: dict[str, TaskRunner] = {}
         self._log_streams: dict[str, asyncio.Task[None]] = {}
-        self._removals: set[asyncio.Task[None]] = set()
+        self._chores: set[asyncio.Task[None]] = set()  # removals and sweeps: close() waits
+        self._removing: set[str] = set()  # tasks whose container a removal is taking away
 
     async def start(self) -> None:
         """Picks up the tasks of a previous run: their containers may still be running."""
@@ -144,8 +149,8 @@ class Worker:
         if self._peer_task is not None:
             self._peer_task.cancel()
         await asyncio.gather(*(r.close() for r in self.runners.values()))
-        if self._removals:
-            await asyncio.gather(*self._removals, return_exceptions=True)
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
         if self.servicenet is not None:
             await self.servicenet.close()
 
@@ -165,6 +170,7 @@ class Worker:
             for task_id in list(self.runners):
                 if task_id not in wanted:
                     self._remove(task_id)
+            self._background(self._sweep_orphans(wanted))
         for task in assignments.tasks:
             runner = self.runners.get(task.id)
             if runner is not None:
@@ -191,9 +197,38 @@ class Worker:
         runner = self.runners.pop(task_id, None)
         if runner is None:
             return
-        removal = asyncio.create_task(runner.remove())
-        self._removals.add(removal)
-        removal.add_done_callback(self._removals.discard)
+        self._removing.add(task_id)
+        removal = self._background(runner.remove())
+        removal.add_done_callback(lambda _: self._removing.discard(task_id))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Work that close() waits for."""
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+        return task
+
+    async def _sweep_orphans(self, wanted: set[str]) -> None:
+        """Removes the containers of this node's namespace that no task here owns: one
+        whose removal gave up (containerd failing it), or whose record went with a
+        wiped state dir, would otherwise run on unseen, beside its replacement. At
+        every full assignment set (each session's start), as Swarm's agent does."""
+        try:
+            found = await self.runtime.list()
+        except (RuntimeFailure, RuntimeUnavailable) as err:
+            log.warning("looking for orphaned containers: %s", err)
+            return
+        for container_id in found:
+            if container_id in wanted or container_id in self.runners:
+                continue
+            if container_id in self._removing:
+                continue
+            log.warning("container %s belongs to no task of this node: removing it", container_id)
+            try:
+                await self.runtime.stop(container_id, ORPHAN_STOP_GRACE_S)
+                await self.runtime.remove(container_id)
+            except (RuntimeFailure, RuntimeUnavailable) as err:
+                log.warning("removing orphaned container %s: %s", container_id, err)
 
     # ------------------------------------------------------------ logs
 
