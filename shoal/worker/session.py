@@ -34,6 +34,14 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 # Status reports are held this long so a burst goes out as one message.
 REPORT_BATCH_S = 0.02
+# A session the manager has not answered by then is given up and made again: seen in
+# a 5,000-node mass join, a stream whose first message never came, on a live
+# connection, left an agent waiting for good (the manager had marked it down).
+SESSION_START_TIMEOUT_S = 30.0
+
+
+class SessionStalled(Exception):
+    """The manager did not answer the session's Register."""
 
 
 class Session:
@@ -97,7 +105,7 @@ class Session:
                     log.warning(
                         "session with %s ended: %s %s", addr, err.code().name, err.details()
                     )
-            except OSError as err:
+            except (OSError, SessionStalled) as err:
                 log.warning("session with %s failed: %s", addr, err)
             finally:
                 self.connected.clear()
@@ -168,7 +176,14 @@ class Session:
         send_log: Callable[[dpb.LogChunk], Awaitable[None]],
     ) -> None:
         """The manager's messages, until the session ends."""
-        async for received in call:
+        responses = aiter(call)
+        try:
+            first = await asyncio.wait_for(anext(responses), SESSION_START_TIMEOUT_S)
+        except TimeoutError:
+            raise SessionStalled(f"no answer in {SESSION_START_TIMEOUT_S:g}s") from None
+        except StopAsyncIteration:
+            return
+        async for received in _following(first, responses):
             # A batch: what the manager had queued for this agent at once, in order.
             batch = received.batch.messages if received.HasField("batch") else [received]
             for msg in batch:
@@ -248,3 +263,9 @@ class Session:
                 updates = [dpb.TaskStatusUpdate(task_id=t, status=s) for t, s in pending.items()]
                 batch = dpb.TaskStatusBatch(updates=updates, usage=self._usage(due_only=True))
                 out.put_nowait(dpb.AgentMessage(statuses=batch))
+
+
+async def _following(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
