@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -66,3 +68,29 @@ async def first_completed(*coros: Awaitable[None]) -> None:
             t.result()
     finally:
         await cancel_and_wait(tasks)
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: the chain of coroutines and generators it is in, outermost first."""
+    chain = []
+    step: Any = task.get_coro()
+    while step is not None:
+        frame = getattr(step, "cr_frame", None) or getattr(step, "ag_frame", None)
+        if frame is None:
+            break
+        chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        step = getattr(step, "cr_await", None) or getattr(step, "ag_await", None)
+    return " > ".join(chain) or repr(task)
+
+
+def log_tasks() -> None:
+    """Every task of the running loop, grouped by where it waits, rarest first: a process
+    that seems stuck shows what it waits on (the odd one out among many alike)."""
+    where = Counter(awaiting(t) for t in asyncio.all_tasks())
+    lines = [f"{n:6d}  {chain}" for chain, n in sorted(where.items(), key=lambda kv: kv[1])]
+    log.warning("%d asyncio tasks, by where they wait:\n%s", sum(where.values()), "\n".join(lines))
+
+
+def dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 PID` logs where the process's tasks wait (see log_tasks)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks)

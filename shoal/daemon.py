@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from shoal.aiotasks import dump_tasks_on_sigusr1
 from shoal.httpd import BadHttpAddr, parse_http_addr
 from shoal.manager.etcd_embedded import EtcdError
 from shoal.manager.manager import JoinRefused, Manager, ManagerConfig
@@ -63,6 +64,7 @@ async def _run_until_signalled(daemon: Manager | Agent) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dump_tasks_on_sigusr1()
     await daemon.run(stop)
 
 

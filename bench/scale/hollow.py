@@ -16,6 +16,7 @@ import resource
 import signal
 from pathlib import Path
 
+from shoal.aiotasks import dump_tasks_on_sigusr1
 from shoal.worker.agent import Agent, WorkerConfig
 
 
@@ -30,6 +31,7 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dump_tasks_on_sigusr1()
     agents = [
         Agent(
             WorkerConfig(
