@@ -77,3 +77,56 @@ def test_an_unanswered_session_is_made_again(
             await server.stop(None)
 
     asyncio.run(main())
+
+
+class HangingCloseIdentity:
+    """Channels whose close never returns (the first one only)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        self.made += 1
+        channel = grpc.aio.insecure_channel(addr)
+        if self.made == 1:
+
+            async def close(grace: float | None = None) -> None:
+                await asyncio.Event().wait()
+
+            channel.close = close  # type: ignore[method-assign]
+        return channel
+
+
+def test_a_close_that_hangs_does_not_keep_the_agent_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "SESSION_START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(session_module, "SESSION_CLOSE_TIMEOUT_S", 0.5)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        dispatcher = SilentDispatcher()
+        dpb_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        worker = Worker(SimulatedRuntime(), tmp_path, lambda task_id, status: None)
+        identity = HangingCloseIdentity()
+        session = Session(
+            lambda: identity,  # type: ignore[arg-type,return-value]
+            [f"127.0.0.1:{port}"],
+            lambda: pb.NodeDescription(hostname="h1"),
+        )
+        session.worker = worker
+        running = asyncio.create_task(session.run())
+        try:
+            await asyncio.wait_for(session.connected.wait(), 10)
+            assert dispatcher.registers == 2 and identity.made == 2
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            for leftover in list(session._closing):
+                leftover.cancel()
+            await worker.close()
+            await server.stop(None)
+
+    asyncio.run(main())

@@ -18,8 +18,8 @@ import grpc
 import grpc.aio
 
 from shoal import defaults
-from shoal.aiotasks import cancel_and_wait
-from shoal.grpcstreams import feeding
+from shoal.aiotasks import awaiting, cancel_and_wait
+from shoal.grpcstreams import start_feeding, stop_feeding
 from shoal.pki.identity import NodeIdentity
 from shoal.proto import dispatcher_pb2 as dpb
 from shoal.proto import dispatcher_pb2_grpc as dpb_grpc
@@ -38,6 +38,7 @@ REPORT_BATCH_S = 0.02
 # a 5,000-node mass join, a stream whose first message never came, on a live
 # connection, left an agent waiting for good (the manager had marked it down).
 SESSION_START_TIMEOUT_S = 30.0
+SESSION_CLOSE_TIMEOUT_S = 10.0
 
 
 class SessionStalled(Exception):
@@ -74,6 +75,7 @@ class Session:
         self._period_s = defaults.HEARTBEAT_PERIOD_MS / 1000
         self._out: asyncio.Queue[dpb.AgentMessage] | None = None
         self._left = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()  # closes that hung, left behind
 
     async def leave(self, timeout_s: float = 1.0) -> None:
         """Tells the manager this is a clean stop (the agent comes back), so the node
@@ -159,12 +161,41 @@ class Session:
 
         channel = self.identity().channel(addr)
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._send_reports(out))]
+        call = dpb_grpc.DispatcherStub(channel).Session()
+        writer = start_feeding(call, outgoing())
         try:
-            async with feeding(dpb_grpc.DispatcherStub(channel).Session(), outgoing()) as call:
-                await self._receive(call, addr, worker, out, helpers, send_log)
+            await self._receive(call, addr, worker, out, helpers, send_log)
         finally:
+            await self._close(addr, call, writer, helpers, channel)
+
+    async def _close(
+        self,
+        addr: str,
+        call: Any,
+        writer: asyncio.Task[None],
+        helpers: list[asyncio.Task[None]],
+        channel: grpc.aio.Channel,
+    ) -> None:
+        """Ends a session's call, its tasks and its channel; a close that hangs is left
+        behind (and said where it waits), so the agent still gets a new session: one
+        agent of 5,000 was once seen never to come back after its session ended."""
+
+        async def close() -> None:
+            await stop_feeding(call, writer)
             await cancel_and_wait(helpers)
             await channel.close()
+
+        closing = asyncio.create_task(close())
+        done, _ = await asyncio.wait({closing}, timeout=SESSION_CLOSE_TIMEOUT_S)
+        if not done:
+            log.warning(
+                "session with %s: closing it takes over %gs, going on (it waits in %s)",
+                addr,
+                SESSION_CLOSE_TIMEOUT_S,
+                awaiting(closing),
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _receive(
         self,
