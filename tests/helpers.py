@@ -78,6 +78,17 @@ async def until(cache: Cache, predicate: Callable[[], bool], limit_s: float = 10
             raise AssertionError(f"condition not met within {limit_s}s") from None
 
 
+async def eventually(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Waits until predicate() holds, for in-process state with no change feed to
+    follow (an agent's runners, a simulated runtime): checked every 10 ms."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {limit_s}s")
+        await asyncio.sleep(0.01)
+
+
 def wait_idle(control: api_grpc.ControlStub, limit_s: float = 30.0) -> None:
     """Blocks until the leader (reached through `control`) has acted on every change up
     to now: what a "nothing more changes" check waits for, instead of a sleep."""

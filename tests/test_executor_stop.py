@@ -12,6 +12,8 @@ from shoal.worker.executor import TaskRunner
 from shoal.worker.runtime.simulated import SimulatedRuntime
 from shoal.worker.taskdb import TaskDB
 
+from .helpers import eventually
+
 
 class LostStops(SimulatedRuntime):
     """The first stops return as if done, and the container runs on."""
@@ -27,14 +29,6 @@ class LostStops(SimulatedRuntime):
         await super().stop(container_id, grace_s)
 
 
-async def _until(check: object, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_a_stop_that_did_not_take_is_tried_again(tmp_path: Path) -> None:
     async def main() -> None:
         runtime = LostStops(lost=2)
@@ -48,12 +42,12 @@ def test_a_stop_that_did_not_take_is_tried_again(tmp_path: Path) -> None:
         task.spec.container.image = "busybox"
         runner = TaskRunner(task, runtime, TaskDB(tmp_path / "db"), report, tmp_path / "logs")
         runner.start()
-        await _until(lambda: runner.state == pb.RUNNING)
+        await eventually(lambda: runner.state == pb.RUNNING)
         stop = pb.Task()
         stop.CopyFrom(task)
         stop.desired_state = pb.SHUTDOWN
         runner.update(stop)
-        await _until(lambda: runner.state == pb.SHUTDOWN)
+        await eventually(lambda: runner.state == pb.SHUTDOWN)
         assert runtime.lost == 0
         assert runtime.containers["t1"].status == "stopped"
         # Never reported shut down while its container still ran.

@@ -47,36 +47,38 @@ class PlainIdentity:
         return grpc.aio.insecure_channel(addr)
 
 
+async def _connect_against_silent_manager(tmp_path: Path, identity: Any) -> SilentDispatcher:
+    """Runs an agent's session against SilentDispatcher until it is connected."""
+    server = grpc.aio.server()
+    dispatcher = SilentDispatcher()
+    dpb_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    worker = Worker(SimulatedRuntime(), tmp_path, lambda task_id, status: None)
+    session = Session(
+        lambda: identity, [f"127.0.0.1:{port}"], lambda: pb.NodeDescription(hostname="h1")
+    )
+    session.worker = worker
+    running = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(session.connected.wait(), 10)
+        await asyncio.wait_for(dispatcher.answered.wait(), 5)
+        return dispatcher
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        for leftover in list(session._closing):
+            leftover.cancel()
+        await worker.close()
+        await server.stop(None)
+
+
 def test_an_unanswered_session_is_made_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session_module, "SESSION_START_TIMEOUT_S", 0.5)
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        dispatcher = SilentDispatcher()
-        dpb_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        worker = Worker(SimulatedRuntime(), tmp_path, lambda task_id, status: None)
-        session = Session(
-            lambda: PlainIdentity(),  # type: ignore[arg-type,return-value]
-            [f"127.0.0.1:{port}"],
-            lambda: pb.NodeDescription(hostname="h1"),
-        )
-        session.worker = worker
-        running = asyncio.create_task(session.run())
-        try:
-            await asyncio.wait_for(dispatcher.answered.wait(), 10)
-            await asyncio.wait_for(session.connected.wait(), 5)
-            assert dispatcher.registers == 2
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await worker.close()
-            await server.stop(None)
-
-    asyncio.run(main())
+    dispatcher = asyncio.run(_connect_against_silent_manager(tmp_path, PlainIdentity()))
+    assert dispatcher.registers == 2
 
 
 class HangingCloseIdentity:
@@ -102,31 +104,6 @@ def test_a_close_that_hangs_does_not_keep_the_agent_away(
 ) -> None:
     monkeypatch.setattr(session_module, "SESSION_START_TIMEOUT_S", 0.5)
     monkeypatch.setattr(session_module, "SESSION_CLOSE_TIMEOUT_S", 0.5)
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        dispatcher = SilentDispatcher()
-        dpb_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        worker = Worker(SimulatedRuntime(), tmp_path, lambda task_id, status: None)
-        identity = HangingCloseIdentity()
-        session = Session(
-            lambda: identity,  # type: ignore[arg-type,return-value]
-            [f"127.0.0.1:{port}"],
-            lambda: pb.NodeDescription(hostname="h1"),
-        )
-        session.worker = worker
-        running = asyncio.create_task(session.run())
-        try:
-            await asyncio.wait_for(session.connected.wait(), 10)
-            assert dispatcher.registers == 2 and identity.made == 2
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            for leftover in list(session._closing):
-                leftover.cancel()
-            await worker.close()
-            await server.stop(None)
-
-    asyncio.run(main())
+    identity = HangingCloseIdentity()
+    dispatcher = asyncio.run(_connect_against_silent_manager(tmp_path, identity))
+    assert dispatcher.registers == 2 and identity.made == 2

@@ -13,6 +13,8 @@ from shoal.worker.runtime.base import ContainerConfig
 from shoal.worker.runtime.simulated import SimulatedRuntime
 from shoal.worker.worker import Worker
 
+from .helpers import eventually
+
 
 def _task(task_id: str) -> pb.Task:
     task = pb.Task(id=task_id, desired_state=pb.RUNNING)
@@ -26,14 +28,6 @@ async def _running(runtime: SimulatedRuntime, container_id: str) -> None:
     await runtime.start(container_id)
 
 
-async def _until(check: object, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_a_full_assignment_set_removes_containers_no_task_owns(tmp_path: Path) -> None:
     async def main() -> None:
         runtime = SimulatedRuntime()
@@ -43,12 +37,12 @@ def test_a_full_assignment_set_removes_containers_no_task_owns(tmp_path: Path) -
         try:
             # An update that is not a full set says nothing of what else runs here.
             worker.assign(dpb.Assignments(full=False, tasks=[_task("t1")]))
-            await _until(lambda: worker.runners["t1"].state == pb.RUNNING)
+            await eventually(lambda: worker.runners["t1"].state == pb.RUNNING)
             await asyncio.sleep(0.05)
             assert runtime.containers["orphan"].status == "running"
 
             worker.assign(dpb.Assignments(full=True, tasks=[_task("t1")]))
-            await _until(lambda: "orphan" not in runtime.containers)
+            await eventually(lambda: "orphan" not in runtime.containers)
             assert runtime.containers["t1"].status == "running"
             assert worker.runners["t1"].state == pb.RUNNING
         finally:
@@ -64,7 +58,7 @@ def test_a_container_being_removed_is_left_to_its_removal(tmp_path: Path) -> Non
         await worker.start()
         try:
             worker.assign(dpb.Assignments(full=True, tasks=[_task("t1")]))
-            await _until(lambda: worker.runners["t1"].state == pb.RUNNING)
+            await eventually(lambda: worker.runners["t1"].state == pb.RUNNING)
             stops: list[str] = []
             stop = runtime.stop
 
@@ -75,7 +69,7 @@ def test_a_container_being_removed_is_left_to_its_removal(tmp_path: Path) -> Non
             runtime.stop = counted  # type: ignore[method-assign]
             # The task is gone from the set: its own removal stops it, the sweep does not.
             worker.assign(dpb.Assignments(full=True))
-            await _until(lambda: "t1" not in runtime.containers)
+            await eventually(lambda: "t1" not in runtime.containers)
             await asyncio.sleep(0.05)
             assert stops == ["t1"]
         finally:
